@@ -1,0 +1,371 @@
+//! The mirror's settings, merged from four layers: flag > environment
+//! (`CRATE_MIRROR_<KEY>`) > config file (TOML) > default.
+//!
+//! Every layer is read as text first and parsed once, here, so that a wrong value
+//! always produces the same one-line error naming the key and where it came from.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where a setting's value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Flag,
+    Env(String),
+    File(PathBuf),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Flag => write!(f, "command line"),
+            Source::Env(var) => write!(f, "environment variable {var}"),
+            Source::File(path) => write!(f, "config file {}", path.display()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid value {value:?} for `{key}` (from {origin}): {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        origin: Source,
+        reason: String,
+    },
+    #[error("`{0}` is required: pass --{0} URL, set CRATE_MIRROR_{1}, or put it in the config file")]
+    Missing(&'static str, String),
+    #[error("cannot read config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("unknown key `{key}` in config file {path}")]
+    UnknownKey { key: String, path: PathBuf },
+}
+
+/// Every setting: its key (flag name and TOML key), its default and its meaning.
+/// The README's settings table is written from this list.
+pub const SETTINGS: &[(&str, &str, &str)] = &[
+    ("listen", "127.0.0.1:8080", "address and port to listen on"),
+    ("upstream", "(required)", "sparse index base URL of the registry to cache"),
+    ("data-dir", "./data", "where sled, crate files and temporary files live"),
+    ("public-url", "(from Host)", "how clients reach the mirror; used in config.json"),
+    ("index-ttl", "60", "seconds an index file is served without asking the upstream"),
+    ("negative-ttl", "30", "seconds a missing crate (404/410/451) is remembered"),
+    ("hot-cache-size", "256MiB", "bytes of index files kept in memory"),
+    ("upstream-timeout", "30", "seconds for an index fetch; also the idle-read timeout of downloads"),
+    ("connect-timeout", "5", "seconds to connect to the upstream"),
+    ("log-format", "text", "log lines as `text` or `json`"),
+];
+
+/// Validated settings for `serve` and the maintenance commands.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Base URL of the upstream sparse index, always ending in `/`.
+    pub upstream: String,
+    pub data_dir: PathBuf,
+    /// Without a trailing slash.
+    pub public_url: Option<String>,
+    pub index_ttl: Duration,
+    pub negative_ttl: Duration,
+    pub hot_cache_bytes: u64,
+    pub upstream_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Raw values as text, keyed by setting name, each with its source.
+#[derive(Debug, Default, Clone)]
+pub struct RawSettings {
+    values: BTreeMap<&'static str, (String, Source)>,
+}
+
+impl RawSettings {
+    /// Sets `key` unless a higher layer already did.
+    fn offer(&mut self, key: &'static str, value: String, source: Source) {
+        self.values.entry(key).or_insert((value, source));
+    }
+
+    /// Command-line flags: the highest layer. `flags` holds only flags that were given.
+    pub fn from_layers(
+        flags: &[(&'static str, Option<String>)],
+        env: impl Fn(&str) -> Option<String>,
+        config_file: Option<&Path>,
+    ) -> Result<Self, ConfigError> {
+        let mut raw = RawSettings::default();
+        for (key, value) in flags {
+            if let Some(value) = value {
+                raw.offer(key, value.clone(), Source::Flag);
+            }
+        }
+        for (key, _, _) in SETTINGS {
+            let var = env_var_name(key);
+            if let Some(value) = env(&var) {
+                raw.offer(key, value, Source::Env(var));
+            }
+        }
+        if let Some(path) = config_file {
+            raw.merge_file(path)?;
+        }
+        Ok(raw)
+    }
+
+    fn merge_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let file_err = |reason: String| ConfigError::File {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            file_err(e.message().to_string())
+        })?;
+        for (key, value) in table {
+            let Some((known, _, _)) = SETTINGS.iter().find(|(k, _, _)| *k == key.replace('_', "-"))
+            else {
+                return Err(ConfigError::UnknownKey {
+                    key,
+                    path: path.to_path_buf(),
+                });
+            };
+            let text = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(n) => n.to_string(),
+                toml::Value::Float(n) => n.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(file_err(format!("`{key}` must be a string or a number, not {}", other.type_str())))
+                }
+            };
+            self.offer(known, text, Source::File(path.to_path_buf()));
+        }
+        Ok(())
+    }
+
+    fn get(&self, key: &'static str) -> Option<&(String, Source)> {
+        self.values.get(key)
+    }
+
+    /// Parses `key` with `parse`, falling back to `default` (which must parse).
+    fn parse<T>(
+        &self,
+        key: &'static str,
+        default: Option<&str>,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        match self.get(key) {
+            Some((value, source)) => parse(value).map(Some).map_err(|reason| ConfigError::Invalid {
+                key,
+                value: value.clone(),
+                origin: source.clone(),
+                reason,
+            }),
+            None => Ok(default.map(|d| parse(d).unwrap_or_else(|e| panic!("bad default for {key}: {e}")))),
+        }
+    }
+
+    fn required<T>(
+        &self,
+        key: &'static str,
+        default: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        self.parse(key, Some(default), parse)
+            .map(|v| v.unwrap_or_else(|| unreachable!("defaults always parse")))
+    }
+
+    /// Builds the validated configuration.
+    pub fn build(&self) -> Result<Config, ConfigError> {
+        let upstream = self
+            .parse("upstream", None, parse_base_url)?
+            .ok_or_else(|| ConfigError::Missing("upstream", env_var_name("upstream")))?;
+        let public_url = self
+            .parse("public-url", None, parse_base_url)?
+            .map(|url| url.trim_end_matches('/').to_string());
+        Ok(Config {
+            listen: self.required("listen", "127.0.0.1:8080", |v| {
+                v.parse().map_err(|_| "expected ADDRESS:PORT".to_string())
+            })?,
+            upstream,
+            data_dir: self.required("data-dir", "./data", |v| {
+                if v.is_empty() {
+                    Err("must not be empty".to_string())
+                } else {
+                    Ok(PathBuf::from(v))
+                }
+            })?,
+            public_url,
+            index_ttl: self.required("index-ttl", "60", parse_seconds)?,
+            negative_ttl: self.required("negative-ttl", "30", parse_seconds)?,
+            hot_cache_bytes: self.required("hot-cache-size", "256MiB", parse_size)?,
+            upstream_timeout: self.required("upstream-timeout", "30", parse_positive_seconds)?,
+            connect_timeout: self.required("connect-timeout", "5", parse_positive_seconds)?,
+            log_format: self.required("log-format", "text", |v| match v {
+                "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                _ => Err("expected `text` or `json`".to_string()),
+            })?,
+        })
+    }
+}
+
+/// `index-ttl` → `CRATE_MIRROR_INDEX_TTL`.
+pub fn env_var_name(key: &str) -> String {
+    format!("CRATE_MIRROR_{}", key.replace('-', "_").to_ascii_uppercase())
+}
+
+fn parse_base_url(value: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(value).map_err(|e| e.to_string())?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("expected an http:// or https:// URL".to_string());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or fragment".to_string());
+    }
+    let mut text = url.to_string();
+    if !text.ends_with('/') {
+        text.push('/');
+    }
+    Ok(text)
+}
+
+fn parse_seconds(value: &str) -> Result<Duration, String> {
+    value
+        .trim()
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| "expected a whole number of seconds".to_string())
+}
+
+fn parse_positive_seconds(value: &str) -> Result<Duration, String> {
+    match parse_seconds(value)? {
+        d if d.is_zero() => Err("must be at least 1 second".to_string()),
+        d => Ok(d),
+    }
+}
+
+/// Parses `1048576`, `512KiB`, `256MiB`, `2GiB` (also `KB`/`MB`/`GB`, decimal).
+pub fn parse_size(value: &str) -> Result<u64, String> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (digits, unit) = value.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| "expected a size like 256MiB".to_string())?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "TiB" | "T" => 1 << 40,
+        other => return Err(format!("unknown unit {other:?}")),
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| "too large".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_from(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |key| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file_beats_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mirror.toml");
+        std::fs::write(
+            &file,
+            "upstream = \"http://file.example.com/index/\"\nindex-ttl = 5\nnegative_ttl = 7\ndata-dir = \"/from/file\"\n",
+        )
+        .unwrap();
+        let env = env_from(&[
+            ("CRATE_MIRROR_INDEX_TTL", "6"),
+            ("CRATE_MIRROR_DATA_DIR", "/from/env"),
+        ]);
+        let flags = [("data-dir", Some("/from/flag".to_string())), ("listen", None)];
+        let config = RawSettings::from_layers(&flags, env, Some(&file))
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/from/flag"));
+        assert_eq!(config.index_ttl, Duration::from_secs(6));
+        assert_eq!(config.negative_ttl, Duration::from_secs(7));
+        assert_eq!(config.upstream, "http://file.example.com/index/");
+        assert_eq!(config.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(config.hot_cache_bytes, 256 << 20);
+    }
+
+    #[test]
+    fn wrong_values_name_key_and_source() {
+        let env = env_from(&[("CRATE_MIRROR_INDEX_TTL", "soon")]);
+        let flags = [("upstream", Some("http://u.example.com/index".to_string()))];
+        let err = RawSettings::from_layers(&flags, env, None)
+            .unwrap()
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`index-ttl`"), "{err}");
+        assert!(err.contains("CRATE_MIRROR_INDEX_TTL"), "{err}");
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn upstream_is_required_and_normalised() {
+        let err = RawSettings::from_layers(&[], |_| None, None)
+            .unwrap()
+            .build()
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::Missing("upstream", _)));
+        let flags = [("upstream", Some("ftp://x.example.com/".to_string()))];
+        assert!(RawSettings::from_layers(&flags, |_| None, None)
+            .unwrap()
+            .build()
+            .is_err());
+        let flags = [("upstream", Some("http://x.example.com/index".to_string()))];
+        let config = RawSettings::from_layers(&flags, |_| None, None)
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(config.upstream, "http://x.example.com/index/");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mirror.toml");
+        std::fs::write(&file, "upstreem = \"http://x.example.com/\"\n").unwrap();
+        let err = RawSettings::from_layers(&[], |_| None, Some(&file)).unwrap_err();
+        assert!(err.to_string().contains("upstreem"));
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("1024").unwrap(), 1024);
+        assert_eq!(parse_size("2KiB").unwrap(), 2048);
+        assert_eq!(parse_size("50GiB").unwrap(), 50 << 30);
+        assert_eq!(parse_size("3MB").unwrap(), 3_000_000);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("1XB").is_err());
+    }
+}

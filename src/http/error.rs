@@ -1,0 +1,67 @@
+//! The one place where errors of every layer become HTTP statuses.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+
+use crate::crates::CrateError;
+use crate::index::cache::IndexError;
+use crate::index::path::PathError;
+use crate::upstream::UpstreamError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Path(#[from] PathError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Crate(#[from] CrateError),
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+}
+
+fn upstream_status(err: &UpstreamError) -> StatusCode {
+    match err {
+        UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::BAD_GATEWAY,
+    }
+}
+
+fn index_status(err: &IndexError) -> StatusCode {
+    match err {
+        IndexError::Upstream(err) => upstream_status(err),
+        IndexError::Storage(_) | IndexError::Aborted(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Path(PathError::PrefixMismatch) | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Path(_) => StatusCode::BAD_REQUEST,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Index(err) => index_status(err),
+            ApiError::Crate(err) => match err {
+                CrateError::NotFound => StatusCode::NOT_FOUND,
+                CrateError::Index(err) => index_status(err),
+                CrateError::Upstream(err) => upstream_status(err),
+                CrateError::BadIndexLine
+                | CrateError::ChecksumMismatch
+                | CrateError::LengthMismatch => StatusCode::BAD_GATEWAY,
+                CrateError::Storage(_) | CrateError::Aborted => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), error = %self, "request failed");
+        }
+        HttpResponse::build(status)
+            .content_type("text/plain; charset=utf-8")
+            .body(format!("{self}\n"))
+    }
+}

@@ -1,0 +1,242 @@
+//! The HTTP surface (actix): routes that translate requests into calls on the
+//! domain services and their results into responses, nothing more.
+
+mod error;
+
+use std::time::{Instant, UNIX_EPOCH};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderMap, HeaderValue};
+use actix_web::http::Method;
+use actix_web::{guard, web, HttpRequest, HttpResponse};
+
+pub use error::ApiError;
+
+use crate::index::cache::{IndexEntry, IndexLookup};
+use crate::index::path::{decode_segment, parse_index_path, CrateName, CrateVersion, IndexRequest};
+use crate::AppState;
+
+/// Response header telling how the mirror answered (HIT, MISS, STALE, ...).
+pub const X_CACHE: &str = "x-cache";
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    let get_or_head = || guard::Any(guard::Get()).or(guard::Head());
+    cfg.route("/health", web::route().guard(get_or_head()).to(health))
+        .route("/ready", web::route().guard(get_or_head()).to(ready))
+        .route("/api/stats", web::get().to(stats))
+        .route("/index/{tail:.*}", web::route().guard(get_or_head()).to(index))
+        .route(
+            "/api/v1/crates/{tail:.*}",
+            web::route().guard(get_or_head()).to(download),
+        )
+        .default_service(web::to(fallback));
+}
+
+async fn fallback(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        Err(ApiError::NotFound)
+    } else {
+        Err(ApiError::MethodNotAllowed)
+    }
+}
+
+async fn health() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok\n")
+}
+
+async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    let report = state.readiness().await;
+    let status = if report.ready {
+        actix_web::http::StatusCode::OK
+    } else {
+        actix_web::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    HttpResponse::build(status).json(report)
+}
+
+async fn stats(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.stats())
+}
+
+/// `GET /index/config.json` and `GET /index/{prefix}/{name}`. The raw path is
+/// parsed, not actix's decoded one, so encoded separators never become separators.
+async fn index(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let raw = req
+        .uri()
+        .path()
+        .strip_prefix("/index/")
+        .ok_or(ApiError::NotFound)?;
+    match parse_index_path(raw)? {
+        IndexRequest::Config => Ok(config_json(&req, &state)),
+        IndexRequest::File(name) => {
+            let lookup = state.index.get(&name).await?;
+            Ok(index_response(&req, lookup))
+        }
+    }
+}
+
+fn config_json(req: &HttpRequest, state: &AppState) -> HttpResponse {
+    let base = match &state.public_url {
+        Some(url) => url.clone(),
+        None => {
+            let info = req.connection_info();
+            format!("{}://{}", info.scheme(), info.host())
+        }
+    };
+    let body = serde_json::json!({ "dl": format!("{base}/api/v1/crates") });
+    HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .json(body)
+}
+
+fn index_response(req: &HttpRequest, lookup: IndexLookup) -> HttpResponse {
+    let entry = &lookup.entry;
+    let cache = (X_CACHE, lookup.outcome.as_str());
+    if !entry.is_found() {
+        let status = actix_web::http::StatusCode::from_u16(entry.status)
+            .unwrap_or(actix_web::http::StatusCode::NOT_FOUND);
+        return HttpResponse::build(status)
+            .insert_header(cache)
+            .content_type("text/plain")
+            .body("crate not found\n");
+    }
+    let not_modified = is_not_modified(req.headers(), entry);
+    let mut response = if not_modified {
+        HttpResponse::NotModified()
+    } else {
+        HttpResponse::Ok()
+    };
+    response
+        .insert_header(cache)
+        .insert_header((header::ETAG, entry.etag.as_str()))
+        .insert_header((header::LAST_MODIFIED, entry.last_modified.as_str()))
+        .insert_header((header::VARY, "Accept-Encoding"));
+    if not_modified {
+        return response.finish();
+    }
+    response.content_type("text/plain; charset=utf-8");
+    if accepts_gzip(req.headers()) {
+        response
+            .insert_header((header::CONTENT_ENCODING, "gzip"))
+            .body(entry.gzip_body().clone())
+    } else {
+        response.body(entry.body.clone())
+    }
+}
+
+/// `If-None-Match` decides when present (as cargo sends it); else `If-Modified-Since`.
+fn is_not_modified(headers: &HeaderMap, entry: &IndexEntry) -> bool {
+    if let Some(value) = headers.get(header::IF_NONE_MATCH) {
+        let Ok(value) = value.to_str() else {
+            return false;
+        };
+        return value.split(',').map(str::trim).any(|tag| {
+            tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == entry.etag
+        });
+    }
+    let since = headers
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    match since {
+        Some(since) => {
+            let changed = entry
+                .changed_at
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let since = since.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            changed <= since
+        }
+        None => false,
+    }
+}
+
+/// Whether `Accept-Encoding` lists gzip (or `*`) with a non-zero quality.
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    value.split(',').any(|item| {
+        let mut parts = item.split(';').map(str::trim);
+        let coding = parts.next().unwrap_or("");
+        let zero_q = parts.any(|p| {
+            p.strip_prefix("q=")
+                .and_then(|q| q.parse::<f32>().ok())
+                .is_some_and(|q| q == 0.0)
+        });
+        (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !zero_q
+    })
+}
+
+/// `GET /api/v1/crates/{name}/{version}/download`.
+async fn download(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let raw = req
+        .uri()
+        .path()
+        .strip_prefix("/api/v1/crates/")
+        .ok_or(ApiError::NotFound)?;
+    let segments: Vec<&str> = raw.split('/').collect();
+    let [name, version, "download"] = segments[..] else {
+        return Err(ApiError::NotFound);
+    };
+    let name = CrateName::parse(&decode_segment(name)?)?;
+    let version = CrateVersion::parse(&decode_segment(version)?)?;
+    let download = state.crates.download(&name, &version).await?;
+    let mut response = HttpResponse::Ok();
+    response
+        .content_type("application/gzip")
+        .insert_header((X_CACHE, download.outcome.as_str()));
+    Ok(match download.len {
+        Some(len) => response.no_chunking(len).streaming(download.body),
+        None => response.streaming(download.body),
+    })
+}
+
+/// One structured log line per request.
+pub async fn access_log<B: MessageBody>(
+    req: ServiceRequest,
+    next: actix_web::middleware::Next<B>,
+) -> Result<ServiceResponse<B>, actix_web::Error> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.path().to_string();
+    let response = next.call(req).await?;
+    let cache = response
+        .headers()
+        .get(X_CACHE)
+        .and_then(|v: &HeaderValue| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
+    tracing::info!(
+        target: "crate_mirror::access",
+        method = %method,
+        path = %path,
+        status = response.status().as_u16(),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        cache = %cache,
+    );
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(name: header::HeaderName, value: &'static str) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        map.insert(name, HeaderValue::from_static(value));
+        map
+    }
+
+    #[test]
+    fn gzip_negotiation() {
+        assert!(accepts_gzip(&headers(header::ACCEPT_ENCODING, "gzip")));
+        assert!(accepts_gzip(&headers(header::ACCEPT_ENCODING, "br, GZIP;q=0.5")));
+        assert!(accepts_gzip(&headers(header::ACCEPT_ENCODING, "*")));
+        assert!(!accepts_gzip(&headers(header::ACCEPT_ENCODING, "gzip;q=0")));
+        assert!(!accepts_gzip(&headers(header::ACCEPT_ENCODING, "identity")));
+        assert!(!accepts_gzip(&HeaderMap::new()));
+    }
+}

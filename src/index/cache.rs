@@ -1,0 +1,474 @@
+//! `IndexCache`: index files by crate name, from memory (moka) when fresh, else
+//! from sled and the upstream, with revalidation, stale-on-error, negative
+//! caching and one upstream fetch per name however many clients ask at once.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use moka::future::Cache;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::path::CrateName;
+use super::store::{IndexStore, StoreError, StoredHeader, StoredIndex};
+use crate::single_flight::{FlightAborted, Role, SingleFlight};
+use crate::upstream::{IndexFetch, UpstreamClient, UpstreamError, Validators};
+
+/// After a failed revalidation, the stale copy is served this long (at most the
+/// TTL) before the upstream is tried again, so an outage does not turn every
+/// request into a wait for the upstream's timeout.
+const STALE_RETRY: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IndexError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("index storage: {0}")]
+    Storage(String),
+    #[error(transparent)]
+    Aborted(#[from] FlightAborted),
+}
+
+impl From<StoreError> for IndexError {
+    fn from(err: StoreError) -> Self {
+        IndexError::Storage(err.to_string())
+    }
+}
+
+/// One cached index file (or the upstream's refusal of one), with everything a
+/// response needs precomputed so that serving it allocates nothing.
+#[derive(Debug)]
+pub struct IndexEntry {
+    /// 200, or the upstream's 404/410/451.
+    pub status: u16,
+    pub body: Bytes,
+    gzip: OnceLock<Bytes>,
+    /// Our ETag, quoted: a hash of the body, stable across restarts and nodes.
+    pub etag: String,
+    pub changed_at: SystemTime,
+    /// `changed_at` as an HTTP date.
+    pub last_modified: String,
+    /// Served after the upstream failed to confirm it.
+    pub stale: bool,
+    upstream: Validators,
+    fetched_at: SystemTime,
+    expires_at: Instant,
+}
+
+impl IndexEntry {
+    fn found(
+        body: Bytes,
+        etag: String,
+        changed_at: SystemTime,
+        upstream: Validators,
+        fetched_at: SystemTime,
+        ttl: Duration,
+    ) -> Self {
+        let age = SystemTime::now()
+            .duration_since(fetched_at)
+            .unwrap_or_default();
+        Self {
+            status: 200,
+            body,
+            gzip: OnceLock::new(),
+            etag,
+            changed_at,
+            last_modified: httpdate::fmt_http_date(changed_at),
+            stale: false,
+            upstream,
+            fetched_at,
+            expires_at: Instant::now() + ttl.saturating_sub(age),
+        }
+    }
+
+    fn missing(status: u16, ttl: Duration) -> Self {
+        let now = SystemTime::now();
+        Self {
+            status,
+            body: Bytes::new(),
+            gzip: OnceLock::new(),
+            etag: String::new(),
+            changed_at: now,
+            last_modified: httpdate::fmt_http_date(now),
+            stale: false,
+            upstream: Validators::default(),
+            fetched_at: now,
+            expires_at: Instant::now() + ttl,
+        }
+    }
+
+    fn from_stored(stored: StoredIndex, ttl: Duration) -> Self {
+        let h = stored.header;
+        Self::found(
+            stored.body,
+            h.etag,
+            from_ms(h.changed_at_ms),
+            h.upstream,
+            from_ms(h.fetched_at_ms),
+            ttl,
+        )
+    }
+
+    fn to_stored(&self) -> StoredIndex {
+        StoredIndex {
+            header: StoredHeader {
+                upstream: self.upstream.clone(),
+                etag: self.etag.clone(),
+                changed_at_ms: to_ms(self.changed_at),
+                fetched_at_ms: to_ms(self.fetched_at),
+            },
+            body: self.body.clone(),
+        }
+    }
+
+    /// A copy with a new expiry (and, after a 304, the upstream's newer validators).
+    fn renewed(&self, upstream: Validators, fetched_at: SystemTime, fresh_for: Duration, stale: bool) -> Self {
+        Self {
+            status: self.status,
+            body: self.body.clone(),
+            gzip: self.gzip.clone(),
+            etag: self.etag.clone(),
+            changed_at: self.changed_at,
+            last_modified: self.last_modified.clone(),
+            stale,
+            upstream,
+            fetched_at,
+            expires_at: Instant::now() + fresh_for,
+        }
+    }
+
+    pub fn is_found(&self) -> bool {
+        self.status == 200
+    }
+
+    fn is_fresh(&self) -> bool {
+        Instant::now() < self.expires_at
+    }
+
+    /// The body gzip-compressed, computed once on first use.
+    pub fn gzip_body(&self) -> &Bytes {
+        self.gzip.get_or_init(|| {
+            let mut encoder = flate2::write::GzEncoder::new(
+                Vec::with_capacity(self.body.len() / 4 + 64),
+                flate2::Compression::default(),
+            );
+            // Writing to a Vec cannot fail.
+            let _ = encoder.write_all(&self.body);
+            Bytes::from(encoder.finish().unwrap_or_default())
+        })
+    }
+
+    /// Approximate memory held, for the hot cache's byte budget.
+    fn weight(&self) -> u32 {
+        let bytes = self.body.len() + self.body.len() / 4 + 256;
+        u32::try_from(bytes).unwrap_or(u32::MAX)
+    }
+}
+
+fn to_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn from_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// Our ETag of a body.
+fn etag_of(body: &[u8]) -> String {
+    let digest = Sha256::digest(body);
+    format!("\"{}\"", hex::encode(&digest[..16]))
+}
+
+/// How a lookup was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheOutcome {
+    /// Fresh in memory or in sled.
+    Hit,
+    /// Fetched from the upstream.
+    Miss,
+    /// The upstream confirmed or replaced an expired copy.
+    Revalidated,
+    /// The upstream failed; an expired copy was served.
+    Stale,
+}
+
+impl CacheOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheOutcome::Hit => "HIT",
+            CacheOutcome::Miss => "MISS",
+            CacheOutcome::Revalidated => "REVALIDATED",
+            CacheOutcome::Stale => "STALE",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct IndexLookup {
+    pub entry: Arc<IndexEntry>,
+    pub outcome: CacheOutcome,
+}
+
+/// Counters of what the cache did; the metrics layer reads them.
+#[derive(Debug, Default)]
+pub struct IndexStats {
+    pub memory_hits: AtomicU64,
+    pub store_loads: AtomicU64,
+    pub upstream_fetches: AtomicU64,
+    pub upstream_not_modified: AtomicU64,
+    pub upstream_errors: AtomicU64,
+    pub stale_served: AtomicU64,
+    pub negative_hits: AtomicU64,
+    pub coalesced_waits: AtomicU64,
+}
+
+impl IndexStats {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> serde_json::Value {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({
+            "memory_hits": get(&self.memory_hits),
+            "store_loads": get(&self.store_loads),
+            "upstream_fetches": get(&self.upstream_fetches),
+            "upstream_not_modified": get(&self.upstream_not_modified),
+            "upstream_errors": get(&self.upstream_errors),
+            "stale_served": get(&self.stale_served),
+            "negative_hits": get(&self.negative_hits),
+            "coalesced_waits": get(&self.coalesced_waits),
+        })
+    }
+}
+
+/// Freshness settings.
+#[derive(Debug, Clone, Copy)]
+pub struct IndexPolicy {
+    pub ttl: Duration,
+    pub negative_ttl: Duration,
+    pub hot_cache_bytes: u64,
+}
+
+struct Inner {
+    hot: Cache<String, Arc<IndexEntry>>,
+    store: IndexStore,
+    upstream: Arc<UpstreamClient>,
+    policy: IndexPolicy,
+    stats: IndexStats,
+}
+
+#[derive(Clone)]
+pub struct IndexCache {
+    inner: Arc<Inner>,
+    flights: Arc<SingleFlight<String, Result<IndexLookup, IndexError>>>,
+}
+
+impl IndexCache {
+    pub fn new(store: IndexStore, upstream: Arc<UpstreamClient>, policy: IndexPolicy) -> Self {
+        let hot = Cache::builder()
+            .max_capacity(policy.hot_cache_bytes)
+            .weigher(|key: &String, entry: &Arc<IndexEntry>| {
+                entry.weight().saturating_add(key.len() as u32)
+            })
+            .build();
+        Self {
+            inner: Arc::new(Inner {
+                hot,
+                store,
+                upstream,
+                policy,
+                stats: IndexStats::default(),
+            }),
+            flights: Arc::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &IndexStats {
+        &self.inner.stats
+    }
+
+    /// The index file of `name`: from memory when fresh (the hot path: no I/O),
+    /// else through one shared refresh.
+    pub async fn get(&self, name: &CrateName) -> Result<IndexLookup, IndexError> {
+        if let Some(entry) = self.inner.hot.get(name.key()).await {
+            if entry.is_fresh() {
+                let stats = &self.inner.stats;
+                IndexStats::bump(&stats.memory_hits);
+                if !entry.is_found() {
+                    IndexStats::bump(&stats.negative_hits);
+                }
+                let outcome = if entry.stale {
+                    IndexStats::bump(&stats.stale_served);
+                    CacheOutcome::Stale
+                } else {
+                    CacheOutcome::Hit
+                };
+                return Ok(IndexLookup { entry, outcome });
+            }
+        }
+        self.refresh(name, false).await
+    }
+
+    /// Asks the upstream even if the cached copy is fresh (used when a download
+    /// names a version the cached copy does not have yet).
+    pub async fn revalidate(&self, name: &CrateName) -> Result<IndexLookup, IndexError> {
+        self.refresh(name, true).await
+    }
+
+    async fn refresh(&self, name: &CrateName, force: bool) -> Result<IndexLookup, IndexError> {
+        let inner = self.inner.clone();
+        let task_name = name.clone();
+        let (result, role) = self
+            .flights
+            .run(name.key().to_string(), move || async move {
+                inner.refresh(&task_name, force).await
+            })
+            .await;
+        if role == Role::Joined {
+            IndexStats::bump(&self.inner.stats.coalesced_waits);
+        }
+        result?
+    }
+}
+
+impl Inner {
+    async fn current(&self, key: &str) -> Result<Option<Arc<IndexEntry>>, IndexError> {
+        if let Some(entry) = self.hot.get(key).await {
+            return Ok(Some(entry));
+        }
+        let Some(stored) = self.store.load(key)? else {
+            return Ok(None);
+        };
+        IndexStats::bump(&self.stats.store_loads);
+        Ok(Some(Arc::new(IndexEntry::from_stored(stored, self.policy.ttl))))
+    }
+
+    async fn remember(&self, key: &str, entry: IndexEntry, outcome: CacheOutcome) -> IndexLookup {
+        let entry = Arc::new(entry);
+        self.hot.insert(key.to_string(), entry.clone()).await;
+        IndexLookup { entry, outcome }
+    }
+
+    async fn refresh(&self, name: &CrateName, force: bool) -> Result<IndexLookup, IndexError> {
+        let key = name.key();
+        let current = self.current(key).await?;
+        if let Some(entry) = &current {
+            if !force && entry.is_fresh() {
+                self.hot.insert(key.to_string(), entry.clone()).await;
+                return Ok(IndexLookup {
+                    entry: entry.clone(),
+                    outcome: CacheOutcome::Hit,
+                });
+            }
+        }
+        let previous = current.filter(|entry| entry.is_found());
+        let validators = previous
+            .as_ref()
+            .map(|entry| entry.upstream.clone())
+            .unwrap_or_default();
+        IndexStats::bump(&self.stats.upstream_fetches);
+        let ttl = self.policy.ttl;
+        let now = SystemTime::now();
+        match self.upstream.fetch_index(&name.index_path(), &validators).await {
+            Ok(IndexFetch::Modified { body, validators }) => {
+                let etag = etag_of(&body);
+                let (changed_at, outcome) = match &previous {
+                    Some(old) if old.etag == etag => (old.changed_at, CacheOutcome::Revalidated),
+                    Some(_) => (now, CacheOutcome::Revalidated),
+                    None => (now, CacheOutcome::Miss),
+                };
+                let entry = IndexEntry::found(body, etag, changed_at, validators, now, ttl);
+                self.store.save(key, &entry.to_stored())?;
+                Ok(self.remember(key, entry, outcome).await)
+            }
+            Ok(IndexFetch::NotModified { validators }) => {
+                let Some(old) = previous else {
+                    // A 304 to an unconditional request: the upstream is broken.
+                    return Err(UpstreamError::Status(304).into());
+                };
+                IndexStats::bump(&self.stats.upstream_not_modified);
+                let validators = if validators.is_empty() {
+                    old.upstream.clone()
+                } else {
+                    validators
+                };
+                let entry = old.renewed(validators, now, ttl, false);
+                self.store.save(key, &entry.to_stored())?;
+                Ok(self.remember(key, entry, CacheOutcome::Revalidated).await)
+            }
+            Ok(IndexFetch::Missing { status }) => {
+                self.store.remove(key)?;
+                let entry = IndexEntry::missing(status, self.policy.negative_ttl);
+                Ok(self.remember(key, entry, CacheOutcome::Miss).await)
+            }
+            Err(err) => {
+                IndexStats::bump(&self.stats.upstream_errors);
+                let Some(old) = previous else {
+                    return Err(err.into());
+                };
+                tracing::warn!(krate = key, error = %err, "upstream failed; serving stale index file");
+                IndexStats::bump(&self.stats.stale_served);
+                let entry = old.renewed(old.upstream.clone(), old.fetched_at, ttl.min(STALE_RETRY), true);
+                Ok(self.remember(key, entry, CacheOutcome::Stale).await)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_depend_on_the_body_only() {
+        assert_eq!(etag_of(b"abc"), etag_of(b"abc"));
+        assert_ne!(etag_of(b"abc"), etag_of(b"abd"));
+        assert!(etag_of(b"").starts_with('"'));
+    }
+
+    #[test]
+    fn gzip_body_decodes_to_the_body() {
+        use std::io::Read;
+        let body = Bytes::from_static(b"{\"name\":\"a\",\"vers\":\"1.0.0\"}\n");
+        let entry = IndexEntry::found(
+            body.clone(),
+            etag_of(&body),
+            SystemTime::now(),
+            Validators::default(),
+            SystemTime::now(),
+            Duration::from_secs(60),
+        );
+        let mut decoded = Vec::new();
+        flate2::read::GzDecoder::new(&entry.gzip_body()[..])
+            .read_to_end(&mut decoded)
+            .unwrap();
+        assert_eq!(decoded, body);
+        assert!(entry.is_fresh());
+    }
+
+    #[test]
+    fn stored_entries_keep_their_age() {
+        let body = Bytes::from_static(b"x\n");
+        let old = SystemTime::now() - Duration::from_secs(120);
+        let entry = IndexEntry::found(
+            body.clone(),
+            etag_of(&body),
+            old,
+            Validators::default(),
+            old,
+            Duration::from_secs(60),
+        );
+        assert!(!entry.is_fresh());
+        let restored = IndexEntry::from_stored(entry.to_stored(), Duration::from_secs(600));
+        assert!(restored.is_fresh());
+        assert_eq!(restored.etag, entry.etag);
+        assert_eq!(restored.last_modified, entry.last_modified);
+    }
+}

@@ -1,0 +1,57 @@
+//! Reading the few fields of index lines that the mirror needs, without ever
+//! rewriting the lines themselves (bodies are served byte for byte).
+
+use serde::Deserialize;
+
+/// The fields of one index line that downloads depend on.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct VersionRecord {
+    /// The crate's canonical name as published (may differ in case from a request).
+    pub name: String,
+    pub vers: String,
+    /// Hex sha256 of the `.crate` file.
+    pub cksum: String,
+    #[serde(default)]
+    pub yanked: bool,
+}
+
+/// Finds the line for `version` in an index file body. Lines that do not parse
+/// are skipped: one bad line must not hide the others.
+pub fn find_version(body: &[u8], version: &str) -> Option<VersionRecord> {
+    body.split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .filter_map(|line| serde_json::from_slice::<VersionRecord>(line).ok())
+        .find(|record| record.vers == version)
+}
+
+/// Whether `cksum` is a well-formed lowercase hex sha256.
+pub fn is_sha256_hex(cksum: &str) -> bool {
+    cksum.len() == 64 && cksum.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BODY: &[u8] = br#"{"name":"Foo","vers":"1.0.0","deps":[],"cksum":"aa","features":{},"yanked":false}
+not json at all
+{"name":"Foo","vers":"1.0.1+build.7","deps":[],"cksum":"bb","features":{},"yanked":true,"future_field":1}
+"#;
+
+    #[test]
+    fn finds_versions_and_skips_bad_lines() {
+        let rec = find_version(BODY, "1.0.1+build.7").unwrap();
+        assert_eq!(rec.cksum, "bb");
+        assert!(rec.yanked);
+        assert_eq!(rec.name, "Foo");
+        assert_eq!(find_version(BODY, "1.0.0").unwrap().cksum, "aa");
+        assert!(find_version(BODY, "1.0.1").is_none());
+    }
+
+    #[test]
+    fn checks_sha256_shape() {
+        assert!(is_sha256_hex(&"ab".repeat(32)));
+        assert!(!is_sha256_hex(&"AB".repeat(32)));
+        assert!(!is_sha256_hex("abc"));
+    }
+}

@@ -1,0 +1,7 @@
+//! The sparse index: path parsing, the cache of index files, their persistence
+//! and the reading of individual index lines.
+
+pub mod cache;
+pub mod entry;
+pub mod path;
+pub mod store;

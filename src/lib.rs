@@ -1,0 +1,183 @@
+//! crate-mirror: a caching mirror for Rust's package registry.
+//!
+//! The crate is a library (the domain services and the HTTP surface) with a thin
+//! binary in `main.rs`. `AppState` wires the services together for one data dir.
+
+pub mod config;
+pub mod crates;
+pub mod http;
+pub mod index;
+pub mod single_flight;
+pub mod storage;
+pub mod upstream;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use actix_web::{web, App, HttpServer};
+
+use config::Config;
+use crates::CrateService;
+use index::cache::{IndexCache, IndexPolicy};
+use index::store::IndexStore;
+use storage::local::LocalStore;
+use upstream::UpstreamClient;
+
+/// Why the mirror could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the database in {path}: {source}")]
+    Database { path: PathBuf, source: sled::Error },
+    #[error("upstream client: {0}")]
+    Upstream(#[from] upstream::UpstreamError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The services behind the HTTP surface, shared by every worker.
+pub struct AppState {
+    pub index: IndexCache,
+    pub crates: CrateService,
+    pub upstream: Arc<UpstreamClient>,
+    pub public_url: Option<String>,
+    data_dir: PathBuf,
+    db: sled::Db,
+    index_store: IndexStore,
+}
+
+/// The answer of `/ready`.
+#[derive(Debug, serde::Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub data_dir_writable: bool,
+    pub database_open: bool,
+    pub upstream_config_known: bool,
+}
+
+impl AppState {
+    pub fn open(config: &Config) -> Result<Self, StartError> {
+        let data_dir = config.data_dir.clone();
+        let tmp_dir = data_dir.join("tmp");
+        let dir_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StartError::DataDir { path, source }
+        };
+        std::fs::create_dir_all(&tmp_dir).map_err(dir_err(&tmp_dir))?;
+        let removed = crates::clean_temp_dir(&tmp_dir).map_err(dir_err(&tmp_dir))?;
+        if removed > 0 {
+            tracing::info!(removed, "removed unfinished downloads of a previous run");
+        }
+        let db_path = data_dir.join("sled");
+        let db = sled::open(&db_path).map_err(|source| StartError::Database {
+            path: db_path.clone(),
+            source,
+        })?;
+        let index_store = IndexStore::open(&db).map_err(|e| StartError::Database {
+            path: db_path,
+            source: match e {
+                index::store::StoreError::Sled(e) => e,
+                other => sled::Error::Unsupported(other.to_string()),
+            },
+        })?;
+        let upstream = Arc::new(UpstreamClient::new(
+            config.upstream.clone(),
+            config.connect_timeout,
+            config.upstream_timeout,
+            config.index_ttl.max(std::time::Duration::from_secs(60)),
+        )?);
+        let index = IndexCache::new(
+            index_store.clone(),
+            upstream.clone(),
+            IndexPolicy {
+                ttl: config.index_ttl,
+                negative_ttl: config.negative_ttl,
+                hot_cache_bytes: config.hot_cache_bytes,
+            },
+        );
+        let store = Arc::new(LocalStore::new(&data_dir));
+        let crates = CrateService::new(index.clone(), upstream.clone(), store, tmp_dir);
+        Ok(Self {
+            index,
+            crates,
+            upstream,
+            public_url: config.public_url.clone(),
+            data_dir,
+            db,
+            index_store,
+        })
+    }
+
+    pub async fn readiness(&self) -> Readiness {
+        let probe = self.data_dir.join("tmp").join(".ready-probe");
+        let data_dir_writable = tokio::fs::write(&probe, b"ok").await.is_ok()
+            && tokio::fs::remove_file(&probe).await.is_ok();
+        let database_open = self.db.get(b"ready-probe").is_ok();
+        let upstream_config_known =
+            self.upstream.config_known().await || self.upstream.config().await.is_ok();
+        Readiness {
+            ready: data_dir_writable && database_open && upstream_config_known,
+            data_dir_writable,
+            database_open,
+            upstream_config_known,
+        }
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        serde_json::json!({
+            "index": self.index.stats().snapshot(),
+            "crates": self.crates.stats().snapshot(),
+            "index_files_stored": self.index_store.len(),
+        })
+    }
+
+    /// Writes what sled holds in memory to disk.
+    pub fn flush(&self) -> Result<(), sled::Error> {
+        self.db.flush().map(|_| ())
+    }
+}
+
+/// Runs the mirror until it is stopped (SIGINT/SIGTERM). `on_listening` is told
+/// the bound address before the first request is accepted.
+pub async fn serve(config: Config, on_listening: impl FnOnce(std::net::SocketAddr)) -> Result<(), StartError> {
+    let state = web::Data::new(AppState::open(&config)?);
+    {
+        // Learn the upstream's `dl` early; /ready reports it.
+        let state = state.clone();
+        actix_web::rt::spawn(async move {
+            if let Err(err) = state.upstream.config().await {
+                tracing::warn!(error = %err, "upstream config.json not available yet");
+            }
+        });
+    }
+    let app_state = state.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(app_state.clone())
+            .wrap(actix_web::middleware::from_fn(http::access_log))
+            .configure(http::routes)
+    })
+    .bind(config.listen)
+    .map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    if let Some(addr) = server.addrs().first() {
+        on_listening(*addr);
+    }
+    let result = server.run().await;
+    if let Err(err) = state.flush() {
+        tracing::error!(error = %err, "flushing the database failed");
+    }
+    result.map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })
+}

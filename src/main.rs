@@ -1,0 +1,124 @@
+//! The `crate-mirror` command: parses the command line, sets up logging and runs
+//! the chosen subcommand.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use crate_mirror::config::{env_var_name, LogFormat, RawSettings};
+
+#[derive(Parser)]
+#[command(name = "crate-mirror", version, about = "A caching mirror for Rust's package registry")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the sparse index and crate downloads.
+    Serve(ServeArgs),
+}
+
+/// Every flag is optional here: unset flags fall through to the environment
+/// (`CRATE_MIRROR_<KEY>`), the config file and the defaults, in that order.
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML file with the same keys as the flags (also CRATE_MIRROR_CONFIG).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Sparse index base URL of the registry to cache (required).
+    #[arg(long, value_name = "URL")]
+    upstream: Option<String>,
+    /// Directory for the database, crate files and temp files [default: ./data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<String>,
+    /// URL clients use to reach the mirror [default: from the request's Host].
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
+    /// Seconds an index file is served before asking the upstream [default: 60].
+    #[arg(long, value_name = "SECONDS")]
+    index_ttl: Option<String>,
+    /// Seconds a missing crate is remembered [default: 30].
+    #[arg(long, value_name = "SECONDS")]
+    negative_ttl: Option<String>,
+    /// Bytes of index files kept in memory, e.g. 256MiB [default: 256MiB].
+    #[arg(long, value_name = "SIZE")]
+    hot_cache_size: Option<String>,
+    /// Seconds for an index fetch and for each read of a download [default: 30].
+    #[arg(long, value_name = "SECONDS")]
+    upstream_timeout: Option<String>,
+    /// Seconds to connect to the upstream [default: 5].
+    #[arg(long, value_name = "SECONDS")]
+    connect_timeout: Option<String>,
+    /// `text` or `json` [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
+}
+
+impl ServeArgs {
+    fn flags(&self) -> Vec<(&'static str, Option<String>)> {
+        vec![
+            ("listen", self.listen.clone()),
+            ("upstream", self.upstream.clone()),
+            ("data-dir", self.data_dir.clone()),
+            ("public-url", self.public_url.clone()),
+            ("index-ttl", self.index_ttl.clone()),
+            ("negative-ttl", self.negative_ttl.clone()),
+            ("hot-cache-size", self.hot_cache_size.clone()),
+            ("upstream-timeout", self.upstream_timeout.clone()),
+            ("connect-timeout", self.connect_timeout.clone()),
+            ("log-format", self.log_format.clone()),
+        ]
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let config_file = args
+                .config
+                .clone()
+                .or_else(|| std::env::var_os(env_var_name("config")).map(PathBuf::from));
+            let config = RawSettings::from_layers(
+                &args.flags(),
+                |var| std::env::var(var).ok(),
+                config_file.as_deref(),
+            )
+            .and_then(|raw| raw.build());
+            let config = match config {
+                Ok(config) => config,
+                Err(err) => {
+                    eprintln!("crate-mirror: {err}");
+                    std::process::exit(2);
+                }
+            };
+            init_logging(config.log_format);
+            actix_web::rt::System::new()
+                .block_on(crate_mirror::serve(config, |addr| {
+                    // The first line on stdout: scripts and tests read the bound port here.
+                    println!("crate-mirror listening on http://{addr}");
+                    let _ = std::io::stdout().flush();
+                    tracing::info!(%addr, "listening");
+                }))
+                .context("crate-mirror stopped")
+        }
+    }
+}

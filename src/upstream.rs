@@ -1,0 +1,346 @@
+//! `UpstreamClient`: everything the mirror asks of the upstream registry goes
+//! through here — its `config.json` (for the `dl` template), conditional index
+//! fetches and streamed `.crate` downloads — so timeouts live in one place.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use reqwest::header::{
+    HeaderMap, HeaderValue, ACCEPT_ENCODING, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
+};
+use reqwest::StatusCode;
+use serde::Deserialize;
+use tokio::sync::Mutex;
+
+use crate::index::path::prefix;
+
+/// The largest index file accepted from the upstream; real ones are a few hundred KB.
+const MAX_INDEX_BYTES: usize = 32 << 20;
+
+/// An upstream failure. `Clone` so that one fetch's result can be shared by
+/// every request that waited for it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream timed out")]
+    Timeout,
+    #[error("upstream unreachable: {0}")]
+    Unreachable(String),
+    #[error("upstream answered {0}")]
+    Status(u16),
+    #[error("upstream body failed: {0}")]
+    Body(String),
+    #[error("upstream sent an invalid config.json: {0}")]
+    InvalidConfig(String),
+    #[error("upstream index file larger than {MAX_INDEX_BYTES} bytes")]
+    TooLarge,
+}
+
+impl UpstreamError {
+    fn from_reqwest(err: reqwest::Error) -> Self {
+        if err.is_timeout() {
+            UpstreamError::Timeout
+        } else if err.is_connect() {
+            UpstreamError::Unreachable(err.to_string())
+        } else if err.is_body() || err.is_decode() {
+            UpstreamError::Body(err.to_string())
+        } else {
+            UpstreamError::Unreachable(err.to_string())
+        }
+    }
+}
+
+/// The upstream's validators for one index file, sent back on revalidation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Validators {
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+}
+
+impl Validators {
+    fn from_headers(headers: &HeaderMap) -> Self {
+        let text = |name| {
+            headers
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+                .map(str::to_string)
+        };
+        Validators {
+            etag: text(ETAG),
+            last_modified: text(LAST_MODIFIED),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.etag.is_none() && self.last_modified.is_none()
+    }
+}
+
+/// The outcome of an index fetch that reached the upstream.
+#[derive(Debug)]
+pub enum IndexFetch {
+    Modified { body: Bytes, validators: Validators },
+    NotModified { validators: Validators },
+    /// 404, 410 or 451: the crate does not exist (or may not be served).
+    Missing { status: u16 },
+}
+
+/// A `.crate` body on its way from the upstream.
+pub struct DownloadStream {
+    pub content_length: Option<u64>,
+    pub body: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>,
+}
+
+/// What a download request got back.
+pub enum DownloadStart {
+    Found(DownloadStream),
+    Missing,
+}
+
+/// The parts of the upstream's `config.json` the mirror uses.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UpstreamConfig {
+    pub dl: String,
+}
+
+const MARKERS: [&str; 5] = [
+    "{crate}",
+    "{version}",
+    "{prefix}",
+    "{lowerprefix}",
+    "{sha256-checksum}",
+];
+
+impl UpstreamConfig {
+    /// The download URL of one version, following cargo's rules for `dl`: the
+    /// markers are substituted, and without any marker `/{crate}/{version}/download`
+    /// is appended.
+    pub fn download_url(&self, name: &str, version: &str, cksum: &str) -> String {
+        if !MARKERS.iter().any(|m| self.dl.contains(m)) {
+            return format!("{}/{}/{}/download", self.dl.trim_end_matches('/'), name, version);
+        }
+        self.dl
+            .replace("{crate}", name)
+            .replace("{version}", version)
+            .replace("{prefix}", &prefix(name))
+            .replace("{lowerprefix}", &prefix(&name.to_ascii_lowercase()))
+            .replace("{sha256-checksum}", cksum)
+    }
+}
+
+pub struct UpstreamClient {
+    base: String,
+    /// Index fetches: gzip accepted and decoded transparently.
+    index_http: reqwest::Client,
+    /// Downloads: no content decoding, so the bytes hashed are the bytes served.
+    download_http: reqwest::Client,
+    index_timeout: Duration,
+    config_ttl: Duration,
+    config: Mutex<Option<(Arc<UpstreamConfig>, Instant)>>,
+}
+
+impl UpstreamClient {
+    /// `base` is the index base URL ending in `/`; `timeout` bounds index fetches and
+    /// each read of a download.
+    pub fn new(
+        base: String,
+        connect_timeout: Duration,
+        timeout: Duration,
+        config_ttl: Duration,
+    ) -> Result<Self, UpstreamError> {
+        let user_agent = concat!("crate-mirror/", env!("CARGO_PKG_VERSION"));
+        let build = |gzip: bool| {
+            let mut headers = HeaderMap::new();
+            if !gzip {
+                headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+            }
+            reqwest::Client::builder()
+                .user_agent(user_agent)
+                .connect_timeout(connect_timeout)
+                .read_timeout(timeout)
+                .gzip(gzip)
+                .default_headers(headers)
+                .build()
+                .map_err(|e| UpstreamError::Unreachable(e.to_string()))
+        };
+        Ok(Self {
+            base,
+            index_http: build(true)?,
+            download_http: build(false)?,
+            index_timeout: timeout,
+            config_ttl,
+            config: Mutex::new(None),
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The upstream's config.json, fetched on first use and refreshed after the
+    /// TTL; a failed refresh keeps the previous copy.
+    pub async fn config(&self) -> Result<Arc<UpstreamConfig>, UpstreamError> {
+        let mut slot = self.config.lock().await;
+        if let Some((config, at)) = slot.as_ref() {
+            if at.elapsed() < self.config_ttl {
+                return Ok(config.clone());
+            }
+        }
+        match self.fetch_config().await {
+            Ok(config) => {
+                let config = Arc::new(config);
+                *slot = Some((config.clone(), Instant::now()));
+                Ok(config)
+            }
+            Err(err) => match slot.as_ref() {
+                Some((config, _)) => {
+                    tracing::warn!(error = %err, "upstream config.json refresh failed; keeping the previous copy");
+                    Ok(config.clone())
+                }
+                None => Err(err),
+            },
+        }
+    }
+
+    /// Whether config.json has been read at least once.
+    pub async fn config_known(&self) -> bool {
+        self.config.lock().await.is_some()
+    }
+
+    async fn fetch_config(&self) -> Result<UpstreamConfig, UpstreamError> {
+        let url = format!("{}config.json", self.base);
+        let response = self
+            .index_http
+            .get(&url)
+            .timeout(self.index_timeout)
+            .send()
+            .await
+            .map_err(UpstreamError::from_reqwest)?;
+        if !response.status().is_success() {
+            return Err(UpstreamError::Status(response.status().as_u16()));
+        }
+        let body = read_limited(response).await?;
+        let config: UpstreamConfig = serde_json::from_slice(&body)
+            .map_err(|e| UpstreamError::InvalidConfig(e.to_string()))?;
+        let dl = reqwest::Url::parse(&config.dl.replace(['{', '}'], ""))
+            .map_err(|e| UpstreamError::InvalidConfig(format!("dl: {e}")))?;
+        if !matches!(dl.scheme(), "http" | "https") {
+            return Err(UpstreamError::InvalidConfig("dl is not http(s)".into()));
+        }
+        Ok(config)
+    }
+
+    /// Fetches one index file (`path` relative to the base, e.g. `se/rd/serde`),
+    /// conditionally when validators are known.
+    pub async fn fetch_index(
+        &self,
+        path: &str,
+        validators: &Validators,
+    ) -> Result<IndexFetch, UpstreamError> {
+        let mut request = self
+            .index_http
+            .get(format!("{}{}", self.base, path))
+            .timeout(self.index_timeout);
+        if let Some(etag) = &validators.etag {
+            request = request.header(IF_NONE_MATCH, etag);
+        }
+        if let Some(date) = &validators.last_modified {
+            request = request.header(IF_MODIFIED_SINCE, date);
+        }
+        let response = request.send().await.map_err(UpstreamError::from_reqwest)?;
+        let status = response.status();
+        let fresh_validators = Validators::from_headers(response.headers());
+        match status {
+            StatusCode::OK => Ok(IndexFetch::Modified {
+                body: read_limited(response).await?,
+                validators: fresh_validators,
+            }),
+            StatusCode::NOT_MODIFIED => Ok(IndexFetch::NotModified {
+                validators: fresh_validators,
+            }),
+            StatusCode::NOT_FOUND | StatusCode::GONE | StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS => {
+                Ok(IndexFetch::Missing {
+                    status: status.as_u16(),
+                })
+            }
+            other => Err(UpstreamError::Status(other.as_u16())),
+        }
+    }
+
+    /// Starts a download; the body streams and each read is bounded by the timeout.
+    pub async fn download(&self, url: &str) -> Result<DownloadStart, UpstreamError> {
+        let response = self
+            .download_http
+            .get(url)
+            .send()
+            .await
+            .map_err(UpstreamError::from_reqwest)?;
+        match response.status() {
+            StatusCode::OK => Ok(DownloadStart::Found(DownloadStream {
+                content_length: response.content_length(),
+                body: Box::pin(
+                    response
+                        .bytes_stream()
+                        .map(|chunk| chunk.map_err(UpstreamError::from_reqwest)),
+                ),
+            })),
+            StatusCode::NOT_FOUND | StatusCode::GONE => Ok(DownloadStart::Missing),
+            other => Err(UpstreamError::Status(other.as_u16())),
+        }
+    }
+}
+
+/// Reads a whole (small) body, refusing anything larger than `MAX_INDEX_BYTES`.
+async fn read_limited(response: reqwest::Response) -> Result<Bytes, UpstreamError> {
+    if response
+        .content_length()
+        .is_some_and(|len| len > MAX_INDEX_BYTES as u64)
+    {
+        return Err(UpstreamError::TooLarge);
+    }
+    let mut body = BytesMut::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(UpstreamError::from_reqwest)?;
+        if body.len() + chunk.len() > MAX_INDEX_BYTES {
+            return Err(UpstreamError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dl: &str) -> UpstreamConfig {
+        UpstreamConfig { dl: dl.to_string() }
+    }
+
+    #[test]
+    fn dl_without_markers_appends_the_default_path() {
+        assert_eq!(
+            config("http://dl.example.com/api/v1/crates").download_url("Foo", "1.0.0+b", "ab"),
+            "http://dl.example.com/api/v1/crates/Foo/1.0.0+b/download"
+        );
+    }
+
+    #[test]
+    fn dl_markers_are_substituted() {
+        let dl = config("http://dl.example.com/{prefix}/{lowerprefix}/{crate}/{crate}-{version}.crate?sum={sha256-checksum}");
+        assert_eq!(
+            dl.download_url("FooBar", "0.1.0", "ab12"),
+            "http://dl.example.com/Fo/oB/fo/ob/FooBar/FooBar-0.1.0.crate?sum=ab12"
+        );
+        assert_eq!(
+            config("http://dl.example.com/{crate}/{version}").download_url("abc", "1.0.0", "x"),
+            "http://dl.example.com/abc/1.0.0"
+        );
+        assert_eq!(
+            config("http://dl.example.com/{prefix}/{crate}").download_url("Abc", "1.0.0", "x"),
+            "http://dl.example.com/3/A/Abc"
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! Shared helpers for the integration tests: a generated registry, a test
+//! upstream serving it, the mirror binary, and a cargo driver.
+#![allow(dead_code)]
+
+pub mod cargo;
+pub mod mirror;
+pub mod registry;
+pub mod upstream;
+
+/// An HTTP client for tests: no automatic decompression, no proxies.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .gzip(false)
+        .build()
+        .expect("client")
+}

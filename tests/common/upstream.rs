@@ -1,0 +1,312 @@
+//! A test upstream: a local sparse registry serving generated index files and
+//! `.crate` files, with switches to slow it, fail it, stop it and count what it
+//! was asked.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use bytes::Bytes;
+
+use super::registry::{publish, CrateSpec, Published};
+
+/// How the upstream's config.json spells `dl`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DlStyle {
+    /// `{base}/dl`: cargo (and the mirror) append `/{crate}/{version}/download`.
+    Plain,
+    /// `{base}/files/{lowerprefix}/{crate}/{version}/{sha256-checksum}.crate`.
+    Markers,
+}
+
+/// One request the upstream received.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub path: String,
+    pub if_none_match: Option<String>,
+    pub if_modified_since: Option<String>,
+}
+
+#[derive(Default)]
+pub struct Switches {
+    /// Every response delayed this long.
+    pub delay_ms: AtomicU64,
+    /// Download bodies sent in 16 KiB chunks with this pause between them.
+    pub chunk_delay_ms: AtomicU64,
+    /// Answer every request with this status (0 = behave).
+    pub fail_status: AtomicU16,
+    /// Flip one byte of every download body (a checksum mismatch).
+    pub corrupt_downloads: AtomicBool,
+    /// Send no ETag/Last-Modified (and ignore conditional headers).
+    pub no_validators: AtomicBool,
+}
+
+struct State {
+    base: String,
+    dl_style: DlStyle,
+    /// lowercased name -> (status, body)
+    index: Mutex<HashMap<String, (u16, String)>>,
+    /// (lowercased name, version) -> tarball
+    files: Mutex<HashMap<(String, String), Bytes>>,
+    seen: Mutex<Vec<Seen>>,
+    switches: Arc<Switches>,
+}
+
+pub struct TestUpstream {
+    state: Arc<State>,
+    pub switches: Arc<Switches>,
+    handle: actix_web::dev::ServerHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pub url: String,
+}
+
+impl TestUpstream {
+    pub fn start(specs: &[CrateSpec], dl_style: DlStyle) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind test upstream");
+        let addr = listener.local_addr().expect("local addr");
+        let base = format!("http://{addr}");
+        let switches = Arc::new(Switches::default());
+        let state = Arc::new(State {
+            base: base.clone(),
+            dl_style,
+            index: Mutex::new(HashMap::new()),
+            files: Mutex::new(HashMap::new()),
+            seen: Mutex::new(Vec::new()),
+            switches: switches.clone(),
+        });
+        let upstream_state = state.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let data = web::Data::from(upstream_state);
+                let server = HttpServer::new(move || {
+                    App::new()
+                        .app_data(data.clone())
+                        .default_service(web::to(handle))
+                })
+                .workers(2)
+                .disable_signals()
+                .shutdown_timeout(1)
+                .listen(listener)
+                .expect("listen")
+                .run();
+                tx.send(server.handle()).expect("send handle");
+                let _ = server.await;
+            })
+        });
+        let handle = rx.recv().expect("test upstream started");
+        let upstream = TestUpstream {
+            state,
+            switches,
+            handle,
+            thread: Some(thread),
+            url: format!("{base}/index/"),
+        };
+        upstream.publish_all(specs);
+        upstream
+    }
+
+    /// Adds versions (appending index lines) and returns what was published.
+    pub fn publish_all(&self, specs: &[CrateSpec]) -> Vec<Published> {
+        let published: Vec<Published> = specs.iter().map(publish).collect();
+        for p in &published {
+            self.add(p);
+        }
+        published
+    }
+
+    pub fn add(&self, p: &Published) {
+        let key = p.name.to_ascii_lowercase();
+        let mut index = self.state.index.lock().unwrap();
+        let entry = index.entry(key.clone()).or_insert((200, String::new()));
+        entry.0 = 200;
+        entry.1.push_str(&p.line);
+        entry.1.push('\n');
+        self.state
+            .files
+            .lock()
+            .unwrap()
+            .insert((key, p.vers.clone()), Bytes::from(p.tarball.clone()));
+    }
+
+    /// Replaces an index file's body (e.g. to mark a version yanked).
+    pub fn set_index(&self, name: &str, status: u16, body: &str) {
+        self.state
+            .index
+            .lock()
+            .unwrap()
+            .insert(name.to_ascii_lowercase(), (status, body.to_string()));
+    }
+
+    pub fn index_body(&self, name: &str) -> Option<String> {
+        let index = self.state.index.lock().unwrap();
+        index.get(&name.to_ascii_lowercase()).map(|(_, body)| body.clone())
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    /// How many requests had exactly this path.
+    pub fn count(&self, path: &str) -> usize {
+        self.seen().iter().filter(|s| s.path == path).count()
+    }
+
+    /// How many requests had a path containing `fragment`.
+    pub fn count_matching(&self, fragment: &str) -> usize {
+        self.seen().iter().filter(|s| s.path.contains(fragment)).count()
+    }
+
+    pub fn total_requests(&self) -> usize {
+        self.state.seen.lock().unwrap().len()
+    }
+
+    /// Stops the server: its port refuses connections from now on.
+    pub fn stop(&mut self) {
+        if self.thread.is_none() {
+            return;
+        }
+        // Own thread and runtime: this may be called from inside a test's runtime.
+        let handle = self.handle.clone();
+        let _ = std::thread::spawn(move || block_on(handle.stop(false))).join();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for TestUpstream {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(future)
+}
+
+fn etag_of(body: &str) -> String {
+    format!("\"up-{}\"", &super::registry::sha256_hex(body.as_bytes())[..20])
+}
+
+/// The upstream's Last-Modified for every file: fixed, so revalidation can be tested.
+const UPSTREAM_LAST_MODIFIED: &str = "Tue, 02 Jan 2024 03:04:05 GMT";
+
+async fn handle(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    let path = req.uri().path().to_string();
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    state.seen.lock().unwrap().push(Seen {
+        path: path.clone(),
+        if_none_match: header("if-none-match"),
+        if_modified_since: header("if-modified-since"),
+    });
+    let switches = &state.switches;
+    let delay = switches.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        actix_web::rt::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let fail = switches.fail_status.load(Ordering::SeqCst);
+    if fail != 0 {
+        return HttpResponse::build(actix_web::http::StatusCode::from_u16(fail).unwrap())
+            .body("test upstream failing on purpose");
+    }
+    if path == "/index/config.json" {
+        let dl = match state.dl_style {
+            DlStyle::Plain => format!("{}/dl", state.base),
+            DlStyle::Markers => format!(
+                "{}/files/{{lowerprefix}}/{{crate}}/{{version}}/{{sha256-checksum}}.crate",
+                state.base
+            ),
+        };
+        return HttpResponse::Ok().json(serde_json::json!({ "dl": dl }));
+    }
+    if let Some(rest) = path.strip_prefix("/index/") {
+        let name = rest.rsplit('/').next().unwrap_or("").to_ascii_lowercase();
+        let found = state.index.lock().unwrap().get(&name).cloned();
+        let Some((status, body)) = found else {
+            return HttpResponse::NotFound().body("no such crate");
+        };
+        if status != 200 {
+            return HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+                .finish();
+        }
+        if switches.no_validators.load(Ordering::SeqCst) {
+            return HttpResponse::Ok().body(body);
+        }
+        let etag = etag_of(&body);
+        if header("if-none-match").as_deref() == Some(etag.as_str()) {
+            return HttpResponse::NotModified().insert_header(("etag", etag)).finish();
+        }
+        return HttpResponse::Ok()
+            .insert_header(("etag", etag))
+            .insert_header(("last-modified", UPSTREAM_LAST_MODIFIED))
+            .body(body);
+    }
+    let decoded: Vec<String> = path
+        .split('/')
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect();
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
+    let wanted = match (state.dl_style, segments.as_slice()) {
+        (DlStyle::Plain, [_, "dl", name, version, "download"]) => {
+            Some((name.to_string(), version.to_string(), None))
+        }
+        (DlStyle::Markers, [_, "files", .., name, version, sum]) => Some((
+            name.to_string(),
+            version.to_string(),
+            sum.strip_suffix(".crate").map(str::to_string),
+        )),
+        _ => None,
+    };
+    let Some((name, version, sum)) = wanted else {
+        return HttpResponse::NotFound().body("unknown path");
+    };
+    let file = state
+        .files
+        .lock()
+        .unwrap()
+        .get(&(name.to_ascii_lowercase(), version))
+        .cloned();
+    let Some(file) = file else {
+        return HttpResponse::NotFound().body("no such version");
+    };
+    if let Some(sum) = sum {
+        if sum != super::registry::sha256_hex(&file) {
+            return HttpResponse::BadRequest().body("checksum marker does not match");
+        }
+    }
+    let mut body = file.to_vec();
+    if switches.corrupt_downloads.load(Ordering::SeqCst) {
+        let middle = body.len() / 2;
+        body[middle] ^= 0xff;
+    }
+    let chunk_delay = switches.chunk_delay_ms.load(Ordering::SeqCst);
+    let len = body.len() as u64;
+    let chunks: Vec<Bytes> = body.chunks(16 * 1024).map(Bytes::copy_from_slice).collect();
+    let stream = futures_util::stream::unfold(chunks.into_iter(), move |mut chunks| async move {
+        let chunk = chunks.next()?;
+        if chunk_delay > 0 {
+            actix_web::rt::time::sleep(Duration::from_millis(chunk_delay)).await;
+        }
+        Some((Ok::<_, std::io::Error>(chunk), chunks))
+    });
+    HttpResponse::Ok()
+        .content_type("application/gzip")
+        .no_chunking(len)
+        .streaming(stream)
+}

@@ -1,0 +1,396 @@
+//! Conformance of the sparse index: one test per point of the checklist.
+
+mod common;
+
+use std::io::Read;
+use std::time::Duration;
+
+use common::client;
+use common::mirror::Mirror;
+use common::registry::{publish, CrateSpec};
+use common::upstream::{DlStyle, TestUpstream};
+use reqwest::StatusCode;
+
+fn specs() -> Vec<CrateSpec> {
+    vec![
+        CrateSpec::new("a", "1.0.0"),
+        CrateSpec::new("ab", "1.0.0"),
+        CrateSpec::new("abc", "1.0.0"),
+        CrateSpec::new("abcd", "1.0.0"),
+        CrateSpec::new("Inflector", "0.11.4"),
+        CrateSpec::new("serde_JSON", "1.0.0"),
+        CrateSpec::new("dash-name", "1.0.0"),
+        CrateSpec::new("under_name", "1.0.0"),
+    ]
+}
+
+async fn get(url: &str) -> reqwest::Response {
+    client().get(url).send().await.expect("request")
+}
+
+async fn stats(mirror: &Mirror) -> serde_json::Value {
+    get(&format!("{}/api/stats", mirror.url))
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn config_json_points_dl_at_the_public_url_or_the_host() {
+    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
+    let public = Mirror::start(&upstream.url, &["--public-url", "https://mirror.example.com/"]);
+    let config: serde_json::Value = get(&format!("{}config.json", public.index_url()))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(config["dl"], "https://mirror.example.com/api/v1/crates");
+    assert!(config.get("auth-required").is_none());
+
+    let by_host = Mirror::start(&upstream.url, &[]);
+    let config: serde_json::Value = client()
+        .get(format!("{}config.json", by_host.index_url()))
+        .header("host", "cache.example.com:9000")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(config["dl"], "http://cache.example.com:9000/api/v1/crates");
+}
+
+#[tokio::test]
+async fn index_files_of_every_name_length_pass_through_byte_for_byte() {
+    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
+    let mirror = Mirror::start(&upstream.url, &[]);
+    for (path, name) in [
+        ("1/a", "a"),
+        ("2/ab", "ab"),
+        ("3/a/abc", "abc"),
+        ("ab/cd/abcd", "abcd"),
+        ("in/fl/inflector", "Inflector"),
+        ("se/rd/serde_json", "serde_JSON"),
+        ("da/sh/dash-name", "dash-name"),
+        ("un/de/under_name", "under_name"),
+    ] {
+        let response = get(&format!("{}{path}", mirror.index_url())).await;
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let body = response.bytes().await.unwrap();
+        assert_eq!(body, upstream.index_body(name).unwrap().as_bytes(), "{path}");
+    }
+    let body = get(&format!("{}in/fl/inflector", mirror.index_url()))
+        .await
+        .text()
+        .await
+        .unwrap();
+    for field in ["\"x_unknown_field\":{\"kept\":[1,2,3]}", "\"pubtime\"", "\"rust_version\":\"1.60\""] {
+        assert!(body.contains(field), "{field} lost: {body}");
+    }
+}
+
+#[tokio::test]
+async fn new_style_features_and_many_versions_survive() {
+    let mut big = Vec::new();
+    for minor in 0..2000 {
+        big.push(
+            CrateSpec::new("bigfile", &format!("0.{minor}.0"))
+                .dep(common::registry::Dep::new("a", "^1").optional())
+                .feature("x", &["dep:a"]),
+        );
+    }
+    let upstream = TestUpstream::start(&big, DlStyle::Plain);
+    let mirror = Mirror::start(&upstream.url, &[]);
+    let expected = upstream.index_body("bigfile").unwrap();
+    assert!(expected.len() > 300_000, "only {} bytes", expected.len());
+    let body = get(&format!("{}bi/gf/bigfile", mirror.index_url()))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(body, expected.as_bytes());
+    assert!(expected.contains("\"features2\":{\"x\":[\"dep:a\"]}"));
+}
+
+#[tokio::test]
+async fn mismatched_prefixes_are_404_and_never_reach_the_upstream() {
+    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
+    let mirror = Mirror::start(&upstream.url, &[]);
+    for path in ["1/ab", "2/abc", "3/b/abc", "ab/ce/abcd", "in/fl/x/inflector"] {
+        let response = get(&format!("{}{path}", mirror.index_url())).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+    assert_eq!(upstream.count_matching("/index/") - upstream.count("/index/config.json"), 0);
+}
+
+#[tokio::test]
+async fn missing_crates_pass_the_upstream_status_through_and_are_cached_briefly() {
+    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
+    upstream.set_index("gone", 410, "");
+    upstream.set_index("legal", 451, "");
+    let mirror = Mirror::start(&upstream.url, &["--negative-ttl", "30"]);
+    for (path, status) in [
+        ("no/pe/nope", StatusCode::NOT_FOUND),
+        ("go/ne/gone", StatusCode::GONE),
+        ("le/ga/legal", StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS),
+    ] {
+        for _ in 0..3 {
+            let response = get(&format!("{}{path}", mirror.index_url())).await;
+            assert_eq!(response.status(), status, "{path}");
+        }
+        assert_eq!(upstream.count(&format!("/index/{path}")), 1, "{path} not negatively cached");
+    }
+    assert!(stats(&mirror).await["index"]["negative_hits"].as_u64().unwrap() >= 6);
+
+    // A short negative TTL: a crate published meanwhile appears once it expires.
+    let quick = Mirror::start(&upstream.url, &["--negative-ttl", "1"]);
+    let url = format!("{}la/te/latecomer", quick.index_url());
+    assert_eq!(get(&url).await.status(), StatusCode::NOT_FOUND);
+    upstream.publish_all(&[CrateSpec::new("latecomer", "1.0.0")]);
+    assert_eq!(get(&url).await.status(), StatusCode::NOT_FOUND);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(get(&url).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn etag_and_last_modified_give_304s_and_head_works() {
+    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
+    let mirror = Mirror::start(&upstream.url, &[]);
+    let url = format!("{}3/a/abc", mirror.index_url());
+    let first = get(&url).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let etag = first.headers()["etag"].to_str().unwrap().to_string();
+    let last_modified = first.headers()["last-modified"].to_str().unwrap().to_string();
+    assert!(etag.starts_with('"') && etag.ends_with('"'));
+    assert_eq!(first.headers()["vary"], "Accept-Encoding");
+
+    let conditional = client().get(&url).header("if-none-match", &etag).send().await.unwrap();
+    assert_eq!(conditional.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(conditional.headers()["etag"].to_str().unwrap(), etag);
+    assert!(conditional.bytes().await.unwrap().is_empty());
+
+    let other = client().get(&url).header("if-none-match", "\"other\"").send().await.unwrap();
+    assert_eq!(other.status(), StatusCode::OK);
+
+    // Cargo sends both; the ETag decides.
+    let both = client()
+        .get(&url)
+        .header("if-none-match", "\"other\"")
+        .header("if-modified-since", &last_modified)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(both.status(), StatusCode::OK);
+
+    let since = client().get(&url).header("if-modified-since", &last_modified).send().await.unwrap();
+    assert_eq!(since.status(), StatusCode::NOT_MODIFIED);
+    let older = client()
+        .get(&url)
+        .header("if-modified-since", "Mon, 01 Jan 2001 00:00:00 GMT")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(older.status(), StatusCode::OK);
+
+    let head = client().head(&url).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(head.headers()["etag"].to_str().unwrap(), etag);
+    let expected_len = upstream.index_body("abc").unwrap().len().to_string();
+    assert_eq!(head.headers()["content-length"].to_str().unwrap(), expected_len);
+    assert!(head.bytes().await.unwrap().is_empty());
+    let head_config = client().head(format!("{}config.json", mirror.index_url())).send().await.unwrap();
+    assert_eq!(head_config.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn gzip_is_served_to_clients_that_ask() {
+    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
+    let mirror = Mirror::start(&upstream.url, &[]);
+    let url = format!("{}ab/cd/abcd", mirror.index_url());
+    let response = client().get(&url).header("accept-encoding", "gzip").send().await.unwrap();
+    assert_eq!(response.headers()["content-encoding"], "gzip");
+    assert_eq!(response.headers()["vary"], "Accept-Encoding");
+    let compressed = response.bytes().await.unwrap();
+    let mut plain = String::new();
+    flate2::read::GzDecoder::new(&compressed[..])
+        .read_to_string(&mut plain)
+        .unwrap();
+    assert_eq!(plain, upstream.index_body("abcd").unwrap());
+    let identity = get(&url).await;
+    assert!(identity.headers().get("content-encoding").is_none());
+}
+
+#[tokio::test]
+async fn fresh_files_are_served_from_memory_without_the_upstream() {
+    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
+    let mirror = Mirror::start(&upstream.url, &["--index-ttl", "600"]);
+    let url = format!("{}ab/cd/abcd", mirror.index_url());
+    assert_eq!(get(&url).await.headers()["x-cache"], "MISS");
+    let before = stats(&mirror).await;
+    for _ in 0..20 {
+        let response = get(&url).await;
+        assert_eq!(response.headers()["x-cache"], "HIT");
+    }
+    let after = stats(&mirror).await;
+    assert_eq!(upstream.count("/index/ab/cd/abcd"), 1);
+    let delta = |key: &str| after["index"][key].as_u64().unwrap() - before["index"][key].as_u64().unwrap();
+    assert_eq!(delta("memory_hits"), 20);
+    assert_eq!(delta("store_loads"), 0, "the hot path read sled");
+    assert_eq!(delta("upstream_fetches"), 0);
+}
+
+#[tokio::test]
+async fn expired_files_are_revalidated_with_the_upstream_validators() {
+    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
+    let mirror = Mirror::start(&upstream.url, &["--index-ttl", "1"]);
+    let url = format!("{}3/a/abc", mirror.index_url());
+    let first = get(&url).await;
+    let etag = first.headers()["etag"].clone();
+    let last_modified = first.headers()["last-modified"].clone();
+    let first_body = first.bytes().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let second = get(&url).await;
+    assert_eq!(second.headers()["x-cache"], "REVALIDATED");
+    assert_eq!(second.headers()["etag"], etag);
+    assert_eq!(second.headers()["last-modified"], last_modified);
+    assert_eq!(second.bytes().await.unwrap(), first_body);
+    let requests: Vec<_> = upstream.seen().into_iter().filter(|s| s.path == "/index/3/a/abc").collect();
+    assert_eq!(requests.len(), 2);
+    assert!(requests[0].if_none_match.is_none());
+    assert!(requests[1].if_none_match.as_deref().is_some_and(|t| t.starts_with("\"up-")));
+    assert_eq!(requests[1].if_modified_since.as_deref(), Some("Tue, 02 Jan 2024 03:04:05 GMT"));
+    assert_eq!(stats(&mirror).await["index"]["upstream_not_modified"], 1);
+
+    // Within the TTL a new version is not asked for; after it, it appears.
+    upstream.publish_all(&[CrateSpec::new("abc", "1.1.0")]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let third = get(&url).await;
+    assert_eq!(third.headers()["x-cache"], "REVALIDATED");
+    assert_ne!(third.headers()["etag"], etag);
+    let body = third.text().await.unwrap();
+    assert!(body.contains("\"vers\":\"1.1.0\""));
+    assert_eq!(body, upstream.index_body("abc").unwrap());
+
+    // A yank is a line change and shows up too.
+    let at = body.rfind("\"yanked\":false").expect("a yanked field");
+    let yanked = format!("{}\"yanked\":true{}", &body[..at], &body[at + "\"yanked\":false".len()..]);
+    assert_ne!(yanked, body);
+    upstream.set_index("abc", 200, &yanked);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(get(&url).await.text().await.unwrap(), yanked);
+}
+
+#[tokio::test]
+async fn within_the_ttl_the_upstream_is_not_asked() {
+    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
+    let mirror = Mirror::start(&upstream.url, &["--index-ttl", "600"]);
+    let url = format!("{}2/ab", mirror.index_url());
+    get(&url).await;
+    upstream.publish_all(&[CrateSpec::new("ab", "2.0.0")]);
+    let body = get(&url).await.text().await.unwrap();
+    assert!(!body.contains("2.0.0"));
+    assert_eq!(upstream.count("/index/2/ab"), 1);
+}
+
+#[tokio::test]
+async fn without_upstream_validators_files_are_fetched_and_compared() {
+    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
+    upstream.switches.no_validators.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mirror = Mirror::start(&upstream.url, &["--index-ttl", "1"]);
+    let url = format!("{}1/a", mirror.index_url());
+    let first = get(&url).await;
+    let etag = first.headers()["etag"].clone();
+    let last_modified = first.headers()["last-modified"].clone();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let second = get(&url).await;
+    assert_eq!(second.headers()["x-cache"], "REVALIDATED");
+    // Same body: same ETag and the original Last-Modified, so clients get 304s.
+    assert_eq!(second.headers()["etag"], etag);
+    assert_eq!(second.headers()["last-modified"], last_modified);
+    let requests: Vec<_> = upstream.seen().into_iter().filter(|s| s.path == "/index/1/a").collect();
+    assert_eq!(requests.len(), 2);
+    assert!(requests.iter().all(|r| r.if_none_match.is_none() && r.if_modified_since.is_none()));
+
+    upstream.publish_all(&[CrateSpec::new("a", "1.0.1")]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let third = get(&url).await;
+    assert_ne!(third.headers()["etag"], etag);
+    assert_eq!(third.text().await.unwrap(), upstream.index_body("a").unwrap());
+}
+
+#[tokio::test]
+async fn stale_copies_are_served_when_the_upstream_fails() {
+    let mut upstream = TestUpstream::start(&specs(), DlStyle::Plain);
+    let mirror = Mirror::start(&upstream.url, &["--index-ttl", "1"]);
+    let url = format!("{}ab/cd/abcd", mirror.index_url());
+    let body = get(&url).await.bytes().await.unwrap();
+
+    for status in [500, 503] {
+        upstream.switches.fail_status.store(status, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let response = get(&url).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["x-cache"], "STALE");
+        assert_eq!(response.bytes().await.unwrap(), body);
+    }
+    // Nothing cached and the upstream failing: a gateway error, not a hang.
+    let uncached = get(&format!("{}3/a/abc", mirror.index_url())).await;
+    assert_eq!(uncached.status(), StatusCode::BAD_GATEWAY);
+
+    upstream.stop();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let response = get(&url).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.bytes().await.unwrap(), body);
+    assert!(stats(&mirror).await["index"]["stale_served"].as_u64().unwrap() >= 3);
+    let refused = get(&format!("{}1/a", mirror.index_url())).await;
+    assert_eq!(refused.status(), StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test]
+async fn a_stalled_upstream_gives_504_within_the_timeout() {
+    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
+    let mirror = Mirror::start(&upstream.url, &["--upstream-timeout", "1"]);
+    // Let the mirror learn config.json first, then stall everything.
+    assert_eq!(get(&format!("{}/ready", mirror.url)).await.status(), StatusCode::OK);
+    upstream.switches.delay_ms.store(20_000, std::sync::atomic::Ordering::SeqCst);
+    // The client's own limit only guards against a hang; the mirror answers first.
+    let response = client()
+        .get(format!("{}1/a", mirror.index_url()))
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await
+        .expect("the mirror hung instead of answering");
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+}
+
+#[tokio::test]
+async fn cached_files_survive_a_restart_without_the_upstream() {
+    let mut upstream = TestUpstream::start(&specs(), DlStyle::Plain);
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("data");
+    let body = {
+        let mirror = Mirror::start_in(&data, &upstream.url, &[]);
+        let body = get(&format!("{}in/fl/inflector", mirror.index_url())).await.bytes().await.unwrap();
+        // sled flushes on its own within a second; a kill must not lose the file.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        body
+    };
+    upstream.stop();
+    let mirror = Mirror::start_in(&data, &upstream.url, &[]);
+    let response = get(&format!("{}in/fl/inflector", mirror.index_url())).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.bytes().await.unwrap(), body);
+    assert_eq!(stats(&mirror).await["index"]["store_loads"], 1);
+}
+
+#[tokio::test]
+async fn publishing_helper_appends_lines() {
+    // Guards the test upstream itself: a second version adds a line.
+    let upstream = TestUpstream::start(&[CrateSpec::new("a", "1.0.0")], DlStyle::Plain);
+    let p = publish(&CrateSpec::new("a", "1.0.1"));
+    upstream.add(&p);
+    assert_eq!(upstream.index_body("a").unwrap().lines().count(), 2);
+}

@@ -36,7 +36,9 @@ pub enum ConfigError {
         origin: Source,
         reason: String,
     },
-    #[error("`{0}` is required: pass --{0} URL, set CRATE_MIRROR_{1}, or put it in the config file")]
+    #[error(
+        "`{0}` is required: pass --{0} URL, set CRATE_MIRROR_{1}, or put it in the config file"
+    )]
     Missing(&'static str, String),
     #[error("cannot read config file {path}: {reason}")]
     File { path: PathBuf, reason: String },
@@ -48,13 +50,41 @@ pub enum ConfigError {
 /// The README's settings table is written from this list.
 pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("listen", "127.0.0.1:8080", "address and port to listen on"),
-    ("upstream", "(required)", "sparse index base URL of the registry to cache"),
-    ("data-dir", "./data", "where sled, crate files and temporary files live"),
-    ("public-url", "(from Host)", "how clients reach the mirror; used in config.json"),
-    ("index-ttl", "60", "seconds an index file is served without asking the upstream"),
-    ("negative-ttl", "30", "seconds a missing crate (404/410/451) is remembered"),
-    ("hot-cache-size", "256MiB", "bytes of index files kept in memory"),
-    ("upstream-timeout", "30", "seconds for an index fetch; also the idle-read timeout of downloads"),
+    (
+        "upstream",
+        "(required)",
+        "sparse index base URL of the registry to cache",
+    ),
+    (
+        "data-dir",
+        "./data",
+        "where sled, crate files and temporary files live",
+    ),
+    (
+        "public-url",
+        "(from Host)",
+        "how clients reach the mirror; used in config.json",
+    ),
+    (
+        "index-ttl",
+        "60",
+        "seconds an index file is served without asking the upstream",
+    ),
+    (
+        "negative-ttl",
+        "30",
+        "seconds a missing crate (404/410/451) is remembered",
+    ),
+    (
+        "hot-cache-size",
+        "256MiB",
+        "bytes of index files kept in memory",
+    ),
+    (
+        "upstream-timeout",
+        "30",
+        "seconds for an index fetch; also the idle-read timeout of downloads",
+    ),
     ("connect-timeout", "5", "seconds to connect to the upstream"),
     ("log-format", "text", "log lines as `text` or `json`"),
 ];
@@ -124,11 +154,13 @@ impl RawSettings {
             reason,
         };
         let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            file_err(e.message().to_string())
-        })?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| file_err(e.message().to_string()))?;
         for (key, value) in table {
-            let Some((known, _, _)) = SETTINGS.iter().find(|(k, _, _)| *k == key.replace('_', "-"))
+            let Some((known, _, _)) = SETTINGS
+                .iter()
+                .find(|(k, _, _)| *k == key.replace('_', "-"))
             else {
                 return Err(ConfigError::UnknownKey {
                     key,
@@ -141,7 +173,10 @@ impl RawSettings {
                 toml::Value::Float(n) => n.to_string(),
                 toml::Value::Boolean(b) => b.to_string(),
                 other => {
-                    return Err(file_err(format!("`{key}` must be a string or a number, not {}", other.type_str())))
+                    return Err(file_err(format!(
+                        "`{key}` must be a string or a number, not {}",
+                        other.type_str()
+                    )))
                 }
             };
             self.offer(known, text, Source::File(path.to_path_buf()));
@@ -161,13 +196,20 @@ impl RawSettings {
         parse: impl Fn(&str) -> Result<T, String>,
     ) -> Result<Option<T>, ConfigError> {
         match self.get(key) {
-            Some((value, source)) => parse(value).map(Some).map_err(|reason| ConfigError::Invalid {
-                key,
-                value: value.clone(),
-                origin: source.clone(),
-                reason,
-            }),
-            None => Ok(default.map(|d| parse(d).unwrap_or_else(|e| panic!("bad default for {key}: {e}")))),
+            Some((value, source)) => {
+                parse(value)
+                    .map(Some)
+                    .map_err(|reason| ConfigError::Invalid {
+                        key,
+                        value: value.clone(),
+                        origin: source.clone(),
+                        reason,
+                    })
+            }
+            None => {
+                Ok(default
+                    .map(|d| parse(d).unwrap_or_else(|e| panic!("bad default for {key}: {e}"))))
+            }
         }
     }
 
@@ -218,7 +260,10 @@ impl RawSettings {
 
 /// `index-ttl` → `CRATE_MIRROR_INDEX_TTL`.
 pub fn env_var_name(key: &str) -> String {
-    format!("CRATE_MIRROR_{}", key.replace('-', "_").to_ascii_uppercase())
+    format!(
+        "CRATE_MIRROR_{}",
+        key.replace('-', "_").to_ascii_uppercase()
+    )
 }
 
 fn parse_base_url(value: &str) -> Result<String, String> {
@@ -303,7 +348,10 @@ mod tests {
             ("CRATE_MIRROR_INDEX_TTL", "6"),
             ("CRATE_MIRROR_DATA_DIR", "/from/env"),
         ]);
-        let flags = [("data-dir", Some("/from/flag".to_string())), ("listen", None)];
+        let flags = [
+            ("data-dir", Some("/from/flag".to_string())),
+            ("listen", None),
+        ];
         let config = RawSettings::from_layers(&flags, env, Some(&file))
             .unwrap()
             .build()

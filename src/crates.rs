@@ -260,7 +260,10 @@ impl Inner {
         key: String,
         record: VersionRecord,
     ) -> Result<(Arc<InFlight>, DownloadOutcome), CrateError> {
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(flight) = in_flight.get(&key) {
             return Ok((flight.clone(), DownloadOutcome::Joined));
         }
@@ -293,7 +296,11 @@ impl Inner {
                 .fetch(&record, tokio::fs::File::from_std(writer), &tx)
                 .await;
             let committed = match fetched {
-                Ok(()) => inner.store.commit(&key, &temp_path).await.map_err(CrateError::from),
+                Ok(()) => inner
+                    .store
+                    .commit(&key, &temp_path)
+                    .await
+                    .map_err(CrateError::from),
                 Err(err) => Err(err),
             };
             match committed {
@@ -301,7 +308,10 @@ impl Inner {
                 Err(err) => {
                     tracing::warn!(krate = %record.name, version = %record.vers, error = %err, "crate download failed");
                     if matches!(err, CrateError::ChecksumMismatch) {
-                        inner.stats.checksum_failures.fetch_add(1, Ordering::Relaxed);
+                        inner
+                            .stats
+                            .checksum_failures
+                            .fetch_add(1, Ordering::Relaxed);
                     }
                     let _ = tokio::fs::remove_file(&temp_path).await;
                     tx.send_modify(|p| p.phase = Phase::Failed(err));
@@ -380,46 +390,49 @@ fn follow(file: Arc<std::fs::File>, progress: watch::Receiver<Progress>) -> Byte
         offset: 0,
         finished: false,
     };
-    Box::pin(futures_util::stream::unfold(start, |mut reader| async move {
-        if reader.finished {
-            return None;
-        }
-        loop {
-            let current = reader.progress.borrow_and_update().clone();
-            let readable = match &current.phase {
-                Phase::Failed(err) => {
-                    reader.finished = true;
-                    return Some((Err(std::io::Error::other(err.to_string())), reader));
-                }
-                Phase::Done => current.written,
-                Phase::Connecting | Phase::Streaming => match current.len {
-                    Some(len) => current.written.min(len.saturating_sub(1)),
-                    None => current.written,
-                },
-            };
-            if reader.offset < readable {
-                let want = (readable - reader.offset).min(READ_CHUNK as u64) as usize;
-                match read_at(reader.file.clone(), reader.offset, want).await {
-                    Ok(chunk) => {
-                        reader.offset += chunk.len() as u64;
-                        return Some((Ok(chunk), reader));
-                    }
-                    Err(err) => {
-                        reader.finished = true;
-                        return Some((Err(err), reader));
-                    }
-                }
-            }
-            if matches!(current.phase, Phase::Done) {
+    Box::pin(futures_util::stream::unfold(
+        start,
+        |mut reader| async move {
+            if reader.finished {
                 return None;
             }
-            if reader.progress.changed().await.is_err() {
-                reader.finished = true;
-                let err = std::io::Error::other("download task ended without a result");
-                return Some((Err(err), reader));
+            loop {
+                let current = reader.progress.borrow_and_update().clone();
+                let readable = match &current.phase {
+                    Phase::Failed(err) => {
+                        reader.finished = true;
+                        return Some((Err(std::io::Error::other(err.to_string())), reader));
+                    }
+                    Phase::Done => current.written,
+                    Phase::Connecting | Phase::Streaming => match current.len {
+                        Some(len) => current.written.min(len.saturating_sub(1)),
+                        None => current.written,
+                    },
+                };
+                if reader.offset < readable {
+                    let want = (readable - reader.offset).min(READ_CHUNK as u64) as usize;
+                    match read_at(reader.file.clone(), reader.offset, want).await {
+                        Ok(chunk) => {
+                            reader.offset += chunk.len() as u64;
+                            return Some((Ok(chunk), reader));
+                        }
+                        Err(err) => {
+                            reader.finished = true;
+                            return Some((Err(err), reader));
+                        }
+                    }
+                }
+                if matches!(current.phase, Phase::Done) {
+                    return None;
+                }
+                if reader.progress.changed().await.is_err() {
+                    reader.finished = true;
+                    let err = std::io::Error::other("download task ended without a result");
+                    return Some((Err(err), reader));
+                }
             }
-        }
-    }))
+        },
+    ))
 }
 
 async fn read_at(file: Arc<std::fs::File>, offset: u64, want: usize) -> std::io::Result<Bytes> {

@@ -146,7 +146,10 @@ impl AppState {
 
 /// Runs the mirror until it is stopped (SIGINT/SIGTERM). `on_listening` is told
 /// the bound address before the first request is accepted.
-pub async fn serve(config: Config, on_listening: impl FnOnce(std::net::SocketAddr)) -> Result<(), StartError> {
+pub async fn serve(
+    config: Config,
+    on_listening: impl FnOnce(std::net::SocketAddr),
+) -> Result<(), StartError> {
     let state = web::Data::new(AppState::open(&config)?);
     {
         // Learn the upstream's `dl` early; /ready reports it.

@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use crate_mirror::config::{env_var_name, LogFormat, RawSettings};
 
 #[derive(Parser)]
-#[command(name = "crate-mirror", version, about = "A caching mirror for Rust's package registry")]
+#[command(
+    name = "crate-mirror",
+    version,
+    about = "A caching mirror for Rust's package registry"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -80,10 +80,17 @@ impl Validators {
 /// The outcome of an index fetch that reached the upstream.
 #[derive(Debug)]
 pub enum IndexFetch {
-    Modified { body: Bytes, validators: Validators },
-    NotModified { validators: Validators },
+    Modified {
+        body: Bytes,
+        validators: Validators,
+    },
+    NotModified {
+        validators: Validators,
+    },
     /// 404, 410 or 451: the crate does not exist (or may not be served).
-    Missing { status: u16 },
+    Missing {
+        status: u16,
+    },
 }
 
 /// A `.crate` body on its way from the upstream.
@@ -118,7 +125,12 @@ impl UpstreamConfig {
     /// is appended.
     pub fn download_url(&self, name: &str, version: &str, cksum: &str) -> String {
         if !MARKERS.iter().any(|m| self.dl.contains(m)) {
-            return format!("{}/{}/{}/download", self.dl.trim_end_matches('/'), name, version);
+            return format!(
+                "{}/{}/{}/download",
+                self.dl.trim_end_matches('/'),
+                name,
+                version
+            );
         }
         self.dl
             .replace("{crate}", name)
@@ -259,11 +271,11 @@ impl UpstreamClient {
             StatusCode::NOT_MODIFIED => Ok(IndexFetch::NotModified {
                 validators: fresh_validators,
             }),
-            StatusCode::NOT_FOUND | StatusCode::GONE | StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS => {
-                Ok(IndexFetch::Missing {
-                    status: status.as_u16(),
-                })
-            }
+            StatusCode::NOT_FOUND
+            | StatusCode::GONE
+            | StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS => Ok(IndexFetch::Missing {
+                status: status.as_u16(),
+            }),
             other => Err(UpstreamError::Status(other.as_u16())),
         }
     }

@@ -20,7 +20,12 @@ fn cargo_resolves_and_builds_through_the_mirror_cold_warm_and_offline() {
     // Directly against the test upstream.
     let direct_home = CargoHome::new(&upstream.url);
     let direct = project(&graph_project_manifest());
-    run_ok(&direct_home, direct.path(), target.path(), &["generate-lockfile"]);
+    run_ok(
+        &direct_home,
+        direct.path(),
+        target.path(),
+        &["generate-lockfile"],
+    );
     let direct_lock = std::fs::read_to_string(direct.path().join("Cargo.lock")).unwrap();
 
     // Through the mirror, cold.
@@ -28,7 +33,10 @@ fn cargo_resolves_and_builds_through_the_mirror_cold_warm_and_offline() {
     let through = project(&graph_project_manifest());
     run_ok(&home, through.path(), target.path(), &["generate-lockfile"]);
     let mirror_lock = std::fs::read_to_string(through.path().join("Cargo.lock")).unwrap();
-    assert_eq!(mirror_lock, direct_lock, "Cargo.lock differs through the mirror");
+    assert_eq!(
+        mirror_lock, direct_lock,
+        "Cargo.lock differs through the mirror"
+    );
     for expected in [
         "name = \"MixedCase\"",
         "version = \"1.0.0+build.7\"",
@@ -47,7 +55,10 @@ fn cargo_resolves_and_builds_through_the_mirror_cold_warm_and_offline() {
     let stderr = run_ok(&home, through.path(), target.path(), &["build"]);
     assert!(stderr.contains("Downloaded"), "{stderr}");
     let crates_fetched = upstream.count_matching("/dl/");
-    assert!(crates_fetched >= 20, "only {crates_fetched} crates fetched upstream");
+    assert!(
+        crates_fetched >= 20,
+        "only {crates_fetched} crates fetched upstream"
+    );
     assert_eq!(mirror.stored_files(".crate").len(), crates_fetched);
 
     // The upstream disappears; a fresh CARGO_HOME and a fresh project resolve
@@ -57,10 +68,20 @@ fn cargo_resolves_and_builds_through_the_mirror_cold_warm_and_offline() {
     let offline_home = CargoHome::new(&mirror.index_url());
     let offline = project(&graph_project_manifest());
     let offline_target = tempfile::tempdir().unwrap();
-    run_ok(&offline_home, offline.path(), offline_target.path(), &["generate-lockfile"]);
+    run_ok(
+        &offline_home,
+        offline.path(),
+        offline_target.path(),
+        &["generate-lockfile"],
+    );
     let offline_lock = std::fs::read_to_string(offline.path().join("Cargo.lock")).unwrap();
     assert_eq!(offline_lock, direct_lock);
-    run_ok(&offline_home, offline.path(), offline_target.path(), &["build"]);
+    run_ok(
+        &offline_home,
+        offline.path(),
+        offline_target.path(),
+        &["build"],
+    );
     assert!(
         mirror.log().contains("serving stale index file"),
         "the offline resolve was not answered from stale copies"

@@ -39,7 +39,10 @@ async fn stats(mirror: &Mirror) -> serde_json::Value {
 #[tokio::test]
 async fn config_json_points_dl_at_the_public_url_or_the_host() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let public = Mirror::start(&upstream.url, &["--public-url", "https://mirror.example.com/"]);
+    let public = Mirror::start(
+        &upstream.url,
+        &["--public-url", "https://mirror.example.com/"],
+    );
     let config: serde_json::Value = get(&format!("{}config.json", public.index_url()))
         .await
         .json()
@@ -78,14 +81,22 @@ async fn index_files_of_every_name_length_pass_through_byte_for_byte() {
         let response = get(&format!("{}{path}", mirror.index_url())).await;
         assert_eq!(response.status(), StatusCode::OK, "{path}");
         let body = response.bytes().await.unwrap();
-        assert_eq!(body, upstream.index_body(name).unwrap().as_bytes(), "{path}");
+        assert_eq!(
+            body,
+            upstream.index_body(name).unwrap().as_bytes(),
+            "{path}"
+        );
     }
     let body = get(&format!("{}in/fl/inflector", mirror.index_url()))
         .await
         .text()
         .await
         .unwrap();
-    for field in ["\"x_unknown_field\":{\"kept\":[1,2,3]}", "\"pubtime\"", "\"rust_version\":\"1.60\""] {
+    for field in [
+        "\"x_unknown_field\":{\"kept\":[1,2,3]}",
+        "\"pubtime\"",
+        "\"rust_version\":\"1.60\"",
+    ] {
         assert!(body.contains(field), "{field} lost: {body}");
     }
 }
@@ -117,11 +128,20 @@ async fn new_style_features_and_many_versions_survive() {
 async fn mismatched_prefixes_are_404_and_never_reach_the_upstream() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
     let mirror = Mirror::start(&upstream.url, &[]);
-    for path in ["1/ab", "2/abc", "3/b/abc", "ab/ce/abcd", "in/fl/x/inflector"] {
+    for path in [
+        "1/ab",
+        "2/abc",
+        "3/b/abc",
+        "ab/ce/abcd",
+        "in/fl/x/inflector",
+    ] {
         let response = get(&format!("{}{path}", mirror.index_url())).await;
         assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
     }
-    assert_eq!(upstream.count_matching("/index/") - upstream.count("/index/config.json"), 0);
+    assert_eq!(
+        upstream.count_matching("/index/") - upstream.count("/index/config.json"),
+        0
+    );
 }
 
 #[tokio::test]
@@ -139,9 +159,18 @@ async fn missing_crates_pass_the_upstream_status_through_and_are_cached_briefly(
             let response = get(&format!("{}{path}", mirror.index_url())).await;
             assert_eq!(response.status(), status, "{path}");
         }
-        assert_eq!(upstream.count(&format!("/index/{path}")), 1, "{path} not negatively cached");
+        assert_eq!(
+            upstream.count(&format!("/index/{path}")),
+            1,
+            "{path} not negatively cached"
+        );
     }
-    assert!(stats(&mirror).await["index"]["negative_hits"].as_u64().unwrap() >= 6);
+    assert!(
+        stats(&mirror).await["index"]["negative_hits"]
+            .as_u64()
+            .unwrap()
+            >= 6
+    );
 
     // A short negative TTL: a crate published meanwhile appears once it expires.
     let quick = Mirror::start(&upstream.url, &["--negative-ttl", "1"]);
@@ -161,16 +190,29 @@ async fn etag_and_last_modified_give_304s_and_head_works() {
     let first = get(&url).await;
     assert_eq!(first.status(), StatusCode::OK);
     let etag = first.headers()["etag"].to_str().unwrap().to_string();
-    let last_modified = first.headers()["last-modified"].to_str().unwrap().to_string();
+    let last_modified = first.headers()["last-modified"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert!(etag.starts_with('"') && etag.ends_with('"'));
     assert_eq!(first.headers()["vary"], "Accept-Encoding");
 
-    let conditional = client().get(&url).header("if-none-match", &etag).send().await.unwrap();
+    let conditional = client()
+        .get(&url)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(conditional.status(), StatusCode::NOT_MODIFIED);
     assert_eq!(conditional.headers()["etag"].to_str().unwrap(), etag);
     assert!(conditional.bytes().await.unwrap().is_empty());
 
-    let other = client().get(&url).header("if-none-match", "\"other\"").send().await.unwrap();
+    let other = client()
+        .get(&url)
+        .header("if-none-match", "\"other\"")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(other.status(), StatusCode::OK);
 
     // Cargo sends both; the ETag decides.
@@ -183,7 +225,12 @@ async fn etag_and_last_modified_give_304s_and_head_works() {
         .unwrap();
     assert_eq!(both.status(), StatusCode::OK);
 
-    let since = client().get(&url).header("if-modified-since", &last_modified).send().await.unwrap();
+    let since = client()
+        .get(&url)
+        .header("if-modified-since", &last_modified)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(since.status(), StatusCode::NOT_MODIFIED);
     let older = client()
         .get(&url)
@@ -197,9 +244,16 @@ async fn etag_and_last_modified_give_304s_and_head_works() {
     assert_eq!(head.status(), StatusCode::OK);
     assert_eq!(head.headers()["etag"].to_str().unwrap(), etag);
     let expected_len = upstream.index_body("abc").unwrap().len().to_string();
-    assert_eq!(head.headers()["content-length"].to_str().unwrap(), expected_len);
+    assert_eq!(
+        head.headers()["content-length"].to_str().unwrap(),
+        expected_len
+    );
     assert!(head.bytes().await.unwrap().is_empty());
-    let head_config = client().head(format!("{}config.json", mirror.index_url())).send().await.unwrap();
+    let head_config = client()
+        .head(format!("{}config.json", mirror.index_url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(head_config.status(), StatusCode::OK);
 }
 
@@ -208,7 +262,12 @@ async fn gzip_is_served_to_clients_that_ask() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
     let mirror = Mirror::start(&upstream.url, &[]);
     let url = format!("{}ab/cd/abcd", mirror.index_url());
-    let response = client().get(&url).header("accept-encoding", "gzip").send().await.unwrap();
+    let response = client()
+        .get(&url)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.headers()["content-encoding"], "gzip");
     assert_eq!(response.headers()["vary"], "Accept-Encoding");
     let compressed = response.bytes().await.unwrap();
@@ -234,7 +293,8 @@ async fn fresh_files_are_served_from_memory_without_the_upstream() {
     }
     let after = stats(&mirror).await;
     assert_eq!(upstream.count("/index/ab/cd/abcd"), 1);
-    let delta = |key: &str| after["index"][key].as_u64().unwrap() - before["index"][key].as_u64().unwrap();
+    let delta =
+        |key: &str| after["index"][key].as_u64().unwrap() - before["index"][key].as_u64().unwrap();
     assert_eq!(delta("memory_hits"), 20);
     assert_eq!(delta("store_loads"), 0, "the hot path read sled");
     assert_eq!(delta("upstream_fetches"), 0);
@@ -256,11 +316,21 @@ async fn expired_files_are_revalidated_with_the_upstream_validators() {
     assert_eq!(second.headers()["etag"], etag);
     assert_eq!(second.headers()["last-modified"], last_modified);
     assert_eq!(second.bytes().await.unwrap(), first_body);
-    let requests: Vec<_> = upstream.seen().into_iter().filter(|s| s.path == "/index/3/a/abc").collect();
+    let requests: Vec<_> = upstream
+        .seen()
+        .into_iter()
+        .filter(|s| s.path == "/index/3/a/abc")
+        .collect();
     assert_eq!(requests.len(), 2);
     assert!(requests[0].if_none_match.is_none());
-    assert!(requests[1].if_none_match.as_deref().is_some_and(|t| t.starts_with("\"up-")));
-    assert_eq!(requests[1].if_modified_since.as_deref(), Some("Tue, 02 Jan 2024 03:04:05 GMT"));
+    assert!(requests[1]
+        .if_none_match
+        .as_deref()
+        .is_some_and(|t| t.starts_with("\"up-")));
+    assert_eq!(
+        requests[1].if_modified_since.as_deref(),
+        Some("Tue, 02 Jan 2024 03:04:05 GMT")
+    );
     assert_eq!(stats(&mirror).await["index"]["upstream_not_modified"], 1);
 
     // Within the TTL a new version is not asked for; after it, it appears.
@@ -275,7 +345,11 @@ async fn expired_files_are_revalidated_with_the_upstream_validators() {
 
     // A yank is a line change and shows up too.
     let at = body.rfind("\"yanked\":false").expect("a yanked field");
-    let yanked = format!("{}\"yanked\":true{}", &body[..at], &body[at + "\"yanked\":false".len()..]);
+    let yanked = format!(
+        "{}\"yanked\":true{}",
+        &body[..at],
+        &body[at + "\"yanked\":false".len()..]
+    );
     assert_ne!(yanked, body);
     upstream.set_index("abc", 200, &yanked);
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -297,7 +371,10 @@ async fn within_the_ttl_the_upstream_is_not_asked() {
 #[tokio::test]
 async fn without_upstream_validators_files_are_fetched_and_compared() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    upstream.switches.no_validators.store(true, std::sync::atomic::Ordering::SeqCst);
+    upstream
+        .switches
+        .no_validators
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let mirror = Mirror::start(&upstream.url, &["--index-ttl", "1"]);
     let url = format!("{}1/a", mirror.index_url());
     let first = get(&url).await;
@@ -309,15 +386,24 @@ async fn without_upstream_validators_files_are_fetched_and_compared() {
     // Same body: same ETag and the original Last-Modified, so clients get 304s.
     assert_eq!(second.headers()["etag"], etag);
     assert_eq!(second.headers()["last-modified"], last_modified);
-    let requests: Vec<_> = upstream.seen().into_iter().filter(|s| s.path == "/index/1/a").collect();
+    let requests: Vec<_> = upstream
+        .seen()
+        .into_iter()
+        .filter(|s| s.path == "/index/1/a")
+        .collect();
     assert_eq!(requests.len(), 2);
-    assert!(requests.iter().all(|r| r.if_none_match.is_none() && r.if_modified_since.is_none()));
+    assert!(requests
+        .iter()
+        .all(|r| r.if_none_match.is_none() && r.if_modified_since.is_none()));
 
     upstream.publish_all(&[CrateSpec::new("a", "1.0.1")]);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let third = get(&url).await;
     assert_ne!(third.headers()["etag"], etag);
-    assert_eq!(third.text().await.unwrap(), upstream.index_body("a").unwrap());
+    assert_eq!(
+        third.text().await.unwrap(),
+        upstream.index_body("a").unwrap()
+    );
 }
 
 #[tokio::test]
@@ -328,7 +414,10 @@ async fn stale_copies_are_served_when_the_upstream_fails() {
     let body = get(&url).await.bytes().await.unwrap();
 
     for status in [500, 503] {
-        upstream.switches.fail_status.store(status, std::sync::atomic::Ordering::SeqCst);
+        upstream
+            .switches
+            .fail_status
+            .store(status, std::sync::atomic::Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(1100)).await;
         let response = get(&url).await;
         assert_eq!(response.status(), StatusCode::OK);
@@ -344,7 +433,12 @@ async fn stale_copies_are_served_when_the_upstream_fails() {
     let response = get(&url).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.bytes().await.unwrap(), body);
-    assert!(stats(&mirror).await["index"]["stale_served"].as_u64().unwrap() >= 3);
+    assert!(
+        stats(&mirror).await["index"]["stale_served"]
+            .as_u64()
+            .unwrap()
+            >= 3
+    );
     let refused = get(&format!("{}1/a", mirror.index_url())).await;
     assert_eq!(refused.status(), StatusCode::BAD_GATEWAY);
 }
@@ -354,8 +448,14 @@ async fn a_stalled_upstream_gives_504_within_the_timeout() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
     let mirror = Mirror::start(&upstream.url, &["--upstream-timeout", "1"]);
     // Let the mirror learn config.json first, then stall everything.
-    assert_eq!(get(&format!("{}/ready", mirror.url)).await.status(), StatusCode::OK);
-    upstream.switches.delay_ms.store(20_000, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        get(&format!("{}/ready", mirror.url)).await.status(),
+        StatusCode::OK
+    );
+    upstream
+        .switches
+        .delay_ms
+        .store(20_000, std::sync::atomic::Ordering::SeqCst);
     // The client's own limit only guards against a hang; the mirror answers first.
     let response = client()
         .get(format!("{}1/a", mirror.index_url()))
@@ -373,7 +473,11 @@ async fn cached_files_survive_a_restart_without_the_upstream() {
     let data = temp.path().join("data");
     let body = {
         let mirror = Mirror::start_in(&data, &upstream.url, &[]);
-        let body = get(&format!("{}in/fl/inflector", mirror.index_url())).await.bytes().await.unwrap();
+        let body = get(&format!("{}in/fl/inflector", mirror.index_url()))
+            .await
+            .bytes()
+            .await
+            .unwrap();
         // sled flushes on its own within a second; a kill must not lose the file.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         body

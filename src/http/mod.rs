@@ -25,7 +25,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/health", web::route().guard(get_or_head()).to(health))
         .route("/ready", web::route().guard(get_or_head()).to(ready))
         .route("/api/stats", web::get().to(stats))
-        .route("/index/{tail:.*}", web::route().guard(get_or_head()).to(index))
+        .route(
+            "/index/{tail:.*}",
+            web::route().guard(get_or_head()).to(index),
+        )
         .route(
             "/api/v1/crates/{tail:.*}",
             web::route().guard(get_or_head()).to(download),
@@ -131,9 +134,10 @@ fn is_not_modified(headers: &HeaderMap, entry: &IndexEntry) -> bool {
         let Ok(value) = value.to_str() else {
             return false;
         };
-        return value.split(',').map(str::trim).any(|tag| {
-            tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == entry.etag
-        });
+        return value
+            .split(',')
+            .map(str::trim)
+            .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == entry.etag);
     }
     let since = headers
         .get(header::IF_MODIFIED_SINCE)
@@ -146,7 +150,10 @@ fn is_not_modified(headers: &HeaderMap, entry: &IndexEntry) -> bool {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            let since = since.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let since = since
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
             changed <= since
         }
         None => false,
@@ -155,7 +162,10 @@ fn is_not_modified(headers: &HeaderMap, entry: &IndexEntry) -> bool {
 
 /// Whether `Accept-Encoding` lists gzip (or `*`) with a non-zero quality.
 fn accepts_gzip(headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok()) else {
+    let Some(value) = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
     value.split(',').any(|item| {
@@ -233,7 +243,10 @@ mod tests {
     #[test]
     fn gzip_negotiation() {
         assert!(accepts_gzip(&headers(header::ACCEPT_ENCODING, "gzip")));
-        assert!(accepts_gzip(&headers(header::ACCEPT_ENCODING, "br, GZIP;q=0.5")));
+        assert!(accepts_gzip(&headers(
+            header::ACCEPT_ENCODING,
+            "br, GZIP;q=0.5"
+        )));
         assert!(accepts_gzip(&headers(header::ACCEPT_ENCODING, "*")));
         assert!(!accepts_gzip(&headers(header::ACCEPT_ENCODING, "gzip;q=0")));
         assert!(!accepts_gzip(&headers(header::ACCEPT_ENCODING, "identity")));

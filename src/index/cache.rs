@@ -125,7 +125,13 @@ impl IndexEntry {
     }
 
     /// A copy with a new expiry (and, after a 304, the upstream's newer validators).
-    fn renewed(&self, upstream: Validators, fetched_at: SystemTime, fresh_for: Duration, stale: bool) -> Self {
+    fn renewed(
+        &self,
+        upstream: Validators,
+        fetched_at: SystemTime,
+        fresh_for: Duration,
+        stale: bool,
+    ) -> Self {
         Self {
             status: self.status,
             body: self.body.clone(),
@@ -347,7 +353,10 @@ impl Inner {
             return Ok(None);
         };
         IndexStats::bump(&self.stats.store_loads);
-        Ok(Some(Arc::new(IndexEntry::from_stored(stored, self.policy.ttl))))
+        Ok(Some(Arc::new(IndexEntry::from_stored(
+            stored,
+            self.policy.ttl,
+        ))))
     }
 
     async fn remember(&self, key: &str, entry: IndexEntry, outcome: CacheOutcome) -> IndexLookup {
@@ -376,7 +385,11 @@ impl Inner {
         IndexStats::bump(&self.stats.upstream_fetches);
         let ttl = self.policy.ttl;
         let now = SystemTime::now();
-        match self.upstream.fetch_index(&name.index_path(), &validators).await {
+        match self
+            .upstream
+            .fetch_index(&name.index_path(), &validators)
+            .await
+        {
             Ok(IndexFetch::Modified { body, validators }) => {
                 let etag = etag_of(&body);
                 let (changed_at, outcome) = match &previous {
@@ -415,7 +428,12 @@ impl Inner {
                 };
                 tracing::warn!(krate = key, error = %err, "upstream failed; serving stale index file");
                 IndexStats::bump(&self.stats.stale_served);
-                let entry = old.renewed(old.upstream.clone(), old.fetched_at, ttl.min(STALE_RETRY), true);
+                let entry = old.renewed(
+                    old.upstream.clone(),
+                    old.fetched_at,
+                    ttl.min(STALE_RETRY),
+                    true,
+                );
                 Ok(self.remember(key, entry, CacheOutcome::Stale).await)
             }
         }

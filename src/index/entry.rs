@@ -26,7 +26,10 @@ pub fn find_version(body: &[u8], version: &str) -> Option<VersionRecord> {
 
 /// Whether `cksum` is a well-formed lowercase hex sha256.
 pub fn is_sha256_hex(cksum: &str) -> bool {
-    cksum.len() == 64 && cksum.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    cksum.len() == 64
+        && cksum
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 #[cfg(test)]

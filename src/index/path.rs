@@ -184,8 +184,14 @@ mod tests {
         assert_eq!(parse_index_path("1/ab"), Err(PathError::PrefixMismatch));
         assert_eq!(parse_index_path("3/b/abc"), Err(PathError::PrefixMismatch));
         assert_eq!(parse_index_path("se/rd/serdx"), Ok(file("serdx")));
-        assert_eq!(parse_index_path("sx/rd/serde"), Err(PathError::PrefixMismatch));
-        assert_eq!(parse_index_path("se/rd/x/serde"), Err(PathError::PrefixMismatch));
+        assert_eq!(
+            parse_index_path("sx/rd/serde"),
+            Err(PathError::PrefixMismatch)
+        );
+        assert_eq!(
+            parse_index_path("se/rd/x/serde"),
+            Err(PathError::PrefixMismatch)
+        );
     }
 
     #[test]
@@ -210,7 +216,10 @@ mod tests {
     #[test]
     fn names_are_checked() {
         assert!(CrateName::parse(&"a".repeat(64)).is_ok());
-        assert_eq!(CrateName::parse(&"a".repeat(65)), Err(PathError::InvalidName));
+        assert_eq!(
+            CrateName::parse(&"a".repeat(65)),
+            Err(PathError::InvalidName)
+        );
         assert_eq!(CrateName::parse("1abc"), Err(PathError::InvalidName));
         assert_eq!(CrateName::parse("_abc"), Err(PathError::InvalidName));
         assert_eq!(CrateName::parse("ab c"), Err(PathError::InvalidName));

@@ -46,7 +46,10 @@ impl StoredIndex {
 
     fn decode(key: &str, value: &[u8]) -> Result<Self, StoreError> {
         let corrupt = || StoreError::Corrupt(key.to_string());
-        let len_bytes: [u8; 4] = value.get(..4).and_then(|b| b.try_into().ok()).ok_or_else(corrupt)?;
+        let len_bytes: [u8; 4] = value
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(corrupt)?;
         let header_end = 4 + u32::from_le_bytes(len_bytes) as usize;
         let header = value.get(4..header_end).ok_or_else(corrupt)?;
         let header: StoredHeader = serde_json::from_slice(header).map_err(|_| corrupt())?;

@@ -50,7 +50,13 @@ pub fn crate_key(name_key: &str, version: &str) -> String {
 mod tests {
     #[test]
     fn keys_use_the_index_prefix() {
-        assert_eq!(super::crate_key("serde", "1.0.0"), "crates/se/rd/serde/serde-1.0.0.crate");
-        assert_eq!(super::crate_key("a", "0.1.0+b"), "crates/1/a/a-0.1.0+b.crate");
+        assert_eq!(
+            super::crate_key("serde", "1.0.0"),
+            "crates/se/rd/serde/serde-1.0.0.crate"
+        );
+        assert_eq!(
+            super::crate_key("a", "0.1.0+b"),
+            "crates/1/a/a-0.1.0+b.crate"
+        );
     }
 }

@@ -80,8 +80,10 @@ impl CrateSpec {
         self
     }
     pub fn feature(mut self, name: &str, enables: &[&str]) -> Self {
-        self.features
-            .insert(name.to_string(), enables.iter().map(|s| s.to_string()).collect());
+        self.features.insert(
+            name.to_string(),
+            enables.iter().map(|s| s.to_string()).collect(),
+        );
         self
     }
     pub fn yanked(mut self) -> Self {
@@ -145,10 +147,11 @@ fn manifest(spec: &CrateSpec) -> String {
         if !dep.features.is_empty() {
             fields.push(format!("features = {}", toml_str_list(&dep.features)));
         }
-        sections
-            .entry(section)
-            .or_default()
-            .push(format!("{:?} = {{ {} }}", dep.name, fields.join(", ")));
+        sections.entry(section).or_default().push(format!(
+            "{:?} = {{ {} }}",
+            dep.name,
+            fields.join(", ")
+        ));
     }
     for (section, lines) in sections {
         toml.push_str(&format!("\n[{section}]\n{}\n", lines.join("\n")));
@@ -220,11 +223,12 @@ pub fn index_line(spec: &CrateSpec, cksum: &str) -> String {
             value
         })
         .collect();
-    let (plain, new_style): (BTreeMap<_, _>, BTreeMap<_, _>) = spec
-        .features
-        .clone()
-        .into_iter()
-        .partition(|(_, enables)| !enables.iter().any(|e| e.starts_with("dep:") || e.contains("?/")));
+    let (plain, new_style): (BTreeMap<_, _>, BTreeMap<_, _>) =
+        spec.features.clone().into_iter().partition(|(_, enables)| {
+            !enables
+                .iter()
+                .any(|e| e.starts_with("dep:") || e.contains("?/"))
+        });
     let mut line = json!({
         "name": spec.name,
         "vers": spec.vers,

@@ -142,7 +142,9 @@ impl TestUpstream {
 
     pub fn index_body(&self, name: &str) -> Option<String> {
         let index = self.state.index.lock().unwrap();
-        index.get(&name.to_ascii_lowercase()).map(|(_, body)| body.clone())
+        index
+            .get(&name.to_ascii_lowercase())
+            .map(|(_, body)| body.clone())
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -156,7 +158,10 @@ impl TestUpstream {
 
     /// How many requests had a path containing `fragment`.
     pub fn count_matching(&self, fragment: &str) -> usize {
-        self.seen().iter().filter(|s| s.path.contains(fragment)).count()
+        self.seen()
+            .iter()
+            .filter(|s| s.path.contains(fragment))
+            .count()
     }
 
     pub fn total_requests(&self) -> usize {
@@ -192,7 +197,10 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
 }
 
 fn etag_of(body: &str) -> String {
-    format!("\"up-{}\"", &super::registry::sha256_hex(body.as_bytes())[..20])
+    format!(
+        "\"up-{}\"",
+        &super::registry::sha256_hex(body.as_bytes())[..20]
+    )
 }
 
 /// The upstream's Last-Modified for every file: fixed, so revalidation can be tested.
@@ -246,7 +254,9 @@ async fn handle(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
         }
         let etag = etag_of(&body);
         if header("if-none-match").as_deref() == Some(etag.as_str()) {
-            return HttpResponse::NotModified().insert_header(("etag", etag)).finish();
+            return HttpResponse::NotModified()
+                .insert_header(("etag", etag))
+                .finish();
         }
         return HttpResponse::Ok()
             .insert_header(("etag", etag))

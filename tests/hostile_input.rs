@@ -1,0 +1,122 @@
+//! Hostile requests get a 4xx and never reach the filesystem or the upstream.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use common::mirror::Mirror;
+use common::registry::CrateSpec;
+use common::upstream::{DlStyle, TestUpstream};
+
+/// Sends `GET {path}` byte for byte (no client-side normalisation) and returns the status.
+fn raw_status(base: &str, path: &[u8]) -> u16 {
+    raw_request(base, b"GET", path)
+}
+
+fn raw_request(base: &str, method: &[u8], path: &[u8]) -> u16 {
+    let addr = base.strip_prefix("http://").unwrap();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut request = method.to_vec();
+    request.push(b' ');
+    request.extend_from_slice(path);
+    request.extend_from_slice(b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(&request).unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn hostile_paths_are_4xx_and_never_reach_the_upstream() {
+    let upstream = TestUpstream::start(&[CrateSpec::new("serde", "1.0.0")], DlStyle::Plain);
+    let mirror = Mirror::start(&upstream.url, &[]);
+    let long_name = "a".repeat(65);
+    let long_version = format!("1.0.0+{}", "b".repeat(200));
+    let index_paths: Vec<String> = vec![
+        "/index/../../etc/passwd".into(),
+        "/index/se/rd/..".into(),
+        "/index/se/rd/%2e%2e".into(),
+        "/index/se/rd/%2E%2E%2Fetc".into(),
+        "/index/se%2frd/serde".into(),
+        "/index/se/rd%2Fserde".into(),
+        "/index/se/rd/ser%00de".into(),
+        "/index/se/rd/serde%00".into(),
+        "/index/se/rd/ser.de".into(),
+        "/index/se/rd/ser de".replace(' ', "%20"),
+        "/index/se/rd/sérde".into(),
+        "/index/1/_".into(),
+        "/index/2/1a".into(),
+        "/index/3/-/-ab".into(),
+        format!("/index/aa/aa/{long_name}"),
+        "/index/sx/rd/serde".into(),
+        "/index/1/serde".into(),
+        "/index/se/serde".into(),
+        "/index/se/rd/se/serde".into(),
+        "/index/serde".into(),
+        "/index/".into(),
+        "/index//se/rd/serde".into(),
+        "/index/config.json/../x".into(),
+        "/index/CONFIG.JSON.bak".into(),
+    ];
+    let download_paths: Vec<String> = vec![
+        "/api/v1/crates/serde/../../etc/passwd/download".into(),
+        "/api/v1/crates/../serde/1.0.0/download".into(),
+        "/api/v1/crates/%2e%2e/1.0.0/download".into(),
+        "/api/v1/crates/serde/%2e%2e%2f%2e%2e/download".into(),
+        "/api/v1/crates/se%2frde/1.0.0/download".into(),
+        "/api/v1/crates/serde/1.0.0%2f..%2f/download".into(),
+        "/api/v1/crates/serde/1.0.0%00/download".into(),
+        "/api/v1/crates/ser%00de/1.0.0/download".into(),
+        "/api/v1/crates/serde/1.0/download".into(),
+        "/api/v1/crates/serde/latest/download".into(),
+        "/api/v1/crates/serde/v1.0.0/download".into(),
+        "/api/v1/crates/serde/01.0.0/download".into(),
+        format!("/api/v1/crates/serde/{long_version}/download"),
+        format!("/api/v1/crates/{long_name}/1.0.0/download"),
+        "/api/v1/crates/1serde/1.0.0/download".into(),
+        "/api/v1/crates/serde/1.0.0/download/extra".into(),
+        "/api/v1/crates/serde/1.0.0".into(),
+        "/api/v1/crates/serde//download".into(),
+        "/api/v1/crates/serde/1.0.0/upload".into(),
+        "/api/v1/crates/ser%zzde/1.0.0/download".into(),
+        "/api/v1/crates/serde/1.0.0%ff/download".into(),
+    ];
+    let mut checked = 0;
+    for path in index_paths.iter().chain(&download_paths) {
+        let status = raw_status(&mirror.url, path.as_bytes());
+        assert!((400..500).contains(&status), "{path} answered {status}");
+        checked += 1;
+    }
+    assert!(checked >= 40, "only {checked} hostile paths");
+    let asked: Vec<_> = upstream
+        .seen()
+        .into_iter()
+        .filter(|s| s.path != "/index/config.json")
+        .collect();
+    assert!(
+        asked.is_empty(),
+        "hostile requests reached the upstream: {asked:?}"
+    );
+    // Nothing was created outside the mirror's own layout.
+    assert!(mirror.stored_files("passwd").is_empty());
+
+    // Wrong methods are refused; the mirror is healthy afterwards.
+    assert_eq!(
+        raw_request(&mirror.url, b"DELETE", b"/index/se/rd/serde"),
+        405
+    );
+    assert_eq!(
+        raw_request(&mirror.url, b"PUT", b"/api/v1/crates/serde/1.0.0/download"),
+        405
+    );
+    assert_eq!(raw_status(&mirror.url, b"/health"), 200);
+    assert_eq!(raw_status(&mirror.url, b"/index/se/rd/serde"), 200);
+}

@@ -42,6 +42,9 @@ pub enum StartError {
     },
 }
 
+/// How long `/ready` waits for the upstream's config.json when it is not known yet.
+const READY_UPSTREAM_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The services behind the HTTP surface, shared by every worker.
 pub struct AppState {
     pub index: IndexCache,
@@ -120,8 +123,11 @@ impl AppState {
         let data_dir_writable = tokio::fs::write(&probe, b"ok").await.is_ok()
             && tokio::fs::remove_file(&probe).await.is_ok();
         let database_open = self.db.get(b"ready-probe").is_ok();
-        let upstream_config_known =
-            self.upstream.config_known().await || self.upstream.config().await.is_ok();
+        // Bounded, so a probe never hangs on a stalled upstream.
+        let upstream_config_known = self.upstream.config_known()
+            || tokio::time::timeout(READY_UPSTREAM_WAIT, self.upstream.config())
+                .await
+                .is_ok_and(|config| config.is_ok());
         Readiness {
             ready: data_dir_writable && database_open && upstream_config_known,
             data_dir_writable,

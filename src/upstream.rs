@@ -2,6 +2,7 @@
 //! through here — its `config.json` (for the `dl` template), conditional index
 //! fetches and streamed `.crate` downloads — so timeouts live in one place.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -150,6 +151,8 @@ pub struct UpstreamClient {
     index_timeout: Duration,
     config_ttl: Duration,
     config: Mutex<Option<(Arc<UpstreamConfig>, Instant)>>,
+    /// Set once config.json has been read, readable without waiting for a refresh.
+    config_known: AtomicBool,
 }
 
 impl UpstreamClient {
@@ -183,6 +186,7 @@ impl UpstreamClient {
             index_timeout: timeout,
             config_ttl,
             config: Mutex::new(None),
+            config_known: AtomicBool::new(false),
         })
     }
 
@@ -203,6 +207,7 @@ impl UpstreamClient {
             Ok(config) => {
                 let config = Arc::new(config);
                 *slot = Some((config.clone(), Instant::now()));
+                self.config_known.store(true, Ordering::Relaxed);
                 Ok(config)
             }
             Err(err) => match slot.as_ref() {
@@ -215,9 +220,9 @@ impl UpstreamClient {
         }
     }
 
-    /// Whether config.json has been read at least once.
-    pub async fn config_known(&self) -> bool {
-        self.config.lock().await.is_some()
+    /// Whether config.json has been read at least once (never waits).
+    pub fn config_known(&self) -> bool {
+        self.config_known.load(Ordering::Relaxed)
     }
 
     async fn fetch_config(&self) -> Result<UpstreamConfig, UpstreamError> {

@@ -87,6 +87,42 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ),
     ("connect-timeout", "5", "seconds to connect to the upstream"),
     ("log-format", "text", "log lines as `text` or `json`"),
+    (
+        "storage",
+        "local",
+        "`local` (under the data dir) or `s3://BUCKET[/PREFIX]`",
+    ),
+    (
+        "max-storage",
+        "(unbounded)",
+        "local storage quota, e.g. `50GiB`; least recently used crates are evicted",
+    ),
+    (
+        "s3-redirect",
+        "false",
+        "answer S3 hits with a redirect to a presigned URL",
+    ),
+    (
+        "aws-access-key-id",
+        "(none)",
+        "S3 access key (env `AWS_ACCESS_KEY_ID`)",
+    ),
+    (
+        "aws-secret-access-key",
+        "(none)",
+        "S3 secret key (env `AWS_SECRET_ACCESS_KEY`)",
+    ),
+    ("aws-region", "us-east-1", "S3 region (env `AWS_REGION`)"),
+    (
+        "aws-endpoint-url",
+        "(AWS)",
+        "S3-compatible endpoint (env `AWS_ENDPOINT_URL`)",
+    ),
+    (
+        "aws-allow-http",
+        "false",
+        "allow a plain-http endpoint (env `AWS_ALLOW_HTTP`)",
+    ),
 ];
 
 /// Validated settings for `serve` and the maintenance commands.
@@ -104,6 +140,31 @@ pub struct Config {
     pub upstream_timeout: Duration,
     pub connect_timeout: Duration,
     pub log_format: LogFormat,
+    pub storage: StorageConfig,
+}
+
+/// Where crate files are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageConfig {
+    Local {
+        /// Quota in bytes; `None` is unbounded.
+        max_bytes: Option<u64>,
+    },
+    S3(S3Config),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Key prefix without leading or trailing slashes (may be empty).
+    pub prefix: String,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub region: String,
+    pub endpoint: Option<String>,
+    pub allow_http: bool,
+    /// Answer hits with a redirect to a presigned URL.
+    pub redirect: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,13 +297,7 @@ impl RawSettings {
                 v.parse().map_err(|_| "expected ADDRESS:PORT".to_string())
             })?,
             upstream,
-            data_dir: self.required("data-dir", "./data", |v| {
-                if v.is_empty() {
-                    Err("must not be empty".to_string())
-                } else {
-                    Ok(PathBuf::from(v))
-                }
-            })?,
+            data_dir: self.data_dir()?,
             public_url,
             index_ttl: self.required("index-ttl", "60", parse_seconds)?,
             negative_ttl: self.required("negative-ttl", "30", parse_seconds)?,
@@ -254,16 +309,101 @@ impl RawSettings {
                 "json" => Ok(LogFormat::Json),
                 _ => Err("expected `text` or `json`".to_string()),
             })?,
+            storage: self.storage()?,
         })
+    }
+
+    /// The data dir alone, for commands that need no upstream.
+    pub fn data_dir(&self) -> Result<PathBuf, ConfigError> {
+        self.required("data-dir", "./data", |v| {
+            if v.is_empty() {
+                Err("must not be empty".to_string())
+            } else {
+                Ok(PathBuf::from(v))
+            }
+        })
+    }
+
+    /// The storage settings alone, for commands that need no upstream.
+    pub fn storage(&self) -> Result<StorageConfig, ConfigError> {
+        let max_bytes = self.parse("max-storage", None, parse_size)?;
+        let redirect = self.required("s3-redirect", "false", parse_bool)?;
+        let location = self.required("storage", "local", |v| {
+            if v == "local" {
+                return Ok(None);
+            }
+            let rest = v
+                .strip_prefix("s3://")
+                .ok_or_else(|| "expected `local` or `s3://BUCKET[/PREFIX]`".to_string())?;
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let valid_bucket = (3..=63).contains(&bucket.len())
+                && bucket.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                });
+            if !valid_bucket {
+                return Err(format!("invalid bucket name {bucket:?}"));
+            }
+            Ok(Some((
+                bucket.to_string(),
+                prefix.trim_matches('/').to_string(),
+            )))
+        })?;
+        let Some((bucket, prefix)) = location else {
+            if redirect {
+                return Err(self.invalid("s3-redirect", "needs --storage s3://..."));
+            }
+            return Ok(StorageConfig::Local { max_bytes });
+        };
+        if max_bytes.is_some() {
+            return Err(self.invalid("max-storage", "applies to local storage only"));
+        }
+        let text = |key: &'static str| self.get(key).map(|(value, _)| value.clone());
+        Ok(StorageConfig::S3(S3Config {
+            bucket,
+            prefix,
+            access_key_id: text("aws-access-key-id"),
+            secret_access_key: text("aws-secret-access-key"),
+            region: self.required("aws-region", "us-east-1", |v| Ok(v.to_string()))?,
+            endpoint: self.parse("aws-endpoint-url", None, |v| {
+                parse_base_url(v).map(|url| url.trim_end_matches('/').to_string())
+            })?,
+            allow_http: self.required("aws-allow-http", "false", parse_bool)?,
+            redirect,
+        }))
+    }
+
+    /// An error for a value that parsed but does not fit the other settings.
+    fn invalid(&self, key: &'static str, reason: &str) -> ConfigError {
+        let (value, origin) = self
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| (String::new(), Source::Flag));
+        ConfigError::Invalid {
+            key,
+            value,
+            origin,
+            reason: reason.to_string(),
+        }
     }
 }
 
-/// `index-ttl` → `CRATE_MIRROR_INDEX_TTL`.
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" | "" => Ok(false),
+        _ => Err("expected true or false".to_string()),
+    }
+}
+
+/// `index-ttl` → `CRATE_MIRROR_INDEX_TTL`; the S3 settings use the standard
+/// AWS variables (`aws-region` → `AWS_REGION`) that every S3 tool reads.
 pub fn env_var_name(key: &str) -> String {
-    format!(
-        "CRATE_MIRROR_{}",
-        key.replace('-', "_").to_ascii_uppercase()
-    )
+    let upper = key.replace('-', "_").to_ascii_uppercase();
+    if key.starts_with("aws-") {
+        upper
+    } else {
+        format!("CRATE_MIRROR_{upper}")
+    }
 }
 
 fn parse_base_url(value: &str) -> Result<String, String> {
@@ -405,6 +545,51 @@ mod tests {
         std::fs::write(&file, "upstreem = \"http://x.example.com/\"\n").unwrap();
         let err = RawSettings::from_layers(&[], |_| None, Some(&file)).unwrap_err();
         assert!(err.to_string().contains("upstreem"));
+    }
+
+    #[test]
+    fn storage_settings() {
+        let build = |flags: &[(&'static str, &str)], env: &[(&str, &str)]| {
+            let mut all: Vec<(&'static str, Option<String>)> =
+                vec![("upstream", Some("http://u.example.com/".to_string()))];
+            all.extend(flags.iter().map(|(k, v)| (*k, Some(v.to_string()))));
+            RawSettings::from_layers(&all, env_from(env), None)
+                .unwrap()
+                .build()
+        };
+        assert_eq!(
+            build(&[("max-storage", "1GiB")], &[]).unwrap().storage,
+            StorageConfig::Local {
+                max_bytes: Some(1 << 30)
+            }
+        );
+        let s3 = build(
+            &[
+                ("storage", "s3://my-bucket/some/prefix/"),
+                ("s3-redirect", "true"),
+            ],
+            &[
+                ("AWS_ENDPOINT_URL", "http://127.0.0.1:3900"),
+                ("AWS_ALLOW_HTTP", "true"),
+                ("AWS_ACCESS_KEY_ID", "GK1"),
+                ("AWS_REGION", "garage"),
+            ],
+        )
+        .unwrap()
+        .storage;
+        let StorageConfig::S3(s3) = s3 else {
+            panic!("not s3")
+        };
+        assert_eq!(s3.bucket, "my-bucket");
+        assert_eq!(s3.prefix, "some/prefix");
+        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:3900"));
+        assert!(s3.allow_http && s3.redirect);
+        assert_eq!(s3.access_key_id.as_deref(), Some("GK1"));
+        assert_eq!(s3.region, "garage");
+        assert!(build(&[("storage", "s3://B")], &[]).is_err());
+        assert!(build(&[("storage", "ftp://b")], &[]).is_err());
+        assert!(build(&[("storage", "s3://bucket"), ("max-storage", "1GiB")], &[]).is_err());
+        assert!(build(&[("s3-redirect", "true")], &[]).is_err());
     }
 
     #[test]

@@ -81,11 +81,17 @@ impl DownloadOutcome {
     }
 }
 
-pub struct CrateDownload {
-    /// Known for hits, and for misses when the upstream sent a Content-Length.
-    pub len: Option<u64>,
-    pub body: ByteStream,
-    pub outcome: DownloadOutcome,
+/// How a download is answered.
+pub enum CrateDownload {
+    /// The bytes, streamed through the mirror.
+    Stream {
+        /// Known for hits, and for misses when the upstream sent a Content-Length.
+        len: Option<u64>,
+        body: ByteStream,
+        outcome: DownloadOutcome,
+    },
+    /// The client fetches the stored object directly (a presigned URL).
+    Redirect(String),
 }
 
 #[derive(Debug, Default)]
@@ -196,9 +202,13 @@ impl CrateService {
         let inner = &self.inner;
         let record = self.version_record(name, version).await?;
         let key = crate_key(name.key(), version.as_str());
+        if let Some(url) = inner.store.redirect_url(&key).await? {
+            inner.stats.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(CrateDownload::Redirect(url));
+        }
         if let Some(object) = inner.store.get(&key).await? {
             inner.stats.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(CrateDownload {
+            return Ok(CrateDownload::Stream {
                 len: Some(object.len),
                 body: object.body,
                 outcome: DownloadOutcome::Hit,
@@ -222,7 +232,7 @@ impl CrateService {
             }
             progress.changed().await.map_err(|_| CrateError::Aborted)?;
         };
-        Ok(CrateDownload {
+        Ok(CrateDownload::Stream {
             len,
             body: follow(flight.file.clone(), progress),
             outcome,

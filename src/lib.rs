@@ -3,6 +3,7 @@
 //! The crate is a library (the domain services and the HTTP surface) with a thin
 //! binary in `main.rs`. `AppState` wires the services together for one data dir.
 
+pub mod commands;
 pub mod config;
 pub mod crates;
 pub mod http;
@@ -10,17 +11,20 @@ pub mod index;
 pub mod single_flight;
 pub mod storage;
 pub mod upstream;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use actix_web::{web, App, HttpServer};
 
-use config::Config;
+use config::{Config, StorageConfig};
 use crates::CrateService;
 use index::cache::{IndexCache, IndexPolicy};
 use index::store::IndexStore;
 use storage::local::LocalStore;
+use storage::s3::S3Store;
+use storage::CrateStore;
 use upstream::UpstreamClient;
 
 /// Why the mirror could not start.
@@ -31,10 +35,14 @@ pub enum StartError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot open the database in {path}: {source}")]
+    #[error("cannot open the database in {path} (is a mirror already running on this data dir?): {source}")]
     Database { path: PathBuf, source: sled::Error },
     #[error("upstream client: {0}")]
     Upstream(#[from] upstream::UpstreamError),
+    #[error("crate storage: {0}")]
+    Storage(#[from] storage::StorageError),
+    #[error("{0}")]
+    Unsupported(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -54,6 +62,8 @@ pub struct AppState {
     data_dir: PathBuf,
     db: sled::Db,
     index_store: IndexStore,
+    /// The local backend, when in use: it runs the quota's eviction task.
+    local_store: Option<Arc<LocalStore>>,
 }
 
 /// The answer of `/ready`.
@@ -105,7 +115,19 @@ impl AppState {
                 hot_cache_bytes: config.hot_cache_bytes,
             },
         );
-        let store = Arc::new(LocalStore::new(&data_dir));
+        let (store, local_store): (Arc<dyn CrateStore>, _) = match &config.storage {
+            StorageConfig::Local { max_bytes } => {
+                let tree = db
+                    .open_tree("crate_access")
+                    .map_err(|source| StartError::Database {
+                        path: data_dir.join("sled"),
+                        source,
+                    })?;
+                let local = Arc::new(LocalStore::with_accounting(&data_dir, tree, *max_bytes));
+                (local.clone(), Some(local))
+            }
+            StorageConfig::S3(s3) => (Arc::new(S3Store::new(s3)?), None),
+        };
         let crates = CrateService::new(index.clone(), upstream.clone(), store, tmp_dir);
         Ok(Self {
             index,
@@ -115,6 +137,7 @@ impl AppState {
             data_dir,
             db,
             index_store,
+            local_store,
         })
     }
 
@@ -141,6 +164,8 @@ impl AppState {
             "index": self.index.stats().snapshot(),
             "crates": self.crates.stats().snapshot(),
             "index_files_stored": self.index_store.len(),
+            "storage_bytes": self.local_store.as_ref().and_then(|s| s.total_bytes()),
+            "storage_quota_bytes": self.local_store.as_ref().and_then(|s| s.max_bytes()),
         })
     }
 
@@ -165,6 +190,9 @@ pub async fn serve(
                 tracing::warn!(error = %err, "upstream config.json not available yet");
             }
         });
+    }
+    if let Some(local) = state.local_store.clone() {
+        actix_web::rt::spawn(local.run_eviction());
     }
     let app_state = state.clone();
     let server = HttpServer::new(move || {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use crate_mirror::config::{env_var_name, LogFormat, RawSettings};
+use crate_mirror::config::{env_var_name, Config, ConfigError, LogFormat, RawSettings};
 
 #[derive(Parser)]
 #[command(
@@ -22,13 +22,20 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the sparse index and crate downloads.
-    Serve(ServeArgs),
+    Serve(SettingsArgs),
+    /// Re-hash every stored crate against its index cksum; remove bad ones.
+    /// Exits with 1 when it found any. Safe beside a running mirror.
+    Verify(SettingsArgs),
+    /// Evict least recently used crates until local storage is under
+    /// --max-storage. Needs the data dir to itself (a running mirror evicts
+    /// in the background on its own).
+    Gc(SettingsArgs),
 }
 
 /// Every flag is optional here: unset flags fall through to the environment
 /// (`CRATE_MIRROR_<KEY>`), the config file and the defaults, in that order.
 #[derive(Args)]
-struct ServeArgs {
+struct SettingsArgs {
     /// TOML file with the same keys as the flags (also CRATE_MIRROR_CONFIG).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -62,9 +69,18 @@ struct ServeArgs {
     /// `text` or `json` [default: text].
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
+    /// `local` or `s3://BUCKET[/PREFIX]` (S3 credentials from AWS_* variables) [default: local].
+    #[arg(long, value_name = "LOCATION")]
+    storage: Option<String>,
+    /// Local storage quota, e.g. 50GiB; least recently used crates are evicted [default: unbounded].
+    #[arg(long, value_name = "SIZE")]
+    max_storage: Option<String>,
+    /// Answer S3 hits with a redirect to a presigned URL.
+    #[arg(long)]
+    s3_redirect: bool,
 }
 
-impl ServeArgs {
+impl SettingsArgs {
     fn flags(&self) -> Vec<(&'static str, Option<String>)> {
         vec![
             ("listen", self.listen.clone()),
@@ -77,8 +93,36 @@ impl ServeArgs {
             ("upstream-timeout", self.upstream_timeout.clone()),
             ("connect-timeout", self.connect_timeout.clone()),
             ("log-format", self.log_format.clone()),
+            ("storage", self.storage.clone()),
+            ("max-storage", self.max_storage.clone()),
+            ("s3-redirect", self.s3_redirect.then(|| "true".to_string())),
         ]
     }
+
+    /// The layered raw settings (flags, environment, config file).
+    fn raw(&self) -> Result<RawSettings, ConfigError> {
+        let config_file = self
+            .config
+            .clone()
+            .or_else(|| std::env::var_os(env_var_name("config")).map(PathBuf::from));
+        RawSettings::from_layers(
+            &self.flags(),
+            |var| std::env::var(var).ok(),
+            config_file.as_deref(),
+        )
+    }
+
+    fn config(&self) -> Result<Config, ConfigError> {
+        self.raw()?.build()
+    }
+}
+
+/// Settings errors end the process with one line and exit code 2.
+fn or_exit<T>(result: Result<T, ConfigError>) -> T {
+    result.unwrap_or_else(|err| {
+        eprintln!("crate-mirror: {err}");
+        std::process::exit(2);
+    })
 }
 
 fn init_logging(format: LogFormat) {
@@ -97,23 +141,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            let config_file = args
-                .config
-                .clone()
-                .or_else(|| std::env::var_os(env_var_name("config")).map(PathBuf::from));
-            let config = RawSettings::from_layers(
-                &args.flags(),
-                |var| std::env::var(var).ok(),
-                config_file.as_deref(),
-            )
-            .and_then(|raw| raw.build());
-            let config = match config {
-                Ok(config) => config,
-                Err(err) => {
-                    eprintln!("crate-mirror: {err}");
-                    std::process::exit(2);
-                }
-            };
+            let config = or_exit(args.config());
             init_logging(config.log_format);
             actix_web::rt::System::new()
                 .block_on(crate_mirror::serve(config, |addr| {
@@ -123,6 +151,35 @@ fn main() -> anyhow::Result<()> {
                     tracing::info!(%addr, "listening");
                 }))
                 .context("crate-mirror stopped")
+        }
+        Command::Verify(args) => {
+            let config = or_exit(args.config());
+            init_logging(config.log_format);
+            let runtime = tokio::runtime::Runtime::new()?;
+            let report = runtime.block_on(crate_mirror::commands::verify(&config))?;
+            println!(
+                "checked {}, good {}, bad {} (removed), unverifiable {}",
+                report.checked,
+                report.good,
+                report.bad.len(),
+                report.unverifiable.len()
+            );
+            if !report.bad.is_empty() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Gc(args) => {
+            let raw = or_exit(args.raw());
+            let data_dir = or_exit(raw.data_dir());
+            let storage = or_exit(raw.storage());
+            init_logging(LogFormat::Text);
+            let report = crate_mirror::commands::gc(&data_dir, &storage)?;
+            println!(
+                "evicted {} crates ({} bytes); {} bytes remain",
+                report.evicted, report.freed_bytes, report.remaining_bytes
+            );
+            Ok(())
         }
     }
 }

@@ -13,6 +13,7 @@ use actix_web::{guard, web, HttpRequest, HttpResponse};
 
 pub use error::ApiError;
 
+use crate::crates::CrateDownload;
 use crate::index::cache::{IndexEntry, IndexLookup};
 use crate::index::path::{decode_segment, parse_index_path, CrateName, CrateVersion, IndexRequest};
 use crate::AppState;
@@ -193,14 +194,22 @@ async fn download(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     };
     let name = CrateName::parse(&decode_segment(name)?)?;
     let version = CrateVersion::parse(&decode_segment(version)?)?;
-    let download = state.crates.download(&name, &version).await?;
+    let (len, body, outcome) = match state.crates.download(&name, &version).await? {
+        CrateDownload::Redirect(url) => {
+            return Ok(HttpResponse::TemporaryRedirect()
+                .insert_header((header::LOCATION, url))
+                .insert_header((X_CACHE, "HIT"))
+                .finish())
+        }
+        CrateDownload::Stream { len, body, outcome } => (len, body, outcome),
+    };
     let mut response = HttpResponse::Ok();
     response
         .content_type("application/gzip")
-        .insert_header((X_CACHE, download.outcome.as_str()));
-    Ok(match download.len {
-        Some(len) => response.no_chunking(len).streaming(download.body),
-        None => response.streaming(download.body),
+        .insert_header((X_CACHE, outcome.as_str()));
+    Ok(match len {
+        Some(len) => response.no_chunking(len).streaming(body),
+        None => response.streaming(body),
     })
 }
 

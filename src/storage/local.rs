@@ -1,28 +1,283 @@
 //! `LocalStore`: crate files on the local filesystem under `<data-dir>/crates`.
 //! Commits are renames from the temp directory on the same filesystem, so a
 //! reader sees the whole file or nothing.
+//!
+//! With accounting (a sled tree of access time and size per key) the store knows
+//! its size and evicts the least recently used crates to stay under a quota.
+//! Access times are written at most once per `ACCESS_WRITE_INTERVAL` per crate,
+//! so a hot crate costs a memory read of sled per hit, not a write.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::Notify;
 use tokio_util::io::ReaderStream;
 
-use super::{CrateStore, StorageError, StoredObject};
+use super::{CrateStore, ObjectInfo, StorageError, StoredObject};
 
 const READ_CHUNK: usize = 64 * 1024;
+/// Access times finer than this do not change which crate is least recently used.
+const ACCESS_WRITE_INTERVAL_MS: u64 = 1_000;
+/// How often the eviction task checks the quota without being woken.
+const EVICTION_PERIOD: Duration = Duration::from_secs(30);
 
 pub struct LocalStore {
     root: PathBuf,
+    accounting: Option<Accounting>,
+}
+
+/// Sizes and access times of stored crates, and the quota.
+struct Accounting {
+    tree: sled::Tree,
+    total: AtomicU64,
+    max_bytes: Option<u64>,
+    over_quota: Notify,
+}
+
+/// What one eviction pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct EvictionReport {
+    pub evicted: u64,
+    pub freed_bytes: u64,
+    pub remaining_bytes: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn encode(access_ms: u64, size: u64) -> [u8; 16] {
+    let mut value = [0u8; 16];
+    value[..8].copy_from_slice(&access_ms.to_be_bytes());
+    value[8..].copy_from_slice(&size.to_be_bytes());
+    value
+}
+
+fn decode(value: &[u8]) -> Option<(u64, u64)> {
+    let access = u64::from_be_bytes(value.get(..8)?.try_into().ok()?);
+    let size = u64::from_be_bytes(value.get(8..16)?.try_into().ok()?);
+    Some((access, size))
 }
 
 impl LocalStore {
-    /// `root` is the data dir; keys (which start with `crates/`) resolve below it.
+    /// A store without accounting (for tools that only read and delete).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            accounting: None,
+        }
+    }
+
+    /// A store that tracks sizes and access times in `tree` and, with a quota,
+    /// evicts. Call [`LocalStore::reconcile`] before relying on the totals.
+    pub fn with_accounting(
+        root: impl Into<PathBuf>,
+        tree: sled::Tree,
+        max_bytes: Option<u64>,
+    ) -> Self {
+        Self {
+            root: root.into(),
+            accounting: Some(Accounting {
+                tree,
+                total: AtomicU64::new(0),
+                max_bytes,
+                over_quota: Notify::new(),
+            }),
+        }
     }
 
     fn path_of(&self, key: &str) -> PathBuf {
         self.root.join(key)
     }
+
+    /// Bytes stored, when accounting is on.
+    pub fn total_bytes(&self) -> Option<u64> {
+        self.accounting
+            .as_ref()
+            .map(|a| a.total.load(Ordering::Relaxed))
+    }
+
+    pub fn max_bytes(&self) -> Option<u64> {
+        self.accounting.as_ref().and_then(|a| a.max_bytes)
+    }
+
+    /// Brings the accounting in line with the files on disk (files added or
+    /// removed behind the mirror's back, or by a crash) and sets the total.
+    /// Blocking: walks the whole store.
+    pub fn reconcile(&self) -> Result<u64, StorageError> {
+        let Some(accounting) = &self.accounting else {
+            return Ok(0);
+        };
+        let files = walk(&self.root)?;
+        let mut total = 0;
+        let mut on_disk = std::collections::HashSet::with_capacity(files.len());
+        for info in files {
+            total += info.size;
+            let known = accounting
+                .tree
+                .get(&info.key)?
+                .and_then(|v| decode(&v))
+                .is_some_and(|(_, size)| size == info.size);
+            if !known {
+                accounting
+                    .tree
+                    .insert(info.key.as_str(), &encode(now_ms(), info.size))?;
+            }
+            on_disk.insert(info.key);
+        }
+        for entry in accounting.tree.iter() {
+            let (key, _) = entry?;
+            if !on_disk.contains(String::from_utf8_lossy(&key).as_ref()) {
+                accounting.tree.remove(key)?;
+            }
+        }
+        accounting.total.store(total, Ordering::Relaxed);
+        Ok(total)
+    }
+
+    /// Evicts least recently used crates until the store is at most 90% of its
+    /// quota (so that eviction does not run after every download). Blocking.
+    pub fn evict(&self) -> Result<EvictionReport, StorageError> {
+        let mut report = EvictionReport::default();
+        let Some(accounting) = &self.accounting else {
+            return Ok(report);
+        };
+        let total = || accounting.total.load(Ordering::Relaxed);
+        let Some(max) = accounting.max_bytes else {
+            report.remaining_bytes = total();
+            return Ok(report);
+        };
+        if total() > max {
+            let target = max - max / 10;
+            let mut entries = Vec::new();
+            for entry in accounting.tree.iter() {
+                let (key, value) = entry?;
+                if let Some((access, size)) = decode(&value) {
+                    entries.push((access, String::from_utf8_lossy(&key).into_owned(), size));
+                }
+            }
+            entries.sort();
+            for (_, key, size) in entries {
+                if total() <= target {
+                    break;
+                }
+                match std::fs::remove_file(self.path_of(&key)) {
+                    Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(err.into())
+                    }
+                    _ => {}
+                }
+                if accounting.tree.remove(key.as_str())?.is_some() {
+                    accounting
+                        .total
+                        .fetch_sub(size.min(total()), Ordering::Relaxed);
+                }
+                report.evicted += 1;
+                report.freed_bytes += size;
+            }
+        }
+        report.remaining_bytes = total();
+        Ok(report)
+    }
+
+    /// Keeps the store under its quota: reconciles once, then evicts whenever a
+    /// commit goes over the quota, and periodically. Runs until the process ends.
+    pub async fn run_eviction(self: Arc<Self>) {
+        let Some(accounting) = &self.accounting else {
+            return;
+        };
+        let store = self.clone();
+        match tokio::task::spawn_blocking(move || store.reconcile()).await {
+            Ok(Ok(total)) => tracing::info!(bytes = total, "local storage reconciled"),
+            Ok(Err(err)) => tracing::error!(error = %err, "local storage reconcile failed"),
+            Err(err) => tracing::error!(error = %err, "local storage reconcile panicked"),
+        }
+        if accounting.max_bytes.is_none() {
+            return;
+        }
+        loop {
+            let store = self.clone();
+            match tokio::task::spawn_blocking(move || store.evict()).await {
+                Ok(Ok(report)) if report.evicted > 0 => tracing::info!(
+                    evicted = report.evicted,
+                    freed_bytes = report.freed_bytes,
+                    remaining_bytes = report.remaining_bytes,
+                    "evicted least recently used crates"
+                ),
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => tracing::error!(error = %err, "eviction failed"),
+                Err(err) => tracing::error!(error = %err, "eviction panicked"),
+            }
+            let _ = tokio::time::timeout(EVICTION_PERIOD, accounting.over_quota.notified()).await;
+        }
+    }
+
+    /// Records a read of `key`, cheaply: only when the recorded time is stale.
+    fn touch(&self, key: &str) -> Result<(), StorageError> {
+        let Some(accounting) = &self.accounting else {
+            return Ok(());
+        };
+        let now = now_ms();
+        if let Some((access, size)) = accounting.tree.get(key)?.and_then(|v| decode(&v)) {
+            if now.saturating_sub(access) >= ACCESS_WRITE_INTERVAL_MS {
+                accounting.tree.insert(key, &encode(now, size))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn record_commit(&self, key: &str, size: u64) -> Result<(), StorageError> {
+        let Some(accounting) = &self.accounting else {
+            return Ok(());
+        };
+        let previous = accounting.tree.insert(key, &encode(now_ms(), size))?;
+        let previous_size = previous.and_then(|v| decode(&v)).map_or(0, |(_, s)| s);
+        let total = accounting.total.fetch_add(size, Ordering::Relaxed) + size;
+        accounting
+            .total
+            .fetch_sub(previous_size.min(total), Ordering::Relaxed);
+        if accounting
+            .max_bytes
+            .is_some_and(|max| total - previous_size > max)
+        {
+            accounting.over_quota.notify_one();
+        }
+        Ok(())
+    }
+}
+
+/// Every crate file below `root/crates`, with keys relative to `root`.
+fn walk(root: &Path) -> std::io::Result<Vec<ObjectInfo>> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.join("crates")];
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(err),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            let path = entry.path();
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file() && path.extension().is_some_and(|e| e == "crate") {
+                if let Ok(relative) = path.strip_prefix(root) {
+                    found.push(ObjectInfo {
+                        key: relative.to_string_lossy().into_owned(),
+                        size: entry.metadata()?.len(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(found)
 }
 
 #[async_trait::async_trait]
@@ -34,6 +289,7 @@ impl CrateStore for LocalStore {
             Err(err) => return Err(err.into()),
         };
         let len = file.metadata().await?.len();
+        self.touch(key)?;
         Ok(Some(StoredObject {
             len,
             body: Box::pin(ReaderStream::with_capacity(file, READ_CHUNK)),
@@ -45,15 +301,32 @@ impl CrateStore for LocalStore {
         if let Some(parent) = target.parent() {
             tokio::fs::create_dir_all(parent).await?;
         }
+        let size = tokio::fs::metadata(verified).await?.len();
         tokio::fs::rename(verified, &target).await?;
-        Ok(())
+        self.record_commit(key, size)
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         match tokio::fs::remove_file(self.path_of(key)).await {
-            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err.into()),
-            _ => Ok(()),
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err.into()),
+            _ => {}
         }
+        if let Some(accounting) = &self.accounting {
+            if let Some((_, size)) = accounting.tree.remove(key)?.and_then(|v| decode(&v)) {
+                let total = accounting.total.load(Ordering::Relaxed);
+                accounting
+                    .total
+                    .fetch_sub(size.min(total), Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<ObjectInfo>, StorageError> {
+        let root = self.root.clone();
+        Ok(tokio::task::spawn_blocking(move || walk(&root))
+            .await
+            .map_err(std::io::Error::other)??)
     }
 }
 
@@ -62,22 +335,78 @@ mod tests {
     use super::*;
     use futures_util::TryStreamExt;
 
+    async fn put(store: &LocalStore, dir: &Path, key: &str, bytes: &[u8]) {
+        let temp = dir.join("upload.part");
+        std::fs::write(&temp, bytes).unwrap();
+        store.commit(key, &temp).await.unwrap();
+        assert!(!temp.exists());
+    }
+
     #[tokio::test]
-    async fn commit_get_delete() {
+    async fn commit_get_list_delete() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path());
         let key = "crates/1/a/a-1.0.0.crate";
         assert!(store.get(key).await.unwrap().is_none());
-        let temp = dir.path().join("upload.part");
-        std::fs::write(&temp, b"crate bytes").unwrap();
-        store.commit(key, &temp).await.unwrap();
-        assert!(!temp.exists());
+        put(&store, dir.path(), key, b"crate bytes").await;
         let object = store.get(key).await.unwrap().unwrap();
         assert_eq!(object.len, 11);
         let chunks: Vec<bytes::Bytes> = object.body.try_collect().await.unwrap();
         assert_eq!(chunks.concat(), b"crate bytes");
+        assert_eq!(
+            store.list().await.unwrap(),
+            vec![ObjectInfo {
+                key: key.to_string(),
+                size: 11
+            }]
+        );
         store.delete(key).await.unwrap();
         store.delete(key).await.unwrap();
         assert!(store.get(key).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn least_recently_used_crates_are_evicted_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let store =
+            LocalStore::with_accounting(dir.path(), db.open_tree("access").unwrap(), Some(350));
+        let key = |n: u32| format!("crates/1/a/a-{n}.0.0.crate");
+        for n in 1..=3 {
+            put(&store, dir.path(), &key(n), &[n as u8; 100]).await;
+        }
+        assert_eq!(store.total_bytes(), Some(300));
+        // Make crate 1 the most recently used.
+        tokio::time::sleep(Duration::from_millis(ACCESS_WRITE_INTERVAL_MS + 50)).await;
+        assert!(store.get(&key(1)).await.unwrap().is_some());
+        put(&store, dir.path(), &key(4), &[4; 100]).await;
+        assert_eq!(store.total_bytes(), Some(400));
+        let report = store.evict().unwrap();
+        assert_eq!(report.evicted, 1);
+        assert_eq!(report.remaining_bytes, 300);
+        assert!(
+            store.get(&key(2)).await.unwrap().is_none(),
+            "the LRU crate survived"
+        );
+        for n in [1, 3, 4] {
+            assert!(
+                store.get(&key(n)).await.unwrap().is_some(),
+                "crate {n} was evicted"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn reconcile_counts_files_added_behind_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let store = LocalStore::with_accounting(dir.path(), db.open_tree("access").unwrap(), None);
+        let path = dir.path().join("crates/2/ab/ab-1.0.0.crate");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, [0u8; 42]).unwrap();
+        assert_eq!(store.reconcile().unwrap(), 42);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(store.reconcile().unwrap(), 0);
+        assert!(db.open_tree("access").unwrap().is_empty());
     }
 }

@@ -81,6 +81,24 @@ impl Mirror {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Runs `crate-mirror SUBCOMMAND --upstream U --data-dir D ARGS` (e.g. `verify`) to completion.
+    pub fn run_command(
+        &self,
+        subcommand: &str,
+        upstream: &str,
+        args: &[&str],
+    ) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_crate-mirror"))
+            .arg(subcommand)
+            .args(["--upstream", upstream])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run crate-mirror")
+    }
+
     /// Stops the process at once (SIGKILL).
     pub fn kill(&mut self) {
         let _ = self.child.kill();

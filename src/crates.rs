@@ -200,7 +200,9 @@ impl CrateService {
         version: &CrateVersion,
     ) -> Result<CrateDownload, CrateError> {
         let inner = &self.inner;
-        let record = self.version_record(name, version).await?;
+        // Stored objects were verified when they were committed, so a hit needs no
+        // index line: hits are cheaper, and they work when neither the index file
+        // nor the upstream is at hand (a fresh node on a shared bucket).
         let key = crate_key(name.key(), version.as_str());
         if let Some(url) = inner.store.redirect_url(&key).await? {
             inner.stats.hits.fetch_add(1, Ordering::Relaxed);
@@ -214,6 +216,7 @@ impl CrateService {
                 outcome: DownloadOutcome::Hit,
             });
         }
+        let record = self.version_record(name, version).await?;
         let (flight, outcome) = Inner::join_or_start(inner, key, record)?;
         let counter = match outcome {
             DownloadOutcome::Joined => &inner.stats.joined,

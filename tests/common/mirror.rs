@@ -17,15 +17,24 @@ pub struct Mirror {
 impl Mirror {
     /// Starts a mirror of `upstream` in a new temp data dir.
     pub fn start(upstream: &str, args: &[&str]) -> Mirror {
+        Mirror::start_with_env(upstream, args, &[])
+    }
+
+    /// Starts a mirror in a new temp data dir with extra environment variables.
+    pub fn start_with_env(upstream: &str, args: &[&str], env: &[(String, String)]) -> Mirror {
         let temp = tempfile::tempdir().expect("temp dir");
         let data_dir = temp.path().join("data");
-        let mut mirror = Mirror::start_in(&data_dir, upstream, args);
+        let mut mirror = Mirror::launch(&data_dir, upstream, args, env);
         mirror._temp = Some(temp);
         mirror
     }
 
     /// Starts a mirror on an existing data dir (e.g. to restart one).
     pub fn start_in(data_dir: &Path, upstream: &str, args: &[&str]) -> Mirror {
+        Mirror::launch(data_dir, upstream, args, &[])
+    }
+
+    fn launch(data_dir: &Path, upstream: &str, args: &[&str], env: &[(String, String)]) -> Mirror {
         std::fs::create_dir_all(data_dir).expect("data dir");
         let log = data_dir.with_extension(format!("{}.log", unique()));
         let log_file = std::fs::File::create(&log).expect("log file");
@@ -35,6 +44,7 @@ impl Mirror {
             .arg("--data-dir")
             .arg(data_dir)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -88,7 +98,18 @@ impl Mirror {
         upstream: &str,
         args: &[&str],
     ) -> std::process::Output {
+        self.run_command_with_env(subcommand, upstream, args, &[])
+    }
+
+    pub fn run_command_with_env(
+        &self,
+        subcommand: &str,
+        upstream: &str,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_crate-mirror"))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .arg(subcommand)
             .args(["--upstream", upstream])
             .arg("--data-dir")

@@ -5,6 +5,7 @@
 pub mod cargo;
 pub mod mirror;
 pub mod registry;
+pub mod s3;
 pub mod upstream;
 
 /// An HTTP client for tests: no automatic decompression, no proxies.

@@ -41,6 +41,8 @@ pub struct Switches {
     pub corrupt_downloads: AtomicBool,
     /// Send no ETag/Last-Modified (and ignore conditional headers).
     pub no_validators: AtomicBool,
+    /// Announce the full Content-Length of downloads but send only half.
+    pub truncate_downloads: AtomicBool,
 }
 
 struct State {
@@ -307,6 +309,9 @@ async fn handle(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
     }
     let chunk_delay = switches.chunk_delay_ms.load(Ordering::SeqCst);
     let len = body.len() as u64;
+    if switches.truncate_downloads.load(Ordering::SeqCst) {
+        body.truncate(body.len() / 2);
+    }
     let chunks: Vec<Bytes> = body.chunks(16 * 1024).map(Bytes::copy_from_slice).collect();
     let stream = futures_util::stream::unfold(chunks.into_iter(), move |mut chunks| async move {
         let chunk = chunks.next()?;

@@ -1,0 +1,228 @@
+//! The S3 backend against a real S3-compatible server (Garage): cargo fills the
+//! bucket through one mirror, a fresh mirror serves it with the upstream gone,
+//! bad uploads never appear under a final key, presigned redirects, verify.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use common::cargo::{project, run_ok, CargoHome};
+use common::client;
+use common::mirror::Mirror;
+use common::registry::{graph_project_manifest, graph_registry, publish, CrateSpec};
+use common::s3::Garage;
+use common::upstream::{DlStyle, TestUpstream};
+use reqwest::StatusCode;
+
+const S3: [&str; 2] = ["--storage", "s3://crates"];
+
+fn key_of(name: &str, version: &str) -> String {
+    let lower = name.to_ascii_lowercase();
+    let prefix = match lower.len() {
+        1 => "1".to_string(),
+        2 => "2".to_string(),
+        3 => format!("3/{}", &lower[..1]),
+        _ => format!("{}/{}", &lower[..2], &lower[2..4]),
+    };
+    format!("crates/{prefix}/{lower}/{lower}-{version}.crate")
+}
+
+/// (name, version) of every registry package in a Cargo.lock.
+fn locked_packages(lockfile: &str) -> Vec<(String, String)> {
+    let lock: toml::Table = lockfile.parse().expect("Cargo.lock parses");
+    lock["package"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .filter(|p| p.get("source").is_some())
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["version"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn cargo_fills_the_bucket_and_a_fresh_mirror_serves_it_without_the_upstream() {
+    let garage = Garage::start();
+    let specs = graph_registry();
+    let tarballs: BTreeMap<String, Vec<u8>> = specs
+        .iter()
+        .map(|s| (key_of(&s.name, &s.vers), publish(s).tarball))
+        .collect();
+    let mut upstream = TestUpstream::start(&specs, DlStyle::Plain);
+    let mirror = Mirror::start_with_env(&upstream.url, &S3, &garage.env());
+
+    let home = CargoHome::new(&mirror.index_url());
+    let workspace = project(&graph_project_manifest());
+    let target = tempfile::tempdir().unwrap();
+    run_ok(
+        &home,
+        workspace.path(),
+        target.path(),
+        &["generate-lockfile"],
+    );
+    run_ok(&home, workspace.path(), target.path(), &["fetch"]);
+    let lockfile = std::fs::read_to_string(workspace.path().join("Cargo.lock")).unwrap();
+    let locked = locked_packages(&lockfile);
+    assert!(locked.len() >= 20);
+
+    // Every locked crate is in the bucket, byte for byte, and nothing else is.
+    let objects = garage.objects().await;
+    let mut expected_keys: Vec<String> = locked.iter().map(|(n, v)| key_of(n, v)).collect();
+    expected_keys.sort();
+    let keys: Vec<String> = objects.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(keys, expected_keys);
+    for key in &keys {
+        assert_eq!(garage.get(key).await.unwrap(), tarballs[key], "{key}");
+    }
+    assert!(
+        mirror.stored_files(".crate").is_empty(),
+        "crates were kept on local disk"
+    );
+    assert!(mirror.stored_files(".part").is_empty());
+    assert_eq!(upstream.count_matching("/dl/"), locked.len());
+
+    // verify lists and re-hashes the bucket.
+    let verify = mirror.run_command_with_env("verify", &upstream.url, &S3, &garage.env());
+    let stdout = String::from_utf8_lossy(&verify.stdout);
+    assert_eq!(verify.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains(&format!("checked {0}, good {0}, bad 0", locked.len())),
+        "{stdout}"
+    );
+
+    // A second mirror with an empty data dir, the upstream gone: all from the bucket.
+    upstream.stop();
+    let fresh = Mirror::start_with_env(&upstream.url, &S3, &garage.env());
+    for (name, version) in &locked {
+        let response = client()
+            .get(format!(
+                "{}/api/v1/crates/{name}/{version}/download",
+                fresh.url
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{name} {version}");
+        assert_eq!(response.headers()["x-cache"], "HIT");
+        assert_eq!(
+            response.bytes().await.unwrap(),
+            tarballs[&key_of(name, version)]
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_upstream_bodies_never_reach_a_final_key() {
+    let garage = Garage::start();
+    let big = publish(&CrateSpec::new("big", "1.0.0").padding(12 << 20));
+    let upstream = TestUpstream::start(&[], DlStyle::Plain);
+    upstream.add(&big);
+    let mirror = Mirror::start_with_env(&upstream.url, &S3, &garage.env());
+    let url = format!("{}/api/v1/crates/big/1.0.0/download", mirror.url);
+
+    for switch in [
+        &upstream.switches.truncate_downloads,
+        &upstream.switches.corrupt_downloads,
+    ] {
+        switch.store(true, Ordering::SeqCst);
+        let response = client().get(&url).send().await.unwrap();
+        let whole = match response.status() {
+            StatusCode::OK => response.bytes().await.is_ok_and(|b| b == big.tarball),
+            _ => false,
+        };
+        assert!(!whole, "a bad body was delivered whole");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(
+            garage.objects().await,
+            vec![],
+            "a bad body reached the bucket"
+        );
+        switch.store(false, Ordering::SeqCst);
+    }
+    // A good body of 12 MiB goes up as a multipart upload and comes back whole.
+    let response = client().get(&url).send().await.unwrap();
+    assert_eq!(response.bytes().await.unwrap(), big.tarball);
+    assert_eq!(
+        garage.objects().await,
+        vec![(key_of("big", "1.0.0"), big.tarball.len() as u64)]
+    );
+    assert!(mirror.stored_files(".part").is_empty());
+}
+
+#[tokio::test]
+async fn hits_can_redirect_to_presigned_urls() {
+    let garage = Garage::start();
+    let p = publish(&CrateSpec::new("redirected", "0.1.0"));
+    let upstream = TestUpstream::start(&[], DlStyle::Plain);
+    upstream.add(&p);
+    let mirror = Mirror::start_with_env(
+        &upstream.url,
+        &["--storage", "s3://crates/mirror-prefix", "--s3-redirect"],
+        &garage.env(),
+    );
+    let url = format!("{}/api/v1/crates/redirected/0.1.0/download", mirror.url);
+    // The miss streams through the mirror.
+    let miss = client().get(&url).send().await.unwrap();
+    assert_eq!(miss.headers()["x-cache"], "MISS");
+    assert_eq!(miss.bytes().await.unwrap(), p.tarball);
+    assert!(garage
+        .get(&format!("mirror-prefix/{}", key_of("redirected", "0.1.0")))
+        .await
+        .is_some());
+
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let hit = no_redirects.get(&url).send().await.unwrap();
+    assert_eq!(hit.status(), StatusCode::TEMPORARY_REDIRECT);
+    let location = hit.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.starts_with(&garage.endpoint), "{location}");
+    assert!(location.contains("X-Amz-Signature="), "{location}");
+    // Clients (cargo included) follow it to the bytes.
+    let followed = client().get(&url).send().await.unwrap();
+    assert_eq!(followed.status(), StatusCode::OK);
+    assert_eq!(followed.bytes().await.unwrap(), p.tarball);
+    assert_eq!(upstream.count_matching("/dl/"), 1);
+}
+
+#[tokio::test]
+async fn verify_removes_a_corrupted_object_and_it_is_fetched_again() {
+    let garage = Garage::start();
+    let p = publish(&CrateSpec::new("fragile", "2.0.0"));
+    let upstream = TestUpstream::start(&[], DlStyle::Plain);
+    upstream.add(&p);
+    let mirror = Mirror::start_with_env(&upstream.url, &S3, &garage.env());
+    let url = format!("{}/api/v1/crates/fragile/2.0.0/download", mirror.url);
+    assert_eq!(
+        client()
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+        p.tarball
+    );
+
+    let key = key_of("fragile", "2.0.0");
+    let mut corrupt = p.tarball.clone();
+    corrupt[10] ^= 0xff;
+    garage.put(&key, corrupt).await;
+    let verify = mirror.run_command_with_env("verify", &upstream.url, &S3, &garage.env());
+    let stdout = String::from_utf8_lossy(&verify.stdout);
+    assert_eq!(verify.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains(&format!("bad {key}")), "{stdout}");
+    assert!(garage.get(&key).await.is_none());
+
+    let again = client().get(&url).send().await.unwrap();
+    assert_eq!(again.headers()["x-cache"], "MISS");
+    assert_eq!(again.bytes().await.unwrap(), p.tarball);
+    assert_eq!(garage.get(&key).await.unwrap(), p.tarball);
+}

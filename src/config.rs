@@ -88,6 +88,16 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("connect-timeout", "5", "seconds to connect to the upstream"),
     ("log-format", "text", "log lines as `text` or `json`"),
     (
+        "git-index",
+        "off",
+        "`on` serves a git index at /git/index (needs git and public-url)",
+    ),
+    (
+        "git-rebuild-delay",
+        "2",
+        "seconds after index files change before the git index is rebuilt",
+    ),
+    (
         "storage",
         "local",
         "`local` (under the data dir) or `s3://BUCKET[/PREFIX]`",
@@ -141,6 +151,9 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub log_format: LogFormat,
     pub storage: StorageConfig,
+    /// Serve the git index; `public_url` is then set.
+    pub git_index: bool,
+    pub git_rebuild_delay: Duration,
 }
 
 /// Where crate files are kept.
@@ -292,6 +305,13 @@ impl RawSettings {
         let public_url = self
             .parse("public-url", None, parse_base_url)?
             .map(|url| url.trim_end_matches('/').to_string());
+        let git_index = self.required("git-index", "off", parse_bool)?;
+        if git_index && public_url.is_none() {
+            return Err(self.invalid(
+                "git-index",
+                "the git index needs --public-url: its config.json is fixed in the repository, not taken from each request's Host",
+            ));
+        }
         Ok(Config {
             listen: self.required("listen", "127.0.0.1:8080", |v| {
                 v.parse().map_err(|_| "expected ADDRESS:PORT".to_string())
@@ -310,6 +330,8 @@ impl RawSettings {
                 _ => Err("expected `text` or `json`".to_string()),
             })?,
             storage: self.storage()?,
+            git_index,
+            git_rebuild_delay: self.required("git-rebuild-delay", "2", parse_seconds)?,
         })
     }
 

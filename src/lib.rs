@@ -6,6 +6,7 @@
 pub mod commands;
 pub mod config;
 pub mod crates;
+pub mod git;
 pub mod http;
 pub mod index;
 pub mod single_flight;
@@ -43,6 +44,8 @@ pub enum StartError {
     Storage(#[from] storage::StorageError),
     #[error("{0}")]
     Unsupported(String),
+    #[error(transparent)]
+    Git(#[from] git::GitError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -64,6 +67,9 @@ pub struct AppState {
     index_store: IndexStore,
     /// The local backend, when in use: it runs the quota's eviction task.
     local_store: Option<Arc<LocalStore>>,
+    /// The git index, when enabled.
+    pub git: Option<Arc<git::GitIndex>>,
+    git_rebuild_delay: std::time::Duration,
 }
 
 /// The answer of `/ready`.
@@ -76,7 +82,7 @@ pub struct Readiness {
 }
 
 impl AppState {
-    pub fn open(config: &Config) -> Result<Self, StartError> {
+    pub async fn open(config: &Config) -> Result<Self, StartError> {
         let data_dir = config.data_dir.clone();
         let tmp_dir = data_dir.join("tmp");
         let dir_err = |path: &Path| {
@@ -129,6 +135,25 @@ impl AppState {
             StorageConfig::S3(s3) => (Arc::new(S3Store::new(s3)?), None),
         };
         let crates = CrateService::new(index.clone(), upstream.clone(), store, tmp_dir);
+        let git = match (&config.git_index, &config.public_url) {
+            (true, Some(public_url)) => {
+                let committed =
+                    db.open_tree("git_committed")
+                        .map_err(|source| StartError::Database {
+                            path: data_dir.join("sled"),
+                            source,
+                        })?;
+                let git = git::GitIndex::open(
+                    &data_dir,
+                    public_url.clone(),
+                    index_store.clone(),
+                    committed,
+                )
+                .await?;
+                Some(Arc::new(git))
+            }
+            _ => None,
+        };
         Ok(Self {
             index,
             crates,
@@ -138,6 +163,8 @@ impl AppState {
             db,
             index_store,
             local_store,
+            git,
+            git_rebuild_delay: config.git_rebuild_delay,
         })
     }
 
@@ -166,6 +193,7 @@ impl AppState {
             "index_files_stored": self.index_store.len(),
             "storage_bytes": self.local_store.as_ref().and_then(|s| s.total_bytes()),
             "storage_quota_bytes": self.local_store.as_ref().and_then(|s| s.max_bytes()),
+            "git": self.git.as_ref().map(|g| g.stats()),
         })
     }
 
@@ -181,7 +209,7 @@ pub async fn serve(
     config: Config,
     on_listening: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), StartError> {
-    let state = web::Data::new(AppState::open(&config)?);
+    let state = web::Data::new(AppState::open(&config).await?);
     {
         // Learn the upstream's `dl` early; /ready reports it.
         let state = state.clone();
@@ -193,6 +221,9 @@ pub async fn serve(
     }
     if let Some(local) = state.local_store.clone() {
         actix_web::rt::spawn(local.run_eviction());
+    }
+    if let Some(git) = state.git.clone() {
+        actix_web::rt::spawn(git.run(state.index.changes(), state.git_rebuild_delay));
     }
     let app_state = state.clone();
     let server = HttpServer::new(move || {

@@ -78,6 +78,12 @@ struct SettingsArgs {
     /// Answer S3 hits with a redirect to a presigned URL.
     #[arg(long)]
     s3_redirect: bool,
+    /// `on` serves a git index at /git/index (needs git and --public-url) [default: off].
+    #[arg(long, value_name = "on|off")]
+    git_index: Option<String>,
+    /// Seconds after index files change before the git index is rebuilt [default: 2].
+    #[arg(long, value_name = "SECONDS")]
+    git_rebuild_delay: Option<String>,
 }
 
 impl SettingsArgs {
@@ -96,6 +102,8 @@ impl SettingsArgs {
             ("storage", self.storage.clone()),
             ("max-storage", self.max_storage.clone()),
             ("s3-redirect", self.s3_redirect.then(|| "true".to_string())),
+            ("git-index", self.git_index.clone()),
+            ("git-rebuild-delay", self.git_rebuild_delay.clone()),
         ]
     }
 

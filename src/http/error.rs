@@ -4,6 +4,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 
 use crate::crates::CrateError;
+use crate::git::GitError;
 use crate::index::cache::IndexError;
 use crate::index::path::PathError;
 use crate::upstream::UpstreamError;
@@ -20,6 +21,14 @@ pub enum ApiError {
     NotFound,
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("{0}")]
+    BadRequest(&'static str),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error(transparent)]
+    Git(#[from] GitError),
 }
 
 fn upstream_status(err: &UpstreamError) -> StatusCode {
@@ -42,6 +51,10 @@ impl ResponseError for ApiError {
             ApiError::Path(PathError::PrefixMismatch) | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Path(_) => StatusCode::BAD_REQUEST,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Git(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Index(err) => index_status(err),
             ApiError::Crate(err) => match err {
                 CrateError::NotFound => StatusCode::NOT_FOUND,

@@ -2,6 +2,7 @@
 //! domain services and their results into responses, nothing more.
 
 mod error;
+mod git;
 
 use std::time::{Instant, UNIX_EPOCH};
 
@@ -34,6 +35,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/api/v1/crates/{tail:.*}",
             web::route().guard(get_or_head()).to(download),
         )
+        .configure(git::routes)
         .default_service(web::to(fallback));
 }
 

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use moka::future::Cache;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
 
 use super::path::CrateName;
 use super::store::{IndexStore, StoreError, StoredHeader, StoredIndex};
@@ -265,6 +266,8 @@ pub struct IndexPolicy {
 struct Inner {
     hot: Cache<String, Arc<IndexEntry>>,
     store: IndexStore,
+    /// Signalled whenever a stored index file is added, changed or removed.
+    changed: Arc<Notify>,
     upstream: Arc<UpstreamClient>,
     policy: IndexPolicy,
     stats: IndexStats,
@@ -288,6 +291,7 @@ impl IndexCache {
             inner: Arc::new(Inner {
                 hot,
                 store,
+                changed: Arc::new(Notify::new()),
                 upstream,
                 policy,
                 stats: IndexStats::default(),
@@ -298,6 +302,12 @@ impl IndexCache {
 
     pub fn stats(&self) -> &IndexStats {
         &self.inner.stats
+    }
+
+    /// Notified (one stored permit) whenever a stored index file is added,
+    /// changed or removed; the git index rebuilds on it.
+    pub fn changes(&self) -> Arc<Notify> {
+        self.inner.changed.clone()
     }
 
     /// The index file of `name`: from memory when fresh (the hot path: no I/O),
@@ -397,8 +407,12 @@ impl Inner {
                     Some(_) => (now, CacheOutcome::Revalidated),
                     None => (now, CacheOutcome::Miss),
                 };
+                let changed = !matches!(&previous, Some(old) if old.etag == etag);
                 let entry = IndexEntry::found(body, etag, changed_at, validators, now, ttl);
                 self.store.save(key, &entry.to_stored())?;
+                if changed {
+                    self.changed.notify_one();
+                }
                 Ok(self.remember(key, entry, outcome).await)
             }
             Ok(IndexFetch::NotModified { validators }) => {
@@ -417,7 +431,9 @@ impl Inner {
                 Ok(self.remember(key, entry, CacheOutcome::Revalidated).await)
             }
             Ok(IndexFetch::Missing { status }) => {
-                self.store.remove(key)?;
+                if self.store.remove(key)? {
+                    self.changed.notify_one();
+                }
                 let entry = IndexEntry::missing(status, self.policy.negative_ttl);
                 Ok(self.remember(key, entry, CacheOutcome::Miss).await)
             }

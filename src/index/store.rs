@@ -85,9 +85,19 @@ impl IndexStore {
         Ok(())
     }
 
-    pub fn remove(&self, key: &str) -> Result<(), StoreError> {
-        self.tree.remove(key)?;
-        Ok(())
+    /// Removes `key`; tells whether it was there.
+    pub fn remove(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.tree.remove(key)?.is_some())
+    }
+
+    /// Every stored index file, by key, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = Result<(String, StoredIndex), StoreError>> + '_ {
+        self.tree.iter().map(|entry| {
+            let (key, value) = entry?;
+            let key = String::from_utf8_lossy(&key).into_owned();
+            let record = StoredIndex::decode(&key, &value)?;
+            Ok((key, record))
+        })
     }
 
     pub fn len(&self) -> usize {

@@ -30,6 +30,25 @@ enum Command {
     /// --max-storage. Needs the data dir to itself (a running mirror evicts
     /// in the background on its own).
     Gc(SettingsArgs),
+    /// Fill a running mirror's cache: the index file of every package named
+    /// and the .crate of every locked version.
+    Warm(WarmArgs),
+}
+
+#[derive(Args)]
+struct WarmArgs {
+    /// Base URL of the running mirror.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
+    mirror: String,
+    /// Cargo.lock files whose registry packages to fetch (repeatable).
+    #[arg(long, value_name = "PATH")]
+    lockfile: Vec<PathBuf>,
+    /// Crates whose index files to fetch (repeatable).
+    #[arg(long = "crate", value_name = "NAME")]
+    crates: Vec<String>,
+    /// Requests at a time.
+    #[arg(long, default_value_t = 8)]
+    jobs: usize,
 }
 
 /// Every flag is optional here: unset flags fall through to the environment
@@ -173,6 +192,31 @@ fn main() -> anyhow::Result<()> {
                 report.unverifiable.len()
             );
             if !report.bad.is_empty() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Warm(args) => {
+            let mut plan = crate_mirror::warm::WarmPlan::default();
+            for path in &args.lockfile {
+                plan.add_lockfile(path)?;
+            }
+            for name in &args.crates {
+                plan.add_crate(name)?;
+            }
+            let runtime = tokio::runtime::Runtime::new()?;
+            let report =
+                runtime.block_on(crate_mirror::warm::warm(&args.mirror, &plan, args.jobs))?;
+            for (what, why) in &report.failed {
+                println!("failed {what}: {why}");
+            }
+            println!(
+                "fetched {}, already cached {}, failed {}",
+                report.fetched.len(),
+                report.cached.len(),
+                report.failed.len()
+            );
+            if !report.failed.is_empty() {
                 std::process::exit(1);
             }
             Ok(())

@@ -19,6 +19,17 @@ impl CargoHome {
         CargoHome { dir }
     }
 
+    /// A CARGO_HOME whose replacement registry is a git index (no `sparse+`),
+    /// fetched by libgit2 or, with `fetch_with_cli`, by the git command.
+    pub fn git(git_url: &str, fetch_with_cli: bool) -> Self {
+        let dir = tempfile::tempdir().expect("cargo home");
+        let config = format!(
+            "[source.crates-io]\nreplace-with = \"mirror\"\n\n[source.mirror]\nregistry = \"{git_url}\"\n\n[net]\nretry = 1\ngit-fetch-with-cli = {fetch_with_cli}\n"
+        );
+        std::fs::write(dir.path().join("config.toml"), config).expect("write config.toml");
+        CargoHome { dir }
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }

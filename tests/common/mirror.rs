@@ -40,7 +40,12 @@ impl Mirror {
         let log_file = std::fs::File::create(&log).expect("log file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_crate-mirror"))
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--upstream", upstream])
+            .args(if args.contains(&"--listen") {
+                vec![]
+            } else {
+                vec!["--listen", "127.0.0.1:0"]
+            })
+            .args(["--upstream", upstream])
             .arg("--data-dir")
             .arg(data_dir)
             .args(args)
@@ -81,6 +86,50 @@ impl Mirror {
             log,
             _temp: None,
         }
+    }
+
+    /// Starts a mirror serving the git index: on a port chosen up front, since
+    /// the git index's config.json needs the public URL before the start.
+    pub fn start_with_git(upstream: &str, args: &[&str]) -> Mirror {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let public = format!("http://127.0.0.1:{port}");
+        let mut all = vec![
+            "--listen",
+            &listen,
+            "--public-url",
+            &public,
+            "--git-index",
+            "on",
+        ];
+        all.extend_from_slice(args);
+        Mirror::start(upstream, &all)
+    }
+
+    /// Waits until the git index holds `files` files (config.json included).
+    pub async fn wait_for_git_files(&self, files: u64) {
+        for _ in 0..200 {
+            let stats: serde_json::Value = super::client()
+                .get(format!("{}/api/stats", self.url))
+                .send()
+                .await
+                .expect("stats")
+                .json()
+                .await
+                .expect("stats json");
+            if stats["git"]["files"].as_u64() == Some(files) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("the git index never reached {files} files");
+    }
+
+    pub fn git_url(&self) -> String {
+        format!("{}/git/index", self.url)
     }
 
     pub fn index_url(&self) -> String {

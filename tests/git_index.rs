@@ -1,0 +1,278 @@
+//! The git fallback index: clones, real cargo over the git protocol (libgit2 and
+//! the git command), rebuilds after new files are cached, clones during rebuilds,
+//! and `crate-mirror warm`.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::cargo::{project, run, run_ok, CargoHome};
+use common::client;
+use common::mirror::Mirror;
+use common::registry::{graph_project_manifest, graph_registry, CrateSpec};
+use common::upstream::{DlStyle, TestUpstream};
+
+fn git(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .expect("run git")
+}
+
+fn git_ok(dir: &Path, args: &[&str]) -> String {
+    let output = git(dir, args);
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+async fn get(url: &str) -> reqwest::Response {
+    client().get(url).send().await.expect("request")
+}
+
+#[tokio::test]
+async fn a_clone_holds_the_cached_files_and_a_config_pointing_at_the_mirror() {
+    let specs = vec![
+        CrateSpec::new("a", "1.0.0"),
+        CrateSpec::new("abc", "1.0.0"),
+        CrateSpec::new("Inflector", "0.11.4"),
+    ];
+    let upstream = TestUpstream::start(&specs, DlStyle::Plain);
+    let mirror = Mirror::start_with_git(&upstream.url, &["--git-rebuild-delay", "0"]);
+    let mut sparse = Vec::new();
+    for path in ["1/a", "3/a/abc", "in/fl/inflector"] {
+        let body = get(&format!("{}{path}", mirror.index_url()))
+            .await
+            .bytes()
+            .await
+            .unwrap();
+        sparse.push((path, body));
+    }
+    mirror.wait_for_git_files(4).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    git_ok(
+        dir.path(),
+        &["clone", "--quiet", &mirror.git_url(), "index"],
+    );
+    let clone = dir.path().join("index");
+    for (path, body) in &sparse {
+        assert_eq!(
+            &std::fs::read(clone.join(path)).unwrap()[..],
+            &body[..],
+            "{path}"
+        );
+    }
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(clone.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["dl"], format!("{}/api/v1/crates", mirror.url));
+    assert_eq!(git_ok(&clone, &["ls-files"]).lines().count(), 4);
+
+    // Read-only, smart HTTP only, bounded request bodies.
+    let push = get(&format!(
+        "{}/info/refs?service=git-receive-pack",
+        mirror.git_url()
+    ))
+    .await;
+    assert_eq!(push.status(), 403);
+    let dumb = get(&format!("{}/info/refs", mirror.git_url())).await;
+    assert_eq!(dumb.status(), 400);
+    let huge = client()
+        .post(format!("{}/git-upload-pack", mirror.git_url()))
+        .header("content-type", "application/x-git-upload-pack-request")
+        .body(vec![b'0'; 9 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), 413);
+}
+
+fn lockfile(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("Cargo.lock")).unwrap()
+}
+
+#[tokio::test]
+async fn cargo_resolves_and_builds_through_the_git_index_cached_or_warmed() {
+    let upstream = TestUpstream::start(&graph_registry(), DlStyle::Plain);
+    let target = tempfile::tempdir().unwrap();
+
+    // Cached by sparse use, then served over git to libgit2 (cargo's default).
+    let cached = Mirror::start_with_git(&upstream.url, &["--git-rebuild-delay", "0"]);
+    let sparse_project = project(&graph_project_manifest());
+    run_ok(
+        &CargoHome::new(&cached.index_url()),
+        sparse_project.path(),
+        target.path(),
+        &["generate-lockfile"],
+    );
+    let sparse_lock = lockfile(sparse_project.path());
+    let index_files = client()
+        .get(format!("{}/api/stats", cached.url))
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["index_files_stored"]
+        .as_u64()
+        .unwrap();
+    cached.wait_for_git_files(index_files + 1).await;
+
+    let libgit2 = project(&graph_project_manifest());
+    let home = CargoHome::git(&cached.git_url(), false);
+    run_ok(&home, libgit2.path(), target.path(), &["generate-lockfile"]);
+    assert_eq!(lockfile(libgit2.path()), sparse_lock);
+    run_ok(&home, libgit2.path(), target.path(), &["build"]);
+
+    // A fresh mirror warmed from the lockfile, served to the git command.
+    let warmed = Mirror::start_with_git(&upstream.url, &["--git-rebuild-delay", "0"]);
+    let lock_path = sparse_project.path().join("Cargo.lock");
+    let output = Command::new(env!("CARGO_BIN_EXE_crate-mirror"))
+        .args(["warm", "--mirror", &warmed.url, "--lockfile"])
+        .arg(&lock_path)
+        .args(["--crate", "a", "--jobs", "4"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let packages = sparse_lock.matches("source = \"registry+").count();
+    let names: std::collections::BTreeSet<&str> = sparse_lock
+        .split("[[package]]")
+        .filter(|block| block.contains("source = \"registry+"))
+        .filter_map(|block| block.split('"').nth(1))
+        .collect();
+    // Every index file and every locked crate was fetched, nothing failed.
+    assert!(
+        stdout.contains(&format!(
+            "fetched {}, already cached 0, failed 0",
+            names.len() + packages
+        )),
+        "{stdout}"
+    );
+    assert!(String::from_utf8_lossy(&output.stderr)
+        .contains(&format!("{0}/{0}", names.len() + packages)));
+    // Warming again finds everything cached.
+    let again = Command::new(env!("CARGO_BIN_EXE_crate-mirror"))
+        .args(["warm", "--mirror", &warmed.url, "--lockfile"])
+        .arg(&lock_path)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&again.stdout).contains(&format!(
+        "fetched 0, already cached {}, failed 0",
+        names.len() + packages
+    )));
+    warmed.wait_for_git_files(names.len() as u64 + 1).await;
+
+    let cli = project(&graph_project_manifest());
+    let home = CargoHome::git(&warmed.git_url(), true);
+    run_ok(&home, cli.path(), target.path(), &["generate-lockfile"]);
+    assert_eq!(lockfile(cli.path()), sparse_lock);
+    run_ok(&home, cli.path(), target.path(), &["build"]);
+}
+
+#[tokio::test]
+async fn a_crate_cached_later_reaches_git_clients_on_their_next_fetch() {
+    let upstream = TestUpstream::start(
+        &[
+            CrateSpec::new("first", "1.0.0"),
+            CrateSpec::new("later", "1.0.0"),
+        ],
+        DlStyle::Plain,
+    );
+    let mirror = Mirror::start_with_git(&upstream.url, &["--git-rebuild-delay", "1"]);
+    assert_eq!(
+        get(&format!("{}fi/rs/first", mirror.index_url()))
+            .await
+            .status(),
+        200
+    );
+    mirror.wait_for_git_files(2).await;
+
+    let home = CargoHome::git(&mirror.git_url(), false);
+    let target = tempfile::tempdir().unwrap();
+    let manifest = "[package]\nname = \"p\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\nfirst = \"1\"\n";
+    let app = project(manifest);
+    run_ok(&home, app.path(), target.path(), &["generate-lockfile"]);
+
+    // `later` is not in the git index yet.
+    std::fs::write(
+        app.path().join("Cargo.toml"),
+        format!("{manifest}later = \"1\"\n"),
+    )
+    .unwrap();
+    let missing = run(&home, app.path(), target.path(), &["generate-lockfile"]);
+    assert!(!missing.status.success());
+
+    // Once cached (here by a sparse client), the rebuild after the delay adds it.
+    assert_eq!(
+        get(&format!("{}la/te/later", mirror.index_url()))
+            .await
+            .status(),
+        200
+    );
+    mirror.wait_for_git_files(3).await;
+    run_ok(&home, app.path(), target.path(), &["generate-lockfile"]);
+    assert!(lockfile(app.path()).contains("name = \"later\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clones_and_fetches_during_rebuilds_never_fail() {
+    let upstream = TestUpstream::start(&[CrateSpec::new("seed", "1.0.0")], DlStyle::Plain);
+    let mirror = Mirror::start_with_git(&upstream.url, &["--git-rebuild-delay", "0"]);
+    assert_eq!(
+        get(&format!("{}se/ed/seed", mirror.index_url()))
+            .await
+            .status(),
+        200
+    );
+    mirror.wait_for_git_files(2).await;
+
+    // Keep the index changing: new crates cached one after another.
+    let index_url = mirror.index_url();
+    let writer_upstream = std::sync::Arc::new(upstream);
+    let publisher = writer_upstream.clone();
+    let churn = tokio::spawn(async move {
+        for n in 0..60 {
+            let name = format!("churn{n:03}");
+            publisher.publish_all(&[CrateSpec::new(&name, "1.0.0")]);
+            let path = format!("ch/ur/{name}");
+            assert_eq!(get(&format!("{index_url}{path}")).await.status(), 200);
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    });
+
+    let git_url = mirror.git_url();
+    let readers = tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let fetcher = dir.path().join("fetcher");
+        git_ok(dir.path(), &["clone", "--quiet", &git_url, "fetcher"]);
+        let mut last_count = 0;
+        for round in 0..15 {
+            let name = format!("clone{round}");
+            git_ok(dir.path(), &["clone", "--quiet", &git_url, &name]);
+            let clone = dir.path().join(&name);
+            assert!(clone.join("config.json").exists());
+            git_ok(&clone, &["fsck", "--no-progress"]);
+            git_ok(&fetcher, &["pull", "--quiet", "--ff-only"]);
+            let count = git_ok(&fetcher, &["ls-files"]).lines().count();
+            assert!(count >= last_count, "the index went backwards");
+            last_count = count;
+        }
+        last_count
+    });
+    churn.await.unwrap();
+    let seen = readers.await.unwrap();
+    assert!(seen >= 2);
+    mirror.wait_for_git_files(62).await;
+}

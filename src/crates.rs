@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use crate::index::cache::{CacheOutcome, IndexCache, IndexError};
 use crate::index::entry::{find_version, is_sha256_hex, VersionRecord};
 use crate::index::path::{CrateName, CrateVersion};
+use crate::metrics::Metrics;
 use crate::storage::{crate_key, ByteStream, CrateStore, StorageError};
 use crate::upstream::{DownloadStart, UpstreamClient, UpstreamError};
 
@@ -72,6 +73,16 @@ pub enum DownloadOutcome {
 }
 
 impl DownloadOutcome {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            DownloadOutcome::Hit => "hit",
+            DownloadOutcome::Miss => "miss",
+            DownloadOutcome::Joined => "joined",
+        }
+    }
+
+    /// The `x-cache` header value.
     pub fn as_str(self) -> &'static str {
         match self {
             DownloadOutcome::Hit => "HIT",
@@ -92,30 +103,6 @@ pub enum CrateDownload {
     },
     /// The client fetches the stored object directly (a presigned URL).
     Redirect(String),
-}
-
-#[derive(Debug, Default)]
-pub struct CrateStats {
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub joined: AtomicU64,
-    pub failures: AtomicU64,
-    pub checksum_failures: AtomicU64,
-    pub bytes_fetched: AtomicU64,
-}
-
-impl CrateStats {
-    pub fn snapshot(&self) -> serde_json::Value {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        serde_json::json!({
-            "hits": get(&self.hits),
-            "misses": get(&self.misses),
-            "joined": get(&self.joined),
-            "failures": get(&self.failures),
-            "checksum_failures": get(&self.checksum_failures),
-            "bytes_fetched": get(&self.bytes_fetched),
-        })
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -148,7 +135,7 @@ struct Inner {
     store: Arc<dyn CrateStore>,
     tmp_dir: PathBuf,
     in_flight: Mutex<HashMap<String, Arc<InFlight>>>,
-    stats: CrateStats,
+    metrics: Arc<Metrics>,
     temp_counter: AtomicU64,
 }
 
@@ -164,6 +151,7 @@ impl CrateService {
         upstream: Arc<UpstreamClient>,
         store: Arc<dyn CrateStore>,
         tmp_dir: PathBuf,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -172,14 +160,10 @@ impl CrateService {
                 store,
                 tmp_dir,
                 in_flight: Mutex::new(HashMap::new()),
-                stats: CrateStats::default(),
+                metrics,
                 temp_counter: AtomicU64::new(0),
             }),
         }
-    }
-
-    pub fn stats(&self) -> &CrateStats {
-        &self.inner.stats
     }
 
     pub async fn download(
@@ -188,9 +172,16 @@ impl CrateService {
         version: &CrateVersion,
     ) -> Result<CrateDownload, CrateError> {
         let result = self.try_download(name, version).await;
-        if result.is_err() {
-            self.inner.stats.failures.fetch_add(1, Ordering::Relaxed);
-        }
+        let label = match &result {
+            Ok(CrateDownload::Redirect(_)) => "redirect",
+            Ok(CrateDownload::Stream { outcome, .. }) => outcome.label(),
+            Err(_) => "error",
+        };
+        self.inner
+            .metrics
+            .crate_downloads
+            .with_label_values(&[label])
+            .inc();
         result
     }
 
@@ -205,11 +196,9 @@ impl CrateService {
         // nor the upstream is at hand (a fresh node on a shared bucket).
         let key = crate_key(name.key(), version.as_str());
         if let Some(url) = inner.store.redirect_url(&key).await? {
-            inner.stats.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(CrateDownload::Redirect(url));
         }
         if let Some(object) = inner.store.get(&key).await? {
-            inner.stats.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(CrateDownload::Stream {
                 len: Some(object.len),
                 body: object.body,
@@ -218,11 +207,13 @@ impl CrateService {
         }
         let record = self.version_record(name, version).await?;
         let (flight, outcome) = Inner::join_or_start(inner, key, record)?;
-        let counter = match outcome {
-            DownloadOutcome::Joined => &inner.stats.joined,
-            _ => &inner.stats.misses,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        if outcome == DownloadOutcome::Joined {
+            inner
+                .metrics
+                .coalesced_waits
+                .with_label_values(&["crate"])
+                .inc();
+        }
         let mut progress = flight.progress.clone();
         // Answer with a status only once the upstream has answered: a missing
         // crate is a 404, not a 200 that breaks off.
@@ -321,10 +312,7 @@ impl Inner {
                 Err(err) => {
                     tracing::warn!(krate = %record.name, version = %record.vers, error = %err, "crate download failed");
                     if matches!(err, CrateError::ChecksumMismatch) {
-                        inner
-                            .stats
-                            .checksum_failures
-                            .fetch_add(1, Ordering::Relaxed);
+                        inner.metrics.checksum_failures.inc();
                     }
                     let _ = tokio::fs::remove_file(&temp_path).await;
                     tx.send_modify(|p| p.phase = Phase::Failed(err));
@@ -371,9 +359,10 @@ impl Inner {
             // descriptor, so the bytes must be in the file before they are announced.
             file.flush().await?;
             hasher.update(&chunk);
-            self.stats
-                .bytes_fetched
-                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            self.metrics
+                .fetched_bytes
+                .with_label_values(&["crate"])
+                .inc_by(chunk.len() as u64);
             tx.send_modify(|p| p.written = written);
         }
         if expected.is_some_and(|len| written != len) {

@@ -9,6 +9,7 @@ pub mod crates;
 pub mod git;
 pub mod http;
 pub mod index;
+pub mod metrics;
 pub mod single_flight;
 pub mod storage;
 pub mod upstream;
@@ -24,6 +25,7 @@ use config::{Config, StorageConfig};
 use crates::CrateService;
 use index::cache::{IndexCache, IndexPolicy};
 use index::store::IndexStore;
+use metrics::Metrics;
 use storage::local::LocalStore;
 use storage::s3::S3Store;
 use storage::CrateStore;
@@ -71,6 +73,8 @@ pub struct AppState {
     /// The git index, when enabled.
     pub git: Option<Arc<git::GitIndex>>,
     git_rebuild_delay: std::time::Duration,
+    pub metrics: Arc<Metrics>,
+    storage_backend: &'static str,
 }
 
 /// The answer of `/ready`.
@@ -107,11 +111,13 @@ impl AppState {
                 other => sled::Error::Unsupported(other.to_string()),
             },
         })?;
+        let metrics = Arc::new(Metrics::new());
         let upstream = Arc::new(UpstreamClient::new(
             config.upstream.clone(),
             config.connect_timeout,
             config.upstream_timeout,
             config.index_ttl.max(std::time::Duration::from_secs(60)),
+            metrics.clone(),
         )?);
         let index = IndexCache::new(
             index_store.clone(),
@@ -121,6 +127,7 @@ impl AppState {
                 negative_ttl: config.negative_ttl,
                 hot_cache_bytes: config.hot_cache_bytes,
             },
+            metrics.clone(),
         );
         let (store, local_store): (Arc<dyn CrateStore>, _) = match &config.storage {
             StorageConfig::Local { max_bytes } => {
@@ -135,7 +142,13 @@ impl AppState {
             }
             StorageConfig::S3(s3) => (Arc::new(S3Store::new(s3)?), None),
         };
-        let crates = CrateService::new(index.clone(), upstream.clone(), store, tmp_dir);
+        let crates = CrateService::new(
+            index.clone(),
+            upstream.clone(),
+            store,
+            tmp_dir,
+            metrics.clone(),
+        );
         let git = match (&config.git_index, &config.public_url) {
             (true, Some(public_url)) => {
                 let committed =
@@ -166,6 +179,11 @@ impl AppState {
             local_store,
             git,
             git_rebuild_delay: config.git_rebuild_delay,
+            metrics,
+            storage_backend: match config.storage {
+                StorageConfig::Local { .. } => "local",
+                StorageConfig::S3(_) => "s3",
+            },
         })
     }
 
@@ -187,15 +205,40 @@ impl AppState {
         }
     }
 
+    /// Sets the gauges that are read from the stores rather than counted.
+    pub fn refresh_gauges(&self) {
+        let metrics = &self.metrics;
+        metrics.index_files.set(self.index_store.len() as i64);
+        if let Some(local) = &self.local_store {
+            let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            metrics
+                .storage_bytes
+                .set(to_i64(local.total_bytes().unwrap_or(0)));
+            metrics
+                .storage_objects
+                .set(to_i64(local.objects().unwrap_or(0)));
+            metrics
+                .storage_quota_bytes
+                .set(to_i64(local.max_bytes().unwrap_or(0)));
+        }
+    }
+
+    /// The dashboard's feed: the metrics' figures plus storage and git state.
     pub fn stats(&self) -> serde_json::Value {
-        serde_json::json!({
-            "index": self.index.stats().snapshot(),
-            "crates": self.crates.stats().snapshot(),
-            "index_files_stored": self.index_store.len(),
-            "storage_bytes": self.local_store.as_ref().and_then(|s| s.total_bytes()),
-            "storage_quota_bytes": self.local_store.as_ref().and_then(|s| s.max_bytes()),
-            "git": self.git.as_ref().map(|g| g.stats()),
-        })
+        self.refresh_gauges();
+        let mut stats = self.metrics.snapshot();
+        let local = self.local_store.as_ref();
+        stats["index_files_stored"] = self.index_store.len().into();
+        stats["storage_bytes"] = local.and_then(|s| s.total_bytes()).into();
+        stats["storage_quota_bytes"] = local.and_then(|s| s.max_bytes()).into();
+        stats["storage"] = serde_json::json!({
+            "backend": self.storage_backend,
+            "bytes": local.and_then(|s| s.total_bytes()),
+            "objects": local.and_then(|s| s.objects()),
+            "quota_bytes": local.and_then(|s| s.max_bytes()),
+        });
+        stats["git"] = self.git.as_ref().map(|g| g.stats()).into();
+        stats
     }
 
     /// Writes what sled holds in memory to disk.

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use crate::index::path::prefix;
+use crate::metrics::Metrics;
 
 /// The largest index file accepted from the upstream; real ones are a few hundred KB.
 const MAX_INDEX_BYTES: usize = 32 << 20;
@@ -153,6 +154,7 @@ pub struct UpstreamClient {
     config: Mutex<Option<(Arc<UpstreamConfig>, Instant)>>,
     /// Set once config.json has been read, readable without waiting for a refresh.
     config_known: AtomicBool,
+    metrics: Arc<Metrics>,
 }
 
 impl UpstreamClient {
@@ -163,6 +165,7 @@ impl UpstreamClient {
         connect_timeout: Duration,
         timeout: Duration,
         config_ttl: Duration,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, UpstreamError> {
         let user_agent = concat!("crate-mirror/", env!("CARGO_PKG_VERSION"));
         let build = |gzip: bool| {
@@ -187,6 +190,7 @@ impl UpstreamClient {
             config_ttl,
             config: Mutex::new(None),
             config_known: AtomicBool::new(false),
+            metrics,
         })
     }
 
@@ -228,12 +232,11 @@ impl UpstreamClient {
     async fn fetch_config(&self) -> Result<UpstreamConfig, UpstreamError> {
         let url = format!("{}config.json", self.base);
         let response = self
-            .index_http
-            .get(&url)
-            .timeout(self.index_timeout)
-            .send()
-            .await
-            .map_err(UpstreamError::from_reqwest)?;
+            .send(
+                "config",
+                self.index_http.get(&url).timeout(self.index_timeout),
+            )
+            .await?;
         if !response.status().is_success() {
             return Err(UpstreamError::Status(response.status().as_u16()));
         }
@@ -265,14 +268,21 @@ impl UpstreamClient {
         if let Some(date) = &validators.last_modified {
             request = request.header(IF_MODIFIED_SINCE, date);
         }
-        let response = request.send().await.map_err(UpstreamError::from_reqwest)?;
+        let response = self.send("index", request).await?;
         let status = response.status();
         let fresh_validators = Validators::from_headers(response.headers());
         match status {
-            StatusCode::OK => Ok(IndexFetch::Modified {
-                body: read_limited(response).await?,
-                validators: fresh_validators,
-            }),
+            StatusCode::OK => {
+                let body = read_limited(response).await?;
+                self.metrics
+                    .fetched_bytes
+                    .with_label_values(&["index"])
+                    .inc_by(body.len() as u64);
+                Ok(IndexFetch::Modified {
+                    body,
+                    validators: fresh_validators,
+                })
+            }
             StatusCode::NOT_MODIFIED => Ok(IndexFetch::NotModified {
                 validators: fresh_validators,
             }),
@@ -285,14 +295,36 @@ impl UpstreamClient {
         }
     }
 
+    /// Sends one request, counting it (kind, status, time to the response head).
+    async fn send(
+        &self,
+        kind: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let started = Instant::now();
+        let result = request.send().await.map_err(UpstreamError::from_reqwest);
+        let seconds = started.elapsed().as_secs_f64();
+        match &result {
+            Ok(response) => {
+                let status = response.status();
+                let healthy = !status.is_server_error() && status != StatusCode::TOO_MANY_REQUESTS;
+                self.metrics
+                    .upstream_exchange(kind, status.as_str(), seconds, healthy);
+            }
+            Err(err) => {
+                let status = match err {
+                    UpstreamError::Timeout => "timeout",
+                    _ => "error",
+                };
+                self.metrics.upstream_exchange(kind, status, seconds, false);
+            }
+        }
+        result
+    }
+
     /// Starts a download; the body streams and each read is bounded by the timeout.
     pub async fn download(&self, url: &str) -> Result<DownloadStart, UpstreamError> {
-        let response = self
-            .download_http
-            .get(url)
-            .send()
-            .await
-            .map_err(UpstreamError::from_reqwest)?;
+        let response = self.send("download", self.download_http.get(url)).await?;
         match response.status() {
             StatusCode::OK => Ok(DownloadStart::Found(DownloadStream {
                 content_length: response.content_length(),

@@ -34,7 +34,11 @@ fn wrong_values_are_one_line_errors_naming_the_key() {
         (vec!["--hot-cache-size", "lots"], vec![], "`hot-cache-size`"),
         (vec!["--git-index", "on"], vec![], "needs --public-url"),
         (vec!["--storage", "s3://x"], vec![], "`storage`"),
-        (vec!["--max-storage", "1GiB", "--storage", "s3://bucket"], vec![], "`max-storage`"),
+        (
+            vec!["--max-storage", "1GiB", "--storage", "s3://bucket"],
+            vec![],
+            "`max-storage`",
+        ),
     ];
     for (args, env, expected) in cases {
         let mut command = mirror_command();

@@ -1,12 +1,13 @@
 //! The HTTP surface (actix): routes that translate requests into calls on the
 //! domain services and their results into responses, nothing more.
 
+mod dashboard;
 mod error;
 mod git;
 
 use std::time::{Instant, UNIX_EPOCH};
 
-use actix_web::body::MessageBody;
+use actix_web::body::{BodySize, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use actix_web::http::Method;
@@ -27,6 +28,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/health", web::route().guard(get_or_head()).to(health))
         .route("/ready", web::route().guard(get_or_head()).to(ready))
         .route("/api/stats", web::get().to(stats))
+        .route("/metrics", web::get().to(metrics))
         .route(
             "/index/{tail:.*}",
             web::route().guard(get_or_head()).to(index),
@@ -36,6 +38,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::route().guard(get_or_head()).to(download),
         )
         .configure(git::routes)
+        .configure(dashboard::routes)
         .default_service(web::to(fallback));
 }
 
@@ -61,8 +64,30 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::build(status).json(report)
 }
 
-async fn stats(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(state.stats())
+async fn stats(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let mut stats = state.stats();
+    stats["index_url"] = format!("{}/index/", public_base(&req, &state)).into();
+    HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(stats)
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    state.refresh_gauges();
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.encode())
+}
+
+/// The mirror's base URL as clients see it: `public-url`, else the request's Host.
+fn public_base(req: &HttpRequest, state: &AppState) -> String {
+    match &state.public_url {
+        Some(url) => url.clone(),
+        None => {
+            let info = req.connection_info();
+            format!("{}://{}", info.scheme(), info.host())
+        }
+    }
 }
 
 /// `GET /index/config.json` and `GET /index/{prefix}/{name}`. The raw path is
@@ -76,6 +101,7 @@ async fn index(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
     match parse_index_path(raw)? {
         IndexRequest::Config => Ok(config_json(&req, &state)),
         IndexRequest::File(name) => {
+            state.metrics.crate_requested(name.key());
             let lookup = state.index.get(&name).await?;
             Ok(index_response(&req, lookup))
         }
@@ -83,13 +109,7 @@ async fn index(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
 }
 
 fn config_json(req: &HttpRequest, state: &AppState) -> HttpResponse {
-    let base = match &state.public_url {
-        Some(url) => url.clone(),
-        None => {
-            let info = req.connection_info();
-            format!("{}://{}", info.scheme(), info.host())
-        }
-    };
+    let base = public_base(req, state);
     let body = serde_json::json!({ "dl": format!("{base}/api/v1/crates") });
     HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-cache"))
@@ -196,6 +216,7 @@ async fn download(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     };
     let name = CrateName::parse(&decode_segment(name)?)?;
     let version = CrateVersion::parse(&decode_segment(version)?)?;
+    state.metrics.crate_requested(name.key());
     let (len, body, outcome) = match state.crates.download(&name, &version).await? {
         CrateDownload::Redirect(url) => {
             return Ok(HttpResponse::TemporaryRedirect()
@@ -215,7 +236,24 @@ async fn download(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     })
 }
 
-/// One structured log line per request.
+/// The `route` label of a path: a fixed, small set.
+fn route_of(path: &str) -> &'static str {
+    match path {
+        "/index/config.json" => "config",
+        "/health" => "health",
+        "/ready" => "ready",
+        "/metrics" => "metrics",
+        "/api/stats" => "stats",
+        "/" => "dashboard",
+        _ if path.starts_with("/index/") => "index",
+        _ if path.starts_with("/api/v1/crates/") => "download",
+        _ if path.starts_with("/git/") => "git",
+        _ if path.starts_with("/static/") => "dashboard",
+        _ => "other",
+    }
+}
+
+/// Counts every request into the metrics and writes one structured log line.
 pub async fn access_log<B: MessageBody>(
     req: ServiceRequest,
     next: actix_web::middleware::Next<B>,
@@ -223,19 +261,45 @@ pub async fn access_log<B: MessageBody>(
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.path().to_string();
+    let state = req.app_data::<web::Data<AppState>>().cloned();
     let response = next.call(req).await?;
+    let status = response.status();
+    let elapsed = started.elapsed();
     let cache = response
         .headers()
         .get(X_CACHE)
         .and_then(|v: &HeaderValue| v.to_str().ok())
         .unwrap_or("-")
         .to_string();
+    if let Some(state) = state {
+        let route = route_of(&path);
+        let metrics = &state.metrics;
+        metrics
+            .http_requests
+            .with_label_values(&[route, method.as_str(), status.as_str()])
+            .inc();
+        metrics
+            .http_duration
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
+        if let BodySize::Sized(bytes) = response.response().body().size() {
+            if method != Method::HEAD {
+                metrics
+                    .served_bytes
+                    .with_label_values(&[route])
+                    .inc_by(bytes);
+            }
+        }
+        if status.is_server_error() {
+            metrics.record_error(format!("{method} {path}"), status.as_str().to_string());
+        }
+    }
     tracing::info!(
         target: "crate_mirror::access",
         method = %method,
         path = %path,
-        status = response.status().as_u16(),
-        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        status = status.as_u16(),
+        latency_ms = elapsed.as_secs_f64() * 1000.0,
         cache = %cache,
     );
     Ok(response)

@@ -3,7 +3,6 @@
 //! caching and one upstream fetch per name however many clients ask at once.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,6 +14,7 @@ use tokio::sync::Notify;
 
 use super::path::CrateName;
 use super::store::{IndexStore, StoreError, StoredHeader, StoredIndex};
+use crate::metrics::Metrics;
 use crate::single_flight::{FlightAborted, Role, SingleFlight};
 use crate::upstream::{IndexFetch, UpstreamClient, UpstreamError, Validators};
 
@@ -206,6 +206,17 @@ pub enum CacheOutcome {
 }
 
 impl CacheOutcome {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            CacheOutcome::Hit => "hit",
+            CacheOutcome::Miss => "miss",
+            CacheOutcome::Revalidated => "revalidated",
+            CacheOutcome::Stale => "stale",
+        }
+    }
+
+    /// The `x-cache` header value.
     pub fn as_str(self) -> &'static str {
         match self {
             CacheOutcome::Hit => "HIT",
@@ -220,39 +231,6 @@ impl CacheOutcome {
 pub struct IndexLookup {
     pub entry: Arc<IndexEntry>,
     pub outcome: CacheOutcome,
-}
-
-/// Counters of what the cache did; the metrics layer reads them.
-#[derive(Debug, Default)]
-pub struct IndexStats {
-    pub memory_hits: AtomicU64,
-    pub store_loads: AtomicU64,
-    pub upstream_fetches: AtomicU64,
-    pub upstream_not_modified: AtomicU64,
-    pub upstream_errors: AtomicU64,
-    pub stale_served: AtomicU64,
-    pub negative_hits: AtomicU64,
-    pub coalesced_waits: AtomicU64,
-}
-
-impl IndexStats {
-    fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn snapshot(&self) -> serde_json::Value {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        serde_json::json!({
-            "memory_hits": get(&self.memory_hits),
-            "store_loads": get(&self.store_loads),
-            "upstream_fetches": get(&self.upstream_fetches),
-            "upstream_not_modified": get(&self.upstream_not_modified),
-            "upstream_errors": get(&self.upstream_errors),
-            "stale_served": get(&self.stale_served),
-            "negative_hits": get(&self.negative_hits),
-            "coalesced_waits": get(&self.coalesced_waits),
-        })
-    }
 }
 
 /// Freshness settings.
@@ -270,7 +248,7 @@ struct Inner {
     changed: Arc<Notify>,
     upstream: Arc<UpstreamClient>,
     policy: IndexPolicy,
-    stats: IndexStats,
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Clone)]
@@ -280,7 +258,12 @@ pub struct IndexCache {
 }
 
 impl IndexCache {
-    pub fn new(store: IndexStore, upstream: Arc<UpstreamClient>, policy: IndexPolicy) -> Self {
+    pub fn new(
+        store: IndexStore,
+        upstream: Arc<UpstreamClient>,
+        policy: IndexPolicy,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let hot = Cache::builder()
             .max_capacity(policy.hot_cache_bytes)
             .weigher(|key: &String, entry: &Arc<IndexEntry>| {
@@ -294,14 +277,10 @@ impl IndexCache {
                 changed: Arc::new(Notify::new()),
                 upstream,
                 policy,
-                stats: IndexStats::default(),
+                metrics,
             }),
             flights: Arc::default(),
         }
-    }
-
-    pub fn stats(&self) -> &IndexStats {
-        &self.inner.stats
     }
 
     /// Notified (one stored permit) whenever a stored index file is added,
@@ -313,23 +292,26 @@ impl IndexCache {
     /// The index file of `name`: from memory when fresh (the hot path: no I/O),
     /// else through one shared refresh.
     pub async fn get(&self, name: &CrateName) -> Result<IndexLookup, IndexError> {
-        if let Some(entry) = self.inner.hot.get(name.key()).await {
-            if entry.is_fresh() {
-                let stats = &self.inner.stats;
-                IndexStats::bump(&stats.memory_hits);
-                if !entry.is_found() {
-                    IndexStats::bump(&stats.negative_hits);
-                }
+        let lookup = match self.inner.hot.get(name.key()).await {
+            Some(entry) if entry.is_fresh() => {
                 let outcome = if entry.stale {
-                    IndexStats::bump(&stats.stale_served);
                     CacheOutcome::Stale
                 } else {
                     CacheOutcome::Hit
                 };
-                return Ok(IndexLookup { entry, outcome });
+                IndexLookup { entry, outcome }
             }
+            _ => self.refresh(name, false).await?,
+        };
+        let metrics = &self.inner.metrics;
+        metrics
+            .index_lookups
+            .with_label_values(&[lookup.outcome.label()])
+            .inc();
+        if !lookup.entry.is_found() && lookup.outcome == CacheOutcome::Hit {
+            metrics.index_negative_hits.inc();
         }
-        self.refresh(name, false).await
+        Ok(lookup)
     }
 
     /// Asks the upstream even if the cached copy is fresh (used when a download
@@ -348,7 +330,11 @@ impl IndexCache {
             })
             .await;
         if role == Role::Joined {
-            IndexStats::bump(&self.inner.stats.coalesced_waits);
+            self.inner
+                .metrics
+                .coalesced_waits
+                .with_label_values(&["index"])
+                .inc();
         }
         result?
     }
@@ -362,7 +348,7 @@ impl Inner {
         let Some(stored) = self.store.load(key)? else {
             return Ok(None);
         };
-        IndexStats::bump(&self.stats.store_loads);
+        self.metrics.index_store_loads.inc();
         Ok(Some(Arc::new(IndexEntry::from_stored(
             stored,
             self.policy.ttl,
@@ -392,7 +378,6 @@ impl Inner {
             .as_ref()
             .map(|entry| entry.upstream.clone())
             .unwrap_or_default();
-        IndexStats::bump(&self.stats.upstream_fetches);
         let ttl = self.policy.ttl;
         let now = SystemTime::now();
         match self
@@ -420,7 +405,7 @@ impl Inner {
                     // A 304 to an unconditional request: the upstream is broken.
                     return Err(UpstreamError::Status(304).into());
                 };
-                IndexStats::bump(&self.stats.upstream_not_modified);
+                self.metrics.index_not_modified.inc();
                 let validators = if validators.is_empty() {
                     old.upstream.clone()
                 } else {
@@ -438,12 +423,10 @@ impl Inner {
                 Ok(self.remember(key, entry, CacheOutcome::Miss).await)
             }
             Err(err) => {
-                IndexStats::bump(&self.stats.upstream_errors);
                 let Some(old) = previous else {
                     return Err(err.into());
                 };
                 tracing::warn!(krate = key, error = %err, "upstream failed; serving stale index file");
-                IndexStats::bump(&self.stats.stale_served);
                 let entry = old.renewed(
                     old.upstream.clone(),
                     old.fetched_at,

@@ -102,6 +102,11 @@ impl LocalStore {
             .map(|a| a.total.load(Ordering::Relaxed))
     }
 
+    /// Crate files stored, when accounting is on.
+    pub fn objects(&self) -> Option<u64> {
+        self.accounting.as_ref().map(|a| a.tree.len() as u64)
+    }
+
     pub fn max_bytes(&self) -> Option<u64> {
         self.accounting.as_ref().and_then(|a| a.max_bytes)
     }

@@ -326,6 +326,11 @@ impl Metrics {
             .map(|s| Self::sum(&self.upstream_requests, 1, Some(s)))
             .sum();
         let (latency_sum, latency_count) = Self::histogram_totals(&self.upstream_duration);
+        // What registry clients received (not the dashboard or probes).
+        let client_bytes: u64 = ["index", "config", "download", "git"]
+            .iter()
+            .map(|route| Self::sum(&self.served_bytes, 0, Some(route)))
+            .sum();
         let activity = self.activity();
         let mut top: Vec<(&String, &u64)> = activity.crate_requests.iter().collect();
         top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
@@ -364,7 +369,7 @@ impl Metrics {
                 "hit_ratio": ratio(crate_hits, crate_total),
             },
             "bytes": {
-                "served": Self::sum(&self.served_bytes, 0, None),
+                "served": client_bytes,
                 "fetched": Self::sum(&self.fetched_bytes, 0, None),
             },
             "upstream": {

@@ -42,8 +42,9 @@ function sparkline(canvas, values, { max = null, color = "#b7410e" } = {}) {
   ctx.clearRect(0, 0, width, height);
   if (values.length < 2) return;
   const top = max ?? Math.max(...values, 1e-9);
-  const step = width / (HISTORY - 1);
-  const x0 = width - step * (values.length - 1);
+  // Few samples yet: spread them over the whole width.
+  const step = width / (values.length - 1);
+  const x0 = 0;
   const y = (v) => height - 2 - (v / top) * (height - 4);
   ctx.beginPath();
   values.forEach((v, i) => (i ? ctx.lineTo(x0 + i * step, y(v)) : ctx.moveTo(x0, y(v))));
@@ -81,7 +82,7 @@ function render(s) {
   const quota = storage.quota_bytes;
   $("storage-bar").style.width = quota ? Math.min(100, (100 * storage.bytes) / quota) + "%" : "0";
   $("storage-detail").textContent = storage.backend === "s3" ? "object storage"
-    : count(storage.objects) + " crates" + (quota ? " of " + bytes(quota) + " quota" : ", no quota");
+    : count(storage.objects) + (storage.objects === 1 ? " crate" : " crates") + (quota ? " of " + bytes(quota) + " quota" : ", no quota");
   $("index-hits").textContent = count(s.index.hits);
   $("crate-hits").textContent = count(s.crates.hits);
   $("stale").textContent = count(s.index.stale_served);

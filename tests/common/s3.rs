@@ -112,15 +112,20 @@ root_domain = ".s3.garage.localhost"
             .expect("run garage cli")
     }
 
+    /// Runs a set-up step, retrying while a node that just started settles
+    /// (under load, its RPC can refuse the first calls after `node id` works).
     fn cli_ok(&self, config: &std::path::Path, args: &[&str]) -> String {
-        let output = self.cli(config, args);
-        assert!(
-            output.status.success(),
-            "garage {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&output.stderr),
-            self.log()
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        let mut last = String::new();
+        for _ in 0..40 {
+            let output = self.cli(config, args);
+            let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+            if output.status.success() || stderr.contains("already") {
+                return String::from_utf8_lossy(&output.stdout).into_owned();
+            }
+            last = stderr;
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!("garage {args:?} failed: {last}\n{}", self.log());
     }
 
     /// Single-node layout, bucket, key and permissions.

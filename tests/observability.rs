@@ -1,0 +1,408 @@
+//! Operations: /metrics after a real cargo run (validated by promtool and matched
+//! against what happened), JSON access logs, the dashboard in headless Chromium,
+//! and the shipped Prometheus configuration and alert rules.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::cargo::{project, run_ok, CargoHome};
+use common::client;
+use common::mirror::Mirror;
+use common::registry::{graph_project_manifest, graph_registry, publish};
+use common::upstream::{DlStyle, TestUpstream};
+
+/// Sample lines of the exposition format: `name{labels}` → value.
+fn parse_samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').expect("sample line");
+            (series.to_string(), value.parse().expect("sample value"))
+        })
+        .collect()
+}
+
+fn sample(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
+    *samples
+        .get(series)
+        .unwrap_or_else(|| panic!("no sample {series}"))
+}
+
+fn sum_matching(samples: &BTreeMap<String, f64>, prefix: &str, fragment: &str) -> f64 {
+    samples
+        .iter()
+        .filter(|(k, _)| k.starts_with(prefix) && k.contains(fragment))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+fn promtool(args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+    let mut child = Command::new("promtool")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package, installed by .ci/run)");
+    let mut pipe = child.stdin.take().unwrap();
+    if let Some(input) = stdin {
+        pipe.write_all(input).unwrap();
+    }
+    drop(pipe);
+    child.wait_with_output().unwrap()
+}
+
+async fn metrics_text(mirror: &Mirror) -> String {
+    client()
+        .get(format!("{}/metrics", mirror.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn metrics_after_a_cargo_run_match_what_happened() {
+    let specs = graph_registry();
+    let upstream = TestUpstream::start(&specs, DlStyle::Plain);
+    let mirror = Mirror::start(&upstream.url, &[]);
+    let target = tempfile::tempdir().unwrap();
+    let app = project(&graph_project_manifest());
+    run_ok(
+        &CargoHome::new(&mirror.index_url()),
+        app.path(),
+        target.path(),
+        &["fetch"],
+    );
+
+    let text = metrics_text(&mirror).await;
+    let check = promtool(&["check", "metrics"], Some(text.as_bytes()));
+    assert!(
+        check.status.success(),
+        "promtool rejected /metrics: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let samples = parse_samples(&text);
+    let crates_fetched = upstream.count_matching("/dl/") as f64;
+    let index_fetched =
+        (upstream.count_matching("/index/") - upstream.count("/index/config.json")) as f64;
+    assert!(crates_fetched >= 20.0);
+
+    assert_eq!(
+        sample(
+            &samples,
+            "crate_mirror_crate_downloads_total{result=\"miss\"}"
+        ),
+        crates_fetched
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            "crate_mirror_upstream_requests_total{kind=\"download\",status=\"200\"}"
+        ),
+        crates_fetched
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            "crate_mirror_upstream_requests_total{kind=\"index\",status=\"200\"}"
+        ),
+        index_fetched
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            "crate_mirror_index_lookups_total{result=\"miss\"}"
+        ),
+        index_fetched
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            "crate_mirror_http_requests_total{method=\"GET\",route=\"download\",status=\"200\"}"
+        ),
+        crates_fetched
+    );
+    assert_eq!(
+        sample(&samples, "crate_mirror_checksum_failures_total"),
+        0.0
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            &format!(
+                "crate_mirror_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&samples, "crate_mirror_storage_objects"),
+        crates_fetched
+    );
+    // Bytes fetched for crates are exactly the tarballs that were downloaded.
+    let stored: u64 = mirror
+        .stored_files(".crate")
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert_eq!(
+        sample(
+            &samples,
+            "crate_mirror_upstream_fetched_bytes_total{kind=\"crate\"}"
+        ),
+        stored as f64
+    );
+    assert_eq!(
+        sample(&samples, "crate_mirror_storage_bytes"),
+        stored as f64
+    );
+    assert!(
+        sample(
+            &samples,
+            "crate_mirror_served_bytes_total{route=\"download\"}"
+        ) >= stored as f64
+    );
+    assert!(
+        sum_matching(
+            &samples,
+            "crate_mirror_http_request_duration_seconds_count",
+            "route=\"index\""
+        ) > 0.0
+    );
+
+    // A second cargo with a fresh CARGO_HOME: every crate is a hit, nothing new upstream.
+    let again = project(&graph_project_manifest());
+    std::fs::copy(
+        app.path().join("Cargo.lock"),
+        again.path().join("Cargo.lock"),
+    )
+    .unwrap();
+    run_ok(
+        &CargoHome::new(&mirror.index_url()),
+        again.path(),
+        target.path(),
+        &["fetch"],
+    );
+    let samples = parse_samples(&metrics_text(&mirror).await);
+    assert_eq!(
+        sample(
+            &samples,
+            "crate_mirror_crate_downloads_total{result=\"hit\"}"
+        ),
+        crates_fetched
+    );
+    assert_eq!(upstream.count_matching("/dl/") as f64, crates_fetched);
+    assert!(sample(&samples, "crate_mirror_index_lookups_total{result=\"hit\"}") >= index_fetched);
+}
+
+#[tokio::test]
+async fn json_logs_have_one_line_per_request() {
+    let upstream = TestUpstream::start(&[], DlStyle::Plain);
+    upstream.add(&publish(&common::registry::CrateSpec::new(
+        "logged", "1.0.0",
+    )));
+    let mirror = Mirror::start(&upstream.url, &["--log-format", "json"]);
+    let response = client()
+        .get(format!("{}lo/gg/logged", mirror.index_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let log = mirror.log();
+    let line = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["fields"]["path"] == "/index/lo/gg/logged")
+        .unwrap_or_else(|| panic!("no JSON access line in:\n{log}"));
+    assert_eq!(line["fields"]["method"], "GET");
+    assert_eq!(line["fields"]["status"], 200);
+    assert_eq!(line["fields"]["cache"], "MISS");
+    assert!(line["fields"]["latency_ms"].as_f64().is_some());
+    assert_eq!(line["level"], "INFO");
+}
+
+fn chromium(args: &[&str], url: &str) -> std::process::Output {
+    let profile = tempfile::tempdir().unwrap();
+    Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+            // Lets the page's fetches and two polling rounds finish.
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("chromium (Debian's chromium package, installed by .ci/run)")
+}
+
+fn screenshot_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The text of the element with `id` in a dumped DOM.
+fn element_text<'a>(dom: &'a str, id: &str) -> &'a str {
+    let marker = format!("id=\"{id}\"");
+    let at = dom.find(&marker).unwrap_or_else(|| panic!("no #{id}"));
+    let open_end = at + dom[at..].find('>').unwrap() + 1;
+    let close = open_end + dom[open_end..].find('<').unwrap();
+    &dom[open_end..close]
+}
+
+#[tokio::test]
+async fn the_dashboard_renders_live_figures_in_chromium() {
+    let upstream = TestUpstream::start(&graph_registry()[..6], DlStyle::Plain);
+    let mirror = Mirror::start(&upstream.url, &[]);
+    // Traffic: index files and downloads, some of them twice.
+    for _ in 0..2 {
+        for (path, name, version) in [
+            ("1/a", "a", "1.0.0"),
+            ("3/a/abc", "abc", "1.0.0"),
+            ("2/ab", "ab", "0.2.0"),
+        ] {
+            let http = client();
+            http.get(format!("{}{path}", mirror.index_url()))
+                .send()
+                .await
+                .unwrap();
+            let download = http
+                .get(format!(
+                    "{}/api/v1/crates/{name}/{version}/download",
+                    mirror.url
+                ))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(download.status(), 200);
+            download.bytes().await.unwrap();
+        }
+    }
+    let page = format!("{}/", mirror.url);
+    let dumped = chromium(&["--dump-dom"], &page);
+    let dom = String::from_utf8_lossy(&dumped.stdout);
+    let console = String::from_utf8_lossy(&dumped.stderr);
+    assert!(dumped.status.success(), "{console}");
+    assert!(
+        dom.contains("data-errors=\"0\""),
+        "the page reported script errors:\n{console}"
+    );
+    assert!(
+        !dom.contains("data-loaded=\"0\""),
+        "the page never loaded /api/stats"
+    );
+    assert!(!console.contains("Uncaught"), "{console}");
+    assert_eq!(
+        element_text(&dom, "index-url"),
+        format!("{}/index/", mirror.url)
+    );
+    let requests: u64 = element_text(&dom, "requests")
+        .replace(',', "")
+        .parse()
+        .unwrap();
+    assert!(requests >= 12, "requests shown: {requests}");
+    assert_ne!(element_text(&dom, "hit-ratio"), "–");
+    assert_ne!(element_text(&dom, "bytes-served"), "–");
+    assert!(
+        element_text(&dom, "storage").ends_with("KiB")
+            || element_text(&dom, "storage").ends_with('B')
+    );
+    assert_eq!(element_text(&dom, "upstream-pill"), "upstream: healthy");
+    assert!(
+        dom.contains("<td>abc</td>"),
+        "most requested crates missing"
+    );
+
+    for (name, size) in [
+        ("dashboard-desktop.png", "1280,1000"),
+        ("dashboard-phone.png", "390,844"),
+    ] {
+        let path = screenshot_dir().join(name);
+        let _ = std::fs::remove_file(&path);
+        let shot = chromium(
+            &[
+                &format!("--window-size={size}"),
+                &format!("--screenshot={}", path.display()),
+            ],
+            &page,
+        );
+        assert!(
+            shot.status.success(),
+            "{}",
+            String::from_utf8_lossy(&shot.stderr)
+        );
+        let png = std::fs::read(&path).expect("screenshot written");
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 10_000,
+            "{name} looks empty"
+        );
+    }
+}
+
+#[test]
+fn shipped_prometheus_config_and_alert_rules_pass_promtool() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
+    for args in [
+        vec!["check", "config", "prometheus.yml"],
+        vec!["check", "rules", "alerts.yml"],
+    ] {
+        let output = Command::new("promtool")
+            .args(&args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool");
+        assert!(
+            output.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    // The Grafana dashboard is valid JSON whose queries use only exported metrics.
+    let grafana: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/crate-mirror.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    // Every metric is named once, in src/metrics.rs (label vectors without samples
+    // are absent from /metrics, so the source is the complete list).
+    let defined = include_str!("../src/metrics.rs");
+    for panel in grafana["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if let Some(base) = word.strip_prefix("crate_mirror_") {
+                    let family = ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .fold(base, |b, suffix| b.strip_suffix(suffix).unwrap_or(b));
+                    assert!(
+                        defined.contains(&format!("\"crate_mirror_{family}\"")),
+                        "the Grafana dashboard queries unknown metric {word}"
+                    );
+                }
+            }
+        }
+    }
+}

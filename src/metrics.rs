@@ -134,8 +134,8 @@ impl Metrics {
             http_duration: histogram_vec(
                 &r,
                 "crate_mirror_http_request_duration_seconds",
-                "Time to answer an HTTP request (to the response head), by route.",
-                &["route"],
+                "Time to answer an HTTP request (to the response head), by route and status.",
+                &["route", "status"],
             ),
             index_lookups: counter_vec(
                 &r,

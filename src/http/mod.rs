@@ -280,7 +280,7 @@ pub async fn access_log<B: MessageBody>(
             .inc();
         metrics
             .http_duration
-            .with_label_values(&[route])
+            .with_label_values(&[route, status.as_str()])
             .observe(elapsed.as_secs_f64());
         if let BodySize::Sized(bytes) = response.response().body().size() {
             if method != Method::HEAD {

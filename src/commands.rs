@@ -27,6 +27,7 @@ pub async fn verify(config: &Config) -> Result<VerifyReport, StartError> {
         config.connect_timeout,
         config.upstream_timeout,
         config.index_ttl,
+        config.upstream_concurrency,
         Arc::new(crate::metrics::Metrics::new()),
     )?;
     let report = verify_store(store.as_ref(), &upstream).await?;

@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::auth::{parse_token_hash, TokenSet};
+
 /// Where a setting's value came from, for error messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -87,6 +89,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ),
     ("connect-timeout", "5", "seconds to connect to the upstream"),
     ("log-format", "text", "log lines as `text` or `json`"),
+    ("auth-tokens", "(none: public)", "comma-separated token hashes (`sha256:HEX`, from `crate-mirror token`); any makes the mirror private"),
+    ("metrics-tokens", "(none: open)", "token hashes that /metrics and /api/stats require"),
+    ("max-connections", "4096", "concurrent client connections per worker"),
+    ("upstream-concurrency", "64", "concurrent requests to the upstream"),
+    ("shutdown-timeout", "30", "seconds in-flight requests get to finish after SIGTERM"),
     (
         "git-index",
         "off",
@@ -154,6 +161,12 @@ pub struct Config {
     /// Serve the git index; `public_url` is then set.
     pub git_index: bool,
     pub git_rebuild_delay: Duration,
+    /// Client tokens; non-empty makes the mirror private.
+    pub auth_tokens: TokenSet,
+    pub metrics_tokens: TokenSet,
+    pub max_connections: usize,
+    pub upstream_concurrency: usize,
+    pub shutdown_timeout: Duration,
 }
 
 /// Where crate files are kept.
@@ -332,6 +345,11 @@ impl RawSettings {
             storage: self.storage()?,
             git_index,
             git_rebuild_delay: self.required("git-rebuild-delay", "2", parse_seconds)?,
+            auth_tokens: self.required("auth-tokens", "", parse_token_hashes)?,
+            metrics_tokens: self.required("metrics-tokens", "", parse_token_hashes)?,
+            max_connections: self.required("max-connections", "4096", parse_count)?,
+            upstream_concurrency: self.required("upstream-concurrency", "64", parse_count)?,
+            shutdown_timeout: self.required("shutdown-timeout", "30", parse_seconds)?,
         })
     }
 
@@ -406,6 +424,23 @@ impl RawSettings {
             origin,
             reason: reason.to_string(),
         }
+    }
+}
+
+fn parse_token_hashes(value: &str) -> Result<TokenSet, String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(parse_token_hash)
+        .collect::<Result<Vec<_>, _>>()
+        .map(TokenSet::new)
+}
+
+fn parse_count(value: &str) -> Result<usize, String> {
+    match value.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("expected a positive whole number".to_string()),
     }
 }
 

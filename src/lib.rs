@@ -3,6 +3,7 @@
 //! The crate is a library (the domain services and the HTTP surface) with a thin
 //! binary in `main.rs`. `AppState` wires the services together for one data dir.
 
+pub mod auth;
 pub mod commands;
 pub mod config;
 pub mod crates;
@@ -10,6 +11,7 @@ pub mod git;
 pub mod http;
 pub mod index;
 pub mod metrics;
+pub mod resilience;
 pub mod single_flight;
 pub mod storage;
 pub mod upstream;
@@ -75,6 +77,8 @@ pub struct AppState {
     git_rebuild_delay: std::time::Duration,
     pub metrics: Arc<Metrics>,
     storage_backend: &'static str,
+    pub auth_tokens: auth::TokenSet,
+    pub metrics_tokens: auth::TokenSet,
 }
 
 /// The answer of `/ready`.
@@ -116,7 +120,8 @@ impl AppState {
             config.upstream.clone(),
             config.connect_timeout,
             config.upstream_timeout,
-            config.index_ttl.max(std::time::Duration::from_secs(60)),
+            config.index_ttl.max(std::time::Duration::from_secs(1)),
+            config.upstream_concurrency,
             metrics.clone(),
         )?);
         let index = IndexCache::new(
@@ -180,6 +185,8 @@ impl AppState {
             git,
             git_rebuild_delay: config.git_rebuild_delay,
             metrics,
+            auth_tokens: config.auth_tokens.clone(),
+            metrics_tokens: config.metrics_tokens.clone(),
             storage_backend: match config.storage {
                 StorageConfig::Local { .. } => "local",
                 StorageConfig::S3(_) => "s3",
@@ -209,6 +216,9 @@ impl AppState {
     pub fn refresh_gauges(&self) {
         let metrics = &self.metrics;
         metrics.index_files.set(self.index_store.len() as i64);
+        metrics
+            .upstream_circuit_open
+            .set(i64::from(self.upstream.circuit_open()));
         if let Some(local) = &self.local_store {
             let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
             metrics
@@ -273,9 +283,15 @@ pub async fn serve(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(app_state.clone())
+            .wrap(actix_web::middleware::from_fn(http::require_token))
+            .wrap(actix_web::middleware::from_fn(http::limit_request_size))
             .wrap(actix_web::middleware::from_fn(http::access_log))
             .configure(http::routes)
     })
+    .max_connections(config.max_connections)
+    .shutdown_timeout(config.shutdown_timeout.as_secs())
+    // A client must send its request head within this; slow-loris guard.
+    .client_request_timeout(std::time::Duration::from_secs(10))
     .bind(config.listen)
     .map_err(|source| StartError::Listen {
         addr: config.listen,

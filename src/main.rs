@@ -30,6 +30,9 @@ enum Command {
     /// --max-storage. Needs the data dir to itself (a running mirror evicts
     /// in the background on its own).
     Gc(SettingsArgs),
+    /// Make a new client token: prints the token (give it to users) and its
+    /// hash (put it in `auth-tokens`).
+    Token,
     /// Fill a running mirror's cache: the index file of every package named
     /// and the .crate of every locked version.
     Warm(WarmArgs),
@@ -103,6 +106,21 @@ struct SettingsArgs {
     /// Seconds after index files change before the git index is rebuilt [default: 2].
     #[arg(long, value_name = "SECONDS")]
     git_rebuild_delay: Option<String>,
+    /// Comma-separated token hashes (`sha256:HEX`); any makes the mirror private.
+    #[arg(long, value_name = "HASHES")]
+    auth_tokens: Option<String>,
+    /// Token hashes required by /metrics and /api/stats [default: open].
+    #[arg(long, value_name = "HASHES")]
+    metrics_tokens: Option<String>,
+    /// Concurrent client connections per worker [default: 4096].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<String>,
+    /// Concurrent requests to the upstream [default: 64].
+    #[arg(long, value_name = "N")]
+    upstream_concurrency: Option<String>,
+    /// Seconds in-flight requests get to finish after SIGTERM [default: 30].
+    #[arg(long, value_name = "SECONDS")]
+    shutdown_timeout: Option<String>,
 }
 
 impl SettingsArgs {
@@ -123,6 +141,11 @@ impl SettingsArgs {
             ("s3-redirect", self.s3_redirect.then(|| "true".to_string())),
             ("git-index", self.git_index.clone()),
             ("git-rebuild-delay", self.git_rebuild_delay.clone()),
+            ("auth-tokens", self.auth_tokens.clone()),
+            ("metrics-tokens", self.metrics_tokens.clone()),
+            ("max-connections", self.max_connections.clone()),
+            ("upstream-concurrency", self.upstream_concurrency.clone()),
+            ("shutdown-timeout", self.shutdown_timeout.clone()),
         ]
     }
 
@@ -194,6 +217,12 @@ fn main() -> anyhow::Result<()> {
             if !report.bad.is_empty() {
                 std::process::exit(1);
             }
+            Ok(())
+        }
+        Command::Token => {
+            let (token, hash) = crate_mirror::auth::new_token()?;
+            println!("token: {token}");
+            println!("hash:  {hash}");
             Ok(())
         }
         Command::Warm(args) => {

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub coalesced_waits: IntCounterVec,
     pub upstream_requests: IntCounterVec,
     pub upstream_duration: HistogramVec,
+    pub upstream_retries: IntCounterVec,
+    pub upstream_circuit_open: IntGauge,
     pub crate_downloads: IntCounterVec,
     pub checksum_failures: IntCounter,
     pub served_bytes: IntCounterVec,
@@ -175,6 +177,17 @@ impl Metrics {
                 "crate_mirror_upstream_request_duration_seconds",
                 "Upstream response time (to the response head), by kind.",
                 &["kind"],
+            ),
+            upstream_retries: counter_vec(
+                &r,
+                "crate_mirror_upstream_retries_total",
+                "Upstream requests retried after a failure, by kind.",
+                &["kind"],
+            ),
+            upstream_circuit_open: gauge(
+                &r,
+                "crate_mirror_upstream_circuit_open",
+                "1 while the upstream circuit breaker is open (requests fail fast).",
             ),
             crate_downloads: counter_vec(
                 &r,

@@ -10,14 +10,19 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use reqwest::header::{
     HeaderMap, HeaderValue, ACCEPT_ENCODING, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
+    RETRY_AFTER,
 };
 use reqwest::StatusCode;
 use serde::Deserialize;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+
+use crate::resilience::{backoff_delay, parse_retry_after, CircuitBreaker};
 
 use crate::index::path::prefix;
 use crate::metrics::Metrics;
 
+/// Attempts per idempotent request (the first try and two retries).
+const MAX_ATTEMPTS: u32 = 3;
 /// The largest index file accepted from the upstream; real ones are a few hundred KB.
 const MAX_INDEX_BYTES: usize = 32 << 20;
 
@@ -37,6 +42,10 @@ pub enum UpstreamError {
     InvalidConfig(String),
     #[error("upstream index file larger than {MAX_INDEX_BYTES} bytes")]
     TooLarge,
+    #[error("upstream circuit open after repeated failures; not asking it for a while")]
+    CircuitOpen,
+    #[error("upstream sent an invalid index file: {0}")]
+    InvalidIndex(String),
 }
 
 impl UpstreamError {
@@ -155,6 +164,9 @@ pub struct UpstreamClient {
     /// Set once config.json has been read, readable without waiting for a refresh.
     config_known: AtomicBool,
     metrics: Arc<Metrics>,
+    /// Bounds concurrent upstream requests (held until a body is fully read).
+    permits: Arc<Semaphore>,
+    breaker: CircuitBreaker,
 }
 
 impl UpstreamClient {
@@ -165,6 +177,7 @@ impl UpstreamClient {
         connect_timeout: Duration,
         timeout: Duration,
         config_ttl: Duration,
+        concurrency: usize,
         metrics: Arc<Metrics>,
     ) -> Result<Self, UpstreamError> {
         let user_agent = concat!("crate-mirror/", env!("CARGO_PKG_VERSION"));
@@ -191,6 +204,8 @@ impl UpstreamClient {
             config: Mutex::new(None),
             config_known: AtomicBool::new(false),
             metrics,
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            breaker: CircuitBreaker::default(),
         })
     }
 
@@ -231,12 +246,7 @@ impl UpstreamClient {
 
     async fn fetch_config(&self) -> Result<UpstreamConfig, UpstreamError> {
         let url = format!("{}config.json", self.base);
-        let response = self
-            .send(
-                "config",
-                self.index_http.get(&url).timeout(self.index_timeout),
-            )
-            .await?;
+        let (response, _permit) = self.send("config", || self.index_http.get(&url)).await?;
         if !response.status().is_success() {
             return Err(UpstreamError::Status(response.status().as_u16()));
         }
@@ -258,17 +268,19 @@ impl UpstreamClient {
         path: &str,
         validators: &Validators,
     ) -> Result<IndexFetch, UpstreamError> {
-        let mut request = self
-            .index_http
-            .get(format!("{}{}", self.base, path))
-            .timeout(self.index_timeout);
-        if let Some(etag) = &validators.etag {
-            request = request.header(IF_NONE_MATCH, etag);
-        }
-        if let Some(date) = &validators.last_modified {
-            request = request.header(IF_MODIFIED_SINCE, date);
-        }
-        let response = self.send("index", request).await?;
+        let url = format!("{}{}", self.base, path);
+        let (response, _permit) = self
+            .send("index", || {
+                let mut request = self.index_http.get(&url);
+                if let Some(etag) = &validators.etag {
+                    request = request.header(IF_NONE_MATCH, etag);
+                }
+                if let Some(date) = &validators.last_modified {
+                    request = request.header(IF_MODIFIED_SINCE, date);
+                }
+                request
+            })
+            .await?;
         let status = response.status();
         let fresh_validators = Validators::from_headers(response.headers());
         match status {
@@ -295,44 +307,106 @@ impl UpstreamClient {
         }
     }
 
-    /// Sends one request, counting it (kind, status, time to the response head).
+    /// Sends an idempotent GET built by `make`, within the upstream timeout:
+    /// fails fast while the circuit is open, waits for a permit of the
+    /// concurrency bound, retries connection failures, 5xx and 429 with
+    /// backoff and jitter (or the upstream's `Retry-After`) while time remains,
+    /// and counts every exchange. The permit comes back with the response so
+    /// that it is held until the body has been read.
     async fn send(
         &self,
         kind: &str,
-        request: reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, UpstreamError> {
-        let started = Instant::now();
-        let result = request.send().await.map_err(UpstreamError::from_reqwest);
-        let seconds = started.elapsed().as_secs_f64();
-        match &result {
-            Ok(response) => {
-                let status = response.status();
-                let healthy = !status.is_server_error() && status != StatusCode::TOO_MANY_REQUESTS;
+        make: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<(reqwest::Response, OwnedSemaphorePermit), UpstreamError> {
+        let deadline = Instant::now() + self.index_timeout;
+        let mut attempt = 0;
+        loop {
+            if self.breaker.is_open() {
                 self.metrics
-                    .upstream_exchange(kind, status.as_str(), seconds, healthy);
+                    .upstream_exchange(kind, "circuit_open", 0.0, false);
+                return Err(UpstreamError::CircuitOpen);
             }
-            Err(err) => {
-                let status = match err {
-                    UpstreamError::Timeout => "timeout",
-                    _ => "error",
-                };
-                self.metrics.upstream_exchange(kind, status, seconds, false);
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let permit = tokio::time::timeout(remaining, self.permits.clone().acquire_owned())
+                .await
+                .map_err(|_| UpstreamError::Timeout)?
+                .map_err(|_| UpstreamError::Unreachable("client shut down".into()))?;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(UpstreamError::Timeout);
             }
+            let started = Instant::now();
+            let result = make()
+                .timeout(remaining)
+                .send()
+                .await
+                .map_err(UpstreamError::from_reqwest);
+            let seconds = started.elapsed().as_secs_f64();
+            let (failed, retry_after) = match &result {
+                Ok(response) => {
+                    let status = response.status();
+                    let failed =
+                        status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
+                    self.metrics
+                        .upstream_exchange(kind, status.as_str(), seconds, !failed);
+                    let retry_after = response
+                        .headers()
+                        .get(RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(parse_retry_after);
+                    (failed, retry_after)
+                }
+                Err(err) => {
+                    let label = match err {
+                        UpstreamError::Timeout => "timeout",
+                        _ => "error",
+                    };
+                    self.metrics.upstream_exchange(kind, label, seconds, false);
+                    (true, None)
+                }
+            };
+            if !failed {
+                self.breaker.record_success();
+                return result.map(|response| (response, permit));
+            }
+            if self.breaker.record_failure() {
+                tracing::warn!("upstream circuit opened after repeated failures");
+            }
+            attempt += 1;
+            let delay = retry_after.unwrap_or_else(|| backoff_delay(attempt));
+            let out_of_time = Instant::now() + delay >= deadline;
+            // A timeout already used the whole budget.
+            let timed_out = matches!(result, Err(UpstreamError::Timeout));
+            if attempt >= MAX_ATTEMPTS || out_of_time || timed_out {
+                return result.map(|response| (response, permit));
+            }
+            drop(permit);
+            self.metrics
+                .upstream_retries
+                .with_label_values(&[kind])
+                .inc();
+            tokio::time::sleep(delay).await;
         }
-        result
+    }
+
+    /// Whether the circuit is open (the upstream is treated as down).
+    pub fn circuit_open(&self) -> bool {
+        self.breaker.is_open()
     }
 
     /// Starts a download; the body streams and each read is bounded by the timeout.
     pub async fn download(&self, url: &str) -> Result<DownloadStart, UpstreamError> {
-        let response = self.send("download", self.download_http.get(url)).await?;
+        let (response, permit) = self
+            .send("download", || self.download_http.get(url))
+            .await?;
         match response.status() {
             StatusCode::OK => Ok(DownloadStart::Found(DownloadStream {
                 content_length: response.content_length(),
-                body: Box::pin(
-                    response
-                        .bytes_stream()
-                        .map(|chunk| chunk.map_err(UpstreamError::from_reqwest)),
-                ),
+                body: Box::pin(response.bytes_stream().map(move |chunk| {
+                    // The permit lives as long as the body is being read.
+                    let _held = &permit;
+                    chunk.map_err(UpstreamError::from_reqwest)
+                })),
             })),
             StatusCode::NOT_FOUND | StatusCode::GONE => Ok(DownloadStart::Missing),
             other => Err(UpstreamError::Status(other.as_u16())),

@@ -412,6 +412,12 @@ async fn stale_copies_are_served_when_the_upstream_fails() {
     let mirror = Mirror::start(&upstream.url, &["--index-ttl", "1"]);
     let url = format!("{}ab/cd/abcd", mirror.index_url());
     let body = get(&url).await.bytes().await.unwrap();
+    // A second mirror that has learnt config.json while the upstream was healthy.
+    let fresh = Mirror::start(&upstream.url, &[]);
+    assert_eq!(
+        get(&format!("{}/ready", fresh.url)).await.status(),
+        StatusCode::OK
+    );
 
     for status in [500, 503] {
         upstream
@@ -424,9 +430,16 @@ async fn stale_copies_are_served_when_the_upstream_fails() {
         assert_eq!(response.headers()["x-cache"], "STALE");
         assert_eq!(response.bytes().await.unwrap(), body);
     }
-    // Nothing cached and the upstream failing: a gateway error, not a hang.
+    // Two revalidations of three attempts each opened the circuit: an uncached
+    // file is refused at once (503) without asking the upstream.
     let uncached = get(&format!("{}3/a/abc", mirror.index_url())).await;
+    assert_eq!(uncached.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(upstream.count("/index/3/a/abc"), 0);
+    // With the circuit still closed, nothing cached and the upstream failing is a
+    // gateway error after the retries, not a hang.
+    let uncached = get(&format!("{}3/a/abc", fresh.index_url())).await;
     assert_eq!(uncached.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(upstream.count("/index/3/a/abc"), 3, "three attempts");
 
     upstream.stop();
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -439,8 +452,14 @@ async fn stale_copies_are_served_when_the_upstream_fails() {
             .unwrap()
             >= 3
     );
-    let refused = get(&format!("{}1/a", mirror.index_url())).await;
-    assert_eq!(refused.status(), StatusCode::BAD_GATEWAY);
+    // Connection refused: 502 after the retries, or 503 once those failures
+    // opened the circuit (this mirror already saw three).
+    let refused = get(&format!("{}1/a", fresh.index_url())).await;
+    assert!(
+        [StatusCode::BAD_GATEWAY, StatusCode::SERVICE_UNAVAILABLE].contains(&refused.status()),
+        "{}",
+        refused.status()
+    );
 }
 
 #[tokio::test]

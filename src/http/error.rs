@@ -34,6 +34,7 @@ pub enum ApiError {
 fn upstream_status(err: &UpstreamError) -> StatusCode {
     match err {
         UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        UpstreamError::CircuitOpen => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_GATEWAY,
     }
 }

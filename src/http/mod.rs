@@ -1,6 +1,7 @@
 //! The HTTP surface (actix): routes that translate requests into calls on the
 //! domain services and their results into responses, nothing more.
 
+mod auth;
 mod dashboard;
 mod error;
 mod git;
@@ -13,6 +14,7 @@ use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use actix_web::http::Method;
 use actix_web::{guard, web, HttpRequest, HttpResponse};
 
+pub use auth::require_token;
 pub use error::ApiError;
 
 use crate::crates::CrateDownload;
@@ -80,7 +82,7 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// The mirror's base URL as clients see it: `public-url`, else the request's Host.
-fn public_base(req: &HttpRequest, state: &AppState) -> String {
+pub(crate) fn public_base(req: &HttpRequest, state: &AppState) -> String {
     match &state.public_url {
         Some(url) => url.clone(),
         None => {
@@ -110,7 +112,10 @@ async fn index(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
 
 fn config_json(req: &HttpRequest, state: &AppState) -> HttpResponse {
     let base = public_base(req, state);
-    let body = serde_json::json!({ "dl": format!("{base}/api/v1/crates") });
+    let mut body = serde_json::json!({ "dl": format!("{base}/api/v1/crates") });
+    if !state.auth_tokens.is_empty() {
+        body["auth-required"] = true.into();
+    }
     HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .json(body)
@@ -234,6 +239,39 @@ async fn download(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         Some(len) => response.no_chunking(len).streaming(body),
         None => response.streaming(body),
     })
+}
+
+/// Longest request target (path and query) accepted; real ones are under 200 bytes.
+const MAX_URI: usize = 2048;
+/// Largest total of request header bytes accepted.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Refuses oversized request targets (414) and header sets (431) before any
+/// routing or parsing.
+pub async fn limit_request_size(
+    req: ServiceRequest,
+    next: actix_web::middleware::Next<impl MessageBody>,
+) -> Result<ServiceResponse<actix_web::body::EitherBody<impl MessageBody>>, actix_web::Error> {
+    let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    let refusal = if uri_len > MAX_URI {
+        Some(HttpResponse::UriTooLong().body("request target too long\n"))
+    } else if header_bytes > MAX_HEADER_BYTES {
+        Some(
+            HttpResponse::build(actix_web::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+                .body("request headers too large\n"),
+        )
+    } else {
+        None
+    };
+    match refusal {
+        Some(response) => Ok(req.into_response(response).map_into_right_body()),
+        None => Ok(next.call(req).await?.map_into_left_body()),
+    }
 }
 
 /// The `route` label of a path: a fixed, small set.

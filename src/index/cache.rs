@@ -12,6 +12,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
+use super::entry::validate_index;
 use super::path::CrateName;
 use super::store::{IndexStore, StoreError, StoredHeader, StoredIndex};
 use crate::metrics::Metrics;
@@ -380,11 +381,18 @@ impl Inner {
             .unwrap_or_default();
         let ttl = self.policy.ttl;
         let now = SystemTime::now();
-        match self
+        let fetched = match self
             .upstream
             .fetch_index(&name.index_path(), &validators)
             .await
         {
+            Ok(IndexFetch::Modified { body, .. }) if validate_index(&body, key).is_err() => {
+                let reason = validate_index(&body, key).err().unwrap_or_default();
+                Err(UpstreamError::InvalidIndex(reason))
+            }
+            other => other,
+        };
+        match fetched {
             Ok(IndexFetch::Modified { body, validators }) => {
                 let etag = etag_of(&body);
                 let (changed_at, outcome) = match &previous {

@@ -24,6 +24,32 @@ pub fn find_version(body: &[u8], version: &str) -> Option<VersionRecord> {
         .find(|record| record.vers == version)
 }
 
+/// Checks an index file from the upstream before it is cached: every line must
+/// be a JSON object with `vers` and a sha256 `cksum`, naming the crate `key`
+/// (case-insensitively). A truncated, garbled or misdirected body is refused
+/// rather than served to every client until the next revalidation.
+pub fn validate_index(body: &[u8], key: &str) -> Result<(), String> {
+    let mut lines = 0;
+    for (number, line) in body.split(|b| *b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let record: VersionRecord =
+            serde_json::from_slice(line).map_err(|e| format!("line {}: {e}", number + 1))?;
+        if !record.name.eq_ignore_ascii_case(key) {
+            return Err(format!("line {} names {:?}", number + 1, record.name));
+        }
+        if !is_sha256_hex(&record.cksum) {
+            return Err(format!("line {}: bad cksum", number + 1));
+        }
+        lines += 1;
+    }
+    if lines == 0 {
+        return Err("no versions".to_string());
+    }
+    Ok(())
+}
+
 /// Whether `cksum` is a well-formed lowercase hex sha256.
 pub fn is_sha256_hex(cksum: &str) -> bool {
     cksum.len() == 64
@@ -49,6 +75,20 @@ not json at all
         assert_eq!(rec.name, "Foo");
         assert_eq!(find_version(BODY, "1.0.0").unwrap().cksum, "aa");
         assert!(find_version(BODY, "1.0.1").is_none());
+    }
+
+    #[test]
+    fn index_files_are_validated() {
+        let good = format!(
+            "{{\"name\":\"Foo\",\"vers\":\"1.0.0\",\"cksum\":\"{}\",\"new\":1}}\n",
+            "a".repeat(64)
+        );
+        assert!(validate_index(good.as_bytes(), "foo").is_ok());
+        assert!(validate_index(good.as_bytes(), "bar").is_err());
+        assert!(validate_index(&good.as_bytes()[..good.len() / 2], "foo").is_err());
+        assert!(validate_index(b"", "foo").is_err());
+        assert!(validate_index(b"<html>oops</html>\n", "foo").is_err());
+        assert!(validate_index(BODY, "foo").is_err());
     }
 
     #[test]

@@ -111,9 +111,17 @@ impl Mirror {
 
     /// Waits until the git index holds `files` files (config.json included).
     pub async fn wait_for_git_files(&self, files: u64) {
+        self.wait_for_git_files_authorized(files, None).await
+    }
+
+    /// As `wait_for_git_files`, sending `authorization` (for a metrics token).
+    pub async fn wait_for_git_files_authorized(&self, files: u64, authorization: Option<&str>) {
         for _ in 0..200 {
-            let stats: serde_json::Value = super::client()
-                .get(format!("{}/api/stats", self.url))
+            let mut request = super::client().get(format!("{}/api/stats", self.url));
+            if let Some(value) = authorization {
+                request = request.header("authorization", value);
+            }
+            let stats: serde_json::Value = request
                 .send()
                 .await
                 .expect("stats")

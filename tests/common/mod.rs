@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cargo;
+pub mod faults;
 pub mod mirror;
 pub mod registry;
 pub mod s3;

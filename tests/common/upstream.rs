@@ -47,7 +47,7 @@ pub struct Switches {
 
 struct State {
     base: String,
-    dl_style: DlStyle,
+    dl_style: Mutex<DlStyle>,
     /// lowercased name -> (status, body)
     index: Mutex<HashMap<String, (u16, String)>>,
     /// (lowercased name, version) -> tarball
@@ -72,7 +72,7 @@ impl TestUpstream {
         let switches = Arc::new(Switches::default());
         let state = Arc::new(State {
             base: base.clone(),
-            dl_style,
+            dl_style: Mutex::new(dl_style),
             index: Mutex::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
             seen: Mutex::new(Vec::new()),
@@ -131,6 +131,12 @@ impl TestUpstream {
             .lock()
             .unwrap()
             .insert((key, p.vers.clone()), Bytes::from(p.tarball.clone()));
+    }
+
+    /// Changes the `dl` that config.json announces from now on (both styles of
+    /// download path keep being served).
+    pub fn set_dl_style(&self, style: DlStyle) {
+        *self.state.dl_style.lock().unwrap() = style;
     }
 
     /// Replaces an index file's body (e.g. to mark a version yanked).
@@ -232,7 +238,8 @@ async fn handle(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
             .body("test upstream failing on purpose");
     }
     if path == "/index/config.json" {
-        let dl = match state.dl_style {
+        let style = *state.dl_style.lock().unwrap();
+        let dl = match style {
             DlStyle::Plain => format!("{}/dl", state.base),
             DlStyle::Markers => format!(
                 "{}/files/{{lowerprefix}}/{{crate}}/{{version}}/{{sha256-checksum}}.crate",
@@ -274,11 +281,9 @@ async fn handle(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
         })
         .collect();
     let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
-    let wanted = match (state.dl_style, segments.as_slice()) {
-        (DlStyle::Plain, [_, "dl", name, version, "download"]) => {
-            Some((name.to_string(), version.to_string(), None))
-        }
-        (DlStyle::Markers, [_, "files", .., name, version, sum]) => Some((
+    let wanted = match segments.as_slice() {
+        [_, "dl", name, version, "download"] => Some((name.to_string(), version.to_string(), None)),
+        [_, "files", .., name, version, sum] => Some((
             name.to_string(),
             version.to_string(),
             sum.strip_suffix(".crate").map(str::to_string),

@@ -120,3 +120,71 @@ fn hostile_paths_are_4xx_and_never_reach_the_upstream() {
     assert_eq!(raw_status(&mirror.url, b"/health"), 200);
     assert_eq!(raw_status(&mirror.url, b"/index/se/rd/serde"), 200);
 }
+
+/// Sends raw request bytes and returns the status (0 when the connection was
+/// closed without one).
+fn raw_exchange(base: &str, request: &[u8]) -> u16 {
+    let addr = base.strip_prefix("http://").unwrap();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let _ = stream.write_all(request);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    String::from_utf8_lossy(&response)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn hostile_headers_and_request_lines_are_4xx() {
+    let upstream = TestUpstream::start(&[CrateSpec::new("serde", "1.0.0")], DlStyle::Plain);
+    let mirror = Mirror::start(&upstream.url, &[]);
+    let get = |headers: &str| {
+        format!("GET /index/se/rd/serde HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n")
+            .into_bytes()
+    };
+    let huge_value = "x".repeat(20_000);
+    let many_headers: String = (0..200).map(|n| format!("X-Filler-{n}: {n}\r\n")).collect();
+    let long_path = format!(
+        "GET /index/se/rd/serde?{} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        "q".repeat(3000)
+    );
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("a 20 KB header", get(&format!("X-Huge: {huge_value}\r\n"))),
+        ("200 headers", get(&many_headers)),
+        ("a 3000-byte request target", long_path.into_bytes()),
+        ("a negative Content-Length", get("Content-Length: -1\r\n")),
+        ("two Content-Lengths", get("Content-Length: 1\r\nContent-Length: 2\r\n")),
+        ("a bad chunked body", get("Transfer-Encoding: chunked\r\n").into_iter().chain(b"zz\r\n".to_vec()).collect()),
+        ("a header without a colon", get("NoColonHere\r\n")),
+        ("a NUL in a header value", get("X-Nul: a\0b\r\n")),
+        ("a control character in a header value", get("If-None-Match: \u{1}x\r\n")),
+        ("an unknown HTTP version", b"GET /index/se/rd/serde HTTP/9.9\r\nHost: x\r\n\r\n".to_vec()),
+        ("a request line without a target", b"GET HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("a POST to the index", b"POST /index/se/rd/serde HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc".to_vec()),
+        ("an absolute-form target elsewhere", b"GET http://elsewhere.example.com/index/se/rd/serde/../x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec()),
+    ];
+    for (what, request) in &cases {
+        let status = raw_exchange(&mirror.url, request);
+        // 0: the connection was refused outright, which is a refusal too for
+        // malformed framing; anything else must be a 4xx.
+        assert!(
+            status == 0 || (400..500).contains(&status),
+            "{what} answered {status}"
+        );
+    }
+    // Harmless oddities are not errors: garbage conditionals and encodings.
+    for headers in [
+        "If-None-Match: garbage-without-quotes, W/\r\n",
+        "If-Modified-Since: yesterday\r\n",
+        "Accept-Encoding: gzip;q=banana, *;q=0\r\n",
+    ] {
+        assert_eq!(raw_exchange(&mirror.url, &get(headers)), 200, "{headers}");
+    }
+    assert_eq!(raw_exchange(&mirror.url, &get("")), 200);
+    assert_eq!(raw_status(&mirror.url, b"/health"), 200);
+}

@@ -89,6 +89,8 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ),
     ("connect-timeout", "5", "seconds to connect to the upstream"),
     ("log-format", "text", "log lines as `text` or `json`"),
+    ("tls-cert", "(none: plain HTTP)", "PEM certificate chain; with tls-key, serve HTTPS with HTTP/2"),
+    ("tls-key", "(none)", "PEM private key for tls-cert"),
     ("auth-tokens", "(none: public)", "comma-separated token hashes (`sha256:HEX`, from `crate-mirror token`); any makes the mirror private"),
     ("metrics-tokens", "(none: open)", "token hashes that /metrics and /api/stats require"),
     ("max-connections", "4096", "concurrent client connections per worker"),
@@ -167,6 +169,8 @@ pub struct Config {
     pub max_connections: usize,
     pub upstream_concurrency: usize,
     pub shutdown_timeout: Duration,
+    /// Certificate chain and key files, when serving HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// Where crate files are kept.
@@ -350,7 +354,20 @@ impl RawSettings {
             max_connections: self.required("max-connections", "4096", parse_count)?,
             upstream_concurrency: self.required("upstream-concurrency", "64", parse_count)?,
             shutdown_timeout: self.required("shutdown-timeout", "30", parse_seconds)?,
+            tls: self.tls()?,
         })
+    }
+
+    fn tls(&self) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
+        let path = |v: &str| Ok::<_, String>(PathBuf::from(v));
+        let cert = self.parse("tls-cert", None, path)?;
+        let key = self.parse("tls-key", None, path)?;
+        match (cert, key) {
+            (Some(cert), Some(key)) => Ok(Some((cert, key))),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(self.invalid("tls-cert", "needs tls-key too")),
+            (None, Some(_)) => Err(self.invalid("tls-key", "needs tls-cert too")),
+        }
     }
 
     /// The data dir alone, for commands that need no upstream.

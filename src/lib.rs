@@ -51,6 +51,8 @@ pub enum StartError {
     Unsupported(String),
     #[error(transparent)]
     Git(#[from] git::GitError),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -257,6 +259,31 @@ impl AppState {
     }
 }
 
+/// The TLS settings: the certificate chain and key from PEM files, and ALPN
+/// offering HTTP/2 first so that cargo multiplexes its many index requests over
+/// one connection.
+fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, StartError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let tls_err = |what: &Path, e: &dyn std::fmt::Display| {
+        StartError::Tls(format!("{}: {e}", what.display()))
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| tls_err(cert, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls_err(cert, &e))?;
+    if chain.is_empty() {
+        return Err(tls_err(cert, &"no certificate in the file"));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| tls_err(key, &e))?;
+    let mut tls = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| tls_err(cert, &e))?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tls)
+}
+
 /// Runs the mirror until it is stopped (SIGINT/SIGTERM). `on_listening` is told
 /// the bound address before the first request is accepted.
 pub async fn serve(
@@ -291,8 +318,11 @@ pub async fn serve(
     .max_connections(config.max_connections)
     .shutdown_timeout(config.shutdown_timeout.as_secs())
     // A client must send its request head within this; slow-loris guard.
-    .client_request_timeout(std::time::Duration::from_secs(10))
-    .bind(config.listen)
+    .client_request_timeout(std::time::Duration::from_secs(10));
+    let server = match &config.tls {
+        Some((cert, key)) => server.bind_rustls_0_23(config.listen, tls_config(cert, key)?),
+        None => server.bind(config.listen),
+    }
     .map_err(|source| StartError::Listen {
         addr: config.listen,
         source,

@@ -121,6 +121,12 @@ struct SettingsArgs {
     /// Seconds in-flight requests get to finish after SIGTERM [default: 30].
     #[arg(long, value_name = "SECONDS")]
     shutdown_timeout: Option<String>,
+    /// PEM certificate chain: serve HTTPS (HTTP/2 by ALPN) with --tls-key.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<String>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<String>,
 }
 
 impl SettingsArgs {
@@ -146,6 +152,8 @@ impl SettingsArgs {
             ("max-connections", self.max_connections.clone()),
             ("upstream-concurrency", self.upstream_concurrency.clone()),
             ("shutdown-timeout", self.shutdown_timeout.clone()),
+            ("tls-cert", self.tls_cert.clone()),
+            ("tls-key", self.tls_key.clone()),
         ]
     }
 
@@ -180,7 +188,9 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, not in journald or files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -193,10 +203,15 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             let config = or_exit(args.config());
             init_logging(config.log_format);
+            let scheme = if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             actix_web::rt::System::new()
                 .block_on(crate_mirror::serve(config, |addr| {
                     // The first line on stdout: scripts and tests read the bound port here.
-                    println!("crate-mirror listening on http://{addr}");
+                    println!("crate-mirror listening on {scheme}://{addr}");
                     let _ = std::io::stdout().flush();
                     tracing::info!(%addr, "listening");
                 }))

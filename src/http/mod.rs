@@ -298,6 +298,7 @@ pub async fn access_log<B: MessageBody>(
 ) -> Result<ServiceResponse<B>, actix_web::Error> {
     let started = Instant::now();
     let method = req.method().clone();
+    let version = req.version();
     let path = req.path().to_string();
     let state = req.app_data::<web::Data<AppState>>().cloned();
     let response = next.call(req).await?;
@@ -336,6 +337,7 @@ pub async fn access_log<B: MessageBody>(
         target: "crate_mirror::access",
         method = %method,
         path = %path,
+        version = ?version,
         status = status.as_u16(),
         latency_ms = elapsed.as_secs_f64() * 1000.0,
         cache = %cache,

@@ -1,0 +1,155 @@
+//! Native TLS: real cargo over `sparse+https://` with a test CA resolves and
+//! fetches, and the mirror's access log shows it used HTTP/2 (ALPN).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::cargo::{project, CargoHome};
+use common::mirror::Mirror;
+use common::registry::{graph_project_manifest, graph_registry};
+use common::upstream::{DlStyle, TestUpstream};
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A test CA and a server certificate for 127.0.0.1 signed by it.
+fn make_certificates(dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend_from_slice(&ec);
+    ca.extend_from_slice(&[
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=crate-mirror test CA",
+    ]);
+    openssl(dir, &ca);
+    let mut csr = vec!["req"];
+    csr.extend_from_slice(&ec);
+    csr.extend_from_slice(&[
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    openssl(dir, &csr);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+}
+
+#[test]
+fn cargo_over_https_with_a_test_ca_uses_http2() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certificates(certs.path());
+    let upstream = TestUpstream::start(&graph_registry(), DlStyle::Plain);
+    let cert = certs.path().join("server.pem");
+    let key = certs.path().join("server.key");
+    let mirror = Mirror::start(
+        &upstream.url,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(mirror.url.starts_with("https://"), "{}", mirror.url);
+
+    let home = CargoHome::new(&mirror.index_url());
+    let app = project(&graph_project_manifest());
+    let target = tempfile::tempdir().unwrap();
+    let ca = certs.path().join("ca.pem");
+    let cargo = |args: &[&str]| {
+        let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(args)
+            .current_dir(app.path())
+            .env("CARGO_HOME", home.path())
+            .env("CARGO_TARGET_DIR", target.path())
+            .env("CARGO_HTTP_CAINFO", &ca)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "cargo {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    cargo(&["generate-lockfile"]);
+    cargo(&["fetch"]);
+    assert!(upstream.count_matching("/dl/") >= 20);
+
+    let log = mirror.log();
+    let http2_index = log
+        .lines()
+        .filter(|l| l.contains("path=/index/") && l.contains("version=HTTP/2.0"))
+        .count();
+    let http1 = log
+        .lines()
+        .filter(|l| l.contains("version=HTTP/1.1"))
+        .count();
+    assert!(
+        http2_index >= 20,
+        "cargo did not use HTTP/2: {http2_index} HTTP/2 index requests\n{log}"
+    );
+    assert_eq!(http1, 0, "some requests fell back to HTTP/1.1");
+
+    // Without the CA, cargo refuses the mirror's certificate.
+    let untrusting = CargoHome::new(&mirror.index_url());
+    let other = project(&graph_project_manifest());
+    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .arg("generate-lockfile")
+        .current_dir(other.path())
+        .env("CARGO_HOME", untrusting.path())
+        .env("CARGO_TARGET_DIR", target.path())
+        .env_remove("CARGO_HTTP_CAINFO")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+}

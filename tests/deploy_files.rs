@@ -1,0 +1,184 @@
+//! The files in deploy/: the systemd unit passes `systemd-analyze verify`, the
+//! Kubernetes manifests and the compose file parse and say what they must, and
+//! every setting they pass to the mirror is one the mirror knows.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate_mirror::config::{env_var_name, SETTINGS};
+
+fn deploy(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(path)
+}
+
+/// All YAML documents of a file, as JSON (PyYAML does the parsing; it ships
+/// with the machine image and .ci/run installs it where missing).
+fn yaml_documents(path: &Path) -> Vec<serde_json::Value> {
+    let output = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not None]))",
+        ])
+        .arg(path)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("python3");
+    assert!(
+        output.status.success(),
+        "{} does not parse: {}",
+        path.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn known_env(name: &str) -> bool {
+    SETTINGS.iter().any(|(key, _, _)| env_var_name(key) == name)
+}
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    // Point the unit at this build's binary and the shipped environment file.
+    let unit = std::fs::read_to_string(deploy("systemd/crate-mirror.service"))
+        .unwrap()
+        .replace(
+            "/usr/local/bin/crate-mirror",
+            env!("CARGO_BIN_EXE_crate-mirror"),
+        )
+        .replace(
+            "/etc/crate-mirror/crate-mirror.env",
+            deploy("systemd/crate-mirror.env").to_str().unwrap(),
+        );
+    for directive in [
+        "DynamicUser=yes",
+        "ProtectSystem=strict",
+        "StateDirectory=crate-mirror",
+        "Restart=on-failure",
+    ] {
+        assert!(unit.contains(directive), "the unit lacks {directive}");
+    }
+    let path = dir.path().join("crate-mirror.service");
+    std::fs::write(&path, unit).unwrap();
+    let output = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze");
+    let messages = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && messages.trim().is_empty(),
+        "{messages}"
+    );
+    for line in std::fs::read_to_string(deploy("systemd/crate-mirror.env"))
+        .unwrap()
+        .lines()
+    {
+        if let Some((name, _)) = line.split_once('=').filter(|_| !line.starts_with('#')) {
+            assert!(
+                known_env(name) || name == "RUST_LOG",
+                "unknown setting {name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn kubernetes_manifests_run_two_probed_replicas_on_s3() {
+    let mut objects = Vec::new();
+    for file in [
+        "configmap.yaml",
+        "secret.yaml",
+        "deployment.yaml",
+        "service.yaml",
+        "pdb.yaml",
+    ] {
+        objects.extend(yaml_documents(&deploy(&format!("kubernetes/{file}"))));
+    }
+    let kustomization = &yaml_documents(&deploy("kubernetes/kustomization.yaml"))[0];
+    assert_eq!(kustomization["resources"].as_array().unwrap().len(), 5);
+    let find = |kind: &str| {
+        objects
+            .iter()
+            .find(|o| o["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind}"))
+    };
+    for object in &objects {
+        assert!(object["apiVersion"].is_string() && object["metadata"]["name"].is_string());
+    }
+    let deployment = find("Deployment");
+    assert!(deployment["spec"]["replicas"].as_u64().unwrap() >= 2);
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(&deployment["spec"]["selector"]["matchLabels"], labels);
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/ready");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/health");
+    assert_eq!(container["ports"][0]["containerPort"], 8080);
+    assert_eq!(
+        container["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"],
+        true
+    );
+    let env_from = container["envFrom"].as_array().unwrap();
+    let secret = find("Secret");
+    assert!(env_from
+        .iter()
+        .any(|e| e["secretRef"]["name"] == secret["metadata"]["name"]));
+    let config_map = find("ConfigMap");
+    assert!(env_from
+        .iter()
+        .any(|e| e["configMapRef"]["name"] == config_map["metadata"]["name"]));
+    for name in config_map["data"].as_object().unwrap().keys() {
+        assert!(known_env(name), "the ConfigMap sets unknown setting {name}");
+    }
+    assert!(config_map["data"]["CRATE_MIRROR_STORAGE"]
+        .as_str()
+        .unwrap()
+        .starts_with("s3://"));
+    for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+        assert!(
+            secret["stringData"][key].is_string(),
+            "the Secret lacks {key}"
+        );
+    }
+    let service = find("Service");
+    assert_eq!(&service["spec"]["selector"], labels);
+    let pdb = find("PodDisruptionBudget");
+    assert_eq!(&pdb["spec"]["selector"]["matchLabels"], labels);
+    assert!(pdb["spec"]["minAvailable"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn the_compose_file_wires_mirror_store_prometheus_and_grafana() {
+    let compose = &yaml_documents(&deploy("container/compose.yaml"))[0];
+    let services = compose["services"].as_object().unwrap();
+    for service in ["mirror", "garage", "prometheus", "grafana"] {
+        assert!(services.contains_key(service), "no {service} service");
+    }
+    let environment = services["mirror"]["environment"].as_object().unwrap();
+    for name in environment.keys() {
+        assert!(known_env(name), "compose sets unknown setting {name}");
+    }
+    assert_eq!(environment["CRATE_MIRROR_STORAGE"], "s3://crates");
+    assert_eq!(environment["AWS_ENDPOINT_URL"], "http://garage:3900");
+    let prometheus = &yaml_documents(&deploy("container/prometheus.yml"))[0];
+    assert_eq!(
+        prometheus["scrape_configs"][0]["static_configs"][0]["targets"][0],
+        "mirror:8080"
+    );
+    let dockerfile = std::fs::read_to_string(deploy("container/Dockerfile")).unwrap();
+    assert_eq!(
+        dockerfile.matches("\nFROM ").count() + usize::from(dockerfile.starts_with("FROM")),
+        2,
+        "not multi-stage"
+    );
+    assert!(
+        dockerfile.contains("USER 10001"),
+        "the image must not run as root"
+    );
+}

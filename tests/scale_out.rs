@@ -53,7 +53,7 @@ fn start_nginx(prefix: &Path, backends: [u16; 2]) -> Nginx {
     std::fs::create_dir_all(prefix.join("logs")).unwrap();
     let conf = prefix.join("nginx.conf");
     std::fs::write(&conf, config).unwrap();
-    let child = Command::new("nginx")
+    let mut child = Command::new("nginx")
         .arg("-p")
         .arg(prefix)
         .arg("-c")
@@ -70,6 +70,8 @@ fn start_nginx(prefix: &Path, backends: [u16; 2]) -> Nginx {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("nginx did not start");
 }
 

@@ -60,6 +60,9 @@ pub enum StartError {
     },
 }
 
+/// sled's page cache.
+const SLED_CACHE_BYTES: u64 = 32 << 20;
+
 /// How long `/ready` waits for the upstream's config.json when it is not known yet.
 const READY_UPSTREAM_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -106,10 +109,16 @@ impl AppState {
             tracing::info!(removed, "removed unfinished downloads of a previous run");
         }
         let db_path = data_dir.join("sled");
-        let db = sled::open(&db_path).map_err(|source| StartError::Database {
-            path: db_path.clone(),
-            source,
-        })?;
+        // sled keeps a page cache of 1 GiB by default; bound it, since the hot
+        // index files are in the (separately bounded) moka cache anyway.
+        let db = sled::Config::new()
+            .path(&db_path)
+            .cache_capacity(SLED_CACHE_BYTES)
+            .open()
+            .map_err(|source| StartError::Database {
+                path: db_path.clone(),
+                source,
+            })?;
         let index_store = IndexStore::open(&db).map_err(|e| StartError::Database {
             path: db_path,
             source: match e {
@@ -259,6 +268,23 @@ impl AppState {
     }
 }
 
+/// The listening socket, with TCP_NODELAY (which Linux passes on to accepted
+/// connections): a streamed download writes its head and then its body, and
+/// with Nagle's algorithm the body would wait for the client's delayed ACK.
+fn listener(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(2048)?.into_std()?;
+    // actix registers the socket with its own runtime.
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
 /// The TLS settings: the certificate chain and key from PEM files, and ALPN
 /// offering HTTP/2 first so that cargo multiplexes its many index requests over
 /// one connection.
@@ -319,14 +345,16 @@ pub async fn serve(
     .shutdown_timeout(config.shutdown_timeout.as_secs())
     // A client must send its request head within this; slow-loris guard.
     .client_request_timeout(std::time::Duration::from_secs(10));
-    let server = match &config.tls {
-        Some((cert, key)) => server.bind_rustls_0_23(config.listen, tls_config(cert, key)?),
-        None => server.bind(config.listen),
-    }
-    .map_err(|source| StartError::Listen {
+    let listen_err = |source| StartError::Listen {
         addr: config.listen,
         source,
-    })?;
+    };
+    let listener = listener(config.listen).map_err(listen_err)?;
+    let server = match &config.tls {
+        Some((cert, key)) => server.listen_rustls_0_23(listener, tls_config(cert, key)?),
+        None => server.listen(listener),
+    }
+    .map_err(listen_err)?;
     if let Some(addr) = server.addrs().first() {
         on_listening(*addr);
     }

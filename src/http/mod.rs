@@ -121,7 +121,8 @@ fn config_json(req: &HttpRequest, state: &AppState) -> HttpResponse {
         .json(body)
 }
 
-fn index_response(req: &HttpRequest, lookup: IndexLookup) -> HttpResponse {
+/// The response for an index lookup (public for the hot-path benchmarks).
+pub fn index_response(req: &HttpRequest, lookup: IndexLookup) -> HttpResponse {
     let entry = &lookup.entry;
     let cache = (X_CACHE, lookup.outcome.as_str());
     if !entry.is_found() {

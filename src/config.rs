@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::auth::{parse_token_hash, TokenSet};
+use crate::prefetch::PrefetchPolicy;
 
 /// Where a setting's value came from, for error messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +90,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ),
     ("connect-timeout", "5", "seconds to connect to the upstream"),
     ("log-format", "text", "log lines as `text` or `json`"),
+    ("prefetch", "on", "fetch the index files of dependencies before cargo asks (`on`/`off`)"),
+    ("prefetch-depth", "4", "dependency steps from a client's request that are prefetched"),
+    ("prefetch-concurrency", "8", "prefetch requests at a time (kept below upstream-concurrency)"),
+    ("prefetch-budget", "1200", "prefetch requests per minute at most"),
+    ("prefetch-dev-dependencies", "false", "also prefetch dev-dependencies"),
     ("tls-cert", "(none: plain HTTP)", "PEM certificate chain; with tls-key, serve HTTPS with HTTP/2"),
     ("tls-key", "(none)", "PEM private key for tls-cert"),
     ("auth-tokens", "(none: public)", "comma-separated token hashes (`sha256:HEX`, from `crate-mirror token`); any makes the mirror private"),
@@ -171,6 +177,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Certificate chain and key files, when serving HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// `None` when prefetch is off.
+    pub prefetch: Option<PrefetchPolicy>,
 }
 
 /// Where crate files are kept.
@@ -355,7 +363,22 @@ impl RawSettings {
             upstream_concurrency: self.required("upstream-concurrency", "64", parse_count)?,
             shutdown_timeout: self.required("shutdown-timeout", "30", parse_seconds)?,
             tls: self.tls()?,
+            prefetch: self.prefetch()?,
         })
+    }
+
+    fn prefetch(&self) -> Result<Option<PrefetchPolicy>, ConfigError> {
+        if !self.required("prefetch", "on", parse_bool)? {
+            return Ok(None);
+        }
+        let count =
+            |v: &str| parse_count(v).and_then(|n| u32::try_from(n).map_err(|e| e.to_string()));
+        Ok(Some(PrefetchPolicy {
+            depth: self.required("prefetch-depth", "4", count)?,
+            concurrency: self.required("prefetch-concurrency", "8", parse_count)?,
+            budget_per_minute: self.required("prefetch-budget", "1200", count)?,
+            dev_dependencies: self.required("prefetch-dev-dependencies", "false", parse_bool)?,
+        }))
     }
 
     fn tls(&self) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {

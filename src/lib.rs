@@ -11,6 +11,7 @@ pub mod git;
 pub mod http;
 pub mod index;
 pub mod metrics;
+pub mod prefetch;
 pub mod resilience;
 pub mod single_flight;
 pub mod storage;
@@ -328,6 +329,13 @@ pub async fn serve(
     }
     if let Some(local) = state.local_store.clone() {
         actix_web::rt::spawn(local.run_eviction());
+    }
+    if let Some(policy) = config.prefetch {
+        if let Some(fetched) = state.index.subscribe_fetches() {
+            let prefetcher =
+                prefetch::Prefetcher::new(state.index.clone(), policy, state.metrics.clone());
+            actix_web::rt::spawn(prefetcher.run(fetched));
+        }
     }
     if let Some(git) = state.git.clone() {
         actix_web::rt::spawn(git.run(state.index.changes(), state.git_rebuild_delay));

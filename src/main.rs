@@ -121,6 +121,21 @@ struct SettingsArgs {
     /// Seconds in-flight requests get to finish after SIGTERM [default: 30].
     #[arg(long, value_name = "SECONDS")]
     shutdown_timeout: Option<String>,
+    /// Prefetch the index files of dependencies: `on` or `off` [default: on].
+    #[arg(long, value_name = "on|off")]
+    prefetch: Option<String>,
+    /// Dependency steps from a client's request that are prefetched [default: 4].
+    #[arg(long, value_name = "N")]
+    prefetch_depth: Option<String>,
+    /// Prefetch requests at a time [default: 8].
+    #[arg(long, value_name = "N")]
+    prefetch_concurrency: Option<String>,
+    /// Prefetch requests per minute at most [default: 1200].
+    #[arg(long, value_name = "N")]
+    prefetch_budget: Option<String>,
+    /// Also prefetch dev-dependencies: `true` or `false` [default: false].
+    #[arg(long, value_name = "BOOL")]
+    prefetch_dev_dependencies: Option<String>,
     /// PEM certificate chain: serve HTTPS (HTTP/2 by ALPN) with --tls-key.
     #[arg(long, value_name = "FILE")]
     tls_cert: Option<String>,
@@ -152,6 +167,14 @@ impl SettingsArgs {
             ("max-connections", self.max_connections.clone()),
             ("upstream-concurrency", self.upstream_concurrency.clone()),
             ("shutdown-timeout", self.shutdown_timeout.clone()),
+            ("prefetch", self.prefetch.clone()),
+            ("prefetch-depth", self.prefetch_depth.clone()),
+            ("prefetch-concurrency", self.prefetch_concurrency.clone()),
+            ("prefetch-budget", self.prefetch_budget.clone()),
+            (
+                "prefetch-dev-dependencies",
+                self.prefetch_dev_dependencies.clone(),
+            ),
             ("tls-cert", self.tls_cert.clone()),
             ("tls-key", self.tls_key.clone()),
         ]

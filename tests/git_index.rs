@@ -132,7 +132,11 @@ async fn cargo_resolves_and_builds_through_the_git_index_cached_or_warmed() {
     run_ok(&home, libgit2.path(), target.path(), &["build"]);
 
     // A fresh mirror warmed from the lockfile, served to the git command.
-    let warmed = Mirror::start_with_git(&upstream.url, &["--git-rebuild-delay", "0"]);
+    // Prefetch off: this part counts exactly what warm fetched itself.
+    let warmed = Mirror::start_with_git(
+        &upstream.url,
+        &["--git-rebuild-delay", "0", "--prefetch", "off"],
+    );
     let lock_path = sparse_project.path().join("Cargo.lock");
     let output = Command::new(env!("CARGO_BIN_EXE_crate-mirror"))
         .args(["warm", "--mirror", &warmed.url, "--lockfile"])

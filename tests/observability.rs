@@ -71,7 +71,8 @@ async fn metrics_text(mirror: &Mirror) -> String {
 async fn metrics_after_a_cargo_run_match_what_happened() {
     let specs = graph_registry();
     let upstream = TestUpstream::start(&specs, DlStyle::Plain);
-    let mirror = Mirror::start(&upstream.url, &[]);
+    // Prefetch off, so that every upstream index request is a client's miss.
+    let mirror = Mirror::start(&upstream.url, &["--prefetch", "off"]);
     let target = tempfile::tempdir().unwrap();
     let app = project(&graph_project_manifest());
     run_ok(

@@ -3,6 +3,7 @@
 //! caching and one upstream fetch per name however many clients ask at once.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -10,7 +11,7 @@ use bytes::Bytes;
 use moka::future::Cache;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 
 use super::entry::validate_index;
 use super::path::CrateName;
@@ -55,6 +56,8 @@ pub struct IndexEntry {
     pub last_modified: String,
     /// Served after the upstream failed to confirm it.
     pub stale: bool,
+    /// Fetched by a prefetch and not yet asked for by a client.
+    prefetched: AtomicBool,
     upstream: Validators,
     fetched_at: SystemTime,
     expires_at: Instant,
@@ -80,6 +83,7 @@ impl IndexEntry {
             changed_at,
             last_modified: httpdate::fmt_http_date(changed_at),
             stale: false,
+            prefetched: AtomicBool::new(false),
             upstream,
             fetched_at,
             expires_at: Instant::now() + ttl.saturating_sub(age),
@@ -96,6 +100,7 @@ impl IndexEntry {
             changed_at: now,
             last_modified: httpdate::fmt_http_date(now),
             stale: false,
+            prefetched: AtomicBool::new(false),
             upstream: Validators::default(),
             fetched_at: now,
             expires_at: Instant::now() + ttl,
@@ -142,6 +147,7 @@ impl IndexEntry {
             changed_at: self.changed_at,
             last_modified: self.last_modified.clone(),
             stale,
+            prefetched: AtomicBool::new(self.prefetched.load(Ordering::Relaxed)),
             upstream,
             fetched_at,
             expires_at: Instant::now() + fresh_for,
@@ -250,6 +256,25 @@ struct Inner {
     upstream: Arc<UpstreamClient>,
     policy: IndexPolicy,
     metrics: Arc<Metrics>,
+    /// Where index files fetched with a body are announced (the prefetcher).
+    fetched: OnceLock<mpsc::UnboundedSender<FetchedIndex>>,
+}
+
+/// Who asked for an index file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Client,
+    /// A prefetch this many dependency steps away from a client's request.
+    Prefetch(u32),
+}
+
+/// An index file that just came from the upstream with a body.
+#[derive(Debug)]
+pub struct FetchedIndex {
+    pub name: CrateName,
+    pub body: Bytes,
+    /// 0 for a client's request, n for a prefetch n steps away.
+    pub depth: u32,
 }
 
 #[derive(Clone)]
@@ -279,9 +304,37 @@ impl IndexCache {
                 upstream,
                 policy,
                 metrics,
+                fetched: OnceLock::new(),
             }),
             flights: Arc::default(),
         }
+    }
+
+    /// Announces every index file fetched from the upstream with a body, from
+    /// now on (one subscriber: the prefetcher).
+    pub fn subscribe_fetches(&self) -> Option<mpsc::UnboundedReceiver<FetchedIndex>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.inner.fetched.set(tx).ok().map(|_| rx)
+    }
+
+    /// Whether a fresh copy is in memory (no I/O).
+    pub async fn is_fresh(&self, name: &CrateName) -> bool {
+        self.inner
+            .hot
+            .get(name.key())
+            .await
+            .is_some_and(|entry| entry.is_fresh())
+    }
+
+    /// Fetches `name` ahead of a client, unless it is fresh already. A client
+    /// asking meanwhile joins this fetch.
+    pub async fn prefetch(&self, name: &CrateName, depth: u32) -> Result<(), IndexError> {
+        if self.is_fresh(name).await {
+            return Ok(());
+        }
+        self.refresh(name, false, Origin::Prefetch(depth))
+            .await
+            .map(|_| ())
     }
 
     /// Notified (one stored permit) whenever a stored index file is added,
@@ -302,9 +355,12 @@ impl IndexCache {
                 };
                 IndexLookup { entry, outcome }
             }
-            _ => self.refresh(name, false).await?,
+            _ => self.refresh(name, false, Origin::Client).await?,
         };
         let metrics = &self.inner.metrics;
+        if lookup.entry.prefetched.swap(false, Ordering::Relaxed) {
+            metrics.prefetch_useful.inc();
+        }
         metrics
             .index_lookups
             .with_label_values(&[lookup.outcome.label()])
@@ -318,16 +374,21 @@ impl IndexCache {
     /// Asks the upstream even if the cached copy is fresh (used when a download
     /// names a version the cached copy does not have yet).
     pub async fn revalidate(&self, name: &CrateName) -> Result<IndexLookup, IndexError> {
-        self.refresh(name, true).await
+        self.refresh(name, true, Origin::Client).await
     }
 
-    async fn refresh(&self, name: &CrateName, force: bool) -> Result<IndexLookup, IndexError> {
+    async fn refresh(
+        &self,
+        name: &CrateName,
+        force: bool,
+        origin: Origin,
+    ) -> Result<IndexLookup, IndexError> {
         let inner = self.inner.clone();
         let task_name = name.clone();
         let (result, role) = self
             .flights
             .run(name.key().to_string(), move || async move {
-                inner.refresh(&task_name, force).await
+                inner.refresh(&task_name, force, origin).await
             })
             .await;
         if role == Role::Joined {
@@ -362,7 +423,12 @@ impl Inner {
         IndexLookup { entry, outcome }
     }
 
-    async fn refresh(&self, name: &CrateName, force: bool) -> Result<IndexLookup, IndexError> {
+    async fn refresh(
+        &self,
+        name: &CrateName,
+        force: bool,
+        origin: Origin,
+    ) -> Result<IndexLookup, IndexError> {
         let key = name.key();
         let current = self.current(key).await?;
         if let Some(entry) = &current {
@@ -373,6 +439,16 @@ impl Inner {
                     outcome: CacheOutcome::Hit,
                 });
             }
+        }
+        if let Origin::Prefetch(_) = origin {
+            self.metrics.prefetch_started.inc();
+        }
+        if current
+            .as_ref()
+            .is_some_and(|entry| entry.prefetched.load(Ordering::Relaxed))
+        {
+            // Prefetched, never asked for, and now expired.
+            self.metrics.prefetch_wasted.inc();
         }
         let previous = current.filter(|entry| entry.is_found());
         let validators = previous
@@ -401,10 +477,24 @@ impl Inner {
                     None => (now, CacheOutcome::Miss),
                 };
                 let changed = !matches!(&previous, Some(old) if old.etag == etag);
-                let entry = IndexEntry::found(body, etag, changed_at, validators, now, ttl);
+                let entry = IndexEntry::found(body.clone(), etag, changed_at, validators, now, ttl);
+                entry
+                    .prefetched
+                    .store(origin != Origin::Client, Ordering::Relaxed);
                 self.store.save(key, &entry.to_stored())?;
                 if changed {
                     self.changed.notify_one();
+                }
+                if let Some(fetched) = self.fetched.get() {
+                    let depth = match origin {
+                        Origin::Client => 0,
+                        Origin::Prefetch(depth) => depth,
+                    };
+                    let _ = fetched.send(FetchedIndex {
+                        name: name.clone(),
+                        body,
+                        depth,
+                    });
                 }
                 Ok(self.remember(key, entry, outcome).await)
             }

@@ -50,6 +50,69 @@ pub fn validate_index(body: &[u8], key: &str) -> Result<(), String> {
     Ok(())
 }
 
+#[derive(Debug, Deserialize)]
+struct DependencyLine {
+    vers: String,
+    #[serde(default)]
+    yanked: bool,
+    #[serde(default)]
+    deps: Vec<DependencyRecord>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DependencyRecord {
+    name: String,
+    /// The real crate when the dependency is renamed.
+    package: Option<String>,
+    kind: Option<String>,
+}
+
+/// The crates that the newest version of each semver-incompatible series
+/// depends on (normal and build dependencies on every target, and dev ones when
+/// asked): what cargo will most likely ask for next. Yanked versions are not
+/// chosen; names come back lowercased and deduplicated, unvalidated.
+pub fn dependencies_of_newest(body: &[u8], dev_dependencies: bool) -> Vec<String> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut newest: BTreeMap<(u64, u64, u64), (semver::Version, DependencyLine)> = BTreeMap::new();
+    for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let Ok(record) = serde_json::from_slice::<DependencyLine>(line) else {
+            continue;
+        };
+        let Ok(version) = semver::Version::parse(&record.vers) else {
+            continue;
+        };
+        if record.yanked {
+            continue;
+        }
+        // Cargo's compatibility rule: 1.x.y share a series, 0.x.y by minor, 0.0.z alone.
+        let series = match (version.major, version.minor) {
+            (0, 0) => (0, 0, version.patch),
+            (0, minor) => (0, minor, 0),
+            (major, _) => (major, 0, 0),
+        };
+        match newest.get(&series) {
+            Some((best, _)) if *best >= version => {}
+            _ => {
+                newest.insert(series, (version, record));
+            }
+        }
+    }
+    let mut names = BTreeSet::new();
+    for (_, (_, record)) in newest {
+        for dep in record.deps {
+            let wanted = match dep.kind.as_deref() {
+                None | Some("normal") | Some("build") => true,
+                Some("dev") => dev_dependencies,
+                Some(_) => false,
+            };
+            if wanted {
+                names.insert(dep.package.unwrap_or(dep.name).to_ascii_lowercase());
+            }
+        }
+    }
+    names.into_iter().collect()
+}
+
 /// Whether `cksum` is a well-formed lowercase hex sha256.
 pub fn is_sha256_hex(cksum: &str) -> bool {
     cksum.len() == 64
@@ -89,6 +152,44 @@ not json at all
         assert!(validate_index(b"", "foo").is_err());
         assert!(validate_index(b"<html>oops</html>\n", "foo").is_err());
         assert!(validate_index(BODY, "foo").is_err());
+    }
+
+    #[test]
+    fn dependencies_come_from_the_newest_version_of_each_series() {
+        let line = |vers: &str, yanked: bool, deps: &str| {
+            format!(
+                r#"{{"name":"x","vers":"{vers}","cksum":"c","yanked":{yanked},"deps":[{deps}]}}"#
+            )
+        };
+        let dep =
+            |name: &str, kind: &str| format!(r#"{{"name":"{name}","req":"*","kind":"{kind}"}}"#);
+        let body = [
+            line("1.0.0", false, &dep("old-one", "normal")),
+            line(
+                "1.2.0",
+                false,
+                &format!("{},{}", dep("Serde", "normal"), dep("cc", "build")),
+            ),
+            line("1.3.0", true, &dep("yanked-dep", "normal")),
+            line(
+                "2.0.0",
+                false,
+                &format!(
+                    "{},{}",
+                    dep("tester", "dev"),
+                    r#"{"name":"alias","package":"real-crate","req":"1"}"#
+                ),
+            ),
+            line("0.3.1", false, &dep("zero-three", "normal")),
+            line("0.3.0", false, &dep("zero-three-old", "normal")),
+            "not json".to_string(),
+        ]
+        .join("\n");
+        assert_eq!(
+            dependencies_of_newest(body.as_bytes(), false),
+            vec!["cc", "real-crate", "serde", "zero-three"]
+        );
+        assert!(dependencies_of_newest(body.as_bytes(), true).contains(&"tester".to_string()));
     }
 
     #[test]

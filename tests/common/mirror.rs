@@ -109,7 +109,7 @@ impl Mirror {
         Mirror::start(upstream, &all)
     }
 
-    /// Waits until the git index holds `files` files (config.json included).
+    /// Waits until the git index holds at least `files` files (config.json included).
     pub async fn wait_for_git_files(&self, files: u64) {
         self.wait_for_git_files_authorized(files, None).await
     }
@@ -128,7 +128,7 @@ impl Mirror {
                 .json()
                 .await
                 .expect("stats json");
-            if stats["git"]["files"].as_u64() == Some(files) {
+            if stats["git"]["files"].as_u64().is_some_and(|n| n >= files) {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;

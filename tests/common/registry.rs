@@ -339,3 +339,37 @@ many-versions = "1"
 "#
     .to_string()
 }
+
+/// A layered dependency graph: `levels` levels of `width` crates, each crate
+/// depending on three crates of the next level, some optionally, plus a
+/// dev-dependency and an older major series per crate, so that prefetch has
+/// something to choose. Returns the crates and a root manifest depending on
+/// the first level. `levels * width` crates (two versions each).
+pub fn layered_graph(levels: usize, width: usize) -> (Vec<CrateSpec>, String) {
+    let name = |level: usize, i: usize| format!("layer{level}-crate{i:03}");
+    let mut specs = Vec::new();
+    for level in 0..levels {
+        for i in 0..width {
+            // An old series with no dependencies: prefetch must pick the newest.
+            specs.push(CrateSpec::new(&name(level, i), "1.0.0"));
+            let mut spec = CrateSpec::new(&name(level, i), "2.1.0");
+            if level + 1 < levels {
+                for k in 0..3 {
+                    let dep = Dep::new(&name(level + 1, (i * 3 + k) % width), "^2");
+                    spec = spec.dep(dep);
+                }
+                spec = spec.dep(Dep {
+                    kind: "dev",
+                    ..Dep::new(&name(levels - 1, i % width), "^2")
+                });
+            }
+            specs.push(spec);
+        }
+    }
+    let mut manifest =
+        "[package]\nname = \"layered-root\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\n".to_string();
+    for i in 0..width.min(4) {
+        manifest.push_str(&format!("{} = \"2\"\n", name(0, i)));
+    }
+    (specs, manifest)
+}

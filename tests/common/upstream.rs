@@ -43,6 +43,8 @@ pub struct Switches {
     pub no_validators: AtomicBool,
     /// Announce the full Content-Length of downloads but send only half.
     pub truncate_downloads: AtomicBool,
+    /// Requests whose path contains one of these wait until it is removed.
+    pub held: Mutex<Vec<String>>,
 }
 
 struct State {
@@ -228,6 +230,18 @@ async fn handle(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
         if_modified_since: header("if-modified-since"),
     });
     let switches = &state.switches;
+    for _ in 0..600 {
+        let held = switches
+            .held
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|h| path.contains(h.as_str()));
+        if !held {
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
     let delay = switches.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         actix_web::rt::time::sleep(Duration::from_millis(delay)).await;

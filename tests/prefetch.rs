@@ -1,0 +1,149 @@
+//! Dependency-aware prefetch: the same Cargo.lock with it on, upstream requests
+//! within 1.5x of those without it, prefetches that prove useful, and clients
+//! that never wait behind a prefetch. (How much faster a cold resolve gets is
+//! measured by `cargo bench --bench resolution`, not asserted here.)
+
+mod common;
+
+use std::time::Duration;
+
+use common::cargo::{project, run_ok, CargoHome};
+use common::client;
+use common::mirror::Mirror;
+use common::registry::{layered_graph, CrateSpec, Dep};
+use common::upstream::{DlStyle, TestUpstream};
+
+fn index_requests(upstream: &TestUpstream) -> usize {
+    upstream.count_matching("/index/") - upstream.count("/index/config.json")
+}
+
+async fn stats(mirror: &Mirror) -> serde_json::Value {
+    client()
+        .get(format!("{}/api/stats", mirror.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn prefetch_keeps_the_lockfile_and_stays_within_budget_of_upstream_requests() {
+    let (specs, manifest) = layered_graph(6, 12);
+    let target = tempfile::tempdir().unwrap();
+    let resolve = |mirror: &Mirror| {
+        let app = project(&manifest);
+        run_ok(
+            &CargoHome::new(&mirror.index_url()),
+            app.path(),
+            target.path(),
+            &["generate-lockfile"],
+        );
+        std::fs::read_to_string(app.path().join("Cargo.lock")).unwrap()
+    };
+
+    let direct_upstream = TestUpstream::start(&specs, DlStyle::Plain);
+    let app = project(&manifest);
+    run_ok(
+        &CargoHome::new(&direct_upstream.url),
+        app.path(),
+        target.path(),
+        &["generate-lockfile"],
+    );
+    let direct_lock = std::fs::read_to_string(app.path().join("Cargo.lock")).unwrap();
+
+    let off_upstream = TestUpstream::start(&specs, DlStyle::Plain);
+    let off = Mirror::start(&off_upstream.url, &["--prefetch", "off"]);
+    assert_eq!(resolve(&off), direct_lock);
+    let without = index_requests(&off_upstream);
+
+    let on_upstream = TestUpstream::start(&specs, DlStyle::Plain);
+    let on = Mirror::start(&on_upstream.url, &["--prefetch-depth", "6"]);
+    assert_eq!(resolve(&on), direct_lock, "prefetch changed the resolution");
+    // Prefetches may still be finishing; they count against the bound too.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let with = index_requests(&on_upstream);
+    assert!(
+        with as f64 <= 1.5 * without as f64,
+        "{with} upstream index requests with prefetch, {without} without"
+    );
+    let prefetch = &stats(&on).await["prefetch"];
+    let started = prefetch["started"].as_u64().unwrap();
+    let useful = prefetch["useful"].as_u64().unwrap();
+    assert!(started > 0, "nothing was prefetched");
+    assert!(useful > 0 && useful <= started, "{prefetch}");
+    // The old series and the dev-dependencies were not followed: every
+    // prefetched file was one cargo asked for.
+    assert_eq!(useful, started, "{prefetch}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_never_wait_behind_a_prefetch() {
+    let mut hub = CrateSpec::new("hub", "1.0.0");
+    let mut specs = vec![CrateSpec::new("unrelated", "1.0.0")];
+    for n in 0..20 {
+        let name = format!("held{n:02}");
+        hub = hub.dep(Dep::new(&name, "1"));
+        specs.push(CrateSpec::new(&name, "1.0.0"));
+    }
+    specs.push(hub);
+    let upstream = TestUpstream::start(&specs, DlStyle::Plain);
+    // As many prefetch slots as held files: every slot ends up stuck.
+    let mirror = Mirror::start(&upstream.url, &["--prefetch-concurrency", "20"]);
+    assert_eq!(
+        client()
+            .get(format!("{}/ready", mirror.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // Every dependency of hub stalls upstream: prefetch fills all its slots.
+    upstream
+        .switches
+        .held
+        .lock()
+        .unwrap()
+        .push("/index/he/ld/".to_string());
+
+    let http = client();
+    let hub_response = http
+        .get(format!("{}3/h/hub", mirror.index_url()))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .expect("hub waited behind its own prefetches");
+    assert_eq!(hub_response.status(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        upstream.count_matching("/index/he/ld/"),
+        20,
+        "the prefetches did not all start"
+    );
+
+    // An unrelated file is answered at once, with every prefetch slot stuck.
+    let unrelated = http
+        .get(format!("{}un/re/unrelated", mirror.index_url()))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .expect("a client waited behind prefetches");
+    assert_eq!(unrelated.status(), 200);
+
+    // A client asking for a file being prefetched (its request is already
+    // upstream) joins that fetch instead of making another.
+    let joining = tokio::spawn({
+        let url = format!("{}he/ld/held00", mirror.index_url());
+        async move { client().get(url).send().await.unwrap().status() }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    upstream.switches.held.lock().unwrap().clear();
+    assert_eq!(joining.await.unwrap(), 200);
+    assert_eq!(
+        upstream.count("/index/he/ld/held00"),
+        1,
+        "the client did not join the prefetch"
+    );
+}

@@ -1,0 +1,165 @@
+//! Shared by the benchmarks: building the release binary and running it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub fn fail(message: &str) -> ! {
+    eprintln!("bench: {message}");
+    std::process::exit(2);
+}
+
+/// Variables cargo sets for the bench process (besides `CARGO_PKG_*`) that
+/// must not leak into the nested `cargo build`.
+const BENCH_RUN_VARS: &[&str] = &[
+    "CARGO_MANIFEST_DIR",
+    "CARGO_MANIFEST_PATH",
+    "CARGO_MANIFEST_LINKS",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_NAME",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "CARGO_RUSTC_CURRENT_DIR",
+    "OUT_DIR",
+];
+
+/// Builds the release binary and returns its path.
+///
+/// `cargo bench` builds the bench profile, not necessarily an up-to-date
+/// release binary, so build it explicitly with the cargo running us.
+pub fn build_mirror_binary() -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    eprintln!("bench: building the release binary");
+    let mut build = Command::new(&cargo);
+    build
+        .current_dir(root)
+        .args(["build", "--release", "--bin", "crate-mirror"]);
+    // cargo gives this process the bench's own package variables. Build
+    // scripts (ring's) declare `rerun-if-env-changed` on some of them, so
+    // passing them on would make this build and every plain `cargo build
+    // --release` after it rebuild those crates in turn.
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if key.starts_with("CARGO_PKG_") || BENCH_RUN_VARS.contains(&key) {
+            build.env_remove(key);
+        }
+    }
+    let status = build
+        .status()
+        .unwrap_or_else(|e| fail(&format!("cannot run {cargo:?}: {e}")));
+    if !status.success() {
+        fail("cargo build --release --bin crate-mirror failed");
+    }
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if Path::new(&dir).is_absolute() => PathBuf::from(dir),
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    };
+    let binary = target.join("release").join("crate-mirror");
+    if !binary.is_file() {
+        fail(&format!("no binary at {}", binary.display()));
+    }
+    binary
+}
+
+/// A running release mirror; killed when dropped.
+pub struct MirrorProcess {
+    child: Child,
+    /// `http://127.0.0.1:PORT`, no trailing slash.
+    pub url: String,
+    pub data_dir: PathBuf,
+    log: PathBuf,
+    _temp: tempfile::TempDir,
+}
+
+impl MirrorProcess {
+    /// Starts `crate-mirror serve` on an ephemeral port with a temp data dir.
+    pub fn start(binary: &Path, upstream: &str, args: &[&str]) -> Self {
+        let temp = tempfile::tempdir().expect("create a temp dir for the mirror");
+        let data_dir = temp.path().join("data");
+        // The mirror logs one line per request: keep them out of the terminal
+        // but on disk, so a failed run can show what the mirror said.
+        let log = temp.path().join("mirror.log");
+        let log_file = std::fs::File::create(&log).expect("create the mirror log file");
+        let mut child = Command::new(binary)
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--upstream", upstream])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| fail(&format!("cannot start {}: {e}", binary.display())));
+        let stdout = child.stdout.take().expect("mirror stdout is piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the mirror never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                fail(&format!(
+                    "the mirror did not start; its log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                ));
+            }
+        };
+        let Some(url) = line.strip_prefix("crate-mirror listening on ") else {
+            let _ = child.kill();
+            let _ = child.wait();
+            fail(&format!("unexpected first line from the mirror: {line}"));
+        };
+        MirrorProcess {
+            url: url.trim_end_matches('/').to_string(),
+            child,
+            data_dir,
+            log,
+            _temp: temp,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A `Vm*` figure of the mirror from /proc, in KiB.
+    pub fn status_kib(&self, field: &str) -> u64 {
+        proc_status_kib(self.pid(), field).unwrap_or(0)
+    }
+
+    /// The last lines of the mirror's log, for error reports.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for MirrorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads e.g. `VmRSS:     12345 kB` from /proc/PID/status.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}

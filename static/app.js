@@ -87,6 +87,10 @@ function render(s) {
   $("crate-hits").textContent = count(s.crates.hits);
   $("stale").textContent = count(s.index.stale_served);
   $("checksum").textContent = count(s.crates.checksum_failures);
+  const prefetch = s.prefetch || {};
+  $("prefetch-ratio").textContent = prefetch.started ? percent(prefetch.useful_ratio) : "–";
+  $("prefetch-useful").textContent = count(prefetch.useful);
+  $("prefetch-started").textContent = count(prefetch.started);
   const up = s.upstream;
   $("upstream-requests").textContent = count(up.requests);
   $("upstream-failures").textContent = count(up.failures);

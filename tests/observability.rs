@@ -276,10 +276,30 @@ async fn the_dashboard_renders_live_figures_in_chromium() {
     let upstream = TestUpstream::start(&graph_registry()[..6], DlStyle::Plain);
     let mirror = Mirror::start(&upstream.url, &[]);
     // Traffic: index files and downloads, some of them twice.
+    // Fetching abc prefetches its dependency a; wait until that has happened.
+    client()
+        .get(format!("{}3/a/abc", mirror.index_url()))
+        .send()
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        let stats: serde_json::Value = client()
+            .get(format!("{}/api/stats", mirror.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if stats["prefetch"]["started"].as_u64() >= Some(1) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     for _ in 0..2 {
         for (path, name, version) in [
-            ("1/a", "a", "1.0.0"),
             ("3/a/abc", "abc", "1.0.0"),
+            ("1/a", "a", "1.0.0"),
             ("2/ab", "ab", "0.2.0"),
         ] {
             let http = client();
@@ -333,6 +353,8 @@ async fn the_dashboard_renders_live_figures_in_chromium() {
         dom.contains("<td>abc</td>"),
         "most requested crates missing"
     );
+    // abc depends on a: fetching abc prefetched a, which was asked for next.
+    assert_eq!(element_text(&dom, "prefetch-ratio"), "100.0 %");
 
     for (name, size) in [
         ("dashboard-desktop.png", "1280,1000"),

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use crate_mirror::index::cache::{IndexCache, IndexPolicy};
 use crate_mirror::index::path::{parse_index_path, CrateName};
 use crate_mirror::index::store::{IndexStore, StoredHeader, StoredIndex};
 use crate_mirror::metrics::Metrics;
 use crate_mirror::upstream::{UpstreamClient, Validators};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
 /// An index file of `versions` lines in the upstream's style (~230 bytes each).
 fn index_body(name: &str, versions: usize) -> Bytes {
@@ -26,12 +26,18 @@ fn index_body(name: &str, versions: usize) -> Bytes {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 /// A cache whose sled store holds fresh copies; the first lookup moves each
 /// into memory, every later one is the hot path.
-fn warm_cache(runtime: &tokio::runtime::Runtime, files: &[(&str, usize)]) -> (IndexCache, tempfile::TempDir) {
+fn warm_cache(
+    runtime: &tokio::runtime::Runtime,
+    files: &[(&str, usize)],
+) -> (IndexCache, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let db = sled::open(dir.path()).unwrap();
     let store = IndexStore::open(&db).unwrap();
@@ -68,7 +74,9 @@ fn warm_cache(runtime: &tokio::runtime::Runtime, files: &[(&str, usize)]) -> (In
     };
     let cache = IndexCache::new(store, upstream, policy, metrics);
     for (name, _) in files {
-        runtime.block_on(cache.get(&CrateName::parse(name).unwrap())).unwrap();
+        runtime
+            .block_on(cache.get(&CrateName::parse(name).unwrap()))
+            .unwrap();
     }
     (cache, dir)
 }
@@ -91,7 +99,11 @@ fn cache_lookup(c: &mut Criterion) {
     let (cache, _dir) = warm_cache(&runtime, &[("serde", 300), ("small", 3)]);
     let name = CrateName::parse("serde").unwrap();
     c.bench_function("index_cache_hot_get", |b| {
-        b.iter(|| runtime.block_on(cache.get(std::hint::black_box(&name))).unwrap())
+        b.iter(|| {
+            runtime
+                .block_on(cache.get(std::hint::black_box(&name)))
+                .unwrap()
+        })
     });
 }
 

@@ -462,10 +462,10 @@ impl Inner {
             .fetch_index(&name.index_path(), &validators)
             .await
         {
-            Ok(IndexFetch::Modified { body, .. }) if validate_index(&body, key).is_err() => {
-                let reason = validate_index(&body, key).err().unwrap_or_default();
-                Err(UpstreamError::InvalidIndex(reason))
-            }
+            Ok(IndexFetch::Modified { body, validators }) => match validate_index(&body, key) {
+                Ok(()) => Ok(IndexFetch::Modified { body, validators }),
+                Err(reason) => Err(UpstreamError::InvalidIndex(reason)),
+            },
             other => other,
         };
         match fetched {

@@ -17,7 +17,9 @@ use tokio_util::io::ReaderStream;
 
 use super::{CrateStore, ObjectInfo, StorageError, StoredObject};
 
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 256 * 1024;
+/// Crates up to this size are read in one go.
+const WHOLE_READ_LIMIT: u64 = 2 << 20;
 /// Access times finer than this do not change which crate is least recently used.
 const ACCESS_WRITE_INTERVAL_MS: u64 = 1_000;
 /// How often the eviction task checks the quota without being woken.
@@ -295,10 +297,23 @@ impl CrateStore for LocalStore {
         };
         let len = file.metadata().await?.len();
         self.touch(key)?;
-        Ok(Some(StoredObject {
-            len,
-            body: Box::pin(ReaderStream::with_capacity(file, READ_CHUNK)),
-        }))
+        // Most crates are small: one read (one trip to the blocking pool)
+        // instead of one per chunk. Large ones stream in big chunks.
+        let body: super::ByteStream = if len <= WHOLE_READ_LIMIT {
+            let mut file = file.into_std().await;
+            let bytes = tokio::task::spawn_blocking(move || {
+                let mut bytes = Vec::with_capacity(len as usize);
+                std::io::Read::read_to_end(&mut file, &mut bytes).map(|_| bytes)
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+            Box::pin(futures_util::stream::once(async move {
+                Ok(bytes::Bytes::from(bytes))
+            }))
+        } else {
+            Box::pin(ReaderStream::with_capacity(file, READ_CHUNK))
+        };
+        Ok(Some(StoredObject { len, body }))
     }
 
     async fn commit(&self, key: &str, verified: &Path) -> Result<(), StorageError> {

@@ -31,14 +31,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/ready", web::route().guard(get_or_head()).to(ready))
         .route("/api/stats", web::get().to(stats))
         .route("/metrics", web::get().to(metrics))
-        .route(
-            "/index/{tail:.*}",
-            web::route().guard(get_or_head()).to(index),
-        )
-        .route(
-            "/api/v1/crates/{tail:.*}",
-            web::route().guard(get_or_head()).to(download),
-        )
+        // Prefix scopes rather than `{tail:.*}` patterns: no regex match per
+        // request (the handlers parse the raw path themselves).
+        .service(web::scope("/index").default_service(web::to(index)))
+        .service(web::scope("/api/v1/crates").default_service(web::to(download)))
         .configure(git::routes)
         .configure(dashboard::routes)
         .default_service(web::to(fallback));
@@ -47,6 +43,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 async fn fallback(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     if req.method() == Method::GET || req.method() == Method::HEAD {
         Err(ApiError::NotFound)
+    } else {
+        Err(ApiError::MethodNotAllowed)
+    }
+}
+
+/// Registry routes answer GET and HEAD only.
+fn read_only(req: &HttpRequest) -> Result<(), ApiError> {
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        Ok(())
     } else {
         Err(ApiError::MethodNotAllowed)
     }
@@ -95,6 +100,7 @@ pub(crate) fn public_base(req: &HttpRequest, state: &AppState) -> String {
 /// `GET /index/config.json` and `GET /index/{prefix}/{name}`. The raw path is
 /// parsed, not actix's decoded one, so encoded separators never become separators.
 async fn index(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    read_only(&req)?;
     let raw = req
         .uri()
         .path()
@@ -211,6 +217,7 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
 
 /// `GET /api/v1/crates/{name}/{version}/download`.
 async fn download(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    read_only(&req)?;
     let raw = req
         .uri()
         .path()

@@ -18,8 +18,9 @@ use tokio_util::io::ReaderStream;
 use super::{CrateStore, ObjectInfo, StorageError, StoredObject};
 
 const READ_CHUNK: usize = 256 * 1024;
-/// Crates up to this size are read in one go.
-const WHOLE_READ_LIMIT: u64 = 2 << 20;
+/// Crates up to this size are read in one go (most are; bigger ones would
+/// hold too much memory per connection).
+const WHOLE_READ_LIMIT: u64 = 512 << 10;
 /// Access times finer than this do not change which crate is least recently used.
 const ACCESS_WRITE_INTERVAL_MS: u64 = 1_000;
 /// How often the eviction task checks the quota without being woken.

@@ -577,7 +577,7 @@ fn upstream_addr(upstream: &TestUpstream) -> SocketAddr {
         .trim_start_matches("http://")
         .trim_end_matches("/index/")
         .parse()
-        .expect("the test upstream URL is http://ADDR/index/")
+        .expect("the test upstream URL is http://HOST:PORT/index/")
 }
 
 // ---------------------------------------------------------------------------

@@ -197,9 +197,7 @@ async fn refusals_reveal_nothing_and_probes_stay_open() {
         .wait_for_git_files_authorized(2, Some(&metrics_token))
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let with_token = mirror
-        .git_url()
-        .replace("http://", &format!("http://git:{token}@"));
+    let with_token = mirror.git_url().replace("://", &format!("://git:{token}@"));
     let clone = Command::new("git")
         .args(["clone", "--quiet", &with_token, "index"])
         .current_dir(dir.path())

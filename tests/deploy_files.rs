@@ -165,7 +165,10 @@ fn the_compose_file_wires_mirror_store_prometheus_and_grafana() {
         assert!(known_env(name), "compose sets unknown setting {name}");
     }
     assert_eq!(environment["CRATE_MIRROR_STORAGE"], "s3://crates");
-    assert_eq!(environment["AWS_ENDPOINT_URL"], "http://garage:3900");
+    assert_eq!(
+        environment["AWS_ENDPOINT_URL"],
+        "http://${GARAGE_S3_ADDR:-garage:3900}"
+    );
     let prometheus = &yaml_documents(&deploy("container/prometheus.yml"))[0];
     assert_eq!(
         prometheus["scrape_configs"][0]["static_configs"][0]["targets"][0],

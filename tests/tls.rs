@@ -1,4 +1,4 @@
-//! Native TLS: real cargo over `sparse+https://` with a test CA resolves and
+//! Native TLS: real cargo over `sparse+https` URLs with a test CA resolves and
 //! fetches, and the mirror's access log shows it used HTTP/2 (ALPN).
 
 mod common;

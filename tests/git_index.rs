@@ -113,16 +113,7 @@ async fn cargo_resolves_and_builds_through_the_git_index_cached_or_warmed() {
         &["generate-lockfile"],
     );
     let sparse_lock = lockfile(sparse_project.path());
-    let index_files = client()
-        .get(format!("{}/api/stats", cached.url))
-        .send()
-        .await
-        .unwrap()
-        .json::<serde_json::Value>()
-        .await
-        .unwrap()["index_files_stored"]
-        .as_u64()
-        .unwrap();
+    let index_files = cached.stats().await["index_files_stored"].as_u64().unwrap();
     cached.wait_for_git_files(index_files + 1).await;
 
     let libgit2 = project(&graph_project_manifest());

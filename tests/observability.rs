@@ -283,14 +283,7 @@ async fn the_dashboard_renders_live_figures_in_chromium() {
         .await
         .unwrap();
     for _ in 0..100 {
-        let stats: serde_json::Value = client()
-            .get(format!("{}/api/stats", mirror.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stats = mirror.stats().await;
         if stats["prefetch"]["started"].as_u64() >= Some(1) {
             break;
         }

@@ -18,14 +18,7 @@ fn index_requests(upstream: &TestUpstream) -> usize {
 }
 
 async fn stats(mirror: &Mirror) -> serde_json::Value {
-    client()
-        .get(format!("{}/api/stats", mirror.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    mirror.stats().await
 }
 
 #[tokio::test]

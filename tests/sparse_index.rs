@@ -29,11 +29,7 @@ async fn get(url: &str) -> reqwest::Response {
 }
 
 async fn stats(mirror: &Mirror) -> serde_json::Value {
-    get(&format!("{}/api/stats", mirror.url))
-        .await
-        .json()
-        .await
-        .unwrap()
+    mirror.stats().await
 }
 
 #[tokio::test]

@@ -83,14 +83,7 @@ async fn the_least_recently_used_crates_are_evicted_to_stay_under_the_quota() {
         assert!(stored(&mirror, p), "{} was evicted", p.name);
     }
     assert!(stored_bytes(&mirror) <= quota);
-    let stats: serde_json::Value = client()
-        .get(format!("{}/api/stats", mirror.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = mirror.stats().await;
     assert_eq!(
         stats["storage_bytes"].as_u64().unwrap(),
         stored_bytes(&mirror)

@@ -117,23 +117,33 @@ impl Mirror {
     /// As `wait_for_git_files`, sending `authorization` (for a metrics token).
     pub async fn wait_for_git_files_authorized(&self, files: u64, authorization: Option<&str>) {
         for _ in 0..200 {
-            let mut request = super::client().get(format!("{}/api/stats", self.url));
-            if let Some(value) = authorization {
-                request = request.header("authorization", value);
-            }
-            let stats: serde_json::Value = request
-                .send()
-                .await
-                .expect("stats")
-                .json()
-                .await
-                .expect("stats json");
+            let stats = self.stats_authorized(authorization).await;
             if stats["git"]["files"].as_u64().is_some_and(|n| n >= files) {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         panic!("the git index never reached {files} files");
+    }
+
+    /// `/api/stats` as JSON.
+    pub async fn stats(&self) -> serde_json::Value {
+        self.stats_authorized(None).await
+    }
+
+    /// `/api/stats` as JSON, sending `authorization` (for a metrics token).
+    pub async fn stats_authorized(&self, authorization: Option<&str>) -> serde_json::Value {
+        let mut request = super::client().get(format!("{}/api/stats", self.url));
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        request
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("stats json")
     }
 
     pub fn git_url(&self) -> String {

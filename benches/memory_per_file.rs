@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use futures_util::StreamExt;
 
 use common::upstream::{DlStyle, TestUpstream};
-use support::{build_mirror_binary, MirrorProcess};
+use support::{build_mirror_binary, index_path, MirrorProcess};
 
 const MARKS: [usize; 2] = [10_000, 100_000];
 const CONCURRENCY: usize = 32;
@@ -28,10 +28,6 @@ fn index_body(name: &str) -> String {
             )
         })
         .collect()
-}
-
-fn prefix(name: &str) -> String {
-    format!("{}/{}", &name[..2], &name[2..4])
 }
 
 #[tokio::main]
@@ -72,7 +68,7 @@ async fn main() -> ExitCode {
         let failures: usize = futures_util::stream::iter(batch)
             .map(|name| {
                 let client = client.clone();
-                let url = format!("{base}/index/{}/{name}", prefix(&name));
+                let url = format!("{base}{}", index_path(&name));
                 async move {
                     match client.get(url).send().await {
                         Ok(r) if r.status().is_success() => r.bytes().await.map(|_| 0).unwrap_or(1),

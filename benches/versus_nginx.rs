@@ -63,7 +63,7 @@ use sha2::{Digest, Sha256};
 
 use common::registry::{self, CrateSpec, Dep};
 use common::upstream::{DlStyle, TestUpstream};
-use support::{build_mirror_binary, fail, MirrorProcess};
+use support::{build_mirror_binary, download_path, fail, index_path, MirrorProcess};
 
 /// Index files served from the upstream (besides those of the download crates).
 const INDEX_FILES: usize = 600;
@@ -428,22 +428,6 @@ impl Rng {
     fn between(&mut self, least: usize, most: usize) -> usize {
         least + (self.next() % (most - least + 1) as u64) as usize
     }
-}
-
-/// The sparse index path of a crate (`/index/se/rd/serde`).
-fn index_path(name: &str) -> String {
-    let lower = name.to_ascii_lowercase();
-    let prefix = match lower.len() {
-        1 => "1".to_string(),
-        2 => "2".to_string(),
-        3 => format!("3/{}", &lower[..1]),
-        _ => format!("{}/{}", &lower[..2], &lower[2..4]),
-    };
-    format!("/index/{prefix}/{lower}")
-}
-
-fn download_path(name: &str, version: &str) -> String {
-    format!("/api/v1/crates/{name}/{version}/download")
 }
 
 /// Names index lines depend on, so that lines carry realistic dependency lists.

@@ -17,15 +17,9 @@ use reqwest::StatusCode;
 
 const S3: [&str; 2] = ["--storage", "s3://crates"];
 
+/// The storage key of a crate version (the layout every backend shares).
 fn key_of(name: &str, version: &str) -> String {
-    let lower = name.to_ascii_lowercase();
-    let prefix = match lower.len() {
-        1 => "1".to_string(),
-        2 => "2".to_string(),
-        3 => format!("3/{}", &lower[..1]),
-        _ => format!("{}/{}", &lower[..2], &lower[2..4]),
-    };
-    format!("crates/{prefix}/{lower}/{lower}-{version}.crate")
+    crate_mirror::storage::crate_key(&name.to_ascii_lowercase(), version)
 }
 
 /// (name, version) of every registry package in a Cargo.lock.

@@ -163,3 +163,13 @@ pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
         rest.split_whitespace().next()?.parse().ok()
     })
 }
+
+/// The sparse index path of a crate (`/index/se/rd/serde`), by the mirror's own rule.
+pub fn index_path(name: &str) -> String {
+    let name = crate_mirror::index::path::CrateName::parse(name).expect("a valid crate name");
+    format!("/index/{}", name.index_path())
+}
+
+pub fn download_path(name: &str, version: &str) -> String {
+    format!("/api/v1/crates/{name}/{version}/download")
+}

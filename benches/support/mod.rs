@@ -1,7 +1,6 @@
 //! Shared by the benchmarks: building the release binary and running it.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -96,34 +95,19 @@ impl MirrorProcess {
             .stderr(log_file)
             .spawn()
             .unwrap_or_else(|e| fail(&format!("cannot start {}: {e}", binary.display())));
-        let stdout = child.stdout.take().expect("mirror stdout is piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            // Keep draining so the mirror never blocks on a full pipe.
-            for _ in lines {}
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) => line,
-            Err(_) => {
+        let url = match crate::common::mirror::listening_url(&mut child, Duration::from_secs(30)) {
+            Ok(url) => url,
+            Err(why) => {
                 let _ = child.kill();
                 let _ = child.wait();
                 fail(&format!(
-                    "the mirror did not start; its log:\n{}",
+                    "the mirror did not start ({why}); its log:\n{}",
                     std::fs::read_to_string(&log).unwrap_or_default()
                 ));
             }
         };
-        let Some(url) = line.strip_prefix("crate-mirror listening on ") else {
-            let _ = child.kill();
-            let _ = child.wait();
-            fail(&format!("unexpected first line from the mirror: {line}"));
-        };
         MirrorProcess {
-            url: url.trim_end_matches('/').to_string(),
+            url,
             child,
             data_dir,
             log,

@@ -56,29 +56,17 @@ impl Mirror {
             .stderr(log_file)
             .spawn()
             .expect("spawn crate-mirror");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(line) => line,
-            Err(_) => {
+        let url = match listening_url(&mut child, Duration::from_secs(20)) {
+            Ok(url) => url,
+            Err(why) => {
                 let _ = child.kill();
+                let _ = child.wait();
                 panic!(
-                    "mirror did not start; its log:\n{}",
+                    "mirror did not start ({why}); its log:\n{}",
                     std::fs::read_to_string(&log).unwrap_or_default()
                 );
             }
         };
-        let url = line
-            .strip_prefix("crate-mirror listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
-            .to_string();
         Mirror {
             child,
             url,
@@ -243,6 +231,26 @@ impl Drop for Mirror {
         }
         let _ = std::fs::remove_file(&self.log);
     }
+}
+
+/// Reads the URL from the mirror's first stdout line (`crate-mirror listening
+/// on URL`), then keeps draining stdout so the mirror never blocks on a full pipe.
+pub fn listening_url(child: &mut Child, within: Duration) -> Result<String, String> {
+    let stdout = child.stdout.take().ok_or("stdout is not piped")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        for _ in lines {}
+    });
+    let line = rx
+        .recv_timeout(within)
+        .map_err(|_| "no listening line".to_string())?;
+    line.strip_prefix("crate-mirror listening on ")
+        .map(|url| url.trim_end_matches('/').to_string())
+        .ok_or_else(|| format!("unexpected first line: {line}"))
 }
 
 fn unique() -> u64 {

@@ -114,6 +114,8 @@ struct Options {
     ttfb: bool,
     /// The nginx configuration template (to compare variants of it).
     nginx_template: PathBuf,
+    /// The loads to run (all by default; a subset for profiling one of them).
+    scenarios: Vec<Scenario>,
 }
 
 fn parse_options() -> Options {
@@ -127,6 +129,7 @@ fn parse_options() -> Options {
         results: root.join("benches/results/versus_nginx.md"),
         ttfb: true,
         nginx_template: root.join("benches/nginx-proxy-cache.conf.template"),
+        scenarios: Scenario::ALL.to_vec(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -164,6 +167,16 @@ fn parse_options() -> Options {
             "--results" => options.results = PathBuf::from(text("--results")),
             "--no-ttfb" => options.ttfb = false,
             "--nginx-template" => options.nginx_template = PathBuf::from(text("--nginx-template")),
+            "--scenarios" => {
+                options.scenarios = text("--scenarios")
+                    .split(',')
+                    .map(|name| {
+                        Scenario::from_name(name).unwrap_or_else(|| {
+                            fail(&format!("--scenarios: {name}? (identity, gzip, downloads)"))
+                        })
+                    })
+                    .collect()
+            }
             // cargo passes `--bench` to every `harness = false` bench.
             "--bench" => {}
             other => eprintln!("versus_nginx: ignoring unknown argument {other:?}"),
@@ -740,6 +753,15 @@ impl Scenario {
         Scenario::Downloads,
     ];
 
+    fn from_name(name: &str) -> Option<Scenario> {
+        match name {
+            "identity" => Some(Scenario::IndexPlain),
+            "gzip" => Some(Scenario::IndexGzip),
+            "downloads" => Some(Scenario::Downloads),
+            _ => None,
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Scenario::IndexPlain => "index, identity",
@@ -961,7 +983,7 @@ fn load_runs(
     ticks_per_second: f64,
 ) -> Vec<RunResult> {
     let mut results = Vec::new();
-    for scenario in Scenario::ALL {
+    for &scenario in &options.scenarios {
         log(&format!(
             "{server}: {} for {} s, {} connections",
             scenario.label(),
@@ -1187,7 +1209,7 @@ impl Report<'_> {
             "| load | server | req/s | p50 | p90 | p99 | max | MiB/s | errors | server CPU | CPU µs/req | peak PSS | upstream requests |\n",
         );
         md.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
-        for (i, scenario) in Scenario::ALL.iter().enumerate() {
+        for (i, scenario) in self.options.scenarios.iter().enumerate() {
             for (server, run) in [("crate-mirror", &self.mirror[i]), ("nginx", &self.nginx[i])] {
                 let w = &run.wrk;
                 let _ = writeln!(
@@ -1215,7 +1237,7 @@ impl Report<'_> {
         let mut md = String::new();
         md.push_str("| load | req/s mirror / nginx | p50 mirror / nginx | p99 mirror / nginx | CPU per request mirror / nginx |\n");
         md.push_str("| --- | ---: | ---: | ---: | ---: |\n");
-        for (i, scenario) in Scenario::ALL.iter().enumerate() {
+        for (i, scenario) in self.options.scenarios.iter().enumerate() {
             let (m, n) = (&self.mirror[i], &self.nginx[i]);
             let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
             let _ = writeln!(
@@ -1437,7 +1459,7 @@ impl Report<'_> {
             md.push_str(&self.ttfb_table());
         }
         md.push_str("\n## wrk output\n\n");
-        for (i, scenario) in Scenario::ALL.iter().enumerate() {
+        for (i, scenario) in self.options.scenarios.iter().enumerate() {
             for (server, run) in [("crate-mirror", &self.mirror[i]), ("nginx", &self.nginx[i])] {
                 let _ = writeln!(
                     md,

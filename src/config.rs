@@ -84,6 +84,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "bytes of index files kept in memory",
     ),
     (
+        "crate-cache-size",
+        "64MiB",
+        "bytes of the most requested .crate files kept in memory (0: none)",
+    ),
+    (
         "upstream-timeout",
         "30",
         "seconds for an index fetch; also the idle-read timeout of downloads",
@@ -162,6 +167,8 @@ pub struct Config {
     pub index_ttl: Duration,
     pub negative_ttl: Duration,
     pub hot_cache_bytes: u64,
+    /// Memory for hot crate files; 0 turns that cache off.
+    pub crate_cache_bytes: u64,
     pub upstream_timeout: Duration,
     pub connect_timeout: Duration,
     pub log_format: LogFormat,
@@ -347,6 +354,7 @@ impl RawSettings {
             index_ttl: self.required("index-ttl", "60", parse_seconds)?,
             negative_ttl: self.required("negative-ttl", "30", parse_seconds)?,
             hot_cache_bytes: self.required("hot-cache-size", "256MiB", parse_size)?,
+            crate_cache_bytes: self.required("crate-cache-size", "64MiB", parse_size)?,
             upstream_timeout: self.required("upstream-timeout", "30", parse_positive_seconds)?,
             connect_timeout: self.required("connect-timeout", "5", parse_positive_seconds)?,
             log_format: self.required("log-format", "text", |v| match v {

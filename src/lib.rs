@@ -30,6 +30,7 @@ use index::cache::{IndexCache, IndexPolicy};
 use index::store::IndexStore;
 use metrics::Metrics;
 use storage::local::LocalStore;
+use storage::memory::MemoryCachedStore;
 use storage::s3::S3Store;
 use storage::CrateStore;
 use upstream::UpstreamClient;
@@ -78,6 +79,8 @@ pub struct AppState {
     index_store: IndexStore,
     /// The local backend, when in use: it runs the quota's eviction task.
     local_store: Option<Arc<LocalStore>>,
+    /// The memory in front of the store, when `crate-cache-size` is not 0.
+    crate_memory: Option<Arc<MemoryCachedStore>>,
     /// The git index, when enabled.
     pub git: Option<Arc<git::GitIndex>>,
     git_rebuild_delay: std::time::Duration,
@@ -159,6 +162,16 @@ impl AppState {
             }
             StorageConfig::S3(s3) => (Arc::new(S3Store::new(s3)?), None),
         };
+        let crate_memory = (config.crate_cache_bytes > 0).then(|| {
+            Arc::new(MemoryCachedStore::new(
+                store.clone(),
+                config.crate_cache_bytes,
+            ))
+        });
+        let store: Arc<dyn CrateStore> = match &crate_memory {
+            Some(memory) => memory.clone(),
+            None => store,
+        };
         let crates = CrateService::new(
             index.clone(),
             upstream.clone(),
@@ -194,6 +207,7 @@ impl AppState {
             db,
             index_store,
             local_store,
+            crate_memory,
             git,
             git_rebuild_delay: config.git_rebuild_delay,
             metrics,
@@ -231,8 +245,11 @@ impl AppState {
         metrics
             .upstream_circuit_open
             .set(i64::from(self.upstream.circuit_open()));
+        let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        if let Some(memory) = &self.crate_memory {
+            metrics.crate_memory_bytes.set(to_i64(memory.usage().1));
+        }
         if let Some(local) = &self.local_store {
-            let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
             metrics
                 .storage_bytes
                 .set(to_i64(local.total_bytes().unwrap_or(0)));
@@ -258,6 +275,8 @@ impl AppState {
             "bytes": local.and_then(|s| s.total_bytes()),
             "objects": local.and_then(|s| s.objects()),
             "quota_bytes": local.and_then(|s| s.max_bytes()),
+            "memory_files": self.crate_memory.as_ref().map(|m| m.usage().0),
+            "memory_bytes": self.crate_memory.as_ref().map(|m| m.usage().1),
         });
         stats["git"] = self.git.as_ref().map(|g| g.stats()).into();
         stats

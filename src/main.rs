@@ -82,6 +82,9 @@ struct SettingsArgs {
     /// Bytes of index files kept in memory, e.g. 256MiB [default: 256MiB].
     #[arg(long, value_name = "SIZE")]
     hot_cache_size: Option<String>,
+    /// Bytes of the most requested crate files kept in memory; 0 for none [default: 64MiB].
+    #[arg(long, value_name = "SIZE")]
+    crate_cache_size: Option<String>,
     /// Seconds for an index fetch and for each read of a download [default: 30].
     #[arg(long, value_name = "SECONDS")]
     upstream_timeout: Option<String>,
@@ -154,6 +157,7 @@ impl SettingsArgs {
             ("index-ttl", self.index_ttl.clone()),
             ("negative-ttl", self.negative_ttl.clone()),
             ("hot-cache-size", self.hot_cache_size.clone()),
+            ("crate-cache-size", self.crate_cache_size.clone()),
             ("upstream-timeout", self.upstream_timeout.clone()),
             ("connect-timeout", self.connect_timeout.clone()),
             ("log-format", self.log_format.clone()),
@@ -212,7 +216,9 @@ fn or_exit<T>(result: Result<T, ConfigError>) -> T {
 fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    // Buffered: the writer thread writes each batch of queued lines in one go.
+    let stderr = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking(stderr);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
@@ -307,3 +313,6 @@ fn main() -> anyhow::Result<()> {
         }
     }
 }
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

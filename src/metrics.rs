@@ -44,6 +44,7 @@ pub struct Metrics {
     pub storage_objects: IntGauge,
     pub storage_bytes: IntGauge,
     pub storage_quota_bytes: IntGauge,
+    pub crate_memory_bytes: IntGauge,
     pub index_files: IntGauge,
     activity: Mutex<Activity>,
     started_ms: u64,
@@ -239,6 +240,11 @@ impl Metrics {
             ),
             storage_objects: gauge(&r, "crate_mirror_storage_objects", "Crate files in local storage."),
             storage_bytes: gauge(&r, "crate_mirror_storage_bytes", "Bytes of crate files in local storage."),
+            crate_memory_bytes: gauge(
+                &r,
+                "crate_mirror_crate_memory_bytes",
+                "Bytes of hot crate files held in memory.",
+            ),
             storage_quota_bytes: gauge(
                 &r,
                 "crate_mirror_storage_quota_bytes",

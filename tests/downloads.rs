@@ -297,3 +297,36 @@ async fn an_upstream_error_on_a_miss_is_a_gateway_error_and_stores_nothing() {
     let response = fetch(&download_url(&mirror, "serde-like", "1.0.0")).await;
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+/// Hot crates are served from memory: once read, a crate file removed from
+/// disk behind the mirror's back is still served, whole and unchanged, without
+/// asking the upstream; with `crate-cache-size 0` the same removal is a miss.
+#[tokio::test]
+async fn hot_crates_are_served_from_memory() {
+    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
+    let expected = tarball("serde-like", "1.0.0");
+    let key = "crates/se/rd/serde-like/serde-like-1.0.0.crate";
+    for (args, from_memory) in [(&[][..], true), (&["--crate-cache-size", "0"][..], false)] {
+        let mirror = Mirror::start(&upstream.url, args);
+        let url = download_url(&mirror, "serde-like", "1.0.0");
+        let fetches_before = upstream.count("/dl/serde-like/1.0.0/download");
+        assert_eq!(fetch(&url).await.bytes().await.unwrap(), expected);
+        // The first hit reads the file (and keeps it when the cache is on).
+        let hit = fetch(&url).await;
+        assert_eq!(hit.headers()["x-cache"], "HIT");
+        assert_eq!(hit.bytes().await.unwrap(), expected);
+        let storage = &mirror.stats().await["storage"];
+        assert_eq!(storage["memory_files"].as_u64().is_some(), from_memory);
+
+        for file in mirror.stored_files(key) {
+            std::fs::remove_file(file).unwrap();
+        }
+        let after = fetch(&url).await;
+        assert_eq!(after.status(), StatusCode::OK);
+        let expected_cache = if from_memory { "HIT" } else { "MISS" };
+        assert_eq!(after.headers()["x-cache"], expected_cache);
+        assert_eq!(after.bytes().await.unwrap(), expected);
+        let refetched = upstream.count("/dl/serde-like/1.0.0/download") - fetches_before;
+        assert_eq!(refetched, if from_memory { 1 } else { 2 });
+    }
+}

@@ -2,6 +2,7 @@
 //! domain services and their results into responses, nothing more.
 
 mod auth;
+mod body;
 mod dashboard;
 mod error;
 mod git;
@@ -23,7 +24,9 @@ use crate::index::path::{decode_segment, parse_index_path, CrateName, CrateVersi
 use crate::AppState;
 
 /// Response header telling how the mirror answered (HIT, MISS, STALE, ...).
-pub const X_CACHE: &str = "x-cache";
+pub const X_CACHE: header::HeaderName = header::HeaderName::from_static("x-cache");
+/// The Content-Type of index files (a constant: no parsing per response).
+const INDEX_CONTENT_TYPE: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     let get_or_head = || guard::Any(guard::Get()).or(guard::Head());
@@ -130,7 +133,7 @@ fn config_json(req: &HttpRequest, state: &AppState) -> HttpResponse {
 /// The response for an index lookup (public for the hot-path benchmarks).
 pub fn index_response(req: &HttpRequest, lookup: IndexLookup) -> HttpResponse {
     let entry = &lookup.entry;
-    let cache = (X_CACHE, lookup.outcome.as_str());
+    let cache = (X_CACHE, HeaderValue::from_static(lookup.outcome.as_str()));
     if !entry.is_found() {
         let status = actix_web::http::StatusCode::from_u16(entry.status)
             .unwrap_or(actix_web::http::StatusCode::NOT_FOUND);
@@ -149,17 +152,17 @@ pub fn index_response(req: &HttpRequest, lookup: IndexLookup) -> HttpResponse {
         .insert_header(cache)
         .insert_header((header::ETAG, entry.etag.as_str()))
         .insert_header((header::LAST_MODIFIED, entry.last_modified.as_str()))
-        .insert_header((header::VARY, "Accept-Encoding"));
+        .insert_header((header::VARY, HeaderValue::from_static("Accept-Encoding")));
     if not_modified {
         return response.finish();
     }
-    response.content_type("text/plain; charset=utf-8");
+    response.insert_header((header::CONTENT_TYPE, INDEX_CONTENT_TYPE));
     if accepts_gzip(req.headers()) {
         response
-            .insert_header((header::CONTENT_ENCODING, "gzip"))
-            .body(entry.gzip_body().clone())
+            .insert_header((header::CONTENT_ENCODING, HeaderValue::from_static("gzip")))
+            .body(body::SlicedBody::new(entry.gzip_body().clone()))
     } else {
-        response.body(entry.body.clone())
+        response.body(body::SlicedBody::new(entry.body.clone()))
     }
 }
 
@@ -243,10 +246,7 @@ async fn download(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     response
         .content_type("application/gzip")
         .insert_header((X_CACHE, outcome.as_str()));
-    Ok(match len {
-        Some(len) => response.no_chunking(len).streaming(body),
-        None => response.streaming(body),
-    })
+    Ok(response.body(body::SlicedBody::stream(len, body)))
 }
 
 /// Longest request target (path and query) accepted; real ones are under 200 bytes.
@@ -307,7 +307,9 @@ pub async fn access_log<B: MessageBody>(
     let started = Instant::now();
     let method = req.method().clone();
     let version = req.version();
-    let path = req.path().to_string();
+    // The Uri shares the request's buffer: cloning it copies no path bytes.
+    let uri = req.uri().clone();
+    let path = uri.path();
     let state = req.app_data::<web::Data<AppState>>().cloned();
     let response = next.call(req).await?;
     let status = response.status();
@@ -316,10 +318,9 @@ pub async fn access_log<B: MessageBody>(
         .headers()
         .get(X_CACHE)
         .and_then(|v: &HeaderValue| v.to_str().ok())
-        .unwrap_or("-")
-        .to_string();
+        .unwrap_or("-");
     if let Some(state) = state {
-        let route = route_of(&path);
+        let route = route_of(path);
         let metrics = &state.metrics;
         metrics
             .http_requests

@@ -314,7 +314,11 @@ impl CrateStore for LocalStore {
         } else {
             Box::pin(ReaderStream::with_capacity(file, READ_CHUNK))
         };
-        Ok(Some(StoredObject { len, body }))
+        Ok(Some(StoredObject {
+            len,
+            body,
+            from_memory: false,
+        }))
     }
 
     async fn commit(&self, key: &str, verified: &Path) -> Result<(), StorageError> {

@@ -3,6 +3,7 @@
 //! nothing partial or unverified is readable under a final key.
 
 pub mod local;
+pub mod memory;
 pub mod s3;
 
 use std::path::Path;
@@ -36,6 +37,8 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>
 pub struct StoredObject {
     pub len: u64,
     pub body: ByteStream,
+    /// Served from the in-memory cache of hot files (`memory::MemoryCachedStore`).
+    pub from_memory: bool,
 }
 
 #[async_trait::async_trait]

@@ -74,6 +74,7 @@ impl CrateStore for S3Store {
             Ok(result) => Ok(Some(StoredObject {
                 len: result.meta.size,
                 body: result.into_stream().map_err(std::io::Error::other).boxed(),
+                from_memory: false,
             })),
             Err(err) if is_not_found(&err) => Ok(None),
             Err(err) => Err(err.into()),

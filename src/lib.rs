@@ -3,6 +3,7 @@
 //! The crate is a library (the domain services and the HTTP surface) with a thin
 //! binary in `main.rs`. `AppState` wires the services together for one data dir.
 
+pub mod access_log;
 pub mod auth;
 pub mod commands;
 pub mod config;

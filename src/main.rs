@@ -219,6 +219,10 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
     // Buffered: the writer thread writes each batch of queued lines in one go.
     let stderr = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
     let (writer, guard) = tracing_appender::non_blocking(stderr);
+    crate_mirror::access_log::install(
+        format,
+        crate_mirror::access_log::writer_sink(writer.clone()),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

@@ -299,6 +299,18 @@ fn route_of(path: &str) -> &'static str {
     }
 }
 
+fn version_str(version: actix_web::http::Version) -> &'static str {
+    use actix_web::http::Version;
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/?",
+    }
+}
+
 /// Counts every request into the metrics and writes one structured log line.
 pub async fn access_log<B: MessageBody>(
     req: ServiceRequest,
@@ -342,15 +354,14 @@ pub async fn access_log<B: MessageBody>(
             metrics.record_error(format!("{method} {path}"), status.as_str().to_string());
         }
     }
-    tracing::info!(
-        target: "crate_mirror::access",
-        method = %method,
-        path = %path,
-        version = ?version,
-        status = status.as_u16(),
-        latency_ms = elapsed.as_secs_f64() * 1000.0,
-        cache = %cache,
-    );
+    crate::access_log::log(&crate::access_log::AccessRecord {
+        method: method.as_str(),
+        path,
+        version: version_str(version),
+        status: status.as_u16(),
+        latency: elapsed,
+        cache,
+    });
     Ok(response)
 }
 

@@ -104,6 +104,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("tls-key", "(none)", "PEM private key for tls-cert"),
     ("auth-tokens", "(none: public)", "comma-separated token hashes (`sha256:HEX`, from `crate-mirror token`); any makes the mirror private"),
     ("metrics-tokens", "(none: open)", "token hashes that /metrics and /api/stats require"),
+    ("workers", "(one per CPU)", "threads that serve HTTP, each with its own connections"),
     ("max-connections", "4096", "concurrent client connections per worker"),
     ("upstream-concurrency", "64", "concurrent requests to the upstream"),
     ("shutdown-timeout", "30", "seconds in-flight requests get to finish after SIGTERM"),
@@ -179,6 +180,8 @@ pub struct Config {
     /// Client tokens; non-empty makes the mirror private.
     pub auth_tokens: TokenSet,
     pub metrics_tokens: TokenSet,
+    /// HTTP worker threads; `None`: one per CPU.
+    pub workers: Option<usize>,
     pub max_connections: usize,
     pub upstream_concurrency: usize,
     pub shutdown_timeout: Duration,
@@ -367,6 +370,7 @@ impl RawSettings {
             git_rebuild_delay: self.required("git-rebuild-delay", "2", parse_seconds)?,
             auth_tokens: self.required("auth-tokens", "", parse_token_hashes)?,
             metrics_tokens: self.required("metrics-tokens", "", parse_token_hashes)?,
+            workers: self.parse("workers", None, parse_count)?,
             max_connections: self.required("max-connections", "4096", parse_count)?,
             upstream_concurrency: self.required("upstream-concurrency", "64", parse_count)?,
             shutdown_timeout: self.required("shutdown-timeout", "30", parse_seconds)?,

@@ -369,6 +369,9 @@ pub async fn serve(
             .wrap(actix_web::middleware::from_fn(http::access_log))
             .configure(http::routes)
     })
+    .workers(config.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    }))
     .max_connections(config.max_connections)
     .shutdown_timeout(config.shutdown_timeout.as_secs())
     // A client must send its request head within this; slow-loris guard.

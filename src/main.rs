@@ -115,6 +115,9 @@ struct SettingsArgs {
     /// Token hashes required by /metrics and /api/stats [default: open].
     #[arg(long, value_name = "HASHES")]
     metrics_tokens: Option<String>,
+    /// Threads that serve HTTP [default: one per CPU].
+    #[arg(long, value_name = "N")]
+    workers: Option<String>,
     /// Concurrent client connections per worker [default: 4096].
     #[arg(long, value_name = "N")]
     max_connections: Option<String>,
@@ -168,6 +171,7 @@ impl SettingsArgs {
             ("git-rebuild-delay", self.git_rebuild_delay.clone()),
             ("auth-tokens", self.auth_tokens.clone()),
             ("metrics-tokens", self.metrics_tokens.clone()),
+            ("workers", self.workers.clone()),
             ("max-connections", self.max_connections.clone()),
             ("upstream-concurrency", self.upstream_concurrency.clone()),
             ("shutdown-timeout", self.shutdown_timeout.clone()),

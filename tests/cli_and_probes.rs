@@ -174,3 +174,27 @@ async fn health_and_readiness() {
     assert_eq!(report["data_dir_writable"], true);
     assert_eq!(report["database_open"], true);
 }
+
+/// `workers` sets how many threads serve HTTP (actix names them `actix-rt|system…`).
+#[tokio::test]
+async fn workers_sets_the_number_of_http_threads() {
+    let upstream = TestUpstream::start(&[CrateSpec::new("a", "1.0.0")], DlStyle::Plain);
+    for workers in [1, 3] {
+        let mirror = Mirror::start(&upstream.url, &["--workers", &workers.to_string()]);
+        let health = client()
+            .get(format!("{}/health", mirror.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status(), 200);
+        let threads = std::fs::read_dir(format!("/proc/{}/task", mirror.pid()))
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.starts_with("actix-rt|system"))
+            .count();
+        assert_eq!(
+            threads, workers,
+            "HTTP worker threads with --workers {workers}"
+        );
+    }
+}

@@ -142,6 +142,10 @@ impl Mirror {
         format!("{}/index/", self.url)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

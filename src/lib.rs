@@ -373,6 +373,7 @@ pub async fn serve(
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     }))
     .max_connections(config.max_connections)
+    .h1_write_buffer_size(http::WRITE_BUFFER)
     .shutdown_timeout(config.shutdown_timeout.as_secs())
     // A client must send its request head within this; slow-loris guard.
     .client_request_timeout(std::time::Duration::from_secs(10));

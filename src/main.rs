@@ -322,5 +322,6 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -3,8 +3,8 @@
 //! actix copies every body chunk into its per-connection write buffer before the
 //! socket write. A large body sent as one chunk grows that buffer to the body's
 //! size (and actix frees it again after the response), and copies it out of the
-//! CPU cache twice; slices of the write buffer's size keep the buffer small and
-//! the copies cache-warm. Slicing a `Bytes` only bumps a reference count.
+//! CPU cache twice; small slices keep the buffer bounded and the copies
+//! cache-warm. Slicing a `Bytes` only bumps a reference count.
 
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -18,6 +18,13 @@ use crate::storage::ByteStream;
 /// The slice size. Measured with `benches/versus_nginx.rs` on identity index
 /// hits: 16 KiB slices beat 32 and 64 KiB and whole bodies.
 pub const SLICE: usize = 16 * 1024;
+
+/// The HTTP/1 write buffer: actix fills it with slices until it holds this
+/// much, then writes it to the socket, so bigger means fewer `send` calls. But
+/// actix frees a buffer whose capacity grew past 128 KiB after each response,
+/// and the buffer can hold up to this plus one slice plus a response head:
+/// 112 KiB is the largest that never crosses that line.
+pub const WRITE_BUFFER: usize = 112 * 1024;
 
 /// A body sent in `SLICE`-sized pieces: one shared buffer, or a stream whose
 /// chunks (whole files read from disk, 256 KiB reads) are cut up as they come.

@@ -16,6 +16,7 @@ use actix_web::http::Method;
 use actix_web::{guard, web, HttpRequest, HttpResponse};
 
 pub use auth::require_token;
+pub use body::WRITE_BUFFER;
 pub use error::ApiError;
 
 use crate::crates::CrateDownload;

@@ -181,7 +181,10 @@ async fn workers_sets_the_number_of_http_threads() {
     let upstream = TestUpstream::start(&[CrateSpec::new("a", "1.0.0")], DlStyle::Plain);
     for workers in [1, 3] {
         let mirror = Mirror::start(&upstream.url, &["--workers", &workers.to_string()]);
-        assert!(mirror.stats().await["requests"].is_object(), "the mirror serves");
+        assert!(
+            mirror.stats().await["requests"].is_object(),
+            "the mirror serves"
+        );
         let threads = std::fs::read_dir(format!("/proc/{}/task", mirror.pid()))
             .unwrap()
             .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())

@@ -66,17 +66,23 @@ impl MemoryCachedStore {
     }
 }
 
-/// Reads a whole stored object into one buffer; `None` when its length is not
-/// the one the store announced (then it is served as it is, but not kept).
-async fn collect(object: &mut StoredObject) -> Result<Option<Bytes>, StorageError> {
+/// Reads a whole stored object into one buffer, refusing one whose length is
+/// not the one the store announced (it changed while it was read): the client
+/// then sees an error rather than a body of the wrong length.
+async fn collect(key: &str, mut object: StoredObject) -> Result<Bytes, StorageError> {
     let mut buffer = BytesMut::with_capacity(object.len as usize);
     while let Some(chunk) = object.body.next().await {
         buffer.extend_from_slice(&chunk?);
         if buffer.len() as u64 > object.len {
-            return Ok(None);
+            break;
         }
     }
-    Ok((buffer.len() as u64 == object.len).then(|| buffer.freeze()))
+    if buffer.len() as u64 != object.len {
+        return Err(StorageError::Io(std::io::Error::other(format!(
+            "{key} changed while it was read"
+        ))));
+    }
+    Ok(buffer.freeze())
 }
 
 #[async_trait::async_trait]
@@ -85,26 +91,26 @@ impl CrateStore for MemoryCachedStore {
         if let Some(bytes) = self.cache.get(key).await {
             return Ok(Some(Self::from_memory(bytes)));
         }
-        let Some(mut object) = self.inner.get(key).await? else {
+        let Some(object) = self.inner.get(key).await? else {
             return Ok(None);
         };
         if object.len > self.max_item {
             return Ok(Some(object));
         }
-        match collect(&mut object).await? {
-            Some(bytes) => {
-                self.cache.insert(key.to_string(), bytes.clone()).await;
-                Ok(Some(StoredObject {
-                    from_memory: false,
-                    ..Self::from_memory(bytes)
-                }))
-            }
-            // The file changed under us: let the client see an error rather
-            // than a body of the wrong length.
-            None => Err(StorageError::Io(std::io::Error::other(format!(
-                "{key} changed while it was read"
-            )))),
-        }
+        // Clients asking for the same file at once wait for one read of it
+        // (the others' handles are dropped unread), so a burst of requests for
+        // a file not yet in memory holds one copy, not one per client.
+        let entry = self
+            .cache
+            .entry(key.to_string())
+            .or_try_insert_with(collect(key, object))
+            .await
+            .map_err(|err| StorageError::Io(std::io::Error::other(err.to_string())))?;
+        let from_memory = !entry.is_fresh();
+        Ok(Some(StoredObject {
+            from_memory,
+            ..Self::from_memory(entry.into_value())
+        }))
     }
 
     async fn commit(&self, key: &str, verified: &Path) -> Result<(), StorageError> {
@@ -202,6 +208,18 @@ mod tests {
             assert_eq!((body.len(), from_memory), (9 << 10, false));
         }
         assert_eq!(fixture.files_in_memory().await, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn clients_asking_at_once_share_one_read() {
+        let fixture = Fixture::new(8 << 20);
+        let key = "crates/3/d/def/def-1.0.0.crate";
+        let bytes: Vec<u8> = (0..(600 << 10)).map(|i| (i % 253) as u8).collect();
+        fixture.commit(key, &bytes).await;
+        let reads = futures_util::future::join_all((0..16).map(|_| fixture.read(key))).await;
+        assert!(reads.iter().all(|(body, _)| *body == bytes));
+        let loaded = reads.iter().filter(|(_, from_memory)| !from_memory).count();
+        assert_eq!(loaded, 1, "one read of the file, the rest from memory");
     }
 
     #[tokio::test]

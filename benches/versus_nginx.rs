@@ -63,7 +63,9 @@ use sha2::{Digest, Sha256};
 
 use common::registry::{self, CrateSpec, Dep};
 use common::upstream::{DlStyle, TestUpstream};
-use support::{build_mirror_binary, download_path, fail, index_path, MirrorProcess};
+use support::{
+    build_mirror_binary, download_path, fail, index_path, MirrorProcess, WARM_CONCURRENCY,
+};
 
 /// Index files served from the upstream (besides those of the download crates).
 const INDEX_FILES: usize = 600;
@@ -87,7 +89,6 @@ const UPSTREAM_DELAY_MS: u64 = 50;
 /// measurement, so that a 30 MiB body takes several seconds to arrive.
 const CHUNK_DELAY_MS: u64 = 2;
 /// Concurrency of the warm-up fetches.
-const WARM_CONCURRENCY: usize = 32;
 /// Per-request timeout of the warm-up and MISS fetches (not of wrk).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// wrk's own per-request timeout: a slower response counts as an error.
@@ -585,15 +586,9 @@ fn upstream_addr(upstream: &TestUpstream) -> SocketAddr {
 // Warming
 // ---------------------------------------------------------------------------
 
-/// An HTTP client with no proxy (all traffic is loopback) and raw bodies (so
-/// gzip'd bodies are read as sent).
+/// An HTTP client with no proxy and raw bodies, pooled for warming.
 fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .gzip(false)
-        .pool_max_idle_per_host(WARM_CONCURRENCY)
-        .build()
-        .expect("build the HTTP client")
+    support::http_client(WARM_CONCURRENCY)
 }
 
 /// GETs every path once, `WARM_CONCURRENCY` at a time; the errors.
@@ -603,32 +598,9 @@ async fn fetch_all(
     paths: &[String],
     gzip: bool,
 ) -> Vec<String> {
-    futures_util::stream::iter(paths)
-        .map(|path| async move {
-            let url = format!("{base}{path}");
-            let mut request = client.get(&url).timeout(REQUEST_TIMEOUT);
-            if gzip {
-                request = request.header(ACCEPT_ENCODING, "gzip");
-            }
-            let response = request
-                .send()
-                .await
-                .map_err(|e| format!("GET {url}: {e}"))?;
-            let status = response.status();
-            response
-                .bytes()
-                .await
-                .map_err(|e| format!("GET {url}: body: {e}"))?;
-            if status.is_success() {
-                Ok(())
-            } else {
-                Err(format!("GET {url}: HTTP {status}"))
-            }
-        })
-        .buffer_unordered(WARM_CONCURRENCY)
-        .filter_map(|result: Result<(), String>| async move { result.err() })
-        .collect()
+    support::fetch_all(client, base, paths, gzip, REQUEST_TIMEOUT)
         .await
+        .1
 }
 
 /// Fetches every index file (plain and gzip'd, so that the mirror has

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use futures_util::StreamExt;
+
 pub fn fail(message: &str) -> ! {
     eprintln!("bench: {message}");
     std::process::exit(2);
@@ -156,4 +158,74 @@ pub fn index_path(name: &str) -> String {
 
 pub fn download_path(name: &str, version: &str) -> String {
     format!("/api/v1/crates/{name}/{version}/download")
+}
+
+/// One GET, reading the whole body. Any transport error or non-2xx is an error.
+pub async fn fetch_body(
+    client: &reqwest::Client,
+    url: &str,
+    gzip: bool,
+    timeout: Duration,
+) -> Result<usize, String> {
+    let mut request = client.get(url).timeout(timeout);
+    if gzip {
+        // As cargo does for the sparse index.
+        request = request.header(reqwest::header::ACCEPT_ENCODING, "gzip");
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| format!("GET {url}: body: {e}"))?;
+    if !status.is_success() {
+        return Err(format!("GET {url}: HTTP {status}"));
+    }
+    Ok(body.len())
+}
+
+/// Requests at a time when warming a server or filling a cache.
+pub const WARM_CONCURRENCY: usize = 32;
+
+/// An HTTP client with no proxy (all traffic is loopback), raw bodies (so
+/// gzip'd index files are read as sent) and an idle pool big enough for every
+/// client to keep its connection.
+pub fn http_client(pool: usize) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .gzip(false)
+        .pool_max_idle_per_host(pool)
+        .build()
+        .expect("build the HTTP client")
+}
+
+/// Fetches every path once, `WARM_CONCURRENCY` at a time; returns the body bytes
+/// and the errors.
+pub async fn fetch_all(
+    client: &reqwest::Client,
+    base: &str,
+    paths: &[String],
+    gzip: bool,
+    timeout: Duration,
+) -> (u64, Vec<String>) {
+    let results: Vec<Result<usize, String>> = futures_util::stream::iter(paths)
+        .map(|path| {
+            let url = format!("{base}{path}");
+            async move { fetch_body(client, &url, gzip, timeout).await }
+        })
+        .buffer_unordered(WARM_CONCURRENCY)
+        .collect()
+        .await;
+    let mut bytes = 0;
+    let mut errors = Vec::new();
+    for result in results {
+        match result {
+            Ok(len) => bytes += len as u64,
+            Err(e) => errors.push(e),
+        }
+    }
+    (bytes, errors)
 }

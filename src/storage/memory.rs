@@ -9,7 +9,8 @@
 //! Only what the wrapped store returned is cached, and stores only hold verified
 //! files, so memory never holds anything that was not verified. Entries live at
 //! most `TIME_TO_LIVE`, so a file that `verify` replaces on disk beside a
-//! running mirror is read again soon.
+//! running mirror is read again soon, and a hot file is read from the local
+//! store (which records the access for its LRU eviction) at least that often.
 
 use std::path::Path;
 use std::sync::Arc;

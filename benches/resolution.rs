@@ -74,16 +74,8 @@ fn stats(url: &str) -> serde_json::Value {
         .enable_all()
         .build()
         .expect("runtime");
-    runtime.block_on(async {
-        reqwest::Client::new()
-            .get(format!("{url}/api/stats"))
-            .send()
-            .await
-            .expect("stats")
-            .json()
-            .await
-            .expect("stats json")
-    })
+    runtime
+        .block_on(async { common::json_of(common::client().get(format!("{url}/api/stats"))).await })
 }
 
 fn median(mut times: Vec<Duration>) -> Duration {

@@ -53,8 +53,7 @@ use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -64,7 +63,8 @@ use sha2::{Digest, Sha256};
 use common::registry::{self, CrateSpec, Dep};
 use common::upstream::{DlStyle, TestUpstream};
 use support::{
-    build_mirror_binary, download_path, fail, index_path, MirrorProcess, WARM_CONCURRENCY,
+    build_mirror_binary, download_path, fail, index_path, Flags, MirrorProcess, PeakSampler,
+    WARM_CONCURRENCY,
 };
 
 /// Index files served from the upstream (besides those of the download crates).
@@ -94,7 +94,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// wrk's own per-request timeout: a slower response counts as an error.
 const WRK_TIMEOUT_S: u64 = 10;
 /// How often the servers' memory is sampled during a run.
-const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 /// The mirror's version line, for the report.
 const MIRROR_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -135,45 +134,27 @@ fn parse_options() -> Options {
         scenarios: Scenario::ALL.to_vec(),
         rounds: 3,
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        // Accept both `--flag value` and `--flag=value`.
-        let (flag, inline) = match arg.split_once('=') {
-            Some((flag, value)) => (flag.to_string(), Some(value.to_string())),
-            None => (arg.clone(), None),
-        };
-        let mut text = |name: &str| -> String {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .unwrap_or_else(|| fail(&format!("{name} needs a value")))
-        };
-        let number = |name: &str, raw: String| -> u64 {
-            raw.parse()
-                .unwrap_or_else(|_| fail(&format!("{name}: not a whole number: {raw}")))
-        };
+    let mut flags = Flags::from_env();
+    while let Some(flag) = flags.next_flag() {
         match flag.as_str() {
-            "--duration" => {
-                let secs = number("--duration", text("--duration")).max(1);
-                options.duration = Duration::from_secs(secs);
-            }
-            "--connections" => {
-                options.connections = number("--connections", text("--connections")).max(1) as usize
-            }
-            "--threads" => options.threads = number("--threads", text("--threads")).max(1) as usize,
+            "--duration" => options.duration = Duration::from_secs(flags.count("--duration")),
+            "--connections" => options.connections = flags.count("--connections") as usize,
+            "--threads" => options.threads = flags.count("--threads") as usize,
             "--nginx-workers" => {
-                let workers = number("--nginx-workers", text("--nginx-workers")).max(1);
-                options.nginx_workers = Some(workers as usize);
+                options.nginx_workers = Some(flags.count("--nginx-workers") as usize)
             }
             "--mirror-binary" => {
-                options.mirror_binary = Some(PathBuf::from(text("--mirror-binary")))
+                options.mirror_binary = Some(PathBuf::from(flags.text("--mirror-binary")))
             }
-            "--results" => options.results = PathBuf::from(text("--results")),
+            "--results" => options.results = PathBuf::from(flags.text("--results")),
             "--no-ttfb" => options.ttfb = false,
-            "--rounds" => options.rounds = number("--rounds", text("--rounds")).max(1) as usize,
-            "--nginx-template" => options.nginx_template = PathBuf::from(text("--nginx-template")),
+            "--rounds" => options.rounds = flags.count("--rounds") as usize,
+            "--nginx-template" => {
+                options.nginx_template = PathBuf::from(flags.text("--nginx-template"))
+            }
             "--scenarios" => {
-                options.scenarios = text("--scenarios")
+                options.scenarios = flags
+                    .text("--scenarios")
                     .split(',')
                     .map(|name| {
                         Scenario::from_name(name).unwrap_or_else(|| {
@@ -182,8 +163,6 @@ fn parse_options() -> Options {
                     })
                     .collect()
             }
-            // cargo passes `--bench` to every `harness = false` bench.
-            "--bench" => {}
             other => eprintln!("versus_nginx: ignoring unknown argument {other:?}"),
         }
     }
@@ -388,43 +367,6 @@ fn pss_kib(pids: &[u32]) -> u64 {
             })
         })
         .sum()
-}
-
-/// Samples the PSS of a set of processes on its own thread and keeps the peak.
-struct PssSampler {
-    stop: Arc<AtomicBool>,
-    peak: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl PssSampler {
-    fn start(pids: Vec<u32>) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let peak = Arc::new(AtomicU64::new(0));
-        let thread = {
-            let (stop, peak) = (stop.clone(), peak.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    peak.fetch_max(pss_kib(&pids), Ordering::SeqCst);
-                    std::thread::sleep(SAMPLE_EVERY);
-                }
-            })
-        };
-        PssSampler {
-            stop,
-            peak,
-            thread: Some(thread),
-        }
-    }
-
-    /// Stops sampling; the peak PSS in KiB.
-    fn finish(mut self) -> u64 {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-        self.peak.load(Ordering::SeqCst)
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -968,7 +910,10 @@ fn load_runs(
         ));
         let upstream_before = upstream.total_requests();
         let ticks_before = cpu_ticks(pids);
-        let sampler = PssSampler::start(pids.to_vec());
+        let sampler = {
+            let pids = pids.to_vec();
+            PeakSampler::start(move || Some(pss_kib(&pids)))
+        };
         let gzip = scenario == Scenario::IndexGzip;
         let (wrk, raw) = run_wrk(base, files.for_scenario(scenario), gzip, options);
         let peak_pss_kib = sampler.finish();

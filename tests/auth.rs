@@ -7,10 +7,10 @@ use std::path::Path;
 use std::process::Command;
 
 use common::cargo::project;
-use common::client;
 use common::mirror::Mirror;
 use common::registry::{graph_project_manifest, graph_registry};
 use common::upstream::{DlStyle, TestUpstream};
+use common::{client, json_of};
 use reqwest::StatusCode;
 
 /// A new token and its hash, from `crate-mirror token`.
@@ -142,15 +142,11 @@ async fn refusals_reveal_nothing_and_probes_stay_open() {
         challenge.headers()["www-authenticate"],
         format!("Cargo login_url=\"{}/\"", mirror.url).as_str()
     );
-    let config: serde_json::Value = http
-        .get(format!("{}config.json", mirror.index_url()))
-        .header("authorization", &token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let config = json_of(
+        http.get(format!("{}config.json", mirror.index_url()))
+            .header("authorization", &token),
+    )
+    .await;
     assert_eq!(config["auth-required"], true);
 
     // Cache abc with the token, then ask without or with a wrong one.

@@ -4,10 +4,10 @@ mod common;
 
 use std::process::Command;
 
-use common::client;
 use common::mirror::Mirror;
 use common::registry::CrateSpec;
 use common::upstream::{DlStyle, TestUpstream};
+use common::{client, json_of};
 
 fn mirror_command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_crate-mirror"));
@@ -96,14 +96,7 @@ async fn flags_beat_environment_beat_config_file() {
                 .strip_prefix("crate-mirror listening on ")
                 .unwrap()
                 .to_string();
-            let config: serde_json::Value = client()
-                .get(format!("{url}/index/config.json"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let config = json_of(client().get(format!("{url}/index/config.json"))).await;
             let _ = child.kill();
             let _ = child.wait();
             config["dl"].as_str().unwrap().to_string()

@@ -5,10 +5,10 @@ mod common;
 use std::io::Read;
 use std::time::Duration;
 
-use common::client;
 use common::mirror::Mirror;
 use common::registry::{publish, CrateSpec};
 use common::upstream::{DlStyle, TestUpstream};
+use common::{client, json_of};
 use reqwest::StatusCode;
 
 fn specs() -> Vec<CrateSpec> {
@@ -48,15 +48,12 @@ async fn config_json_points_dl_at_the_public_url_or_the_host() {
     assert!(config.get("auth-required").is_none());
 
     let by_host = Mirror::start(&upstream.url, &[]);
-    let config: serde_json::Value = client()
-        .get(format!("{}config.json", by_host.index_url()))
-        .header("host", "cache.example.com:9000")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let config = json_of(
+        client()
+            .get(format!("{}config.json", by_host.index_url()))
+            .header("host", "cache.example.com:9000"),
+    )
+    .await;
     assert_eq!(config["dl"], "http://cache.example.com:9000/api/v1/crates");
 }
 

@@ -12,6 +12,55 @@ pub fn fail(message: &str) -> ! {
     std::process::exit(2);
 }
 
+/// A bench's flags (after cargo's own `--bench`), as `--flag value` or
+/// `--flag=value`.
+pub struct Flags {
+    args: std::iter::Skip<std::env::Args>,
+    /// The value given with `=` to the flag just read.
+    inline: Option<String>,
+}
+
+impl Flags {
+    pub fn from_env() -> Self {
+        Self {
+            args: std::env::args().skip(1),
+            inline: None,
+        }
+    }
+
+    /// The next flag's name; cargo's `--bench` is skipped.
+    pub fn next_flag(&mut self) -> Option<String> {
+        loop {
+            let arg = self.args.next()?;
+            let (flag, inline) = match arg.split_once('=') {
+                Some((flag, value)) => (flag.to_string(), Some(value.to_string())),
+                None => (arg, None),
+            };
+            // cargo passes `--bench` to every `harness = false` bench.
+            if flag != "--bench" {
+                self.inline = inline;
+                return Some(flag);
+            }
+        }
+    }
+
+    /// The value of the flag `name` just read.
+    pub fn text(&mut self, name: &str) -> String {
+        self.inline
+            .take()
+            .or_else(|| self.args.next())
+            .unwrap_or_else(|| fail(&format!("{name} needs a value")))
+    }
+
+    /// The value of the flag `name` just read, a whole number of at least 1.
+    pub fn count(&mut self, name: &str) -> u64 {
+        let raw = self.text(name);
+        raw.parse::<u64>()
+            .unwrap_or_else(|_| fail(&format!("{name}: not a whole number: {raw}")))
+            .max(1)
+    }
+}
+
 /// Variables cargo sets for the bench process (besides `CARGO_PKG_*`) that
 /// must not leak into the nested `cargo build`.
 const BENCH_RUN_VARS: &[&str] = &[
@@ -228,4 +277,45 @@ pub async fn fetch_all(
         }
     }
     (bytes, errors)
+}
+
+/// Samples a figure (a process's memory) every quarter second on its own
+/// thread and keeps the peak, so the figure does not depend on the load
+/// generator's runtime being responsive.
+pub struct PeakSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl PeakSampler {
+    pub fn start(mut read: impl FnMut() -> Option<u64> + Send + 'static) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            loop {
+                let done = stopped.load(Ordering::SeqCst);
+                // The last reading is taken after the stop: growth since the
+                // previous tick counts too.
+                peak = peak.max(read().unwrap_or(0));
+                if done {
+                    return peak;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops sampling; the peak.
+    pub fn finish(mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread
+            .take()
+            .map_or(0, |thread| thread.join().unwrap_or(0))
+    }
 }

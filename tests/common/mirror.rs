@@ -125,13 +125,7 @@ impl Mirror {
         if let Some(value) = authorization {
             request = request.header("authorization", value);
         }
-        request
-            .send()
-            .await
-            .expect("stats")
-            .json()
-            .await
-            .expect("stats json")
+        super::json_of(request).await
     }
 
     pub fn git_url(&self) -> String {

@@ -17,3 +17,14 @@ pub fn client() -> reqwest::Client {
         .build()
         .expect("client")
 }
+
+/// Sends `request` and reads its body as JSON, failing the test on any error.
+pub async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON body")
+}

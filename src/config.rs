@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::auth::{parse_token_hash, TokenSet};
 use crate::prefetch::PrefetchPolicy;
+use crate::proxies::TrustedProxies;
 
 /// Where a setting's value came from, for error messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +104,10 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("tls-cert", "(none: plain HTTP)", "PEM certificate chain; with tls-key, serve HTTPS with HTTP/2"),
     ("tls-key", "(none)", "PEM private key for tls-cert"),
     ("auth-tokens", "(none: public)", "comma-separated token hashes (`sha256:HEX`, from `crate-mirror token`); any makes the mirror private"),
-    ("metrics-tokens", "(none: open)", "token hashes that /metrics and /api/stats require"),
+    ("metrics-tokens", "(none: open)", "token hashes that /metrics and /api/stats require (in private mode a client token works too)"),
+    ("trusted-proxies", "(none)", "addresses or CIDR blocks whose Forwarded / X-Forwarded-* headers are believed"),
+    ("revalidate-interval", "10", "seconds between forced index revalidations of one crate (a download naming a version the cached file lacks)"),
+    ("upstream-redirect-hosts", "(none)", "extra hosts upstream redirects may lead to, besides the index and `dl` hosts"),
     ("workers", "(one per CPU)", "threads that serve HTTP, each with its own connections"),
     ("max-connections", "4096", "concurrent client connections per worker"),
     ("upstream-concurrency", "64", "concurrent requests to the upstream"),
@@ -154,6 +158,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "false",
         "allow a plain-http endpoint (env `AWS_ALLOW_HTTP`)",
     ),
+    (
+        "s3-instance-credentials",
+        "false",
+        "take S3 credentials from the cloud instance's metadata service when no keys are set",
+    ),
 ];
 
 /// Validated settings for `serve` and the maintenance commands.
@@ -180,6 +189,12 @@ pub struct Config {
     /// Client tokens; non-empty makes the mirror private.
     pub auth_tokens: TokenSet,
     pub metrics_tokens: TokenSet,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: TrustedProxies,
+    /// At most one forced revalidation of a crate's index file per this.
+    pub revalidate_interval: Duration,
+    /// Hosts besides the upstream's own that its redirects may lead to.
+    pub upstream_redirect_hosts: Vec<String>,
     /// HTTP worker threads; `None`: one per CPU.
     pub workers: Option<usize>,
     pub max_connections: usize,
@@ -213,6 +228,8 @@ pub struct S3Config {
     pub allow_http: bool,
     /// Answer hits with a redirect to a presigned URL.
     pub redirect: bool,
+    /// Ask the instance metadata service for credentials when no keys are set.
+    pub instance_credentials: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -347,6 +364,13 @@ impl RawSettings {
                 "the git index needs --public-url: its config.json is fixed in the repository, not taken from each request's Host",
             ));
         }
+        let auth_tokens = self.required("auth-tokens", "", parse_token_hashes)?;
+        if !auth_tokens.is_empty() && public_url.is_none() {
+            return Err(self.invalid(
+                "auth-tokens",
+                "a private mirror needs --public-url: config.json tells cargo where to send its token, and that must not come from a request's Host header",
+            ));
+        }
         Ok(Config {
             listen: self.required("listen", "127.0.0.1:8080", |v| {
                 v.parse().map_err(|_| "expected ADDRESS:PORT".to_string())
@@ -368,8 +392,11 @@ impl RawSettings {
             storage: self.storage()?,
             git_index,
             git_rebuild_delay: self.required("git-rebuild-delay", "2", parse_seconds)?,
-            auth_tokens: self.required("auth-tokens", "", parse_token_hashes)?,
+            auth_tokens,
             metrics_tokens: self.required("metrics-tokens", "", parse_token_hashes)?,
+            trusted_proxies: self.required("trusted-proxies", "", TrustedProxies::parse)?,
+            revalidate_interval: self.required("revalidate-interval", "10", parse_seconds)?,
+            upstream_redirect_hosts: self.required("upstream-redirect-hosts", "", parse_hosts)?,
             workers: self.parse("workers", None, parse_count)?,
             max_connections: self.required("max-connections", "4096", parse_count)?,
             upstream_concurrency: self.required("upstream-concurrency", "64", parse_count)?,
@@ -461,6 +488,7 @@ impl RawSettings {
             })?,
             allow_http: self.required("aws-allow-http", "false", parse_bool)?,
             redirect,
+            instance_credentials: self.required("s3-instance-credentials", "false", parse_bool)?,
         }))
     }
 
@@ -487,6 +515,26 @@ fn parse_token_hashes(value: &str) -> Result<TokenSet, String> {
         .map(parse_token_hash)
         .collect::<Result<Vec<_>, _>>()
         .map(TokenSet::new)
+}
+
+/// `a.example.com, b.example.com:8443` → lowercase host names (with a port when given).
+fn parse_hosts(value: &str) -> Result<Vec<String>, String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(|host| {
+            let url = reqwest::Url::parse(&format!("http://{host}/"))
+                .map_err(|_| format!("{host:?} is not a host name"))?;
+            match url.host_str() {
+                Some(h) if url.path() == "/" && url.username().is_empty() => Ok(match url.port() {
+                    Some(port) => format!("{h}:{port}"),
+                    None => h.to_string(),
+                }),
+                _ => Err(format!("{host:?} is not a host name")),
+            }
+        })
+        .collect()
 }
 
 fn parse_count(value: &str) -> Result<usize, String> {

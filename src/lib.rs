@@ -13,6 +13,7 @@ pub mod http;
 pub mod index;
 pub mod metrics;
 pub mod prefetch;
+pub mod proxies;
 pub mod resilience;
 pub mod single_flight;
 pub mod storage;
@@ -89,6 +90,8 @@ pub struct AppState {
     storage_backend: &'static str,
     pub auth_tokens: auth::TokenSet,
     pub metrics_tokens: auth::TokenSet,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: proxies::TrustedProxies,
 }
 
 /// The answer of `/ready`.
@@ -214,6 +217,7 @@ impl AppState {
             metrics,
             auth_tokens: config.auth_tokens.clone(),
             metrics_tokens: config.metrics_tokens.clone(),
+            trusted_proxies: config.trusted_proxies.clone(),
             storage_backend: match config.storage {
                 StorageConfig::Local { .. } => "local",
                 StorageConfig::S3(_) => "s3",

@@ -115,6 +115,18 @@ struct SettingsArgs {
     /// Token hashes required by /metrics and /api/stats [default: open].
     #[arg(long, value_name = "HASHES")]
     metrics_tokens: Option<String>,
+    /// Addresses or CIDR blocks whose Forwarded / X-Forwarded-* headers are believed [default: none].
+    #[arg(long, value_name = "ADDRS")]
+    trusted_proxies: Option<String>,
+    /// Seconds between forced index revalidations of one crate [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    revalidate_interval: Option<String>,
+    /// Extra hosts upstream redirects may lead to, comma-separated [default: none].
+    #[arg(long, value_name = "HOSTS")]
+    upstream_redirect_hosts: Option<String>,
+    /// Take S3 credentials from the instance metadata service when no keys are set.
+    #[arg(long, value_name = "BOOL")]
+    s3_instance_credentials: Option<String>,
     /// Threads that serve HTTP [default: one per CPU].
     #[arg(long, value_name = "N")]
     workers: Option<String>,
@@ -171,6 +183,16 @@ impl SettingsArgs {
             ("git-rebuild-delay", self.git_rebuild_delay.clone()),
             ("auth-tokens", self.auth_tokens.clone()),
             ("metrics-tokens", self.metrics_tokens.clone()),
+            ("trusted-proxies", self.trusted_proxies.clone()),
+            ("revalidate-interval", self.revalidate_interval.clone()),
+            (
+                "upstream-redirect-hosts",
+                self.upstream_redirect_hosts.clone(),
+            ),
+            (
+                "s3-instance-credentials",
+                self.s3_instance_credentials.clone(),
+            ),
             ("workers", self.workers.clone()),
             ("max-connections", self.max_connections.clone()),
             ("upstream-concurrency", self.upstream_concurrency.clone()),

@@ -2,6 +2,10 @@
 //! (`crate-mirror token` makes one), so the mirror's configuration never holds a
 //! usable secret; a presented token is hashed and compared in constant time
 //! against every configured hash.
+//!
+//! [`AccessPolicy`] decides, for the kind of route a request matched, whether
+//! its credentials open it. The HTTP layer attaches the kind to each scope and
+//! resource, so the decision always follows the router, never a parse of its own.
 
 use sha2::{Digest, Sha256};
 
@@ -16,6 +20,78 @@ pub enum AuthCheck {
     Missing,
     /// Credentials were sent and are wrong.
     Denied,
+}
+
+/// What a route holds, and so which tokens open it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protected {
+    /// Index files and downloads: client tokens.
+    Registry,
+    /// The git index: client tokens, sent by git as Basic credentials.
+    Git,
+    /// `/metrics`: metrics tokens when set, else client tokens when private.
+    Metrics,
+    /// `/api/stats` (top crate names): a metrics token or, when private, a client token.
+    Stats,
+}
+
+/// The answer for one request on a protected route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Granted,
+    /// No usable credentials: 401 with a challenge, so the client can supply some.
+    Challenge,
+    /// A valid token without the right to this route: 403.
+    Forbidden,
+}
+
+/// Client and metrics tokens, and what each opens.
+#[derive(Debug, Clone, Default)]
+pub struct AccessPolicy {
+    pub clients: TokenSet,
+    pub metrics: TokenSet,
+}
+
+impl AccessPolicy {
+    /// Whether the mirror is private (any client token configured).
+    pub fn is_private(&self) -> bool {
+        !self.clients.is_empty()
+    }
+
+    /// Decides on a request to `route` carrying `authorization`. A wrong token
+    /// is a challenge like a missing one: cargo shows its login hint only on 401.
+    pub fn decide(&self, route: Protected, authorization: Option<&[u8]>) -> Decision {
+        let granted = |set: &TokenSet| set.check(authorization) == AuthCheck::Granted;
+        let challenge_unless = |open: bool| {
+            if open {
+                Decision::Granted
+            } else {
+                Decision::Challenge
+            }
+        };
+        match route {
+            Protected::Registry | Protected::Git => {
+                challenge_unless(self.clients.is_empty() || granted(&self.clients))
+            }
+            Protected::Metrics if !self.metrics.is_empty() => {
+                if granted(&self.metrics) {
+                    Decision::Granted
+                } else if self.is_private() && granted(&self.clients) {
+                    Decision::Forbidden
+                } else {
+                    Decision::Challenge
+                }
+            }
+            Protected::Metrics => {
+                challenge_unless(self.clients.is_empty() || granted(&self.clients))
+            }
+            Protected::Stats => challenge_unless(
+                (self.clients.is_empty() && self.metrics.is_empty())
+                    || granted(&self.metrics)
+                    || granted(&self.clients),
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -152,6 +228,55 @@ mod tests {
         assert_eq!(set.check(Some(b"")), AuthCheck::Denied);
         assert_eq!(set.check(Some(b"\xff\xfe")), AuthCheck::Denied);
         assert_eq!(set.check(None), AuthCheck::Missing);
+    }
+
+    #[test]
+    fn each_route_kind_opens_to_its_tokens() {
+        use Decision::*;
+        use Protected::*;
+        let private = AccessPolicy {
+            clients: set_for("client"),
+            metrics: set_for("metrics"),
+        };
+        let client = Some(&b"client"[..]);
+        let metrics = Some(&b"Bearer metrics"[..]);
+        let wrong = Some(&b"wrong"[..]);
+        for route in [Registry, Git] {
+            assert_eq!(private.decide(route, client), Granted);
+            assert_eq!(private.decide(route, None), Challenge);
+            assert_eq!(private.decide(route, wrong), Challenge);
+            assert_eq!(private.decide(route, metrics), Challenge);
+        }
+        assert_eq!(private.decide(Metrics, metrics), Granted);
+        assert_eq!(private.decide(Metrics, client), Forbidden);
+        assert_eq!(private.decide(Metrics, wrong), Challenge);
+        assert_eq!(private.decide(Metrics, None), Challenge);
+        assert_eq!(private.decide(Stats, metrics), Granted);
+        assert_eq!(private.decide(Stats, client), Granted);
+        assert_eq!(private.decide(Stats, None), Challenge);
+
+        // Private without metrics tokens: client tokens open metrics and stats.
+        let clients_only = AccessPolicy {
+            clients: set_for("client"),
+            metrics: TokenSet::default(),
+        };
+        assert_eq!(clients_only.decide(Metrics, client), Granted);
+        assert_eq!(clients_only.decide(Metrics, None), Challenge);
+        assert_eq!(clients_only.decide(Stats, None), Challenge);
+
+        // Public with a metrics token: registry open, metrics and stats closed.
+        let public = AccessPolicy {
+            clients: TokenSet::default(),
+            metrics: set_for("metrics"),
+        };
+        assert_eq!(public.decide(Registry, None), Granted);
+        assert_eq!(public.decide(Metrics, None), Challenge);
+        assert_eq!(public.decide(Stats, wrong), Challenge);
+        assert_eq!(public.decide(Stats, metrics), Granted);
+        let open = AccessPolicy::default();
+        for route in [Registry, Git, Metrics, Stats] {
+            assert_eq!(open.decide(route, None), Granted);
+        }
     }
 
     #[test]

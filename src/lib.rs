@@ -88,8 +88,8 @@ pub struct AppState {
     git_rebuild_delay: std::time::Duration,
     pub metrics: Arc<Metrics>,
     storage_backend: &'static str,
-    pub auth_tokens: auth::TokenSet,
-    pub metrics_tokens: auth::TokenSet,
+    /// Which tokens open which routes.
+    pub access: auth::AccessPolicy,
     /// Peers whose forwarding headers are believed.
     pub trusted_proxies: proxies::TrustedProxies,
 }
@@ -215,8 +215,10 @@ impl AppState {
             git,
             git_rebuild_delay: config.git_rebuild_delay,
             metrics,
-            auth_tokens: config.auth_tokens.clone(),
-            metrics_tokens: config.metrics_tokens.clone(),
+            access: auth::AccessPolicy {
+                clients: config.auth_tokens.clone(),
+                metrics: config.metrics_tokens.clone(),
+            },
             trusted_proxies: config.trusted_proxies.clone(),
             storage_backend: match config.storage {
                 StorageConfig::Local { .. } => "local",
@@ -368,7 +370,6 @@ pub async fn serve(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(app_state.clone())
-            .wrap(actix_web::middleware::from_fn(http::require_token))
             .wrap(actix_web::middleware::from_fn(http::limit_request_size))
             .wrap(actix_web::middleware::from_fn(http::access_log))
             .configure(http::routes)

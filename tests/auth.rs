@@ -69,7 +69,7 @@ async fn cargo_with_a_token_resolves_and_without_one_gets_nothing() {
     assert_ne!(token, other_token);
     let upstream = TestUpstream::start(&graph_registry(), DlStyle::Plain);
     let tokens = format!("{hash},{other_hash}");
-    let mirror = Mirror::start(&upstream.url, &["--auth-tokens", &tokens]);
+    let mirror = Mirror::start_with_public_url(&upstream.url, &["--auth-tokens", &tokens]);
     let home = private_home(&mirror.index_url());
     let target = tempfile::tempdir().unwrap();
 
@@ -98,7 +98,9 @@ async fn cargo_with_a_token_resolves_and_without_one_gets_nothing() {
         String::from_utf8_lossy(&fetch.stderr)
     );
 
-    for (token, expected) in [(None, "401"), (Some("cmt_wrong"), "403")] {
+    // A wrong token is answered like a missing one (401 with the login hint):
+    // cargo prints its "please provide a token" help only on 401.
+    for (token, expected) in [(None, "401"), (Some("cmt_wrong"), "401")] {
         let fresh_home = private_home(&mirror.index_url());
         let app = project(&graph_project_manifest());
         let refused = cargo_with_token(fresh_home.path(), app.path(), target.path(), token);
@@ -165,9 +167,9 @@ async fn refusals_reveal_nothing_and_probes_stay_open() {
     for path in &paths {
         for (header, status) in [
             (None, StatusCode::UNAUTHORIZED),
-            (Some("cmt_wrong"), StatusCode::FORBIDDEN),
-            (Some(metrics_token.as_str()), StatusCode::FORBIDDEN),
-            (Some("Bearer "), StatusCode::FORBIDDEN),
+            (Some("cmt_wrong"), StatusCode::UNAUTHORIZED),
+            (Some(metrics_token.as_str()), StatusCode::UNAUTHORIZED),
+            (Some("Bearer "), StatusCode::UNAUTHORIZED),
         ] {
             let mut request = http.get(path);
             if let Some(value) = header {
@@ -223,26 +225,45 @@ async fn refusals_reveal_nothing_and_probes_stay_open() {
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{open}");
     }
-    for guarded in ["/metrics", "/api/stats"] {
-        let url = format!("{}{guarded}", mirror.url);
-        assert_eq!(
-            http.get(&url).send().await.unwrap().status(),
-            StatusCode::UNAUTHORIZED
-        );
-        let wrong = http
-            .get(&url)
-            .header("authorization", &token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(wrong.status(), StatusCode::FORBIDDEN);
-        let right = http
-            .get(&url)
-            .header("authorization", format!("Bearer {metrics_token}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(right.status(), StatusCode::OK, "{guarded}");
+    // /metrics: the metrics token; a client token is valid but has no right
+    // there (403); anything else is asked for credentials (401).
+    let url = format!("{}/metrics", mirror.url);
+    for (header, status) in [
+        (None, StatusCode::UNAUTHORIZED),
+        (Some("cmt_wrong".to_string()), StatusCode::UNAUTHORIZED),
+        (Some(token.clone()), StatusCode::FORBIDDEN),
+        (Some(format!("Bearer {metrics_token}")), StatusCode::OK),
+    ] {
+        let mut request = http.get(&url);
+        if let Some(value) = &header {
+            request = request.header("authorization", value);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status, "/metrics with {header:?}");
+        if status == StatusCode::UNAUTHORIZED {
+            assert_eq!(
+                response.headers()["www-authenticate"],
+                "Bearer realm=\"crate-mirror\""
+            );
+        }
+    }
+    // /api/stats names the most requested crates: in private mode a client or
+    // a metrics token opens it, nothing else.
+    let url = format!("{}/api/stats", mirror.url);
+    for (header, status) in [
+        (None, StatusCode::UNAUTHORIZED),
+        (Some("cmt_wrong".to_string()), StatusCode::UNAUTHORIZED),
+        (Some(token.clone()), StatusCode::OK),
+        (Some(format!("Bearer {metrics_token}")), StatusCode::OK),
+    ] {
+        let mut request = http.get(&url);
+        if let Some(value) = &header {
+            request = request.header("authorization", value);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status, "/api/stats with {header:?}");
+        let body = response.text().await.unwrap();
+        assert_eq!(body.contains("abc"), status == StatusCode::OK, "{body}");
     }
 }
 
@@ -262,4 +283,395 @@ fn public_mirrors_need_no_token_and_tokens_are_hashes() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("`auth-tokens`"));
+}
+
+#[test]
+fn a_private_mirror_without_public_url_refuses_to_start() {
+    let (_, hash) = new_token();
+    let output = Command::new(env!("CARGO_BIN_EXE_crate-mirror"))
+        .args([
+            "serve",
+            "--upstream",
+            "http://127.0.0.1:9/",
+            "--auth-tokens",
+            &hash,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("public-url"), "{stderr}");
+}
+
+/// One raw HTTP/1.1 exchange, byte for byte (no client-side normalisation of
+/// the path): the status and the body.
+fn raw_exchange(
+    base: &str,
+    method: &str,
+    target: &str,
+    authorization: Option<&str>,
+) -> (u16, String) {
+    let auth = authorization
+        .map(|value| format!("Authorization: {value}\r\n"))
+        .unwrap_or_default();
+    send_raw(
+        base,
+        &format!("{method} {target} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+/// Writes `request` as is and reads the whole answer: its status and body.
+fn send_raw(base: &str, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = base.strip_prefix("http://").unwrap();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A private mirror with metrics tokens and the git index, with `abc` cached
+/// and the git index built: everything the encoded-route tests try to reach.
+struct Fortress {
+    _upstream: TestUpstream,
+    mirror: Mirror,
+    token: String,
+}
+
+async fn fortress() -> Fortress {
+    let (token, hash) = new_token();
+    let (metrics_token, metrics_hash) = new_token();
+    let upstream = TestUpstream::start(&graph_registry(), DlStyle::Plain);
+    let mirror = Mirror::start_with_git(
+        &upstream.url,
+        &[
+            "--auth-tokens",
+            &hash,
+            "--metrics-tokens",
+            &metrics_hash,
+            "--git-rebuild-delay",
+            "0",
+        ],
+    );
+    let (status, body) = raw_exchange(&mirror.url, "GET", "/index/3/a/abc", Some(&token));
+    assert_eq!(status, 200, "{body}");
+    let metrics = format!("Bearer {metrics_token}");
+    mirror.wait_for_git_files_authorized(2, Some(&metrics)).await;
+    Fortress {
+        _upstream: upstream,
+        mirror,
+        token,
+    }
+}
+
+/// What no refusal may contain: index lines, metric names, top crate names.
+fn leaks(body: &str) -> bool {
+    [
+        "cksum",
+        "abc",
+        "crate_mirror_",
+        "top_crates",
+        "refs/heads",
+        "# HELP",
+    ]
+    .iter()
+    .any(|secret| body.contains(secret))
+}
+
+#[tokio::test]
+async fn percent_encoded_routes_stay_closed_without_a_token() {
+    let f = fortress().await;
+    let url = &f.mirror.url;
+    // Each of these is a protected route spelled so that a check on the raw
+    // path would miss it while the router still matches it.
+    for target in [
+        "/%6Detrics",
+        "/%6detrics",
+        "/api/%73tats",
+        "/%67it/index/info/refs?service=git-upload-pack",
+        "/git/%69ndex/info/refs?service=git-upload-pack",
+        "/%69ndex/3/a/abc",
+        "/index/3/a/%61bc",
+        "/api/v1/%63rates/abc/1.0.0/download",
+        "/%61pi/v1/crates/abc/1.0.0/download",
+    ] {
+        for method in ["GET", "HEAD", "POST"] {
+            let (status, body) = raw_exchange(url, method, target, None);
+            assert!(
+                status == 401 || status == 404,
+                "{method} {target} answered {status}"
+            );
+            assert!(!leaks(&body), "{method} {target} leaked: {body}");
+        }
+    }
+    // The same routes with the token are real routes (the encodings do match).
+    assert_eq!(
+        raw_exchange(url, "GET", "/api/%73tats", Some(&f.token)).0,
+        200
+    );
+    assert_eq!(
+        raw_exchange(
+            url,
+            "GET",
+            "/%67it/index/info/refs?service=git-upload-pack",
+            Some(&f.token)
+        )
+        .0,
+        200
+    );
+    // git itself, through an encoded path, gets nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let clone = Command::new("git")
+        .args(["clone", "--quiet", &format!("{url}/%67it/index"), "index"])
+        .current_dir(dir.path())
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .unwrap();
+    assert!(!clone.status.success());
+    assert!(!dir.path().join("index/3/a/abc").exists());
+}
+
+/// Percent-encodes the bytes of `path` that `mask` selects, in upper or lower
+/// hex, once or twice.
+fn encode(path: &str, mask: &[bool], lower: &[bool], twice: &[bool]) -> String {
+    let mut out = String::new();
+    for (i, byte) in path.bytes().enumerate() {
+        let pick = |v: &[bool]| v.get(i).copied().unwrap_or(false);
+        if byte != b'/' && pick(mask) {
+            let hex = if pick(lower) {
+                format!("%{byte:02x}")
+            } else {
+                format!("%{byte:02X}")
+            };
+            if pick(twice) {
+                out.push_str(&hex.replacen('%', "%25", 1));
+            } else {
+                out.push_str(&hex);
+            }
+        } else {
+            out.push(byte as char);
+        }
+    }
+    out
+}
+
+/// Every protected route, under generated spellings (any subset of its
+/// characters percent-encoded in upper or lower hex, double encoding, `//`,
+/// `/./`, a trailing `/`) and every method: without a token the answer is 401
+/// or 404 and carries nothing.
+#[tokio::test]
+async fn generated_route_spellings_never_open_without_a_token() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let f = fortress().await;
+    let routes = [
+        ("/metrics", ""),
+        ("/api/stats", ""),
+        ("/index/config.json", ""),
+        ("/index/3/a/abc", ""),
+        ("/api/v1/crates/abc/1.0.0/download", ""),
+        ("/git/index/info/refs", "?service=git-upload-pack"),
+        ("/git/index/git-upload-pack", ""),
+        ("/git/index/HEAD", ""),
+    ];
+    let strategy = (
+        0..routes.len(),
+        proptest::collection::vec(any::<bool>(), 40),
+        proptest::collection::vec(any::<bool>(), 40),
+        proptest::collection::vec(prop::bool::weighted(0.1), 40),
+        0..4u8,
+        0..3usize,
+    );
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let url = f.mirror.url.clone();
+    runner
+        .run(&strategy, |(route, mask, lower, twice, shape, method)| {
+            let (path, query) = routes[route];
+            let mut target = encode(path, &mask, &lower, &twice);
+            match shape {
+                1 => {
+                    target = target.replacen('/', "//", 1 + mask.iter().filter(|b| **b).count() % 2)
+                }
+                2 => target = target.replacen('/', "/./", 1),
+                3 => target.push('/'),
+                _ => {}
+            }
+            target.push_str(query);
+            let method = ["GET", "HEAD", "POST"][method];
+            let (status, body) = raw_exchange(&url, method, &target, None);
+            prop_assert!(
+                status == 401 || status == 404,
+                "{} {} answered {}",
+                method,
+                target,
+                status
+            );
+            prop_assert!(!leaks(&body), "{} {} leaked: {}", method, target, body);
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[tokio::test]
+async fn client_headers_never_steer_the_dl_url() {
+    let upstream = TestUpstream::start(&graph_registry(), DlStyle::Plain);
+    let http = client();
+    let config_of = |mirror: &Mirror, headers: &[(&str, &str)]| {
+        let mut request = http.get(format!("{}config.json", mirror.index_url()));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send()
+    };
+
+    // No public-url, no trusted proxies: forwarding headers are ignored; the
+    // Host decides, and the answer says so.
+    let mirror = Mirror::start(&upstream.url, &[]);
+    let port = mirror.url.rsplit(':').next().unwrap().to_string();
+    let response = config_of(
+        &mirror,
+        &[
+            ("x-forwarded-host", "attacker.example"),
+            ("x-forwarded-proto", "javascript"),
+            ("forwarded", "host=attacker.example;proto=https"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers()["vary"]
+        .to_str()
+        .unwrap()
+        .contains("Host"));
+    let config: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        config["dl"],
+        format!("http://127.0.0.1:{port}/api/v1/crates")
+    );
+    let stats = json_of(
+        http.get(format!("{}/api/stats", mirror.url))
+            .header("x-forwarded-host", "attacker.example"),
+    )
+    .await;
+    assert_eq!(
+        stats["index_url"],
+        format!("http://127.0.0.1:{port}/index/")
+    );
+    // A Host that is not a host name is refused, not echoed.
+    for host in [
+        "attacker.example/x",
+        "user@attacker.example",
+        "javascript:alert(1)",
+        "a b",
+    ] {
+        let (status, body) = raw_exchange_with_host(&mirror.url, host);
+        assert_eq!(status, 400, "Host {host:?}: {body}");
+        assert!(!body.contains("attacker"), "{body}");
+    }
+
+    // With the peer trusted, the proxy's view counts, but only http/https and
+    // valid hosts.
+    let proxied = Mirror::start(&upstream.url, &["--trusted-proxies", "127.0.0.0/8"]);
+    let config: serde_json::Value = config_of(
+        &proxied,
+        &[(
+            "forwarded",
+            "for=192.0.2.1;host=mirror.example.com;proto=https",
+        )],
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(config["dl"], "https://mirror.example.com/api/v1/crates");
+    let response = config_of(
+        &proxied,
+        &[
+            ("x-forwarded-host", "mirror.example.com"),
+            ("x-forwarded-proto", "https"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(response.headers()["vary"]
+        .to_str()
+        .unwrap()
+        .contains("X-Forwarded-Host"));
+    let config: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(config["dl"], "https://mirror.example.com/api/v1/crates");
+    for (name, value) in [
+        ("x-forwarded-proto", "javascript"),
+        ("x-forwarded-host", "attacker.example/evil"),
+    ] {
+        let response = config_of(&proxied, &[(name, value)]).await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::BAD_REQUEST,
+            "{name}: {value}"
+        );
+    }
+
+    // With public-url nothing a client sends changes the body.
+    let fixed = Mirror::start(
+        &upstream.url,
+        &["--public-url", "https://mirror.example.com"],
+    );
+    let config: serde_json::Value = config_of(&fixed, &[("x-forwarded-host", "attacker.example")])
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(config["dl"], "https://mirror.example.com/api/v1/crates");
+}
+
+/// `GET /index/config.json` with a raw Host header.
+fn raw_exchange_with_host(base: &str, host: &str) -> (u16, String) {
+    send_raw(
+        base,
+        &format!("GET /index/config.json HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+#[tokio::test]
+async fn private_without_metrics_tokens_opens_metrics_and_stats_to_clients_only() {
+    let (token, hash) = new_token();
+    let upstream = TestUpstream::start(&graph_registry(), DlStyle::Plain);
+    let mirror = Mirror::start_with_public_url(&upstream.url, &["--auth-tokens", &hash]);
+    for route in ["/metrics", "/api/stats"] {
+        let (status, body) = raw_exchange(&mirror.url, "GET", route, None);
+        assert_eq!(status, 401, "{route}");
+        assert!(!leaks(&body));
+        assert_eq!(
+            raw_exchange(&mirror.url, "GET", route, Some(&token)).0,
+            200,
+            "{route}"
+        );
+    }
+    // The dashboard page itself is open (it asks for a token to read stats).
+    assert_eq!(raw_exchange(&mirror.url, "GET", "/", None).0, 200);
 }

@@ -29,6 +29,10 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error(transparent)]
     Git(#[from] GitError),
+    /// The request's Host (or a trusted proxy's forwarded host or scheme) cannot
+    /// be put into a URL.
+    #[error("{0}")]
+    BadHost(&'static str),
 }
 
 fn upstream_status(err: &UpstreamError) -> StatusCode {
@@ -49,8 +53,14 @@ fn index_status(err: &IndexError) -> StatusCode {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::Path(PathError::PrefixMismatch) | ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::Path(_) => StatusCode::BAD_REQUEST,
+            // A name or version that cannot exist is a crate that does not
+            // exist: cargo then says "no matching package" instead of failing.
+            ApiError::Path(
+                PathError::PrefixMismatch | PathError::InvalidName | PathError::InvalidVersion,
+            )
+            | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Path(PathError::Malformed) => StatusCode::BAD_REQUEST,
+            ApiError::BadHost(_) => StatusCode::BAD_REQUEST,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,

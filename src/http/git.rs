@@ -15,9 +15,10 @@ const MAX_REQUEST: usize = 8 << 20;
 const MAX_DECODED_REQUEST: u64 = 64 << 20;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/git/index/info/refs", web::get().to(info_refs))
+    // Relative to the `/git` scope, which carries the access gate.
+    cfg.route("/index/info/refs", web::get().to(info_refs))
         .service(
-            web::resource("/git/index/git-upload-pack")
+            web::resource("/index/git-upload-pack")
                 .app_data(web::PayloadConfig::new(MAX_REQUEST))
                 .route(web::post().to(upload_pack)),
         );

@@ -6,6 +6,7 @@ mod body;
 mod dashboard;
 mod error;
 mod git;
+mod origin;
 
 use std::time::{Instant, UNIX_EPOCH};
 
@@ -15,7 +16,6 @@ use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use actix_web::http::Method;
 use actix_web::{guard, web, HttpRequest, HttpResponse};
 
-pub use auth::require_token;
 pub use body::WRITE_BUFFER;
 pub use error::ApiError;
 
@@ -30,26 +30,46 @@ pub const X_CACHE: header::HeaderName = header::HeaderName::from_static("x-cache
 const INDEX_CONTENT_TYPE: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    use actix_web::middleware::from_fn;
     let get_or_head = || guard::Any(guard::Get()).or(guard::Head());
+    // Every protected route carries its own gate (see `auth`): access follows
+    // what the router matched, whatever the spelling of the path.
     cfg.route("/health", web::route().guard(get_or_head()).to(health))
         .route("/ready", web::route().guard(get_or_head()).to(ready))
-        .route("/api/stats", web::get().to(stats))
-        .route("/metrics", web::get().to(metrics))
+        .service(
+            web::resource("/api/stats")
+                .wrap(from_fn(auth::stats))
+                .route(web::get().to(stats)),
+        )
+        .service(
+            web::resource("/metrics")
+                .wrap(from_fn(auth::metrics))
+                .route(web::get().to(metrics)),
+        )
         // Prefix scopes rather than `{tail:.*}` patterns: no regex match per
         // request (the handlers parse the raw path themselves).
-        .service(web::scope("/index").default_service(web::to(index)))
-        .service(web::scope("/api/v1/crates").default_service(web::to(download)))
-        .configure(git::routes)
+        .service(
+            web::scope("/index")
+                .wrap(from_fn(auth::registry))
+                .default_service(web::to(index)),
+        )
+        .service(
+            web::scope("/api/v1/crates")
+                .wrap(from_fn(auth::registry))
+                .default_service(web::to(download)),
+        )
+        .service(
+            web::scope("/git")
+                .wrap(from_fn(auth::git))
+                .configure(git::routes),
+        )
         .configure(dashboard::routes)
         .default_service(web::to(fallback));
 }
 
-async fn fallback(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    if req.method() == Method::GET || req.method() == Method::HEAD {
-        Err(ApiError::NotFound)
-    } else {
-        Err(ApiError::MethodNotAllowed)
-    }
+/// No route matched: 404 whatever the method, so an unknown path tells nothing.
+async fn fallback() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound)
 }
 
 /// Registry routes answer GET and HEAD only.
@@ -75,12 +95,14 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::build(status).json(report)
 }
 
-async fn stats(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let origin = origin::public_base(&req, &state)?;
     let mut stats = state.stats();
-    stats["index_url"] = format!("{}/index/", public_base(&req, &state)).into();
-    HttpResponse::Ok()
+    stats["index_url"] = format!("{}/index/", origin.base).into();
+    Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(stats)
+        .insert_header((header::VARY, origin.vary))
+        .json(stats))
 }
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
@@ -88,17 +110,6 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.encode())
-}
-
-/// The mirror's base URL as clients see it: `public-url`, else the request's Host.
-pub(crate) fn public_base(req: &HttpRequest, state: &AppState) -> String {
-    match &state.public_url {
-        Some(url) => url.clone(),
-        None => {
-            let info = req.connection_info();
-            format!("{}://{}", info.scheme(), info.host())
-        }
-    }
 }
 
 /// `GET /index/config.json` and `GET /index/{prefix}/{name}`. The raw path is
@@ -111,7 +122,7 @@ async fn index(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
         .strip_prefix("/index/")
         .ok_or(ApiError::NotFound)?;
     match parse_index_path(raw)? {
-        IndexRequest::Config => Ok(config_json(&req, &state)),
+        IndexRequest::Config => config_json(&req, &state),
         IndexRequest::File(name) => {
             state.metrics.crate_requested(name.key());
             let lookup = state.index.get(&name).await?;
@@ -120,15 +131,16 @@ async fn index(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
     }
 }
 
-fn config_json(req: &HttpRequest, state: &AppState) -> HttpResponse {
-    let base = public_base(req, state);
-    let mut body = serde_json::json!({ "dl": format!("{base}/api/v1/crates") });
-    if !state.auth_tokens.is_empty() {
+fn config_json(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
+    let origin = origin::public_base(req, state)?;
+    let mut body = serde_json::json!({ "dl": format!("{}/api/v1/crates", origin.base) });
+    if state.access.is_private() {
         body["auth-required"] = true.into();
     }
-    HttpResponse::Ok()
+    Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .json(body)
+        .insert_header((header::VARY, origin.vary))
+        .json(body))
 }
 
 /// The response for an index lookup (public for the hot-path benchmarks).

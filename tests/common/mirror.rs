@@ -76,25 +76,26 @@ impl Mirror {
         }
     }
 
-    /// Starts a mirror serving the git index: on a port chosen up front, since
-    /// the git index's config.json needs the public URL before the start.
-    pub fn start_with_git(upstream: &str, args: &[&str]) -> Mirror {
+    /// Starts a mirror with `--public-url` naming its own address: on a port
+    /// chosen up front, since the URL is needed before the start (the git
+    /// index's config.json is fixed; a private mirror refuses to start without one).
+    pub fn start_with_public_url(upstream: &str, args: &[&str]) -> Mirror {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
         let listen = format!("127.0.0.1:{port}");
         let public = format!("http://127.0.0.1:{port}");
-        let mut all = vec![
-            "--listen",
-            &listen,
-            "--public-url",
-            &public,
-            "--git-index",
-            "on",
-        ];
+        let mut all = vec!["--listen", &listen, "--public-url", &public];
         all.extend_from_slice(args);
         Mirror::start(upstream, &all)
+    }
+
+    /// Starts a mirror serving the git index.
+    pub fn start_with_git(upstream: &str, args: &[&str]) -> Mirror {
+        let mut all = vec!["--git-index", "on"];
+        all.extend_from_slice(args);
+        Mirror::start_with_public_url(upstream, &all)
     }
 
     /// Waits until the git index holds at least `files` files (config.json included).

@@ -188,3 +188,40 @@ fn hostile_headers_and_request_lines_are_4xx() {
     assert_eq!(raw_exchange(&mirror.url, &get("")), 200);
     assert_eq!(raw_status(&mirror.url, b"/health"), 200);
 }
+
+/// Names the registry can never hold (`_foo`, `1abc`, `-x`) are crates that do
+/// not exist: 404 without asking the upstream, so real cargo says "no matching
+/// package" instead of failing on a 400.
+#[test]
+fn names_that_cannot_exist_are_404_and_cargo_says_no_matching_package() {
+    use common::cargo::{project, run, CargoHome};
+    let upstream = TestUpstream::start(&[CrateSpec::new("serde", "1.0.0")], DlStyle::Plain);
+    let mirror = Mirror::start(&upstream.url, &[]);
+    for path in [
+        "/index/_f/oo/_foo",
+        "/index/3/1/1ab",
+        "/index/2/-x",
+        "/api/v1/crates/_foo/1.0.0/download",
+        "/api/v1/crates/serde/not-semver/download",
+    ] {
+        assert_eq!(raw_status(&mirror.url, path.as_bytes()), 404, "{path}");
+    }
+    let home = CargoHome::new(&mirror.index_url());
+    let app = project(
+        "[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\n_foo = \"1\"\n",
+    );
+    let target = tempfile::tempdir().unwrap();
+    let output = run(&home, app.path(), target.path(), &["generate-lockfile"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("no matching package named `_foo` found"),
+        "{stderr}"
+    );
+    let asked: Vec<_> = upstream
+        .seen()
+        .into_iter()
+        .filter(|s| s.path.contains("_foo"))
+        .collect();
+    assert!(asked.is_empty(), "asked the upstream: {asked:?}");
+}

@@ -76,3 +76,35 @@ pub fn run_ok(home: &CargoHome, project: &Path, target_dir: &Path, args: &[&str]
     );
     stderr
 }
+
+impl CargoHome {
+    /// A CARGO_HOME whose config.toml is exactly `config`.
+    pub fn with_config(config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("cargo home");
+        std::fs::write(dir.path().join("config.toml"), config).expect("write config.toml");
+        CargoHome { dir }
+    }
+}
+
+/// Runs `cargo ARGS` like `run`, with extra environment variables (a token, or
+/// a HOME whose git configuration holds credentials).
+pub fn run_with_env(
+    home: &CargoHome,
+    project: &Path,
+    target_dir: &Path,
+    args: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Output {
+    Command::new(cargo_binary())
+        .args(args)
+        .current_dir(project)
+        .env("CARGO_HOME", home.path())
+        .env("CARGO_TARGET_DIR", target_dir)
+        .env("CARGO_TERM_COLOR", "never")
+        .env("CARGO_HTTP_TIMEOUT", "30")
+        .env_remove("CARGO_REGISTRIES_CRATES_IO_PROTOCOL")
+        .env_remove("RUSTC_WRAPPER")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run cargo")
+}

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::cargo::{project, run, run_ok, run_with_env, CargoHome};
+use common::cargo::{new_token, project, run, run_ok, run_with_env, CargoHome};
 use common::client;
 use common::mirror::Mirror;
 use common::registry::{graph_project_manifest, graph_registry, CrateSpec};
@@ -271,23 +271,6 @@ async fn clones_and_fetches_during_rebuilds_never_fail() {
     let seen = readers.await.unwrap();
     assert!(seen >= 2);
     mirror.wait_for_git_files(62).await;
-}
-
-/// A new token and its hash, from `crate-mirror token`.
-fn new_token() -> (String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_crate-mirror"))
-        .arg("token")
-        .output()
-        .expect("crate-mirror token");
-    assert!(output.status.success());
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim().to_string())
-            .unwrap_or_else(|| panic!("no {name} in {text}"))
-    };
-    (field("token:"), field("hash:"))
 }
 
 /// A CARGO_HOME reaching the mirror as the named registry `mirror` (so that

@@ -108,3 +108,21 @@ pub fn run_with_env(
         .output()
         .expect("run cargo")
 }
+
+/// A new client token (what cargo presents through `cargo:token`) and its
+/// hash (what the mirror is configured with), from `crate-mirror token`.
+pub fn new_token() -> (String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_crate-mirror"))
+        .arg("token")
+        .output()
+        .expect("crate-mirror token");
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    (field("token:"), field("hash:"))
+}

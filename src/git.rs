@@ -56,6 +56,9 @@ pub struct GitStats {
 pub struct GitIndex {
     repo: PathBuf,
     public_url: String,
+    /// A private mirror: config.json says so, or cargo would send no token
+    /// with its downloads and get 401 on every one.
+    auth_required: bool,
     /// What the branch's tip holds: key → sha256 of the body.
     committed: sled::Tree,
     store: IndexStore,
@@ -64,9 +67,11 @@ pub struct GitIndex {
 
 impl GitIndex {
     /// Checks that git runs and creates the bare repository if needed.
+    /// `auth_required` is whether the mirror is private (has client tokens).
     pub async fn open(
         data_dir: &Path,
         public_url: String,
+        auth_required: bool,
         store: IndexStore,
         committed: sled::Tree,
     ) -> Result<Self, GitError> {
@@ -97,6 +102,7 @@ impl GitIndex {
         Ok(Self {
             repo,
             public_url,
+            auth_required,
             committed,
             store,
             stats: GitStats::default(),
@@ -112,7 +118,12 @@ impl GitIndex {
     }
 
     fn config_json(&self) -> Vec<u8> {
-        let config = serde_json::json!({ "dl": format!("{}/api/v1/crates", self.public_url) });
+        let mut config = serde_json::json!({ "dl": format!("{}/api/v1/crates", self.public_url) });
+        // The same key the sparse config.json carries in private mode. A change
+        // of mode changes the body's hash, so the next rebuild commits it.
+        if self.auth_required {
+            config["auth-required"] = true.into();
+        }
         let mut body = serde_json::to_vec_pretty(&config).unwrap_or_default();
         body.push(b'\n');
         body

@@ -194,6 +194,7 @@ impl AppState {
                 let git = git::GitIndex::open(
                     &data_dir,
                     public_url.clone(),
+                    !config.auth_tokens.is_empty(),
                     index_store.clone(),
                     committed,
                 )

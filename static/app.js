@@ -125,15 +125,77 @@ function render(s) {
   state.dataset.loaded = String(Number(state.dataset.loaded) + 1);
 }
 
-async function poll() {
+// A private mirror's /api/stats needs a token (401 without, 403 for a wrong
+// one). The page then asks for one instead of showing empty cards; it is kept
+// in sessionStorage (this tab only, gone when it closes) and sent on each poll.
+const TOKEN_KEY = "crate-mirror-token";
+let locked = false;
+let memoryToken = storedToken();
+
+function storedToken() {
+  try { return sessionStorage.getItem(TOKEN_KEY); } catch { return null; }
+}
+function storeToken(token) {
   try {
-    const response = await fetch("/api/stats", { cache: "no-store" });
-    if (response.ok) render(await response.json());
+    if (token) sessionStorage.setItem(TOKEN_KEY, token); else sessionStorage.removeItem(TOKEN_KEY);
+  } catch {
+    // Storage disabled: the token then lasts until the page reloads.
+  }
+  memoryToken = token;
+}
+
+function lock(status, sentToken) {
+  locked = true;
+  if (status === 403 && sentToken) storeToken(null);
+  $("locked-message").textContent = status === 403 && sentToken
+    ? "That token was refused (403). Paste a client or metrics token of this mirror."
+    : "Its figures need a token: paste a client or metrics token of this mirror.";
+  $("locked").hidden = false;
+  $("figures").hidden = true;
+  $("tables").hidden = true;
+  // The stats carry the public index URL; until they come, this page's origin.
+  if ($("index-url").textContent === "…") $("index-url").textContent = location.origin + "/index/";
+  $("updated").textContent = "";
+  state.dataset.locked = "1";
+}
+function unlock() {
+  locked = false;
+  $("locked").hidden = true;
+  $("figures").hidden = false;
+  $("tables").hidden = false;
+  state.dataset.locked = "0";
+}
+
+async function poll() {
+  // Locked: no polling (each would be another refusal) until a token is given.
+  if (locked) return;
+  const token = memoryToken;
+  try {
+    const headers = token ? { Authorization: "Bearer " + token } : {};
+    const response = await fetch("/api/stats", { cache: "no-store", headers });
+    if (response.status === 401 || response.status === 403) {
+      lock(response.status, token);
+      return;
+    }
+    if (response.ok) {
+      unlock();
+      render(await response.json());
+    }
   } catch (err) {
     // The mirror may be restarting: keep the last figures, try again.
     $("updated").textContent = "Mirror unreachable: " + err.message;
   }
 }
+
+$("token-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const token = $("token-input").value.trim();
+  if (!token) return;
+  storeToken(token);
+  $("token-input").value = "";
+  locked = false;
+  poll();
+});
 
 $("copy").addEventListener("click", async () => {
   const text = $("snippet").innerText;

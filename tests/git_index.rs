@@ -1,14 +1,15 @@
 //! The git fallback index: clones, real cargo over the git protocol (libgit2 and
 //! the git command), rebuilds after new files are cached, clones during rebuilds,
-//! and `crate-mirror warm`.
+//! `crate-mirror warm`, and a private mirror's git index used with a token.
 
 mod common;
 
+use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::cargo::{project, run, run_ok, CargoHome};
+use common::cargo::{new_token, project, run, run_ok, run_with_env, CargoHome};
 use common::client;
 use common::mirror::Mirror;
 use common::registry::{graph_project_manifest, graph_registry, CrateSpec};
@@ -270,4 +271,173 @@ async fn clones_and_fetches_during_rebuilds_never_fail() {
     let seen = readers.await.unwrap();
     assert!(seen >= 2);
     mirror.wait_for_git_files(62).await;
+}
+
+/// A CARGO_HOME reaching the mirror as the named registry `mirror` (so that
+/// `CARGO_REGISTRIES_MIRROR_TOKEN` applies) through `index`.
+fn private_cargo_home(index: &str, fetch_with_cli: bool) -> CargoHome {
+    CargoHome::with_config(&format!(
+        "[registries.mirror]\nindex = \"{index}\"\n\n[source.crates-io]\nreplace-with = \"mirror\"\n\n[registry]\nglobal-credential-providers = [\"cargo:token\"]\n\n[net]\nretry = 0\ngit-fetch-with-cli = {fetch_with_cli}\n"
+    ))
+}
+
+/// A HOME set up as the README tells users of a private git index: git's
+/// `store` credential helper for the mirror's URL, given the token as the
+/// password by `git credential approve`. `None`: a HOME without credentials.
+fn git_home(mirror_url: &str, token: Option<&str>) -> tempfile::TempDir {
+    let home = tempfile::tempdir().expect("home");
+    let Some(token) = token else {
+        return home;
+    };
+    let git_as_user = || {
+        let mut command = Command::new("git");
+        command
+            .env("HOME", home.path())
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .current_dir(home.path());
+        command
+    };
+    let key = format!("credential.{mirror_url}.helper");
+    let configured = git_as_user()
+        .args(["config", "--global", &key, "store"])
+        .status()
+        .expect("git config");
+    assert!(configured.success());
+    let (protocol, host) = mirror_url.split_once("://").expect("a URL");
+    let mut approve = git_as_user()
+        .args(["credential", "approve"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("git credential approve");
+    approve
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(
+            format!("protocol={protocol}\nhost={host}\nusername=cargo\npassword={token}\n\n")
+                .as_bytes(),
+        )
+        .expect("write credential");
+    assert!(approve.wait().expect("git credential approve").success());
+    home
+}
+
+/// Runs cargo with `token` and `home` as HOME. rustup's proxies find their
+/// toolchains through HOME unless RUSTUP_HOME is set, so it is set to the
+/// real one.
+fn cargo_as(
+    cargo_home: &CargoHome,
+    home: &Path,
+    token: &str,
+    project: &Path,
+    target: &Path,
+    args: &[&str],
+) -> std::process::Output {
+    let rustup_home = std::env::var_os("RUSTUP_HOME").unwrap_or_else(|| {
+        let real_home = std::env::var_os("HOME").unwrap_or_default();
+        Path::new(&real_home).join(".rustup").into_os_string()
+    });
+    run_with_env(
+        cargo_home,
+        project,
+        target,
+        args,
+        &[
+            ("HOME", home.as_os_str()),
+            ("RUSTUP_HOME", &rustup_home),
+            ("CARGO_REGISTRIES_MIRROR_TOKEN", token.as_ref()),
+            ("GIT_TERMINAL_PROMPT", "0".as_ref()),
+            ("GIT_CONFIG_NOSYSTEM", "1".as_ref()),
+        ],
+    )
+}
+
+fn assert_ok(output: &std::process::Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_private_git_index_needs_auth_and_serves_cargo_with_a_token() {
+    let (token, hash) = new_token();
+    let upstream = TestUpstream::start(&graph_registry(), DlStyle::Plain);
+    let mirror = Mirror::start_with_git(
+        &upstream.url,
+        &["--auth-tokens", &hash, "--git-rebuild-delay", "0"],
+    );
+    let target = tempfile::tempdir().unwrap();
+    let bearer = format!("Bearer {token}");
+
+    // Cache the graph through the sparse index, with the token.
+    let sparse_home = private_cargo_home(&format!("sparse+{}", mirror.index_url()), false);
+    let sparse_project = project(&graph_project_manifest());
+    let no_git_credentials = git_home(&mirror.url, None);
+    let sparse = cargo_as(
+        &sparse_home,
+        no_git_credentials.path(),
+        &token,
+        sparse_project.path(),
+        target.path(),
+        &["generate-lockfile"],
+    );
+    assert_ok(&sparse, "sparse generate-lockfile");
+    let sparse_lock = lockfile(sparse_project.path());
+    let index_files = mirror.stats_authorized(Some(&bearer)).await["index_files_stored"]
+        .as_u64()
+        .unwrap();
+    mirror
+        .wait_for_git_files_authorized(index_files + 1, Some(&bearer))
+        .await;
+
+    // The git command, with the credentials in git's store: resolves the same
+    // graph, downloads with the token, builds. (Cargo's built-in libgit2 is no
+    // option here: it ignores URL-scoped credential helpers, and with any
+    // `[http]` setting, CARGO_HTTP_TIMEOUT included, it sends no credentials.)
+    let credentials = git_home(&mirror.url, Some(&token));
+    let cli_home = private_cargo_home(&mirror.git_url(), true);
+    let app = project(&graph_project_manifest());
+    for args in [&["generate-lockfile"][..], &["build"]] {
+        let output = cargo_as(
+            &cli_home,
+            credentials.path(),
+            &token,
+            app.path(),
+            target.path(),
+            args,
+        );
+        assert_ok(&output, &format!("cargo {args:?} over git"));
+    }
+    assert_eq!(lockfile(app.path()), sparse_lock);
+
+    // Without git credentials the index cannot be fetched, token or not.
+    let no_credentials_home = private_cargo_home(&mirror.git_url(), true);
+    let refused = cargo_as(
+        &no_credentials_home,
+        no_git_credentials.path(),
+        &token,
+        project(&graph_project_manifest()).path(),
+        target.path(),
+        &["generate-lockfile"],
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success(),
+        "cargo fetched a private git index without git credentials"
+    );
+    // git asked for a username it may not prompt for: the 401 challenge.
+    assert!(stderr.contains("could not read Username"), "{stderr}");
+
+    // The git index's config.json says what the sparse one says: a
+    // token is needed, for downloads too.
+    let dir = tempfile::tempdir().unwrap();
+    let with_token = mirror.git_url().replace("://", &format!("://git:{token}@"));
+    git_ok(dir.path(), &["clone", "--quiet", &with_token, "index"]);
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("index/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["auth-required"], true, "{config}");
+    assert_eq!(config["dl"], format!("{}/api/v1/crates", mirror.url));
 }

@@ -1,6 +1,7 @@
 //! Operations: /metrics after a real cargo run (validated by promtool and matched
-//! against what happened), JSON access logs, the dashboard in headless Chromium,
-//! and the shipped Prometheus configuration and alert rules.
+//! against what happened), JSON access logs, the dashboard in headless Chromium
+//! (public, and private where it asks for a token), and the shipped Prometheus
+//! configuration and alert rules.
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::cargo::{project, run_ok, CargoHome};
+use common::cargo::{new_token, project, run_ok, CargoHome};
 use common::client;
 use common::mirror::Mirror;
 use common::registry::{graph_project_manifest, graph_registry, publish};
@@ -373,6 +374,91 @@ async fn the_dashboard_renders_live_figures_in_chromium() {
             "{name} looks empty"
         );
     }
+}
+
+/// The opening tag of the element with `id` in a dumped DOM.
+fn element_tag<'a>(dom: &'a str, id: &str) -> &'a str {
+    let marker = format!("id=\"{id}\"");
+    let at = dom.find(&marker).unwrap_or_else(|| panic!("no #{id}"));
+    let open = dom[..at].rfind('<').unwrap();
+    &dom[open..at + dom[at..].find('>').unwrap() + 1]
+}
+
+#[tokio::test]
+async fn a_private_dashboard_asks_for_a_token_instead_of_showing_blank_cards() {
+    let upstream = TestUpstream::start(&graph_registry()[..2], DlStyle::Plain);
+    let (_, client_hash) = new_token();
+    let (_, metrics_hash) = new_token();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let public = format!("http://127.0.0.1:{port}");
+    let mirror = Mirror::start(
+        &upstream.url,
+        &[
+            "--listen",
+            &listen,
+            "--public-url",
+            &public,
+            "--auth-tokens",
+            &client_hash,
+            "--metrics-tokens",
+            &metrics_hash,
+        ],
+    );
+    // What the page meets: /api/stats refuses it; the page itself is open.
+    let stats = client()
+        .get(format!("{}/api/stats", mirror.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stats.status(), 401);
+
+    let page = format!("{}/", mirror.url);
+    let dumped = chromium(&["--dump-dom"], &page);
+    let dom = String::from_utf8_lossy(&dumped.stdout);
+    let console = String::from_utf8_lossy(&dumped.stderr);
+    assert!(dumped.status.success(), "{console}");
+    assert!(
+        dom.contains("data-errors=\"0\""),
+        "the page reported script errors:\n{console}"
+    );
+    assert!(!console.contains("Uncaught"), "{console}");
+    // The prompt shows, with its form; the empty cards do not.
+    assert!(!element_tag(&dom, "locked").contains("hidden"), "{dom}");
+    assert_eq!(element_text(&dom, "locked-title"), "This mirror is private");
+    assert!(
+        element_text(&dom, "locked-message").contains("paste a client or metrics token"),
+        "{dom}"
+    );
+    assert!(element_tag(&dom, "token-input").contains("type=\"password\""));
+    assert!(dom.contains("data-locked=\"1\""), "the page never locked");
+    assert!(element_tag(&dom, "figures").contains("hidden"), "{dom}");
+    assert!(element_tag(&dom, "tables").contains("hidden"), "{dom}");
+    // The snippet still names the index, from the page's own origin.
+    assert_eq!(
+        element_text(&dom, "index-url"),
+        format!("{}/index/", mirror.url)
+    );
+
+    let path = screenshot_dir().join("dashboard-private.png");
+    let _ = std::fs::remove_file(&path);
+    let shot = chromium(
+        &[
+            "--window-size=1280,800",
+            &format!("--screenshot={}", path.display()),
+        ],
+        &page,
+    );
+    assert!(
+        shot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shot.stderr)
+    );
+    let png = std::fs::read(&path).expect("screenshot written");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000);
 }
 
 #[test]

@@ -1,5 +1,7 @@
 //! The dashboard: plain HTML, CSS and JS from `static/`, compiled into the
-//! binary (no build step, nothing to deploy beside it). It reads `/api/stats`.
+//! binary (no build step, nothing to deploy beside it). It reads `/api/stats`;
+//! when that refuses it (a private mirror), the page asks for a token and sends
+//! it as a bearer token, so the page itself stays open.
 
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};

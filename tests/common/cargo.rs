@@ -76,3 +76,53 @@ pub fn run_ok(home: &CargoHome, project: &Path, target_dir: &Path, args: &[&str]
     );
     stderr
 }
+
+impl CargoHome {
+    /// A CARGO_HOME whose config.toml is exactly `config`.
+    pub fn with_config(config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("cargo home");
+        std::fs::write(dir.path().join("config.toml"), config).expect("write config.toml");
+        CargoHome { dir }
+    }
+}
+
+/// Runs `cargo ARGS` like `run`, with extra environment variables (a token, or
+/// a HOME whose git configuration holds credentials).
+pub fn run_with_env(
+    home: &CargoHome,
+    project: &Path,
+    target_dir: &Path,
+    args: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Output {
+    Command::new(cargo_binary())
+        .args(args)
+        .current_dir(project)
+        .env("CARGO_HOME", home.path())
+        .env("CARGO_TARGET_DIR", target_dir)
+        .env("CARGO_TERM_COLOR", "never")
+        .env("CARGO_HTTP_TIMEOUT", "30")
+        .env_remove("CARGO_REGISTRIES_CRATES_IO_PROTOCOL")
+        .env_remove("RUSTC_WRAPPER")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run cargo")
+}
+
+/// A new client token (what cargo presents through `cargo:token`) and its
+/// hash (what the mirror is configured with), from `crate-mirror token`.
+pub fn new_token() -> (String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_crate-mirror"))
+        .arg("token")
+        .output()
+        .expect("crate-mirror token");
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    (field("token:"), field("hash:"))
+}

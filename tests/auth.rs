@@ -6,29 +6,12 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::cargo::project;
+use common::cargo::{new_token, project};
 use common::mirror::Mirror;
 use common::registry::{graph_project_manifest, graph_registry};
 use common::upstream::{DlStyle, TestUpstream};
 use common::{client, json_of};
 use reqwest::StatusCode;
-
-/// A new token and its hash, from `crate-mirror token`.
-fn new_token() -> (String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_crate-mirror"))
-        .arg("token")
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    let text = String::from_utf8(output.stdout).unwrap();
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim().to_string())
-            .unwrap_or_else(|| panic!("no {name} in {text}"))
-    };
-    (field("token:"), field("hash:"))
-}
 
 /// A CARGO_HOME that reaches the mirror as a named registry with `cargo:token`.
 fn private_home(index_url: &str) -> tempfile::TempDir {
@@ -371,7 +354,9 @@ async fn fortress() -> Fortress {
     let (status, body) = raw_exchange(&mirror.url, "GET", "/index/3/a/abc", Some(&token));
     assert_eq!(status, 200, "{body}");
     let metrics = format!("Bearer {metrics_token}");
-    mirror.wait_for_git_files_authorized(2, Some(&metrics)).await;
+    mirror
+        .wait_for_git_files_authorized(2, Some(&metrics))
+        .await;
     Fortress {
         _upstream: upstream,
         mirror,

@@ -52,17 +52,7 @@ fn cargo_binary() -> PathBuf {
 
 /// Runs `cargo ARGS` in `project` with `home` as CARGO_HOME.
 pub fn run(home: &CargoHome, project: &Path, target_dir: &Path, args: &[&str]) -> Output {
-    Command::new(cargo_binary())
-        .args(args)
-        .current_dir(project)
-        .env("CARGO_HOME", home.path())
-        .env("CARGO_TARGET_DIR", target_dir)
-        .env("CARGO_TERM_COLOR", "never")
-        .env("CARGO_HTTP_TIMEOUT", "30")
-        .env_remove("CARGO_REGISTRIES_CRATES_IO_PROTOCOL")
-        .env_remove("RUSTC_WRAPPER")
-        .output()
-        .expect("run cargo")
+    run_with_env(home, project, target_dir, args, &[])
 }
 
 /// Runs cargo and panics with its output unless it succeeded.

@@ -64,6 +64,11 @@ pub enum StartError {
     },
 }
 
+/// A client must send its request head within this; slow-loris guard.
+const CLIENT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Idle time after which a kept-alive connection is closed (actix's default).
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// sled's page cache.
 const SLED_CACHE_BYTES: u64 = 32 << 20;
 
@@ -368,35 +373,66 @@ pub async fn serve(
         actix_web::rt::spawn(git.run(state.index.changes(), state.git_rebuild_delay));
     }
     let app_state = state.clone();
-    let server = HttpServer::new(move || {
+    let make_app = move || {
         App::new()
             .app_data(app_state.clone())
             .wrap(actix_web::middleware::from_fn(http::limit_request_size))
             .wrap(actix_web::middleware::from_fn(http::access_log))
             .configure(http::routes)
-    })
-    .workers(config.workers.unwrap_or_else(|| {
+    };
+    let workers = config.workers.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-    }))
-    .max_connections(config.max_connections)
-    .h1_write_buffer_size(http::WRITE_BUFFER)
-    .shutdown_timeout(config.shutdown_timeout.as_secs())
-    // A client must send its request head within this; slow-loris guard.
-    .client_request_timeout(std::time::Duration::from_secs(10));
+    });
     let listen_err = |source| StartError::Listen {
         addr: config.listen,
         source,
     };
     let listener = listener(config.listen).map_err(listen_err)?;
+    let local_addr = listener.local_addr().map_err(listen_err)?;
     let server = match &config.tls {
-        Some((cert, key)) => server.listen_rustls_0_23(listener, tls_config(cert, key)?),
-        None => server.listen(listener),
-    }
-    .map_err(listen_err)?;
-    if let Some(addr) = server.addrs().first() {
-        on_listening(*addr);
-    }
-    let result = server.run().await;
+        // TLS: actix's own server, HTTP/2 by ALPN.
+        Some((cert, key)) => HttpServer::new(make_app)
+            .workers(workers)
+            .max_connections(config.max_connections)
+            .h1_write_buffer_size(http::WRITE_BUFFER)
+            .shutdown_timeout(config.shutdown_timeout.as_secs())
+            // A client must send its request head within this; slow-loris guard.
+            .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+            .listen_rustls_0_23(listener, tls_config(cert, key)?)
+            .map_err(listen_err)?
+            .run(),
+        // Plain: the same app behind our h2c negotiation (see `http::h2c`).
+        None => {
+            let metrics = state.metrics.clone();
+            actix_server::Server::build()
+                .workers(workers)
+                .max_concurrent_connections(config.max_connections)
+                .shutdown_timeout(config.shutdown_timeout.as_secs())
+                .listen("crate-mirror", listener, move || {
+                    let http = actix_http::HttpService::build()
+                        .keep_alive(actix_http::KeepAlive::Timeout(KEEP_ALIVE))
+                        .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+                        .h1_write_buffer_size(http::WRITE_BUFFER)
+                        .local_addr(local_addr)
+                        .finish(actix_service::map_config(
+                            actix_service::IntoServiceFactory::into_factory(make_app()),
+                            // Host and scheme come from each request (`http::origin`).
+                            |_| actix_web::dev::AppConfig::default(),
+                        ));
+                    let metrics = metrics.clone();
+                    http::h2c::plain_connections(http, move |how| {
+                        metrics
+                            .http_connections
+                            .with_label_values(&[how.as_str()])
+                            .inc();
+                    })
+                })
+                .map_err(listen_err)?
+                .run()
+        }
+    };
+    on_listening(local_addr);
+    let result = server.await;
     if let Err(err) = state.flush() {
         tracing::error!(error = %err, "flushing the database failed");
     }

@@ -23,6 +23,8 @@ const RECENT_ERRORS: usize = 20;
 pub struct Metrics {
     registry: Registry,
     pub http_requests: IntCounterVec,
+    /// Client connections accepted, by how they are served.
+    pub http_connections: IntCounterVec,
     pub http_duration: HistogramVec,
     pub index_lookups: IntCounterVec,
     pub index_negative_hits: IntCounter,
@@ -33,6 +35,7 @@ pub struct Metrics {
     pub upstream_duration: HistogramVec,
     pub upstream_retries: IntCounterVec,
     pub upstream_circuit_open: IntGauge,
+    pub upstream_redirects_refused: IntCounterVec,
     pub crate_downloads: IntCounterVec,
     pub checksum_failures: IntCounter,
     pub served_bytes: IntCounterVec,
@@ -138,6 +141,12 @@ impl Metrics {
                 "HTTP requests answered, by route, method and status.",
                 &["route", "method", "status"],
             ),
+            http_connections: counter_vec(
+                &r,
+                "crate_mirror_http_connections_total",
+                "Client connections accepted on the plain listener, by protocol (http1, h2c-upgrade, h2c-prior-knowledge).",
+                &["protocol"],
+            ),
             http_duration: histogram_vec(
                 &r,
                 "crate_mirror_http_request_duration_seconds",
@@ -188,6 +197,12 @@ impl Metrics {
                 "crate_mirror_upstream_retries_total",
                 "Upstream requests retried after a failure, by kind.",
                 &["kind"],
+            ),
+            upstream_redirects_refused: counter_vec(
+                &r,
+                "crate_mirror_upstream_redirects_refused_total",
+                "Upstream redirects not followed, by reason (host: not an upstream or listed host; too_many: over the limit).",
+                &["reason"],
             ),
             upstream_circuit_open: gauge(
                 &r,

@@ -13,19 +13,9 @@ use std::process::{Command, Stdio};
 use common::cargo::{new_token, project, run_ok, CargoHome};
 use common::client;
 use common::mirror::Mirror;
+use common::parse_samples;
 use common::registry::{graph_project_manifest, graph_registry, publish};
 use common::upstream::{DlStyle, TestUpstream};
-
-/// Sample lines of the exposition format: `name{labels}` → value.
-fn parse_samples(text: &str) -> BTreeMap<String, f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
-        .map(|line| {
-            let (series, value) = line.rsplit_once(' ').expect("sample line");
-            (series.to_string(), value.parse().expect("sample value"))
-        })
-        .collect()
-}
 
 fn sample(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
     *samples

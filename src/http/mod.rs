@@ -6,6 +6,7 @@ mod body;
 mod dashboard;
 mod error;
 mod git;
+pub mod h2c;
 mod origin;
 
 use std::time::{Instant, UNIX_EPOCH};

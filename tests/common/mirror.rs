@@ -129,6 +129,19 @@ impl Mirror {
         super::json_of(request).await
     }
 
+    /// `/metrics` as samples (`name{labels}` → value).
+    pub async fn metrics(&self) -> std::collections::BTreeMap<String, f64> {
+        let text = super::client()
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        super::parse_samples(&text)
+    }
+
     pub fn git_url(&self) -> String {
         format!("{}/git/index", self.url)
     }

@@ -28,3 +28,14 @@ pub async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
         .await
         .expect("JSON body")
 }
+
+/// Sample lines of the Prometheus exposition format: `name{labels}` → value.
+pub fn parse_samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').expect("sample line");
+            (series.to_string(), value.parse().expect("sample value"))
+        })
+        .collect()
+}

@@ -1,0 +1,568 @@
+//! HTTP/2 on the plain listener (h2c), by prior knowledge and by cargo's
+//! `Upgrade: h2c`.
+//!
+//! cargo allows itself two connections per host. Over `https://` it multiplexes
+//! every request on one HTTP/2 connection (ALPN); over `http://` it asks for an
+//! upgrade (`Connection: Upgrade, HTTP2-Settings`, `Upgrade: h2c`) on the first
+//! request of a connection. actix-http serves HTTP/2 over any IO but does not
+//! implement that upgrade, and it answers such a request with `connection:
+//! upgrade`, after which curl closes the connection: one TCP connect per
+//! request, never more than two in flight.
+//!
+//! So each plain connection starts here. The first bytes decide:
+//! - the HTTP/2 connection preface: HTTP/2 by prior knowledge;
+//! - an HTTP/1.1 request asking for h2c with no body (RFC 7540 §3.2): answer
+//!   `101 Switching Protocols`, read the client's preface and SETTINGS, and hand
+//!   actix's HTTP/2 dispatcher an IO that presents them followed by a
+//!   synthesized HEADERS frame for stream 1 carrying the upgraded request (HPACK
+//!   literals without indexing, so the dynamic table stays untouched); the
+//!   response to it goes out as stream 1, as the RFC asks;
+//! - anything else: HTTP/1.1, with the bytes read so far replayed. A request
+//!   that asked for an upgrade we do not make has the upgrade headers removed,
+//!   so it is answered as a normal keep-alive request.
+//!
+//! Only the first request of an HTTP/1.1 connection is looked at: cargo asks
+//! for the upgrade there, and once upgraded everything is HTTP/2.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use actix_http::Protocol;
+use actix_service::{Service, ServiceFactory};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+/// The HTTP/2 client connection preface (RFC 7540 §3.5).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Bytes of a first request head looked at; a longer head goes to actix as is,
+/// which refuses it.
+const MAX_HEAD: usize = 16 * 1024;
+/// The default (and smallest allowed) SETTINGS_MAX_FRAME_SIZE: the synthesized
+/// HEADERS frame must fit in one frame of it.
+const MAX_FRAME: usize = 16_384;
+/// How long a new connection has to send its first request (or preface).
+pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+const SWITCHING: &[u8] =
+    b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n";
+
+/// How a plain connection ended up being served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Negotiated {
+    Http1,
+    /// HTTP/2 from the first byte.
+    PriorKnowledge,
+    /// HTTP/2 after `Upgrade: h2c`.
+    Upgraded,
+}
+
+impl Negotiated {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Negotiated::Http1 => "http1",
+            Negotiated::PriorKnowledge => "h2c-prior-knowledge",
+            Negotiated::Upgraded => "h2c-upgrade",
+        }
+    }
+
+    fn protocol(self) -> Protocol {
+        match self {
+            Negotiated::Http1 => Protocol::Http1,
+            Negotiated::PriorKnowledge | Negotiated::Upgraded => Protocol::Http2,
+        }
+    }
+}
+
+/// A connection whose first bytes were already read (or made up): they are
+/// read again first, then the connection itself.
+pub struct Prefixed<T> {
+    prefix: Bytes,
+    inner: T,
+}
+
+impl<T> Prefixed<T> {
+    fn new(prefix: impl Into<Bytes>, inner: T) -> Self {
+        Self {
+            prefix: prefix.into(),
+            inner,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Reads a connection's first request (or preface) and decides how to serve it.
+pub async fn negotiate<T: AsyncRead + AsyncWrite + Unpin>(
+    mut io: T,
+) -> io::Result<(Prefixed<T>, Negotiated)> {
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        let seen = buf.len().min(PREFACE.len());
+        if seen > 0 && buf[..seen] == PREFACE[..seen] {
+            if seen == PREFACE.len() {
+                return Ok((Prefixed::new(buf, io), Negotiated::PriorKnowledge));
+            }
+        } else if let Some(end) = head_end(&buf) {
+            return match first_request(&buf[..end]) {
+                // Bytes after the head would have to be replayed as HTTP/2:
+                // only a lone request is upgraded.
+                FirstRequest::Upgrade(block) if end == buf.len() => upgrade(io, &block).await,
+                FirstRequest::Upgrade(_) | FirstRequest::Declined => {
+                    let head = without_upgrade(&buf[..end]);
+                    let mut replay = BytesMut::from(&head[..]);
+                    replay.extend_from_slice(&buf[end..]);
+                    Ok((Prefixed::new(replay, io), Negotiated::Http1))
+                }
+                FirstRequest::Plain => Ok((Prefixed::new(buf, io), Negotiated::Http1)),
+            };
+        } else if buf.len() >= MAX_HEAD {
+            return Ok((Prefixed::new(buf, io), Negotiated::Http1));
+        }
+        if io.read_buf(&mut buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+/// After `101`: the client's preface and SETTINGS frame, then our HEADERS
+/// frame for stream 1, then whatever else the client already sent.
+async fn upgrade<T: AsyncRead + AsyncWrite + Unpin>(
+    mut io: T,
+    block: &[u8],
+) -> io::Result<(Prefixed<T>, Negotiated)> {
+    io.write_all(SWITCHING).await?;
+    io.flush().await?;
+    let mut buf = BytesMut::with_capacity(256);
+    let settings_end = loop {
+        if buf.len() >= PREFACE.len() && buf[..PREFACE.len()] != *PREFACE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no HTTP/2 preface after the upgrade",
+            ));
+        }
+        if buf.len() >= PREFACE.len() + 9 {
+            let frame = &buf[PREFACE.len()..];
+            let length =
+                usize::from(frame[0]) << 16 | usize::from(frame[1]) << 8 | usize::from(frame[2]);
+            // The preface must be followed by SETTINGS (RFC 7540 §3.5).
+            if frame[3] != 0x4 || length > MAX_FRAME {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the HTTP/2 preface is not followed by SETTINGS",
+                ));
+            }
+            let end = PREFACE.len() + 9 + length;
+            if buf.len() >= end {
+                break end;
+            }
+        }
+        if io.read_buf(&mut buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    };
+    let mut replay = BytesMut::with_capacity(buf.len() + 9 + block.len());
+    replay.extend_from_slice(&buf[..settings_end]);
+    // HEADERS (type 1), END_STREAM | END_HEADERS, stream 1.
+    replay.extend_from_slice(&frame_header(block.len(), 0x1, 0x1 | 0x4, 1));
+    replay.extend_from_slice(block);
+    replay.extend_from_slice(&buf[settings_end..]);
+    Ok((Prefixed::new(replay, io), Negotiated::Upgraded))
+}
+
+fn frame_header(length: usize, kind: u8, flags: u8, stream: u32) -> [u8; 9] {
+    let l = (length as u32).to_be_bytes();
+    let s = stream.to_be_bytes();
+    [l[1], l[2], l[3], kind, flags, s[0], s[1], s[2], s[3]]
+}
+
+fn head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+enum FirstRequest {
+    /// No upgrade asked for.
+    Plain,
+    /// An h2c upgrade we make: the request as an HPACK header block.
+    Upgrade(Vec<u8>),
+    /// An upgrade asked for that we do not make.
+    Declined,
+}
+
+/// Headers that belong to one HTTP/1.1 hop and have no place in HTTP/2.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "upgrade",
+    "http2-settings",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "host",
+    "te",
+];
+
+fn first_request(head: &[u8]) -> FirstRequest {
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let mut request = httparse::Request::new(&mut headers);
+    // A head httparse refuses goes to actix unchanged, which answers 400.
+    if !matches!(request.parse(head), Ok(httparse::Status::Complete(_))) {
+        return FirstRequest::Plain;
+    }
+    let value = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    };
+    let Some(upgrade) = value("upgrade") else {
+        return FirstRequest::Plain;
+    };
+    let tokens = |v: Option<&[u8]>| -> Vec<String> {
+        v.and_then(|v| std::str::from_utf8(v).ok())
+            .map(|v| {
+                v.split(',')
+                    .map(|t| t.trim().to_ascii_lowercase())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let connection = tokens(value("connection"));
+    let no_body =
+        value("transfer-encoding").is_none() && value("content-length").is_none_or(|v| v == b"0");
+    let asks_h2c = tokens(Some(upgrade)).iter().any(|t| t == "h2c")
+        && value("http2-settings").is_some()
+        && connection.iter().any(|t| t == "upgrade")
+        && connection.iter().any(|t| t == "http2-settings")
+        && request.version == Some(1);
+    if !(asks_h2c && no_body) {
+        return FirstRequest::Declined;
+    }
+    match header_block(&request, &connection) {
+        Some(block) if block.len() <= MAX_FRAME => FirstRequest::Upgrade(block),
+        _ => FirstRequest::Declined,
+    }
+}
+
+/// The upgraded request as an HPACK block: pseudo-headers first, then every
+/// end-to-end header, names lowercased, each a literal without indexing.
+fn header_block(request: &httparse::Request<'_, '_>, connection: &[String]) -> Option<Vec<u8>> {
+    let method = request.method?;
+    let target = request.path?;
+    // Absolute-form targets carry the authority themselves.
+    let (authority, path) = match target.strip_prefix("http://") {
+        Some(rest) => match rest.find('/') {
+            Some(slash) => (Some(&rest.as_bytes()[..slash]), &rest[slash..]),
+            None => (Some(rest.as_bytes()), "/"),
+        },
+        None => (None, target),
+    };
+    if !path.starts_with('/') && path != "*" {
+        return None;
+    }
+    let authority = authority.or_else(|| {
+        request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("host"))
+            .map(|h| h.value)
+    });
+    let mut block = Vec::with_capacity(512);
+    literal(&mut block, b":method", method.as_bytes());
+    literal(&mut block, b":scheme", b"http");
+    literal(&mut block, b":path", path.as_bytes());
+    if let Some(authority) = authority {
+        literal(&mut block, b":authority", authority);
+    }
+    for header in request.headers.iter() {
+        let name = header.name.to_ascii_lowercase();
+        let trailers_only = name == "te" && header.value.eq_ignore_ascii_case(b"trailers");
+        if (HOP_BY_HOP.contains(&name.as_str()) && !trailers_only) || connection.contains(&name) {
+            continue;
+        }
+        literal(&mut block, name.as_bytes(), header.value);
+    }
+    Some(block)
+}
+
+/// "Literal Header Field without Indexing — New Name" (RFC 7541 §6.2.2).
+fn literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.push(0x00);
+    string(out, name);
+    string(out, value);
+}
+
+/// A string literal without Huffman coding (RFC 7541 §5.2).
+fn string(out: &mut Vec<u8>, bytes: &[u8]) {
+    integer(out, 7, 0x00, bytes.len());
+    out.extend_from_slice(bytes);
+}
+
+/// An integer with an N-bit prefix (RFC 7541 §5.1).
+fn integer(out: &mut Vec<u8>, prefix_bits: u8, flags: u8, value: usize) {
+    let max = (1usize << prefix_bits) - 1;
+    if value < max {
+        out.push(flags | value as u8);
+        return;
+    }
+    out.push(flags | max as u8);
+    let mut rest = value - max;
+    while rest >= 128 {
+        out.push((rest % 128) as u8 | 0x80);
+        rest /= 128;
+    }
+    out.push(rest as u8);
+}
+
+/// The head without `Upgrade` and `HTTP2-Settings`, and without those tokens in
+/// `Connection`, so actix answers it as an ordinary keep-alive request.
+fn without_upgrade(head: &[u8]) -> Vec<u8> {
+    let body = head.strip_suffix(b"\r\n\r\n").unwrap_or(head);
+    let mut out = Vec::with_capacity(head.len());
+    for (i, line) in body.split(|b| *b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if i > 0 {
+            let colon = line.iter().position(|b| *b == b':').unwrap_or(line.len());
+            let name = String::from_utf8_lossy(&line[..colon])
+                .trim()
+                .to_ascii_lowercase();
+            match name.as_str() {
+                "upgrade" | "http2-settings" => continue,
+                "connection" => {
+                    let value = String::from_utf8_lossy(line.get(colon + 1..).unwrap_or(&[]));
+                    let kept: Vec<&str> = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|t| {
+                            !t.is_empty()
+                                && !t.eq_ignore_ascii_case("upgrade")
+                                && !t.eq_ignore_ascii_case("http2-settings")
+                        })
+                        .collect();
+                    if !kept.is_empty() {
+                        out.extend_from_slice(
+                            format!("Connection: {}\r\n", kept.join(", ")).as_bytes(),
+                        );
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        out.extend_from_slice(line);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Serves plain connections: negotiates each, then hands it to `http` (actix's
+/// HTTP/1 and HTTP/2 dispatchers) with the protocol chosen. `on_connection` is
+/// told how each connection was served (for the metrics).
+pub fn plain_connections<F>(
+    http: F,
+    on_connection: impl Fn(Negotiated) + Clone + 'static,
+) -> impl ServiceFactory<TcpStream, Config = (), Response = (), Error = (), InitError = ()>
+where
+    F: ServiceFactory<
+            (Prefixed<TcpStream>, Protocol, Option<SocketAddr>),
+            Config = (),
+            Response = (),
+        > + 'static,
+    F::Service: 'static,
+    F::Error: std::fmt::Debug,
+    F::InitError: std::fmt::Debug,
+{
+    let http = Rc::new(http);
+    actix_service::fn_factory(move || {
+        let ready = http.new_service(());
+        let on_connection = on_connection.clone();
+        async move {
+            let service = Rc::new(ready.await.map_err(|err| {
+                tracing::error!(error = ?err, "starting the HTTP service failed");
+            })?);
+            Ok(actix_service::fn_service(move |stream: TcpStream| {
+                let service = service.clone();
+                let on_connection = on_connection.clone();
+                async move {
+                    let peer = stream.peer_addr().ok();
+                    let negotiated =
+                        tokio::time::timeout(FIRST_REQUEST_TIMEOUT, negotiate(stream)).await;
+                    let (io, how) = match negotiated {
+                        Ok(Ok(found)) => found,
+                        // A client that sent nothing usable in time: nothing to answer.
+                        Ok(Err(_)) | Err(_) => return Ok(()),
+                    };
+                    on_connection(how);
+                    if let Err(err) = service.call((io, how.protocol(), peer)).await {
+                        tracing::debug!(error = ?err, "connection ended with an error");
+                    }
+                    Ok::<_, ()>(())
+                }
+            }))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::duplex;
+
+    #[test]
+    fn integers_follow_rfc_7541_examples() {
+        // C.1.1: 10 with a 5-bit prefix; C.1.2: 1337 with a 5-bit prefix.
+        let mut out = Vec::new();
+        integer(&mut out, 5, 0, 10);
+        assert_eq!(out, [10]);
+        out.clear();
+        integer(&mut out, 5, 0, 1337);
+        assert_eq!(out, [31, 154, 10]);
+        out.clear();
+        integer(&mut out, 7, 0, 127);
+        assert_eq!(out, [127, 0]);
+    }
+
+    const UPGRADE_HEAD: &[u8] = b"GET /index/se/rd/serde HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: cargo\r\nAccept-Encoding: gzip\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n";
+
+    #[test]
+    fn an_h2c_request_becomes_a_header_block() {
+        let FirstRequest::Upgrade(block) = first_request(UPGRADE_HEAD) else {
+            panic!("not upgraded");
+        };
+        let text = String::from_utf8_lossy(&block);
+        for part in [
+            ":method",
+            "GET",
+            ":path",
+            "/index/se/rd/serde",
+            ":authority",
+            "127.0.0.1:8080",
+            "user-agent",
+            "accept-encoding",
+        ] {
+            assert!(text.contains(part), "{part} missing from {text:?}");
+        }
+        for gone in [
+            "Upgrade",
+            "upgrade",
+            "http2-settings",
+            "HTTP2-Settings",
+            "connection",
+            "host\0",
+        ] {
+            assert!(!text.contains(gone), "{gone} left in {text:?}");
+        }
+    }
+
+    #[test]
+    fn upgrades_with_a_body_or_without_settings_are_declined_and_stripped() {
+        let with_body = b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n";
+        assert!(matches!(first_request(with_body), FirstRequest::Declined));
+        let websocket = b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n";
+        assert!(matches!(first_request(websocket), FirstRequest::Declined));
+        let stripped = String::from_utf8(without_upgrade(websocket)).unwrap();
+        assert_eq!(
+            stripped,
+            "GET /x HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\n\r\n"
+        );
+        let plain = b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n";
+        assert!(matches!(first_request(plain), FirstRequest::Plain));
+    }
+
+    #[tokio::test]
+    async fn the_upgrade_answers_101_and_replays_preface_settings_then_stream_1() {
+        let (mut client, server) = duplex(64 * 1024);
+        let settings = [0u8, 0, 6, 0x4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100];
+        let task = tokio::spawn(negotiate(server));
+        client.write_all(UPGRADE_HEAD).await.unwrap();
+        let mut answer = vec![0u8; SWITCHING.len()];
+        client.read_exact(&mut answer).await.unwrap();
+        assert_eq!(answer, SWITCHING);
+        client.write_all(PREFACE).await.unwrap();
+        client.write_all(&settings).await.unwrap();
+        let (mut io, how) = task.await.unwrap().unwrap();
+        assert_eq!(how, Negotiated::Upgraded);
+        let mut replay = vec![0u8; PREFACE.len() + settings.len() + 9];
+        io.read_exact(&mut replay).await.unwrap();
+        assert_eq!(&replay[..PREFACE.len()], PREFACE);
+        assert_eq!(
+            &replay[PREFACE.len()..PREFACE.len() + settings.len()],
+            settings
+        );
+        let headers = &replay[PREFACE.len() + settings.len()..];
+        assert_eq!(headers[3], 0x1, "a HEADERS frame");
+        assert_eq!(headers[4], 0x5, "END_STREAM | END_HEADERS");
+        assert_eq!(&headers[5..9], &[0, 0, 0, 1], "stream 1");
+    }
+
+    #[tokio::test]
+    async fn prior_knowledge_and_plain_requests_are_replayed_unchanged() {
+        let (mut client, server) = duplex(4096);
+        let task = tokio::spawn(negotiate(server));
+        client.write_all(PREFACE).await.unwrap();
+        let (mut io, how) = task.await.unwrap().unwrap();
+        assert_eq!(how, Negotiated::PriorKnowledge);
+        let mut replay = vec![0u8; PREFACE.len()];
+        io.read_exact(&mut replay).await.unwrap();
+        assert_eq!(replay, PREFACE);
+
+        let (mut client, server) = duplex(4096);
+        let task = tokio::spawn(negotiate(server));
+        let request = b"GET /health HTTP/1.1\r\nHost: h\r\n\r\nGET /ready HTTP/1.1\r\n";
+        client.write_all(request).await.unwrap();
+        let (mut io, how) = task.await.unwrap().unwrap();
+        assert_eq!(how, Negotiated::Http1);
+        let mut replay = vec![0u8; request.len()];
+        io.read_exact(&mut replay).await.unwrap();
+        assert_eq!(&replay[..], &request[..]);
+    }
+}

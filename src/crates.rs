@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
-use crate::index::cache::{CacheOutcome, IndexCache, IndexError};
+use crate::index::cache::{CacheOutcome, IndexCache, IndexError, IndexLookup};
 use crate::index::entry::{find_version, is_sha256_hex, VersionRecord};
 use crate::index::path::{CrateName, CrateVersion};
 use crate::metrics::Metrics;
@@ -233,28 +233,37 @@ impl CrateService {
         })
     }
 
-    /// The index line of `version`; a fresh copy that lacks it is revalidated once,
+    /// The index line of `version`. A fresh copy that lacks it is revalidated,
     /// since a version published within the TTL may be asked for by a client that
-    /// saw a newer index elsewhere (another mirror node, the upstream itself).
+    /// saw a newer index elsewhere (another mirror node, the upstream itself); the
+    /// index cache allows that once per crate per revalidate interval, so made-up
+    /// versions cannot make every request an upstream fetch.
     async fn version_record(
         &self,
         name: &CrateName,
         version: &CrateVersion,
     ) -> Result<VersionRecord, CrateError> {
         let index = &self.inner.index;
-        let mut lookup = index.get(name).await?;
-        loop {
-            if let Some(record) = find_version(&lookup.entry.body, version.as_str()) {
-                if !is_sha256_hex(&record.cksum) {
-                    return Err(CrateError::BadIndexLine);
-                }
-                return Ok(record);
-            }
-            if lookup.outcome != CacheOutcome::Hit || !lookup.entry.is_found() {
-                return Err(CrateError::NotFound);
-            }
-            lookup = index.revalidate(name).await?;
+        let lookup = index.get(name).await?;
+        if let Some(record) = checked_record(&lookup, version)? {
+            return Ok(record);
         }
+        if lookup.outcome != CacheOutcome::Hit || !lookup.entry.is_found() {
+            return Err(CrateError::NotFound);
+        }
+        let lookup = index.revalidate(name).await?;
+        checked_record(&lookup, version)?.ok_or(CrateError::NotFound)
+    }
+}
+
+/// The index line of `version` in `lookup`, when there is one.
+fn checked_record(
+    lookup: &IndexLookup,
+    version: &CrateVersion,
+) -> Result<Option<VersionRecord>, CrateError> {
+    match find_version(&lookup.entry.body, version.as_str()) {
+        Some(record) if !is_sha256_hex(&record.cksum) => Err(CrateError::BadIndexLine),
+        found => Ok(found),
     }
 }
 

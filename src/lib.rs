@@ -143,7 +143,7 @@ impl AppState {
             config.upstream_concurrency,
             metrics.clone(),
         )?);
-        let index = IndexCache::new(
+        let index = IndexCache::with_revalidate_interval(
             index_store.clone(),
             upstream.clone(),
             IndexPolicy {
@@ -151,6 +151,7 @@ impl AppState {
                 negative_ttl: config.negative_ttl,
                 hot_cache_bytes: config.hot_cache_bytes,
             },
+            config.revalidate_interval,
             metrics.clone(),
         );
         let (store, local_store): (Arc<dyn CrateStore>, _) = match &config.storage {

@@ -135,14 +135,17 @@ impl AppState {
             },
         })?;
         let metrics = Arc::new(Metrics::new());
-        let upstream = Arc::new(UpstreamClient::new(
-            config.upstream.clone(),
-            config.connect_timeout,
-            config.upstream_timeout,
-            config.index_ttl.max(std::time::Duration::from_secs(1)),
-            config.upstream_concurrency,
-            metrics.clone(),
-        )?);
+        let upstream = Arc::new(
+            UpstreamClient::new(
+                config.upstream.clone(),
+                config.connect_timeout,
+                config.upstream_timeout,
+                config.index_ttl.max(std::time::Duration::from_secs(1)),
+                config.upstream_concurrency,
+                metrics.clone(),
+            )?
+            .with_redirect_hosts(&config.upstream_redirect_hosts),
+        );
         let index = IndexCache::with_revalidate_interval(
             index_store.clone(),
             upstream.clone(),

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub upstream_duration: HistogramVec,
     pub upstream_retries: IntCounterVec,
     pub upstream_circuit_open: IntGauge,
+    pub upstream_redirects_refused: IntCounterVec,
     pub crate_downloads: IntCounterVec,
     pub checksum_failures: IntCounter,
     pub served_bytes: IntCounterVec,
@@ -188,6 +189,12 @@ impl Metrics {
                 "crate_mirror_upstream_retries_total",
                 "Upstream requests retried after a failure, by kind.",
                 &["kind"],
+            ),
+            upstream_redirects_refused: counter_vec(
+                &r,
+                "crate_mirror_upstream_redirects_refused_total",
+                "Upstream redirects not followed, by reason (host: not an upstream or listed host; too_many: over the limit).",
+                &["reason"],
             ),
             upstream_circuit_open: gauge(
                 &r,

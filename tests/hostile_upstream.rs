@@ -8,8 +8,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::client;
+use common::faults::{Reply, ScriptedServer};
 use common::mirror::Mirror;
-use common::registry::{publish, CrateSpec};
+use common::registry::{publish, CrateSpec, Published};
 use common::upstream::{DlStyle, TestUpstream};
 use reqwest::StatusCode;
 
@@ -27,6 +28,45 @@ async fn get(url: &str) -> reqwest::Response {
         .send()
         .await
         .unwrap_or_else(|e| panic!("{url}: {e}"))
+}
+
+/// A scripted upstream serving `crates` (index files under `/index/`, `dl` =
+/// `{base}/dl`); downloads are left to each test to script.
+fn scripted_upstream(crates: &[&Published]) -> ScriptedServer {
+    let upstream = ScriptedServer::start();
+    upstream.route(
+        "/index/config.json",
+        Reply::ok(format!("{{\"dl\":\"{}/dl\"}}", upstream.base)),
+    );
+    for p in crates {
+        upstream.route(&index_path(&p.name), Reply::ok(format!("{}\n", p.line)));
+    }
+    upstream
+}
+
+/// The sparse index path of a crate (names of 4 or more letters in these tests).
+fn index_path(name: &str) -> String {
+    assert!(name.len() >= 4, "{name}");
+    format!("/index/{}/{}/{name}", &name[..2], &name[2..4])
+}
+
+fn dl_path(p: &Published) -> String {
+    format!("/dl/{}/{}/download", p.name, p.vers)
+}
+
+fn upstream_url(server: &ScriptedServer) -> String {
+    format!("{}/index/", server.base)
+}
+
+/// The value of a metric line (name with labels, exactly as exposed).
+async fn metric(mirror: &Mirror, series: &str) -> Option<f64> {
+    let text = get(&format!("{}/metrics", mirror.url))
+        .await
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
 }
 
 #[tokio::test]
@@ -75,4 +115,126 @@ async fn made_up_versions_revalidate_at_most_once_per_interval() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.bytes().await.unwrap(), newer.tarball);
     assert_eq!(upstream.count(index) - before, forced + 1);
+}
+
+#[tokio::test]
+async fn redirects_to_other_hosts_are_refused() {
+    let p = publish(&CrateSpec::new("redir", "1.0.0"));
+    let upstream = scripted_upstream(&[&p]);
+    let other = ScriptedServer::start();
+    let secret = b"SECRET BODY OF ANOTHER SERVER ON THIS MACHINE".to_vec();
+    other.route("/secret", Reply::ok(secret.clone()));
+    upstream.route(
+        &dl_path(&p),
+        Reply::redirect(&format!("{}/secret", other.base)),
+    );
+    // Another loopback port is another host; listing a third one changes nothing.
+    let mirror = Mirror::start(
+        &upstream_url(&upstream),
+        &[
+            "--upstream-redirect-hosts",
+            "127.0.0.1:9,mirror.example.com",
+        ],
+    );
+
+    let response = get(&download_url(&mirror, "redir", "1.0.0")).await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let body = response.bytes().await.unwrap();
+    assert!(
+        !body.windows(secret.len()).any(|w| w == secret.as_slice()),
+        "the other server's body reached the client"
+    );
+    assert_eq!(other.total_hits(), 0, "the mirror asked the other server");
+    assert_eq!(
+        upstream.hits(&dl_path(&p)),
+        1,
+        "a refused redirect was retried"
+    );
+    assert_eq!(
+        metric(
+            &mirror,
+            "crate_mirror_upstream_redirects_refused_total{reason=\"host\"}"
+        )
+        .await,
+        Some(1.0)
+    );
+    assert!(
+        mirror.log().contains("upstream redirect refused"),
+        "{}",
+        mirror.log()
+    );
+    assert!(mirror.stored_files(".crate").is_empty());
+}
+
+#[tokio::test]
+async fn redirects_to_listed_hosts_are_followed() {
+    let p = publish(&CrateSpec::new("listed", "1.0.0"));
+    let upstream = scripted_upstream(&[&p]);
+    let files = ScriptedServer::start();
+    files.route("/files/listed.crate", Reply::ok(p.tarball.clone()));
+    upstream.route(
+        &dl_path(&p),
+        Reply::redirect(&format!("{}/files/listed.crate", files.base)),
+    );
+    let listed = format!("127.0.0.1:{}", files.port);
+    let mirror = Mirror::start(
+        &upstream_url(&upstream),
+        &["--upstream-redirect-hosts", &listed],
+    );
+    let response = get(&download_url(&mirror, "listed", "1.0.0")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.bytes().await.unwrap(), p.tarball);
+    assert_eq!(files.hits("/files/listed.crate"), 1);
+    assert_eq!(
+        metric(
+            &mirror,
+            "crate_mirror_upstream_redirects_refused_total{reason=\"host\"}"
+        )
+        .await,
+        None
+    );
+}
+
+#[tokio::test]
+async fn redirect_chains_longer_than_five_are_refused() {
+    // Both chains stay on the upstream's own host: only their length differs.
+    let five = publish(&CrateSpec::new("five", "1.0.0"));
+    let six = publish(&CrateSpec::new("sixx", "1.0.0"));
+    let upstream = scripted_upstream(&[&five, &six]);
+    for (p, hops) in [(&five, 5), (&six, 6)] {
+        let hop = |k: usize| format!("/hops/{}/{k}", p.name);
+        upstream.route(
+            &dl_path(p),
+            Reply::redirect(&format!("{}{}", upstream.base, hop(1))),
+        );
+        for k in 1..hops {
+            upstream.route(
+                &hop(k),
+                Reply::redirect(&format!("{}{}", upstream.base, hop(k + 1))),
+            );
+        }
+        upstream.route(&hop(hops), Reply::ok(p.tarball.clone()));
+    }
+    let mirror = Mirror::start(&upstream_url(&upstream), &[]);
+
+    let response = get(&download_url(&mirror, "five", "1.0.0")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.bytes().await.unwrap(), five.tarball);
+
+    let response = get(&download_url(&mirror, "sixx", "1.0.0")).await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_ne!(response.bytes().await.unwrap(), six.tarball);
+    assert_eq!(
+        upstream.hits("/hops/sixx/6"),
+        0,
+        "the sixth redirect was followed"
+    );
+    assert_eq!(
+        metric(
+            &mirror,
+            "crate_mirror_upstream_redirects_refused_total{reason=\"too_many\"}"
+        )
+        .await,
+        Some(1.0)
+    );
 }

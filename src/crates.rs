@@ -4,9 +4,11 @@
 //! sha256 equals the index `cksum`.
 //!
 //! The fetch runs in its own task, so it finishes (and fills the cache) even when
-//! the client that started it goes away. Clients are never sent the last byte of a
-//! body before it has been verified: a bad download ends in a broken connection,
-//! never in a complete-looking wrong file.
+//! the client that started it goes away. Clients are never sent the end of a body
+//! before it has been verified: the last byte of a known length, and with no
+//! Content-Length the last chunk received (any chunk may turn out to be the last),
+//! are held back until the sha256 matches. A bad download ends in a broken
+//! connection, never in a complete-looking wrong file.
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
@@ -118,6 +120,9 @@ enum Phase {
 struct Progress {
     len: Option<u64>,
     written: u64,
+    /// What readers may have before the body is verified: less than `written`,
+    /// so that the end of the body waits for the sha256.
+    released: u64,
     phase: Phase,
 }
 
@@ -294,6 +299,7 @@ impl Inner {
         let (tx, rx) = watch::channel(Progress {
             len: None,
             written: 0,
+            released: 0,
             phase: Phase::Connecting,
         });
         let flight = Arc::new(InFlight {
@@ -359,6 +365,12 @@ impl Inner {
         let mut written = 0u64;
         while let Some(chunk) = download.body.next().await {
             let chunk = chunk?;
+            if chunk.is_empty() {
+                continue;
+            }
+            // Everything before this chunk; with no length known, this chunk may
+            // be the last, so it waits for the end of the body and its sha256.
+            let before = written;
             written += chunk.len() as u64;
             if expected.is_some_and(|len| written > len) {
                 return Err(CrateError::LengthMismatch);
@@ -372,7 +384,14 @@ impl Inner {
                 .fetched_bytes
                 .with_label_values(&["crate"])
                 .inc_by(chunk.len() as u64);
-            tx.send_modify(|p| p.written = written);
+            let released = match expected {
+                Some(len) => written.min(len.saturating_sub(1)),
+                None => before,
+            };
+            tx.send_modify(|p| {
+                p.written = written;
+                p.released = released;
+            });
         }
         if expected.is_some_and(|len| written != len) {
             return Err(CrateError::LengthMismatch);
@@ -385,9 +404,9 @@ impl Inner {
     }
 }
 
-/// A stream of the temp file's bytes as the writer announces them. While the
-/// download runs, the last byte of a known length is held back until the body is
-/// verified; a failure ends the stream with an error.
+/// A stream of the temp file's bytes as the writer releases them. While the
+/// download runs, the end of the body is held back until it is verified (see
+/// `Progress::released`); a failure ends the stream with an error.
 fn follow(file: Arc<std::fs::File>, progress: watch::Receiver<Progress>) -> ByteStream {
     struct Reader {
         file: Arc<std::fs::File>,
@@ -415,10 +434,7 @@ fn follow(file: Arc<std::fs::File>, progress: watch::Receiver<Progress>) -> Byte
                         return Some((Err(std::io::Error::other(err.to_string())), reader));
                     }
                     Phase::Done => current.written,
-                    Phase::Connecting | Phase::Streaming => match current.len {
-                        Some(len) => current.written.min(len.saturating_sub(1)),
-                        None => current.written,
-                    },
+                    Phase::Connecting | Phase::Streaming => current.released,
                 };
                 if reader.offset < readable {
                     let want = (readable - reader.offset).min(READ_CHUNK as u64) as usize;

@@ -8,10 +8,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::client;
-use common::faults::{Reply, ScriptedServer};
+use common::faults::{Chunking, Reply, ScriptedServer};
 use common::mirror::Mirror;
 use common::registry::{publish, CrateSpec, Published};
 use common::upstream::{DlStyle, TestUpstream};
+use futures_util::StreamExt;
 use reqwest::StatusCode;
 
 /// A client's guard against hangs; every answer is expected well within it.
@@ -28,6 +29,20 @@ async fn get(url: &str) -> reqwest::Response {
         .send()
         .await
         .unwrap_or_else(|e| panic!("{url}: {e}"))
+}
+
+/// Reads a body until it ends or fails: the bytes received, and whether it
+/// ended cleanly.
+async fn read_body(response: reqwest::Response) -> (Vec<u8>, bool) {
+    let mut received = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(chunk) => received.extend_from_slice(&chunk),
+            Err(_) => return (received, false),
+        }
+    }
+    (received, true)
 }
 
 /// A scripted upstream serving `crates` (index files under `/index/`, `dl` =
@@ -237,4 +252,55 @@ async fn redirect_chains_longer_than_five_are_refused() {
         .await,
         Some(1.0)
     );
+}
+
+#[tokio::test]
+async fn unknown_length_bodies_hold_back_the_tail() {
+    let p = publish(&CrateSpec::new("chunky", "1.0.0").padding(100_000));
+    let upstream = scripted_upstream(&[&p]);
+    let mut corrupt = p.tarball.clone();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff;
+    // The whole body arrives long before it ends: a mirror that released every
+    // byte it had would hand the client the complete bad file meanwhile.
+    let chunking = Chunking {
+        size: 16 * 1024,
+        pause: Duration::from_millis(50),
+        tail_pause: Duration::from_millis(1500),
+    };
+    upstream.route(&dl_path(&p), Reply::ok(corrupt.clone()).chunked(chunking));
+    let mirror = Mirror::start(&upstream_url(&upstream), &[]);
+    let url = download_url(&mirror, "chunky", "1.0.0");
+
+    let response = get(&url).await;
+    match response.status() {
+        StatusCode::OK => {
+            assert!(response.headers().get("content-length").is_none());
+            let (received, clean) = read_body(response).await;
+            assert!(!clean, "a corrupt body ended cleanly");
+            assert!(
+                received.len() < corrupt.len(),
+                "the client got all {} bytes of the corrupt body",
+                received.len()
+            );
+            assert_ne!(received, corrupt);
+        }
+        status => assert_eq!(status, StatusCode::BAD_GATEWAY),
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        mirror.stored_files(".crate").is_empty(),
+        "a corrupt crate was stored"
+    );
+
+    // The good body, sent the same way, arrives whole and is kept.
+    upstream.route(&dl_path(&p), Reply::ok(p.tarball.clone()).chunked(chunking));
+    let response = get(&url).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let (received, clean) = read_body(response).await;
+    assert!(clean);
+    assert_eq!(received, p.tarball);
+    let hit = get(&url).await;
+    assert_eq!(hit.headers()["x-cache"], "HIT");
+    assert_eq!(hit.bytes().await.unwrap(), p.tarball);
 }

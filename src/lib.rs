@@ -83,6 +83,8 @@ pub struct AppState {
     local_store: Option<Arc<LocalStore>>,
     /// The memory in front of the store, when `crate-cache-size` is not 0.
     crate_memory: Option<Arc<MemoryCachedStore>>,
+    /// The S3 backend, when in use: readiness checks that its bucket answers.
+    s3_store: Option<Arc<S3Store>>,
     /// The git index, when enabled.
     pub git: Option<Arc<git::GitIndex>>,
     git_rebuild_delay: std::time::Duration,
@@ -101,6 +103,12 @@ pub struct Readiness {
     pub data_dir_writable: bool,
     pub database_open: bool,
     pub upstream_config_known: bool,
+    /// The crate store answers (always true for local storage, whose data dir
+    /// is checked above; for S3, a bounded list request on the bucket).
+    pub storage_ok: bool,
+    /// Why the store does not answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_error: Option<String>,
 }
 
 impl AppState {
@@ -157,6 +165,7 @@ impl AppState {
             config.revalidate_interval,
             metrics.clone(),
         );
+        let mut s3_store = None;
         let (store, local_store): (Arc<dyn CrateStore>, _) = match &config.storage {
             StorageConfig::Local { max_bytes } => {
                 let tree = db
@@ -168,7 +177,16 @@ impl AppState {
                 let local = Arc::new(LocalStore::with_accounting(&data_dir, tree, *max_bytes));
                 (local.clone(), Some(local))
             }
-            StorageConfig::S3(s3) => (Arc::new(S3Store::new(s3)?), None),
+            StorageConfig::S3(s3) => {
+                let s3 = Arc::new(S3Store::new(s3)?);
+                // Wrong keys or an unreachable bucket do not stop the start (the
+                // bucket may come back); /ready reports it until then.
+                if let Err(reason) = s3.check().await {
+                    tracing::warn!(%reason, "the S3 bucket does not answer; not ready until it does");
+                }
+                s3_store = Some(s3.clone());
+                (s3, None)
+            }
         };
         let crate_memory = (config.crate_cache_bytes > 0).then(|| {
             Arc::new(MemoryCachedStore::new(
@@ -216,6 +234,7 @@ impl AppState {
             index_store,
             local_store,
             crate_memory,
+            s3_store,
             git,
             git_rebuild_delay: config.git_rebuild_delay,
             metrics,
@@ -239,11 +258,17 @@ impl AppState {
             || tokio::time::timeout(READY_UPSTREAM_WAIT, self.upstream.config())
                 .await
                 .is_ok_and(|config| config.is_ok());
+        let storage = match &self.s3_store {
+            Some(s3) => s3.check().await,
+            None => Ok(()),
+        };
         Readiness {
-            ready: data_dir_writable && database_open && upstream_config_known,
+            ready: data_dir_writable && database_open && upstream_config_known && storage.is_ok(),
             data_dir_writable,
             database_open,
             upstream_config_known,
+            storage_ok: storage.is_ok(),
+            storage_error: storage.err(),
         }
     }
 

@@ -4,9 +4,11 @@
 //! sha256 equals the index `cksum`.
 //!
 //! The fetch runs in its own task, so it finishes (and fills the cache) even when
-//! the client that started it goes away. Clients are never sent the last byte of a
-//! body before it has been verified: a bad download ends in a broken connection,
-//! never in a complete-looking wrong file.
+//! the client that started it goes away. Clients are never sent the end of a body
+//! before it has been verified: the last byte of a known length, and with no
+//! Content-Length the last chunk received (any chunk may turn out to be the last),
+//! are held back until the sha256 matches. A bad download ends in a broken
+//! connection, never in a complete-looking wrong file.
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
@@ -20,7 +22,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
-use crate::index::cache::{CacheOutcome, IndexCache, IndexError};
+use crate::index::cache::{CacheOutcome, IndexCache, IndexError, IndexLookup};
 use crate::index::entry::{find_version, is_sha256_hex, VersionRecord};
 use crate::index::path::{CrateName, CrateVersion};
 use crate::metrics::Metrics;
@@ -118,6 +120,9 @@ enum Phase {
 struct Progress {
     len: Option<u64>,
     written: u64,
+    /// What readers may have before the body is verified: less than `written`,
+    /// so that the end of the body waits for the sha256.
+    released: u64,
     phase: Phase,
 }
 
@@ -233,28 +238,37 @@ impl CrateService {
         })
     }
 
-    /// The index line of `version`; a fresh copy that lacks it is revalidated once,
+    /// The index line of `version`. A fresh copy that lacks it is revalidated,
     /// since a version published within the TTL may be asked for by a client that
-    /// saw a newer index elsewhere (another mirror node, the upstream itself).
+    /// saw a newer index elsewhere (another mirror node, the upstream itself); the
+    /// index cache allows that once per crate per revalidate interval, so made-up
+    /// versions cannot make every request an upstream fetch.
     async fn version_record(
         &self,
         name: &CrateName,
         version: &CrateVersion,
     ) -> Result<VersionRecord, CrateError> {
         let index = &self.inner.index;
-        let mut lookup = index.get(name).await?;
-        loop {
-            if let Some(record) = find_version(&lookup.entry.body, version.as_str()) {
-                if !is_sha256_hex(&record.cksum) {
-                    return Err(CrateError::BadIndexLine);
-                }
-                return Ok(record);
-            }
-            if lookup.outcome != CacheOutcome::Hit || !lookup.entry.is_found() {
-                return Err(CrateError::NotFound);
-            }
-            lookup = index.revalidate(name).await?;
+        let lookup = index.get(name).await?;
+        if let Some(record) = checked_record(&lookup, version)? {
+            return Ok(record);
         }
+        if lookup.outcome != CacheOutcome::Hit || !lookup.entry.is_found() {
+            return Err(CrateError::NotFound);
+        }
+        let lookup = index.revalidate(name).await?;
+        checked_record(&lookup, version)?.ok_or(CrateError::NotFound)
+    }
+}
+
+/// The index line of `version` in `lookup`, when there is one.
+fn checked_record(
+    lookup: &IndexLookup,
+    version: &CrateVersion,
+) -> Result<Option<VersionRecord>, CrateError> {
+    match find_version(&lookup.entry.body, version.as_str()) {
+        Some(record) if !is_sha256_hex(&record.cksum) => Err(CrateError::BadIndexLine),
+        found => Ok(found),
     }
 }
 
@@ -285,6 +299,7 @@ impl Inner {
         let (tx, rx) = watch::channel(Progress {
             len: None,
             written: 0,
+            released: 0,
             phase: Phase::Connecting,
         });
         let flight = Arc::new(InFlight {
@@ -350,6 +365,12 @@ impl Inner {
         let mut written = 0u64;
         while let Some(chunk) = download.body.next().await {
             let chunk = chunk?;
+            if chunk.is_empty() {
+                continue;
+            }
+            // Everything before this chunk; with no length known, this chunk may
+            // be the last, so it waits for the end of the body and its sha256.
+            let before = written;
             written += chunk.len() as u64;
             if expected.is_some_and(|len| written > len) {
                 return Err(CrateError::LengthMismatch);
@@ -363,7 +384,14 @@ impl Inner {
                 .fetched_bytes
                 .with_label_values(&["crate"])
                 .inc_by(chunk.len() as u64);
-            tx.send_modify(|p| p.written = written);
+            let released = match expected {
+                Some(len) => written.min(len.saturating_sub(1)),
+                None => before,
+            };
+            tx.send_modify(|p| {
+                p.written = written;
+                p.released = released;
+            });
         }
         if expected.is_some_and(|len| written != len) {
             return Err(CrateError::LengthMismatch);
@@ -376,9 +404,9 @@ impl Inner {
     }
 }
 
-/// A stream of the temp file's bytes as the writer announces them. While the
-/// download runs, the last byte of a known length is held back until the body is
-/// verified; a failure ends the stream with an error.
+/// A stream of the temp file's bytes as the writer releases them. While the
+/// download runs, the end of the body is held back until it is verified (see
+/// `Progress::released`); a failure ends the stream with an error.
 fn follow(file: Arc<std::fs::File>, progress: watch::Receiver<Progress>) -> ByteStream {
     struct Reader {
         file: Arc<std::fs::File>,
@@ -406,10 +434,7 @@ fn follow(file: Arc<std::fs::File>, progress: watch::Receiver<Progress>) -> Byte
                         return Some((Err(std::io::Error::other(err.to_string())), reader));
                     }
                     Phase::Done => current.written,
-                    Phase::Connecting | Phase::Streaming => match current.len {
-                        Some(len) => current.written.min(len.saturating_sub(1)),
-                        None => current.written,
-                    },
+                    Phase::Connecting | Phase::Streaming => current.released,
                 };
                 if reader.offset < readable {
                     let want = (readable - reader.offset).min(READ_CHUNK as u64) as usize;

@@ -88,6 +88,8 @@ pub struct AppState {
     local_store: Option<Arc<LocalStore>>,
     /// The memory in front of the store, when `crate-cache-size` is not 0.
     crate_memory: Option<Arc<MemoryCachedStore>>,
+    /// The S3 backend, when in use: readiness checks that its bucket answers.
+    s3_store: Option<Arc<S3Store>>,
     /// The git index, when enabled.
     pub git: Option<Arc<git::GitIndex>>,
     git_rebuild_delay: std::time::Duration,
@@ -106,6 +108,12 @@ pub struct Readiness {
     pub data_dir_writable: bool,
     pub database_open: bool,
     pub upstream_config_known: bool,
+    /// The crate store answers (always true for local storage, whose data dir
+    /// is checked above; for S3, a bounded list request on the bucket).
+    pub storage_ok: bool,
+    /// Why the store does not answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_error: Option<String>,
 }
 
 impl AppState {
@@ -140,15 +148,18 @@ impl AppState {
             },
         })?;
         let metrics = Arc::new(Metrics::new());
-        let upstream = Arc::new(UpstreamClient::new(
-            config.upstream.clone(),
-            config.connect_timeout,
-            config.upstream_timeout,
-            config.index_ttl.max(std::time::Duration::from_secs(1)),
-            config.upstream_concurrency,
-            metrics.clone(),
-        )?);
-        let index = IndexCache::new(
+        let upstream = Arc::new(
+            UpstreamClient::new(
+                config.upstream.clone(),
+                config.connect_timeout,
+                config.upstream_timeout,
+                config.index_ttl.max(std::time::Duration::from_secs(1)),
+                config.upstream_concurrency,
+                metrics.clone(),
+            )?
+            .with_redirect_hosts(&config.upstream_redirect_hosts),
+        );
+        let index = IndexCache::with_revalidate_interval(
             index_store.clone(),
             upstream.clone(),
             IndexPolicy {
@@ -156,8 +167,10 @@ impl AppState {
                 negative_ttl: config.negative_ttl,
                 hot_cache_bytes: config.hot_cache_bytes,
             },
+            config.revalidate_interval,
             metrics.clone(),
         );
+        let mut s3_store = None;
         let (store, local_store): (Arc<dyn CrateStore>, _) = match &config.storage {
             StorageConfig::Local { max_bytes } => {
                 let tree = db
@@ -169,7 +182,16 @@ impl AppState {
                 let local = Arc::new(LocalStore::with_accounting(&data_dir, tree, *max_bytes));
                 (local.clone(), Some(local))
             }
-            StorageConfig::S3(s3) => (Arc::new(S3Store::new(s3)?), None),
+            StorageConfig::S3(s3) => {
+                let s3 = Arc::new(S3Store::new(s3)?);
+                // Wrong keys or an unreachable bucket do not stop the start (the
+                // bucket may come back); /ready reports it until then.
+                if let Err(reason) = s3.check().await {
+                    tracing::warn!(%reason, "the S3 bucket does not answer; not ready until it does");
+                }
+                s3_store = Some(s3.clone());
+                (s3, None)
+            }
         };
         let crate_memory = (config.crate_cache_bytes > 0).then(|| {
             Arc::new(MemoryCachedStore::new(
@@ -218,6 +240,7 @@ impl AppState {
             index_store,
             local_store,
             crate_memory,
+            s3_store,
             git,
             git_rebuild_delay: config.git_rebuild_delay,
             metrics,
@@ -243,11 +266,17 @@ impl AppState {
             || tokio::time::timeout(READY_UPSTREAM_WAIT, self.upstream.config())
                 .await
                 .is_ok_and(|config| config.is_ok());
+        let storage = match &self.s3_store {
+            Some(s3) => s3.check().await,
+            None => Ok(()),
+        };
         Readiness {
-            ready: data_dir_writable && database_open && upstream_config_known,
+            ready: data_dir_writable && database_open && upstream_config_known && storage.is_ok(),
             data_dir_writable,
             database_open,
             upstream_config_known,
+            storage_ok: storage.is_ok(),
+            storage_error: storage.err(),
         }
     }
 

@@ -1,9 +1,15 @@
 //! `UpstreamClient`: everything the mirror asks of the upstream registry goes
 //! through here — its `config.json` (for the `dl` template), conditional index
 //! fetches and streamed `.crate` downloads — so timeouts live in one place.
+//!
+//! Redirects are followed only to the upstream's own hosts (the index base URL
+//! and the `dl` template) and to hosts the operator listed, at most
+//! `MAX_REDIRECTS` of them: anything else would let the upstream (or whoever
+//! controls a redirect) make the mirror fetch from, and serve, any server it
+//! can reach, the mirror's own network included.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -25,6 +31,8 @@ use crate::metrics::Metrics;
 const MAX_ATTEMPTS: u32 = 3;
 /// The largest index file accepted from the upstream; real ones are a few hundred KB.
 const MAX_INDEX_BYTES: usize = 32 << 20;
+/// Redirects followed per request; more is refused like a redirect elsewhere.
+pub const MAX_REDIRECTS: usize = 5;
 
 /// An upstream failure. `Clone` so that one fetch's result can be shared by
 /// every request that waited for it.
@@ -46,11 +54,19 @@ pub enum UpstreamError {
     CircuitOpen,
     #[error("upstream sent an invalid index file: {0}")]
     InvalidIndex(String),
+    #[error("upstream redirect refused: {0}")]
+    RedirectRefused(String),
 }
 
 impl UpstreamError {
     fn from_reqwest(err: reqwest::Error) -> Self {
-        if err.is_timeout() {
+        if err.is_redirect() {
+            // The policy's own reason is the source; reqwest's text only names the URL.
+            let reason = std::error::Error::source(&err)
+                .map(ToString::to_string)
+                .unwrap_or_else(|| err.to_string());
+            UpstreamError::RedirectRefused(reason)
+        } else if err.is_timeout() {
             UpstreamError::Timeout
         } else if err.is_connect() {
             UpstreamError::Unreachable(err.to_string())
@@ -152,8 +168,106 @@ impl UpstreamConfig {
     }
 }
 
+/// A host that redirects may lead to: a lowercase name and, when fixed, a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct AllowedHost {
+    host: String,
+    /// `None`: any port (a listed host given without one).
+    port: Option<u16>,
+}
+
+impl AllowedHost {
+    /// The host and port of `url` (its scheme's default port when none is given).
+    fn of_url(url: &reqwest::Url) -> Option<Self> {
+        Some(Self {
+            host: url.host_str()?.to_ascii_lowercase(),
+            port: url.port_or_known_default(),
+        })
+    }
+
+    /// A `host` or `host:port` setting, as `Config::upstream_redirect_hosts` holds them.
+    fn from_setting(setting: &str) -> Option<Self> {
+        let url = reqwest::Url::parse(&format!("http://{setting}/")).ok()?;
+        let host = url.host_str()?.to_ascii_lowercase();
+        // `Url` drops a port equal to the scheme's default, so look at the text.
+        let port = match setting.rsplit_once(':') {
+            Some((_, port)) if !setting.ends_with(']') => Some(port.parse().ok()?),
+            _ => None,
+        };
+        Some(Self { host, port })
+    }
+
+    fn admits(&self, url: &reqwest::Url) -> bool {
+        url.host_str()
+            .is_some_and(|host| host.eq_ignore_ascii_case(&self.host))
+            && self
+                .port
+                .is_none_or(|port| url.port_or_known_default() == Some(port))
+    }
+}
+
+/// Where the upstream's redirects may lead: shared by the HTTP clients' redirect
+/// policy and the client, which learns the `dl` host from config.json.
+struct RedirectRules {
+    /// The index base URL's host.
+    base: Option<AllowedHost>,
+    /// The host of the `dl` template, once config.json has been read.
+    dl: RwLock<Option<AllowedHost>>,
+    /// Hosts the operator listed.
+    listed: RwLock<Vec<AllowedHost>>,
+    metrics: Arc<Metrics>,
+}
+
+impl RedirectRules {
+    fn admits(&self, url: &reqwest::Url) -> bool {
+        self.base.iter().any(|h| h.admits(url))
+            || self
+                .dl
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .any(|h| h.admits(url))
+            || self
+                .listed
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .any(|h| h.admits(url))
+    }
+
+    /// The decision on one redirect; refusals are counted and logged.
+    fn decide(&self, attempt: reqwest::redirect::Attempt<'_>) -> reqwest::redirect::Action {
+        // `previous` starts with the request's own URL.
+        let (reason, why) = if attempt.previous().len() > MAX_REDIRECTS {
+            ("too_many", format!("more than {MAX_REDIRECTS} redirects"))
+        } else if !self.admits(attempt.url()) {
+            let to = attempt.url();
+            let target = match to.port_or_known_default() {
+                Some(port) => format!("{}:{port}", to.host_str().unwrap_or("")),
+                None => to.host_str().unwrap_or("").to_string(),
+            };
+            ("host", format!("redirect to {target}, which is not an upstream host nor listed in upstream-redirect-hosts"))
+        } else {
+            return attempt.follow();
+        };
+        self.metrics
+            .upstream_redirects_refused
+            .with_label_values(&[reason])
+            .inc();
+        // The path only: a redirect's query may carry a signature.
+        let from = attempt
+            .previous()
+            .last()
+            .map(|url| format!("{}{}", url.origin().ascii_serialization(), url.path()))
+            .unwrap_or_default();
+        tracing::warn!(%from, reason = %why, "upstream redirect refused");
+        attempt.error(why)
+    }
+}
+
 pub struct UpstreamClient {
     base: String,
+    redirects: Arc<RedirectRules>,
     /// Index fetches: gzip accepted and decoded transparently.
     index_http: reqwest::Client,
     /// Downloads: no content decoding, so the bytes hashed are the bytes served.
@@ -181,7 +295,16 @@ impl UpstreamClient {
         metrics: Arc<Metrics>,
     ) -> Result<Self, UpstreamError> {
         let user_agent = concat!("crate-mirror/", env!("CARGO_PKG_VERSION"));
+        let redirects = Arc::new(RedirectRules {
+            base: reqwest::Url::parse(&base)
+                .ok()
+                .and_then(|url| AllowedHost::of_url(&url)),
+            dl: RwLock::new(None),
+            listed: RwLock::new(Vec::new()),
+            metrics: metrics.clone(),
+        });
         let build = |gzip: bool| {
+            let rules = redirects.clone();
             let mut headers = HeaderMap::new();
             if !gzip {
                 headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
@@ -191,14 +314,20 @@ impl UpstreamClient {
                 .connect_timeout(connect_timeout)
                 .read_timeout(timeout)
                 .gzip(gzip)
+                .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                    rules.decide(attempt)
+                }))
                 .default_headers(headers)
                 .build()
                 .map_err(|e| UpstreamError::Unreachable(e.to_string()))
         };
+        let index_http = build(true)?;
+        let download_http = build(false)?;
         Ok(Self {
             base,
-            index_http: build(true)?,
-            download_http: build(false)?,
+            redirects,
+            index_http,
+            download_http,
             index_timeout: timeout,
             config_ttl,
             config: Mutex::new(None),
@@ -207,6 +336,26 @@ impl UpstreamClient {
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             breaker: CircuitBreaker::default(),
         })
+    }
+
+    /// Also follows redirects to `hosts` (`host` for any port, or `host:port`).
+    pub fn with_redirect_hosts(self, hosts: &[String]) -> Self {
+        let parsed = hosts
+            .iter()
+            .filter_map(|setting| {
+                let host = AllowedHost::from_setting(setting);
+                if host.is_none() {
+                    tracing::warn!(%setting, "ignoring an upstream redirect host that is not a host name");
+                }
+                host
+            })
+            .collect();
+        *self
+            .redirects
+            .listed
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = parsed;
+        self
     }
 
     pub fn base(&self) -> &str {
@@ -258,6 +407,11 @@ impl UpstreamClient {
         if !matches!(dl.scheme(), "http" | "https") {
             return Err(UpstreamError::InvalidConfig("dl is not http(s)".into()));
         }
+        *self
+            .redirects
+            .dl
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = AllowedHost::of_url(&dl);
         Ok(config)
     }
 
@@ -359,12 +513,18 @@ impl UpstreamClient {
                 Err(err) => {
                     let label = match err {
                         UpstreamError::Timeout => "timeout",
+                        UpstreamError::RedirectRefused(_) => "redirect_refused",
                         _ => "error",
                     };
                     self.metrics.upstream_exchange(kind, label, seconds, false);
                     (true, None)
                 }
             };
+            if matches!(result, Err(UpstreamError::RedirectRefused(_))) {
+                // A policy decision, not an outage: asking again gets the same
+                // redirect, and the circuit should not open over it.
+                return result.map(|response| (response, permit));
+            }
             if !failed {
                 self.breaker.record_success();
                 return result.map(|response| (response, permit));
@@ -440,6 +600,34 @@ mod tests {
 
     fn config(dl: &str) -> UpstreamConfig {
         UpstreamConfig { dl: dl.to_string() }
+    }
+
+    fn url(text: &str) -> reqwest::Url {
+        reqwest::Url::parse(text).unwrap()
+    }
+
+    #[test]
+    fn redirect_hosts_match_host_and_port() {
+        let any_port = AllowedHost::from_setting("files.example.com").unwrap();
+        assert!(any_port.admits(&url("https://files.example.com/a")));
+        assert!(any_port.admits(&url("http://FILES.example.com:8080/a")));
+        assert!(!any_port.admits(&url("https://example.com/a")));
+        assert!(!any_port.admits(&url("https://files.example.com.evil.example/a")));
+
+        let one_port = AllowedHost::from_setting("127.0.0.1:8443").unwrap();
+        assert!(one_port.admits(&url("http://127.0.0.1:8443/x")));
+        assert!(!one_port.admits(&url("http://127.0.0.1:8444/x")));
+        assert!(!one_port.admits(&url("http://127.0.0.1/x")));
+
+        let ipv6 = AllowedHost::from_setting("[::1]:9000").unwrap();
+        assert!(ipv6.admits(&url("http://[::1]:9000/x")));
+        assert!(!ipv6.admits(&url("http://[::1]:9001/x")));
+        assert_eq!(AllowedHost::from_setting("[::1]").unwrap().port, None);
+
+        // The upstream's own hosts carry their port, explicit or the scheme's.
+        let own = AllowedHost::of_url(&url("https://index.example.com/")).unwrap();
+        assert!(own.admits(&url("https://index.example.com/dl")));
+        assert!(!own.admits(&url("http://index.example.com:8080/dl")));
     }
 
     #[test]

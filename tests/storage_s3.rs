@@ -6,6 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use common::cargo::{project, run_ok, CargoHome};
 use common::client;
@@ -219,4 +220,158 @@ async fn verify_removes_a_corrupted_object_and_it_is_fetched_again() {
     assert_eq!(again.headers()["x-cache"], "MISS");
     assert_eq!(again.bytes().await.unwrap(), p.tarball);
     assert_eq!(garage.get(&key).await.unwrap(), p.tarball);
+}
+
+/// The environment for S3 storage on `garage` without the credential settings.
+fn env_without_keys(garage: &Garage) -> Vec<(String, String)> {
+    garage
+        .env()
+        .into_iter()
+        .filter(|(k, _)| k != "AWS_ACCESS_KEY_ID" && k != "AWS_SECRET_ACCESS_KEY")
+        .collect()
+}
+
+/// `/ready`: its status and its JSON.
+async fn readiness(mirror: &Mirror) -> (StatusCode, serde_json::Value) {
+    let response = client()
+        .get(format!("{}/ready", mirror.url))
+        .timeout(std::time::Duration::from_secs(30))
+        .send()
+        .await
+        .expect("ready answers");
+    let status = response.status();
+    (status, response.json().await.expect("ready JSON"))
+}
+
+/// Polls `/ready` until its status is `want` (within `limit`); the last answer.
+async fn ready_becomes(
+    mirror: &Mirror,
+    want: StatusCode,
+    limit: std::time::Duration,
+) -> (StatusCode, serde_json::Value) {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let (status, report) = readiness(mirror).await;
+        if status == want || std::time::Instant::now() > deadline {
+            return (status, report);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn s3_without_credentials_refuses_to_start() {
+    let garage = Garage::start();
+    let upstream = TestUpstream::start(&[], DlStyle::Plain);
+    let dir = tempfile::tempdir().unwrap();
+    let stderr_path = dir.path().join("stderr");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_crate-mirror"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream.url,
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(S3)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("CRATE_MIRROR_S3_INSTANCE_CREDENTIALS")
+        .envs(env_without_keys(&garage))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .expect("spawn crate-mirror");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    let status = status.unwrap_or_else(|| panic!("started without credentials: {stderr}"));
+    assert!(!status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // One line names every way to give credentials.
+    let line = stderr
+        .lines()
+        .find(|line| line.contains("no credentials"))
+        .unwrap_or_else(|| panic!("no credentials error: {stderr}"));
+    for setting in [
+        "aws-access-key-id",
+        "AWS_ACCESS_KEY_ID",
+        "aws-secret-access-key",
+        "AWS_SECRET_ACCESS_KEY",
+        "s3-instance-credentials",
+    ] {
+        assert!(line.contains(setting), "{setting} not named: {line}");
+    }
+    assert_eq!(garage.objects().await, vec![]);
+}
+
+#[tokio::test]
+async fn s3_with_a_wrong_secret_is_not_ready_and_says_why() {
+    let garage = Garage::start();
+    let upstream = TestUpstream::start(&[], DlStyle::Plain);
+    let mut env = env_without_keys(&garage);
+    let right = garage.env();
+    let key_id = right
+        .iter()
+        .find(|(k, _)| k == "AWS_ACCESS_KEY_ID")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    env.push(("AWS_ACCESS_KEY_ID".into(), key_id));
+    let wrong = Garage::SECRET.replace('0', "1");
+    env.push(("AWS_SECRET_ACCESS_KEY".into(), wrong));
+    let mirror = Mirror::start_with_env(&upstream.url, &S3, &env);
+    let (status, report) = readiness(&mirror).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{report}");
+    assert_eq!(report["ready"], false, "{report}");
+    assert_eq!(report["storage_ok"], false, "{report}");
+    let reason = report["storage_error"].as_str().unwrap_or_default();
+    assert!(!reason.is_empty(), "{report}");
+
+    // The right keys: ready.
+    let good = Mirror::start_with_env(&upstream.url, &S3, &garage.env());
+    let (status, report) = ready_becomes(&good, StatusCode::OK, Duration::from_secs(10)).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["storage_ok"], true, "{report}");
+    assert!(report.get("storage_error").is_none(), "{report}");
+}
+
+#[tokio::test]
+async fn s3_readiness_follows_the_bucket() {
+    let mut garage = Garage::start();
+    let upstream = TestUpstream::start(&[], DlStyle::Plain);
+    let mirror = Mirror::start_with_env(&upstream.url, &S3, &garage.env());
+    let (status, report) = ready_becomes(&mirror, StatusCode::OK, Duration::from_secs(10)).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+
+    garage.stop();
+    let started = std::time::Instant::now();
+    let (status, report) = ready_becomes(
+        &mirror,
+        StatusCode::SERVICE_UNAVAILABLE,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{report}");
+    assert_eq!(report["storage_ok"], false, "{report}");
+    assert!(report["storage_error"].as_str().is_some(), "{report}");
+    // Each probe is bounded: a dead bucket does not hang /ready.
+    assert!(started.elapsed() < Duration::from_secs(20));
+
+    garage.restart();
+    let (status, report) = ready_becomes(&mirror, StatusCode::OK, Duration::from_secs(30)).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["storage_ok"], true, "{report}");
 }

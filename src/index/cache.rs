@@ -1,6 +1,11 @@
 //! `IndexCache`: index files by crate name, from memory (moka) when fresh, else
 //! from sled and the upstream, with revalidation, stale-on-error, negative
 //! caching and one upstream fetch per name however many clients ask at once.
+//!
+//! A fresh copy is revalidated ahead of its TTL only when a download names a
+//! version it lacks, and then at most once per crate per revalidate interval
+//! while the file is unchanged: otherwise made-up versions would turn every
+//! request into an upstream fetch.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +29,13 @@ use crate::upstream::{IndexFetch, UpstreamClient, UpstreamError, Validators};
 /// TTL) before the upstream is tried again, so an outage does not turn every
 /// request into a wait for the upstream's timeout.
 const STALE_RETRY: Duration = Duration::from_secs(5);
+
+/// The revalidate interval when none is configured (the setting's default).
+pub const DEFAULT_REVALIDATE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Crates whose last forced revalidation is remembered; beyond it the oldest
+/// are forgotten, which at worst allows one more forced fetch of those.
+const FORCED_CAPACITY: u64 = 100_000;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum IndexError {
@@ -248,8 +260,19 @@ pub struct IndexPolicy {
     pub hot_cache_bytes: u64,
 }
 
+/// The last forced revalidation of one crate: when it ended, and the ETag of
+/// the file it left (a different ETag means the file changed since).
+#[derive(Debug, Clone)]
+struct Forced {
+    at: Instant,
+    etag: String,
+}
+
 struct Inner {
     hot: Cache<String, Arc<IndexEntry>>,
+    /// Forced revalidations within the last `revalidate_interval`, by crate key.
+    forced: Cache<String, Forced>,
+    revalidate_interval: Duration,
     store: IndexStore,
     /// Signalled whenever a stored index file is added, changed or removed.
     changed: Arc<Notify>,
@@ -290,6 +313,28 @@ impl IndexCache {
         policy: IndexPolicy,
         metrics: Arc<Metrics>,
     ) -> Self {
+        Self::with_revalidate_interval(
+            store,
+            upstream,
+            policy,
+            DEFAULT_REVALIDATE_INTERVAL,
+            metrics,
+        )
+    }
+
+    /// As `new`, allowing at most one forced revalidation of a crate per
+    /// `revalidate_interval` (zero: no limit).
+    pub fn with_revalidate_interval(
+        store: IndexStore,
+        upstream: Arc<UpstreamClient>,
+        policy: IndexPolicy,
+        revalidate_interval: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let forced = Cache::builder()
+            .max_capacity(FORCED_CAPACITY)
+            .time_to_live(revalidate_interval.max(Duration::from_millis(1)))
+            .build();
         let hot = Cache::builder()
             .max_capacity(policy.hot_cache_bytes)
             .weigher(|key: &String, entry: &Arc<IndexEntry>| {
@@ -299,6 +344,8 @@ impl IndexCache {
         Self {
             inner: Arc::new(Inner {
                 hot,
+                forced,
+                revalidate_interval,
                 store,
                 changed: Arc::new(Notify::new()),
                 upstream,
@@ -372,7 +419,10 @@ impl IndexCache {
     }
 
     /// Asks the upstream even if the cached copy is fresh (used when a download
-    /// names a version the cached copy does not have yet).
+    /// names a version the cached copy does not have yet), unless that was done
+    /// for this crate within the revalidate interval and the file has not
+    /// changed since: then the cached copy is the answer (outcome `Hit`), so a
+    /// version still missing is remembered as missing, like a negative entry.
     pub async fn revalidate(&self, name: &CrateName) -> Result<IndexLookup, IndexError> {
         self.refresh(name, true, Origin::Client).await
     }
@@ -432,7 +482,8 @@ impl Inner {
         let key = name.key();
         let current = self.current(key).await?;
         if let Some(entry) = &current {
-            if !force && entry.is_fresh() {
+            let throttled = force && entry.is_fresh() && self.recently_forced(key, entry).await;
+            if (!force || throttled) && entry.is_fresh() {
                 self.hot.insert(key.to_string(), entry.clone()).await;
                 return Ok(IndexLookup {
                     entry: entry.clone(),
@@ -450,6 +501,44 @@ impl Inner {
             // Prefetched, never asked for, and now expired.
             self.metrics.prefetch_wasted.inc();
         }
+        let result = self.fetch(name, current, origin).await;
+        if force && !self.revalidate_interval.is_zero() {
+            // Remembered whatever the outcome: an upstream that fails must not be
+            // asked again by every request either.
+            let etag = match &result {
+                Ok(lookup) => lookup.entry.etag.clone(),
+                Err(_) => String::new(),
+            };
+            let forced = Forced {
+                at: Instant::now(),
+                etag,
+            };
+            self.forced.insert(key.to_string(), forced).await;
+        }
+        result
+    }
+
+    /// Whether `key` was revalidated by force within the interval and `entry`
+    /// is still the file that revalidation left.
+    async fn recently_forced(&self, key: &str, entry: &IndexEntry) -> bool {
+        if self.revalidate_interval.is_zero() {
+            return false;
+        }
+        self.forced.get(key).await.is_some_and(|forced| {
+            forced.at.elapsed() < self.revalidate_interval
+                && (forced.etag == entry.etag || forced.etag.is_empty())
+        })
+    }
+
+    /// Asks the upstream for `name` (conditionally when `current` has
+    /// validators) and stores what it answered.
+    async fn fetch(
+        &self,
+        name: &CrateName,
+        current: Option<Arc<IndexEntry>>,
+        origin: Origin,
+    ) -> Result<IndexLookup, IndexError> {
+        let key = name.key();
         let previous = current.filter(|entry| entry.is_found());
         let validators = previous
             .as_ref()

@@ -22,6 +22,9 @@ pub enum StorageError {
     Object(#[from] object_store::Error),
     #[error("storage accounting: {0}")]
     Accounting(#[from] sled::Error),
+    /// The settings cannot work (e.g. S3 without any way to get credentials).
+    #[error("{0}")]
+    Settings(String),
 }
 
 /// One stored object, as listed.

@@ -3,10 +3,16 @@
 //! visible only when its PUT (or multipart upload) completes, so nothing partial
 //! is ever readable under a final key. Several mirrors may share a bucket: keys
 //! are deterministic and every write of a key carries the same bytes.
+//!
+//! Credentials are explicit keys, or, only when `s3-instance-credentials` is
+//! set, whatever the cloud instance offers: object_store falls back to the
+//! instance metadata service whenever no keys are given, so without keys and
+//! without that setting the store refuses to open rather than ask it.
+//! `check` (one bounded list request) tells readiness whether the bucket answers.
 
 use std::path::Path as FsPath;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
@@ -23,16 +29,49 @@ use crate::config::S3Config;
 const SINGLE_PUT_LIMIT: usize = 8 << 20;
 /// Lifetime of presigned download URLs.
 const PRESIGNED_TTL: Duration = Duration::from_secs(15 * 60);
+/// The longest a bucket check may take (object_store retries unreachable
+/// endpoints for minutes; a readiness probe must answer long before that).
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one check's result answers further checks, so that frequent
+/// readiness probes cost the bucket at most one request per this.
+const CHECK_REUSE: Duration = Duration::from_secs(2);
+
+/// The settings that provide S3 credentials, for error messages.
+const KEY_ID_SETTING: &str = "aws-access-key-id (AWS_ACCESS_KEY_ID)";
+const SECRET_SETTING: &str = "aws-secret-access-key (AWS_SECRET_ACCESS_KEY)";
 
 pub struct S3Store {
     bucket: Arc<AmazonS3>,
     /// Prefix ending in `/`, or empty.
     prefix: String,
     redirect: bool,
+    /// The last check: when, and its result (the reason when it failed).
+    last_check: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
 }
 
 impl S3Store {
+    /// Opens the bucket client; fails when no credentials can be had without
+    /// asking the instance metadata service and that was not allowed.
     pub fn new(config: &S3Config) -> Result<Self, StorageError> {
+        match (&config.access_key_id, &config.secret_access_key) {
+            (Some(_), Some(_)) => {}
+            (Some(_), None) => {
+                return Err(StorageError::Settings(format!(
+                    "S3 storage has {KEY_ID_SETTING} but no {SECRET_SETTING}"
+                )))
+            }
+            (None, Some(_)) => {
+                return Err(StorageError::Settings(format!(
+                    "S3 storage has {SECRET_SETTING} but no {KEY_ID_SETTING}"
+                )))
+            }
+            (None, None) if !config.instance_credentials => {
+                return Err(StorageError::Settings(format!(
+                    "S3 storage has no credentials: set {KEY_ID_SETTING} and {SECRET_SETTING}, or s3-instance-credentials (CRATE_MIRROR_S3_INSTANCE_CREDENTIALS) to take them from the instance metadata service"
+                )))
+            }
+            (None, None) => {}
+        }
         let mut builder = AmazonS3Builder::new()
             .with_bucket_name(&config.bucket)
             .with_region(&config.region)
@@ -55,7 +94,39 @@ impl S3Store {
             bucket: Arc::new(builder.build()?),
             prefix,
             redirect: config.redirect,
+            last_check: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// Whether the bucket answers a list request with these credentials: `Err`
+    /// holds the reason. Bounded by `CHECK_TIMEOUT`; a result younger than
+    /// `CHECK_REUSE` is reused, and concurrent callers share one request.
+    pub async fn check(&self) -> Result<(), String> {
+        let mut last = self.last_check.lock().await;
+        if let Some((at, result)) = last.as_ref() {
+            if at.elapsed() < CHECK_REUSE {
+                return result.clone();
+            }
+        }
+        let result = match tokio::time::timeout(CHECK_TIMEOUT, self.probe()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err(format!(
+                "the bucket did not answer within {} s",
+                CHECK_TIMEOUT.as_secs()
+            )),
+        };
+        *last = Some((Instant::now(), result.clone()));
+        result
+    }
+
+    /// One list request under the mirror's prefix (the first page only).
+    async fn probe(&self) -> Result<(), object_store::Error> {
+        let root = Path::from(format!("{}crates", self.prefix));
+        match self.bucket.list(Some(&root)).next().await {
+            Some(Err(err)) => Err(err),
+            Some(Ok(_)) | None => Ok(()),
+        }
     }
 
     fn path_of(&self, key: &str) -> Path {

@@ -237,3 +237,175 @@ async fn serve(
     }
     socket.shutdown().await
 }
+
+/// One scripted answer of a `ScriptedServer`.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Send the body with chunked transfer encoding (no Content-Length), in
+    /// pieces of `size` bytes with `pause` between them and `tail_pause` before
+    /// the terminating chunk.
+    pub chunked: Option<Chunking>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Chunking {
+    pub size: usize,
+    pub pause: Duration,
+    pub tail_pause: Duration,
+}
+
+impl Reply {
+    pub fn ok(body: impl Into<Vec<u8>>) -> Reply {
+        Reply {
+            status: 200,
+            headers: Vec::new(),
+            body: body.into(),
+            chunked: None,
+        }
+    }
+
+    /// A 302 to `location`.
+    pub fn redirect(location: &str) -> Reply {
+        Reply {
+            status: 302,
+            headers: vec![("Location".to_string(), location.to_string())],
+            body: Vec::new(),
+            chunked: None,
+        }
+    }
+
+    pub fn chunked(mut self, chunking: Chunking) -> Reply {
+        self.chunked = Some(chunking);
+        self
+    }
+}
+
+/// A loopback HTTP/1.1 server answering each path with a scripted `Reply`
+/// (404 for any other path) and counting the requests per path: an upstream
+/// that redirects, or streams without a Content-Length, where the test upstream
+/// would not.
+pub struct ScriptedServer {
+    routes: Arc<Mutex<std::collections::HashMap<String, Reply>>>,
+    hits: Arc<Mutex<Vec<String>>>,
+    /// `http://127.0.0.1:PORT`, no trailing slash.
+    pub base: String,
+    pub port: u16,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl ScriptedServer {
+    pub fn start() -> ScriptedServer {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind scripted");
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let port = std_listener.local_addr().expect("addr").port();
+        let routes: Arc<Mutex<std::collections::HashMap<String, Reply>>> = Arc::default();
+        let hits: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (serving_routes, serving_hits) = (routes.clone(), hits.clone());
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("scripted runtime");
+            runtime.block_on(async move {
+                let listener = TcpListener::from_std(std_listener).expect("listener");
+                loop {
+                    let Ok((socket, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let (routes, hits) = (serving_routes.clone(), serving_hits.clone());
+                    tokio::spawn(async move {
+                        let _ = answer(socket, &routes, &hits).await;
+                    });
+                }
+            });
+        });
+        ScriptedServer {
+            routes,
+            hits,
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+            _thread: thread,
+        }
+    }
+
+    /// Answers `path` with `reply` from now on.
+    pub fn route(&self, path: &str, reply: Reply) {
+        self.routes.lock().unwrap().insert(path.to_string(), reply);
+    }
+
+    /// How many requests had exactly this path.
+    pub fn hits(&self, path: &str) -> usize {
+        self.hits
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| *p == path)
+            .count()
+    }
+
+    pub fn total_hits(&self) -> usize {
+        self.hits.lock().unwrap().len()
+    }
+}
+
+async fn answer(
+    mut socket: TcpStream,
+    routes: &Mutex<std::collections::HashMap<String, Reply>>,
+    hits: &Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = socket.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let path = text
+        .split("\r\n")
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .unwrap_or("/")
+        .to_string();
+    hits.lock().unwrap().push(path.clone());
+    let reply = routes.lock().unwrap().get(&path).cloned().unwrap_or(Reply {
+        status: 404,
+        headers: Vec::new(),
+        body: b"no such path".to_vec(),
+        chunked: None,
+    });
+    let mut head = format!(
+        "HTTP/1.1 {} Scripted\r\nConnection: close\r\n",
+        reply.status
+    );
+    for (name, value) in &reply.headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let Some(chunking) = reply.chunked else {
+        head.push_str(&format!("Content-Length: {}\r\n\r\n", reply.body.len()));
+        socket.write_all(head.as_bytes()).await?;
+        socket.write_all(&reply.body).await?;
+        return socket.shutdown().await;
+    };
+    head.push_str("Transfer-Encoding: chunked\r\n\r\n");
+    socket.write_all(head.as_bytes()).await?;
+    socket.flush().await?;
+    for piece in reply.body.chunks(chunking.size.max(1)) {
+        socket
+            .write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+            .await?;
+        socket.write_all(piece).await?;
+        socket.write_all(b"\r\n").await?;
+        socket.flush().await?;
+        tokio::time::sleep(chunking.pause).await;
+    }
+    tokio::time::sleep(chunking.tail_pause).await;
+    socket.write_all(b"0\r\n\r\n").await?;
+    socket.shutdown().await
+}

@@ -239,3 +239,52 @@ impl Drop for Garage {
         let _ = self.child.wait();
     }
 }
+
+impl Garage {
+    /// The secret of the bucket's key, for tests that send a wrong one.
+    pub const SECRET: &'static str = SECRET;
+
+    /// Stops the server (the bucket's data stays in its directory).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the stopped server again on the same ports and data, and waits
+    /// until its S3 endpoint lists the bucket.
+    pub fn restart(&mut self) {
+        let config = self.dir.path().join("garage.toml");
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("garage.log"))
+            .expect("garage log");
+        self.child = Command::new(garage_binary())
+            .arg("-c")
+            .arg(&config)
+            .arg("server")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("restart garage");
+        let endpoint = self.endpoint.clone();
+        let ready = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let probe = s3_client(&endpoint);
+            (0..200).any(|_| {
+                let listed = runtime
+                    .block_on(probe.list(None).try_collect::<Vec<_>>())
+                    .is_ok();
+                if !listed {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                listed
+            })
+        })
+        .join()
+        .expect("probe thread");
+        assert!(ready, "garage did not come back:\n{}", self.log());
+    }
+}

@@ -29,7 +29,8 @@ pub async fn verify(config: &Config) -> Result<VerifyReport, StartError> {
         config.index_ttl,
         config.upstream_concurrency,
         Arc::new(crate::metrics::Metrics::new()),
-    )?;
+    )?
+    .with_redirect_hosts(&config.upstream_redirect_hosts);
     let report = verify_store(store.as_ref(), &upstream).await?;
     for (key, why) in &report.bad {
         println!("bad {key}: {why} (removed)");

@@ -37,19 +37,20 @@ use storage::s3::S3Store;
 use storage::CrateStore;
 use upstream::UpstreamClient;
 
-/// Why the mirror could not start.
+/// Why the mirror could not start. Messages name what failed; the cause is
+/// the error's source (printed after it by `main`), never repeated in the text.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("data dir {path}: {source}")]
+    #[error("data dir {path}")]
     DataDir {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot open the database in {path} (is a mirror already running on this data dir?): {source}")]
+    #[error("cannot open the database in {path} (is a mirror already running on this data dir?)")]
     Database { path: PathBuf, source: sled::Error },
-    #[error("upstream client: {0}")]
+    #[error("upstream client")]
     Upstream(#[from] upstream::UpstreamError),
-    #[error("crate storage: {0}")]
+    #[error("crate storage")]
     Storage(#[from] storage::StorageError),
     #[error("{0}")]
     Unsupported(String),
@@ -57,7 +58,7 @@ pub enum StartError {
     Git(#[from] git::GitError),
     #[error("TLS: {0}")]
     Tls(String),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         addr: std::net::SocketAddr,
         source: std::io::Error,

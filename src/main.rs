@@ -3,8 +3,8 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use crate_mirror::config::{env_var_name, Config, ConfigError, LogFormat, RawSettings};
 
@@ -261,8 +261,21 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
     guard
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// Runs the command; an error ends the process with one line on stderr.
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(err) => {
+            // `{:#}`: the error and its causes on one line.
+            eprintln!("crate-mirror: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The chosen subcommand; its exit code, returned (not `process::exit`) so the
+/// log writer is flushed on the way out.
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
             let config = or_exit(args.config());
@@ -272,14 +285,13 @@ fn main() -> anyhow::Result<()> {
             } else {
                 "http"
             };
-            actix_web::rt::System::new()
-                .block_on(crate_mirror::serve(config, |addr| {
-                    // The first line on stdout: scripts and tests read the bound port here.
-                    println!("crate-mirror listening on {scheme}://{addr}");
-                    let _ = std::io::stdout().flush();
-                    tracing::info!(%addr, "listening");
-                }))
-                .context("crate-mirror stopped")
+            actix_web::rt::System::new().block_on(crate_mirror::serve(config, |addr| {
+                // The first line on stdout: scripts and tests read the bound port here.
+                println!("crate-mirror listening on {scheme}://{addr}");
+                let _ = std::io::stdout().flush();
+                tracing::info!(%addr, "listening");
+            }))?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Verify(args) => {
             let config = or_exit(args.config());
@@ -293,16 +305,17 @@ fn main() -> anyhow::Result<()> {
                 report.bad.len(),
                 report.unverifiable.len()
             );
-            if !report.bad.is_empty() {
-                std::process::exit(1);
-            }
-            Ok(())
+            Ok(if report.bad.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Token => {
             let (token, hash) = crate_mirror::auth::new_token()?;
             println!("token: {token}");
             println!("hash:  {hash}");
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Warm(args) => {
             let mut plan = crate_mirror::warm::WarmPlan::default();
@@ -324,10 +337,11 @@ fn main() -> anyhow::Result<()> {
                 report.cached.len(),
                 report.failed.len()
             );
-            if !report.failed.is_empty() {
-                std::process::exit(1);
-            }
-            Ok(())
+            Ok(if report.failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Gc(args) => {
             let raw = or_exit(args.raw());
@@ -339,7 +353,7 @@ fn main() -> anyhow::Result<()> {
                 "evicted {} crates ({} bytes); {} bytes remain",
                 report.evicted, report.freed_bytes, report.remaining_bytes
             );
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -315,6 +315,10 @@ async fn s3_without_credentials_refuses_to_start() {
     ] {
         assert!(line.contains(setting), "{setting} not named: {line}");
     }
+    // Said once, on its own line, without anyhow's cause list or a backtrace.
+    assert!(line.starts_with("crate-mirror: "), "{stderr}");
+    assert_eq!(stderr.matches("no credentials").count(), 1, "{stderr}");
+    assert!(!stderr.contains("Caused by"), "{stderr}");
     assert_eq!(garage.objects().await, vec![]);
 }
 

@@ -412,11 +412,18 @@ impl RawSettings {
         }
         let count =
             |v: &str| parse_count(v).and_then(|n| u32::try_from(n).map_err(|e| e.to_string()));
+        // Still a known key so that existing configurations keep working, but
+        // cargo never resolves a dependency's dev-dependencies: following them
+        // could only waste upstream requests.
+        let no_dev = |v: &str| match parse_bool(v)? {
+            false => Ok(()),
+            true => Err("cargo never asks for dependencies' dev-dependencies".to_string()),
+        };
+        self.required("prefetch-dev-dependencies", "false", no_dev)?;
         Ok(Some(PrefetchPolicy {
             depth: self.required("prefetch-depth", "4", count)?,
             concurrency: self.required("prefetch-concurrency", "8", parse_count)?,
             budget_per_minute: self.required("prefetch-budget", "1200", count)?,
-            dev_dependencies: self.required("prefetch-dev-dependencies", "false", parse_bool)?,
         }))
     }
 

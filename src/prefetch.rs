@@ -70,38 +70,103 @@ impl FeatureRequest {
 pub struct Needed {
     /// The crate whose index file is needed (a renamed dependency's real name), lowercased.
     pub krate: String,
-    /// The parent's version requirement, as written in the index.
-    pub req: String,
+    /// The parent's version requirement, as written in the index; `None`
+    /// when it is not known (see `needed_by_all`).
+    pub req: Option<String>,
     pub request: FeatureRequest,
 }
 
-/// The release cargo would pick from an index file for `req`: the newest
-/// non-yanked version matching it. Prereleases match only a requirement that
-/// names one (semver's rule, which cargo applies). Without a requirement, the
-/// newest non-yanked release that is not a prerelease (what `*` or a caret
-/// requirement on the newest series picks). Lines that do not parse, or use an
-/// index schema cargo would skip, are skipped.
-pub fn choose_release(body: &[u8], req: Option<&VersionReq>) -> Option<ReleaseRecord> {
-    let mut candidates: Vec<(Version, &[u8])> = lines(body)
+/// The usable releases of an index file that `accept` takes, newest first.
+/// Yanked ones are never picked by a fresh resolve; lines that do not parse,
+/// or use an index schema cargo would skip, are skipped.
+fn candidates(body: &[u8], accept: impl Fn(&Version) -> bool) -> Vec<(Version, &[u8])> {
+    let mut found: Vec<(Version, &[u8])> = lines(body)
         .filter_map(|line| {
             let head: ReleaseHead = serde_json::from_slice(line).ok()?;
             if head.yanked || head.v.unwrap_or(1) > INDEX_SCHEMA_MAX {
                 return None;
             }
             let version = Version::parse(&head.vers).ok()?;
-            let matches = match req {
-                Some(req) => req.matches(&version),
-                None => version.pre.is_empty(),
-            };
-            matches.then_some((version, line))
+            accept(&version).then_some((version, line))
         })
         .collect();
-    candidates.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found
+}
+
+/// The release cargo would pick from an index file for `req`: the newest
+/// non-yanked version matching it. Prereleases match only a requirement that
+/// names one (semver's rule, which cargo applies).
+pub fn choose_release(body: &[u8], req: &VersionReq) -> Option<ReleaseRecord> {
     // A line whose head parses but whose dependencies do not is one cargo
     // cannot use either: the next newest is what it would pick.
-    candidates
+    candidates(body, |version| req.matches(version))
         .into_iter()
         .find_map(|(_, line)| serde_json::from_slice(line).ok())
+}
+
+/// Cargo's compatibility series: 1.x.y share one, 0.x.y by minor, 0.0.z alone.
+fn series(version: &Version) -> (u64, u64, u64) {
+    match (version.major, version.minor) {
+        (0, 0) => (0, 0, version.patch),
+        (0, minor) => (0, minor, 0),
+        (major, _) => (major, 0, 0),
+    }
+}
+
+/// For a crate asked for with no known requirement: the newest release (not a
+/// prerelease) of the newest series and of the series before it, newest first.
+/// A manifest names one or the other far more often than anything older.
+pub fn newest_two_series(body: &[u8]) -> Vec<ReleaseRecord> {
+    let mut chosen: Vec<((u64, u64, u64), ReleaseRecord)> = Vec::new();
+    for (version, line) in candidates(body, |version| version.pre.is_empty()) {
+        let this = series(&version);
+        if chosen.iter().any(|(seen, _)| *seen == this) {
+            continue;
+        }
+        if let Ok(record) = serde_json::from_slice(line) {
+            chosen.push((this, record));
+        }
+        if chosen.len() == 2 {
+            break;
+        }
+    }
+    chosen.into_iter().map(|(_, record)| record).collect()
+}
+
+/// What to follow from a crate whose requirement is unknown: only the
+/// dependencies that both `releases` need (their files will be asked for
+/// whichever one cargo picks), with the requirement kept only where both
+/// agree; where they differ the dependency is unknown in turn. An older series
+/// that shares no dependency with the newest (a placeholder, or another code
+/// base) says nothing about what a manifest names: the newest is followed.
+pub fn needed_by_all(releases: &[ReleaseRecord], request: &FeatureRequest) -> Vec<Needed> {
+    let mut all = releases
+        .iter()
+        .map(|release| needed_dependencies(release, request));
+    let Some(newest) = all.next() else {
+        return Vec::new();
+    };
+    let mut common = newest.clone();
+    for other in all {
+        common.retain_mut(|needed| {
+            let same = other.iter().filter(|o| o.krate == needed.krate);
+            let mut agreed = false;
+            let mut present = false;
+            for o in same {
+                present = true;
+                agreed |= o.req == needed.req;
+            }
+            if !agreed {
+                needed.req = None;
+            }
+            present
+        });
+    }
+    if common.is_empty() {
+        return newest;
+    }
+    common
 }
 
 /// The dependencies of `release` that cargo's resolver will ask for when
@@ -193,7 +258,7 @@ pub fn needed_dependencies(release: &ReleaseRecord, request: &FeatureRequest) ->
             }
             Needed {
                 krate: dep.crate_name().to_ascii_lowercase(),
-                req: dep.req.clone(),
+                req: Some(dep.req.clone()),
                 request: FeatureRequest {
                     default: dep.default_features,
                     features,
@@ -357,8 +422,24 @@ impl Prefetcher {
                 self.fetch(walk, want, done).await;
                 continue;
             };
-            let Some(release) = choose_release(&body, want.req.as_ref()) else {
-                continue;
+            let (releases, followed_key) = match &want.req {
+                Some(req) => {
+                    let Some(release) = choose_release(&body, req) else {
+                        continue;
+                    };
+                    let vers = release.vers.clone();
+                    (vec![release], vers)
+                }
+                None => {
+                    let releases = newest_two_series(&body);
+                    let Some(newest) = releases.first() else {
+                        continue;
+                    };
+                    // Kept apart from a walk of the same version with a known
+                    // requirement, which follows more.
+                    let vers = format!("?{}", newest.vers);
+                    (releases, vers)
+                }
             };
             if walk.followed.len() > FOLLOWED_MAX {
                 walk.followed.clear();
@@ -367,7 +448,7 @@ impl Prefetcher {
                 .followed
                 .entry(key)
                 .or_default()
-                .entry(release.vers.clone())
+                .entry(followed_key)
                 .or_default();
             if followed.covers(&want.request) {
                 continue;
@@ -376,18 +457,20 @@ impl Prefetcher {
             // the union, so `foo?/bar` sees a `foo` another parent enabled.
             followed.merge(&want.request);
             let request = followed.clone();
-            for needed in needed_dependencies(&release, &request) {
+            for needed in needed_by_all(&releases, &request) {
                 // Names and requirements come from the upstream's data:
                 // validated like a client's, skipped when they do not parse.
                 let Ok(name) = CrateName::parse(&needed.krate) else {
                     continue;
                 };
-                let Ok(req) = VersionReq::parse(&needed.req) else {
-                    continue;
+                let req = match needed.req.as_deref().map(VersionReq::parse) {
+                    Some(Ok(req)) => Some(req),
+                    Some(Err(_)) => continue,
+                    None => None,
                 };
                 let child = Want {
                     name,
-                    req: Some(req),
+                    req,
                     request: needed.request,
                     depth: want.depth + 1,
                 };
@@ -447,8 +530,14 @@ mod tests {
     }
 
     fn chosen(body: &str, req: Option<&str>) -> Option<String> {
-        let req = req.map(|r| VersionReq::parse(r).unwrap());
-        choose_release(body.as_bytes(), req.as_ref()).map(|r| r.vers)
+        match req {
+            Some(req) => {
+                choose_release(body.as_bytes(), &VersionReq::parse(req).unwrap()).map(|r| r.vers)
+            }
+            None => newest_two_series(body.as_bytes())
+                .first()
+                .map(|r| r.vers.clone()),
+        }
     }
 
     #[test]
@@ -624,6 +713,68 @@ mod tests {
         assert_eq!(names(&found), vec!["plain", "real-crate"]);
         assert_eq!(found["real-crate"], request(true, &["fast"]));
         assert_eq!(names(&needed(&line, request(false, &[]))), vec!["plain"]);
+    }
+
+    #[test]
+    fn an_unknown_requirement_follows_what_the_two_newest_series_share() {
+        let body = [
+            release("0.7.3", false, &dep("ancient", ""), "", ""),
+            release(
+                "0.8.5",
+                false,
+                &[dep("shared", ""), dep("moved", ""), dep("old-only", "")].join(","),
+                "",
+                "",
+            ),
+            release(
+                "0.9.1",
+                false,
+                &[
+                    dep("shared", ""),
+                    dep("moved", r#""req":"^2""#),
+                    dep("new-only", ""),
+                ]
+                .join(","),
+                "",
+                "",
+            ),
+            release("0.9.2", true, "", "", ""),
+            release("0.10.0-beta.1", false, "", "", ""),
+        ]
+        .join("\n");
+        let releases = newest_two_series(body.as_bytes());
+        let versions: Vec<&str> = releases.iter().map(|r| r.vers.as_str()).collect();
+        assert_eq!(versions, vec!["0.9.1", "0.8.5"]);
+        let common = needed_by_all(&releases, &FeatureRequest::defaults());
+        let found: Vec<(&str, Option<&str>)> = common
+            .iter()
+            .map(|n| (n.krate.as_str(), n.req.as_deref()))
+            .collect();
+        // Both series need `shared` alike; `moved` under different
+        // requirements (unknown in turn); the rest only one of them.
+        assert_eq!(found, vec![("shared", Some("^1")), ("moved", None)]);
+        // A crate with one series: all of its newest release.
+        let single = newest_two_series(release("1.0.0", false, &dep("a", ""), "", "").as_bytes());
+        assert_eq!(needed_by_all(&single, &FeatureRequest::defaults()).len(), 1);
+        // An older series sharing nothing with the newest: the newest alone.
+        let unrelated = [
+            release("1.0.0", false, &dep("old", ""), "", ""),
+            release(
+                "2.0.0",
+                false,
+                &[dep("a", ""), dep("b", "")].join(","),
+                "",
+                "",
+            ),
+        ]
+        .join("\n");
+        let releases = newest_two_series(unrelated.as_bytes());
+        assert_eq!(releases.len(), 2);
+        let found: Vec<String> = needed_by_all(&releases, &FeatureRequest::defaults())
+            .into_iter()
+            .map(|n| n.krate)
+            .collect();
+        assert_eq!(found, vec!["a", "b"]);
     }
 
     #[test]

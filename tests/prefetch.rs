@@ -184,6 +184,8 @@ async fn settle(upstream: &TestUpstream) {
 struct Measured {
     lockfile: String,
     index_requests: usize,
+    /// Index files the upstream was asked for.
+    files: std::collections::BTreeSet<String>,
     prefetch: serde_json::Value,
 }
 
@@ -205,6 +207,12 @@ async fn resolve_through_mirror(index: &Path, manifest: &str, args: &[&str]) -> 
     Measured {
         lockfile: std::fs::read_to_string(app.path().join("Cargo.lock")).unwrap(),
         index_requests: index_requests(&upstream),
+        files: upstream
+            .seen()
+            .into_iter()
+            .filter(|seen| seen.path.starts_with("/index/") && seen.path != "/index/config.json")
+            .map(|seen| seen.path)
+            .collect(),
         prefetch: stats(&mirror).await["prefetch"].clone(),
     }
 }
@@ -233,6 +241,12 @@ async fn prefetch_on_real_index_is_mostly_useful() {
             on.index_requests, off.index_requests
         );
         eprintln!("{line}");
+        // What cargo never asked for, to see why when the ratio drops.
+        let unused: Vec<_> = on.files.difference(&off.files).collect();
+        eprintln!(
+            "{workload}: {} files fetched only with prefetch: {unused:?}",
+            unused.len()
+        );
         report.push(line);
         assert!(started > 0, "{workload}: nothing was prefetched");
         assert!(useful <= started, "{}", on.prefetch);

@@ -97,10 +97,10 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("connect-timeout", "5", "seconds to connect to the upstream"),
     ("log-format", "text", "log lines as `text` or `json`"),
     ("prefetch", "on", "fetch the index files of dependencies before cargo asks (`on`/`off`)"),
-    ("prefetch-depth", "4", "dependency steps from a client's request that are prefetched"),
+    ("prefetch-depth", "16", "dependency steps from a client's request that are prefetched"),
     ("prefetch-concurrency", "8", "prefetch requests at a time (kept below upstream-concurrency)"),
     ("prefetch-budget", "1200", "prefetch requests per minute at most"),
-    ("prefetch-dev-dependencies", "false", "also prefetch dev-dependencies"),
+    ("prefetch-dev-dependencies", "false", "only `false`: cargo never resolves dependencies' dev-dependencies"),
     ("tls-cert", "(none: plain HTTP)", "PEM certificate chain; with tls-key, serve HTTPS with HTTP/2"),
     ("tls-key", "(none)", "PEM private key for tls-cert"),
     ("auth-tokens", "(none: public)", "comma-separated token hashes (`sha256:HEX`, from `crate-mirror token`); any makes the mirror private"),
@@ -412,11 +412,22 @@ impl RawSettings {
         }
         let count =
             |v: &str| parse_count(v).and_then(|n| u32::try_from(n).map_err(|e| e.to_string()));
+        // Still a known key so that existing configurations keep working, but
+        // cargo never resolves a dependency's dev-dependencies: following them
+        // could only waste upstream requests.
+        let no_dev = |v: &str| match parse_bool(v)? {
+            false => Ok(()),
+            true => Err("cargo never asks for dependencies' dev-dependencies".to_string()),
+        };
+        self.required("prefetch-dev-dependencies", "false", no_dev)?;
+        let upstream_concurrency = self.required("upstream-concurrency", "64", parse_count)?;
         Ok(Some(PrefetchPolicy {
-            depth: self.required("prefetch-depth", "4", count)?,
-            concurrency: self.required("prefetch-concurrency", "8", parse_count)?,
+            depth: self.required("prefetch-depth", "16", count)?,
+            // Below the upstream's limit, so a client always finds a free slot.
+            concurrency: self
+                .required("prefetch-concurrency", "8", parse_count)?
+                .min(upstream_concurrency.saturating_sub(1).max(1)),
             budget_per_minute: self.required("prefetch-budget", "1200", count)?,
-            dev_dependencies: self.required("prefetch-dev-dependencies", "false", parse_bool)?,
         }))
     }
 

@@ -142,7 +142,7 @@ struct SettingsArgs {
     /// Prefetch the index files of dependencies: `on` or `off` [default: on].
     #[arg(long, value_name = "on|off")]
     prefetch: Option<String>,
-    /// Dependency steps from a client's request that are prefetched [default: 4].
+    /// Dependency steps from a client's request that are prefetched [default: 16].
     #[arg(long, value_name = "N")]
     prefetch_depth: Option<String>,
     /// Prefetch requests at a time [default: 8].
@@ -151,7 +151,7 @@ struct SettingsArgs {
     /// Prefetch requests per minute at most [default: 1200].
     #[arg(long, value_name = "N")]
     prefetch_budget: Option<String>,
-    /// Also prefetch dev-dependencies: `true` or `false` [default: false].
+    /// Only `false` is accepted: cargo never resolves dependencies' dev-dependencies.
     #[arg(long, value_name = "BOOL")]
     prefetch_dev_dependencies: Option<String>,
     /// PEM certificate chain: serve HTTPS (HTTP/2 by ALPN) with --tls-key.

@@ -373,6 +373,13 @@ impl IndexCache {
             .is_some_and(|entry| entry.is_fresh())
     }
 
+    /// The body of a fresh copy in memory (no I/O), not counted as a client's
+    /// request: the prefetcher re-reads files it already has.
+    pub async fn peek(&self, name: &CrateName) -> Option<Bytes> {
+        let entry = self.inner.hot.get(name.key()).await?;
+        (entry.is_fresh() && entry.is_found()).then(|| entry.body.clone())
+    }
+
     /// Fetches `name` ahead of a client, unless it is fresh already. A client
     /// asking meanwhile joins this fetch.
     pub async fn prefetch(&self, name: &CrateName, depth: u32) -> Result<(), IndexError> {

@@ -1,6 +1,8 @@
 //! Reading the few fields of index lines that the mirror needs, without ever
 //! rewriting the lines themselves (bodies are served byte for byte).
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 /// The fields of one index line that downloads depend on.
@@ -50,67 +52,92 @@ pub fn validate_index(body: &[u8], key: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The newest index schema version cargo reads; it skips lines with a higher `v`.
+pub const INDEX_SCHEMA_MAX: u64 = 2;
+
+/// The head of an index line: enough to choose a version the way cargo's
+/// resolver does, without reading its dependencies.
 #[derive(Debug, Deserialize)]
-struct DependencyLine {
-    vers: String,
+pub struct ReleaseHead {
+    pub vers: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub yanked: bool,
+    /// Index schema version (absent means 1).
     #[serde(default)]
-    yanked: bool,
-    #[serde(default)]
-    deps: Vec<DependencyRecord>,
+    pub v: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
-struct DependencyRecord {
-    name: String,
+/// One index line as the prefetcher reads it: its dependencies and features.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ReleaseRecord {
+    pub vers: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub deps: Vec<DependencyRecord>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub features: BTreeMap<String, Vec<String>>,
+    /// Features using the newer syntax (`dep:`, `?/`), kept apart by the
+    /// registry so that old cargo versions skip them; they count the same.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub features2: BTreeMap<String, Vec<String>>,
+}
+
+/// One dependency of an index line.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DependencyRecord {
+    /// The name the parent uses (the key in its Cargo.toml, what features name).
+    pub name: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub req: String,
+    /// Features the parent asks of it.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub features: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub optional: bool,
+    #[serde(default = "yes", deserialize_with = "null_as_true")]
+    pub default_features: bool,
+    /// `normal`, `build` or `dev` (absent means normal).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Set when the dependency comes from another registry.
+    #[serde(default)]
+    pub registry: Option<String>,
     /// The real crate when the dependency is renamed.
-    package: Option<String>,
-    kind: Option<String>,
+    #[serde(default)]
+    pub package: Option<String>,
 }
 
-/// The crates that the newest version of each semver-incompatible series
-/// depends on (normal and build dependencies on every target, and dev ones when
-/// asked): what cargo will most likely ask for next. Yanked versions are not
-/// chosen; names come back lowercased and deduplicated, unvalidated.
-pub fn dependencies_of_newest(body: &[u8], dev_dependencies: bool) -> Vec<String> {
-    use std::collections::{BTreeMap, BTreeSet};
-    let mut newest: BTreeMap<(u64, u64, u64), (semver::Version, DependencyLine)> = BTreeMap::new();
-    for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        let Ok(record) = serde_json::from_slice::<DependencyLine>(line) else {
-            continue;
-        };
-        let Ok(version) = semver::Version::parse(&record.vers) else {
-            continue;
-        };
-        if record.yanked {
-            continue;
-        }
-        // Cargo's compatibility rule: 1.x.y share a series, 0.x.y by minor, 0.0.z alone.
-        let series = match (version.major, version.minor) {
-            (0, 0) => (0, 0, version.patch),
-            (0, minor) => (0, minor, 0),
-            (major, _) => (major, 0, 0),
-        };
-        match newest.get(&series) {
-            Some((best, _)) if *best >= version => {}
-            _ => {
-                newest.insert(series, (version, record));
-            }
-        }
+impl DependencyRecord {
+    /// The crate whose index file this dependency needs.
+    pub fn crate_name(&self) -> &str {
+        self.package.as_deref().unwrap_or(&self.name)
     }
-    let mut names = BTreeSet::new();
-    for (_, (_, record)) in newest {
-        for dep in record.deps {
-            let wanted = match dep.kind.as_deref() {
-                None | Some("normal") | Some("build") => true,
-                Some("dev") => dev_dependencies,
-                Some(_) => false,
-            };
-            if wanted {
-                names.insert(dep.package.unwrap_or(dep.name).to_ascii_lowercase());
-            }
-        }
+
+    /// Dev-dependencies are only resolved for the workspace's own packages.
+    pub fn is_dev(&self) -> bool {
+        self.kind.as_deref() == Some("dev")
     }
-    names.into_iter().collect()
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Lines written by other tools sometimes say `null` where cargo's say nothing.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+fn null_as_true<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(deserializer)?.unwrap_or(true))
+}
+
+/// The non-empty lines of an index file body.
+pub fn lines(body: &[u8]) -> impl Iterator<Item = &[u8]> {
+    body.split(|b| *b == b'\n').filter(|line| !line.is_empty())
 }
 
 /// Whether `cksum` is a well-formed lowercase hex sha256.
@@ -155,41 +182,19 @@ not json at all
     }
 
     #[test]
-    fn dependencies_come_from_the_newest_version_of_each_series() {
-        let line = |vers: &str, yanked: bool, deps: &str| {
-            format!(
-                r#"{{"name":"x","vers":"{vers}","cksum":"c","yanked":{yanked},"deps":[{deps}]}}"#
-            )
-        };
-        let dep =
-            |name: &str, kind: &str| format!(r#"{{"name":"{name}","req":"*","kind":"{kind}"}}"#);
-        let body = [
-            line("1.0.0", false, &dep("old-one", "normal")),
-            line(
-                "1.2.0",
-                false,
-                &format!("{},{}", dep("Serde", "normal"), dep("cc", "build")),
-            ),
-            line("1.3.0", true, &dep("yanked-dep", "normal")),
-            line(
-                "2.0.0",
-                false,
-                &format!(
-                    "{},{}",
-                    dep("tester", "dev"),
-                    r#"{"name":"alias","package":"real-crate","req":"1"}"#
-                ),
-            ),
-            line("0.3.1", false, &dep("zero-three", "normal")),
-            line("0.3.0", false, &dep("zero-three-old", "normal")),
-            "not json".to_string(),
-        ]
-        .join("\n");
-        assert_eq!(
-            dependencies_of_newest(body.as_bytes(), false),
-            vec!["cc", "real-crate", "serde", "zero-three"]
-        );
-        assert!(dependencies_of_newest(body.as_bytes(), true).contains(&"tester".to_string()));
+    fn release_records_tolerate_nulls_and_unknown_fields() {
+        let line = br#"{"name":"x","vers":"1.0.0","cksum":"c","yanked":null,"v":2,"deps":[{"name":"alias","req":"^1","package":"Real","features":null,"optional":true,"default_features":null,"target":"cfg(unix)","kind":null,"registry":null,"new":1}],"features":{"a":["alias/b"]},"features2":null}"#;
+        let head: ReleaseHead = serde_json::from_slice(line).unwrap();
+        assert!(!head.yanked);
+        assert_eq!(head.v, Some(2));
+        let record: ReleaseRecord = serde_json::from_slice(line).unwrap();
+        let dep = &record.deps[0];
+        assert_eq!(dep.crate_name(), "Real");
+        assert!(dep.optional && dep.default_features && !dep.is_dev());
+        assert!(dep.features.is_empty());
+        assert!(record.features2.is_empty());
+        assert_eq!(record.features["a"], vec!["alias/b".to_string()]);
+        assert_eq!(lines(b"a\n\nb\n").count(), 2);
     }
 
     #[test]

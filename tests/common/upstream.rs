@@ -344,3 +344,30 @@ async fn handle(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
         .no_chunking(len)
         .streaming(stream)
 }
+
+impl TestUpstream {
+    /// Serves every file below `dir` as the index file of the crate it is
+    /// named after (a sparse index laid out by the prefix rule, e.g. a copy of
+    /// a real one); returns how many files were loaded.
+    pub fn serve_index_dir(&self, dir: &std::path::Path) -> usize {
+        let mut loaded = 0;
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).expect("read index dir") {
+                let path = entry.expect("index dir entry").path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                if name == "config.json" {
+                    continue;
+                }
+                let body = std::fs::read_to_string(&path).expect("index file");
+                self.set_index(&name, 200, &body);
+                loaded += 1;
+            }
+        }
+        loaded
+    }
+}

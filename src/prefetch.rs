@@ -430,6 +430,10 @@ impl Prefetcher {
                     let vers = release.vers.clone();
                     (vec![release], vers)
                 }
+                // A guess from a guess: the file is at hand for cargo, but
+                // walking on from it compounds the guesses (most of what such
+                // walks fetched was never asked for), so it stops here.
+                None if want.depth > 0 => continue,
                 None => {
                     let releases = newest_two_series(&body);
                     let Some(newest) = releases.first() else {

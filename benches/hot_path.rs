@@ -69,6 +69,7 @@ fn warm_cache(
     );
     let policy = IndexPolicy {
         ttl: Duration::from_secs(3600),
+        max_stale: Duration::ZERO,
         negative_ttl: Duration::from_secs(30),
         hot_cache_bytes: 256 << 20,
     };

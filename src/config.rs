@@ -75,6 +75,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "seconds an index file is served without asking the upstream",
     ),
     (
+        "index-max-stale",
+        "600",
+        "seconds past index-ttl an index file is still served at once while it is refreshed in the background (0: clients wait)",
+    ),
+    (
         "negative-ttl",
         "30",
         "seconds a missing crate (404/410/451) is remembered",
@@ -175,6 +180,8 @@ pub struct Config {
     /// Without a trailing slash.
     pub public_url: Option<String>,
     pub index_ttl: Duration,
+    /// Past `index_ttl`, how long a file is served at once while refreshed.
+    pub index_max_stale: Duration,
     pub negative_ttl: Duration,
     pub hot_cache_bytes: u64,
     /// Memory for hot crate files; 0 turns that cache off.
@@ -379,6 +386,7 @@ impl RawSettings {
             data_dir: self.data_dir()?,
             public_url,
             index_ttl: self.required("index-ttl", "60", parse_seconds)?,
+            index_max_stale: self.required("index-max-stale", "600", parse_seconds)?,
             negative_ttl: self.required("negative-ttl", "30", parse_seconds)?,
             hot_cache_bytes: self.required("hot-cache-size", "256MiB", parse_size)?,
             crate_cache_bytes: self.required("crate-cache-size", "64MiB", parse_size)?,

@@ -165,6 +165,7 @@ impl AppState {
             upstream.clone(),
             IndexPolicy {
                 ttl: config.index_ttl,
+                max_stale: config.index_max_stale,
                 negative_ttl: config.negative_ttl,
                 hot_cache_bytes: config.hot_cache_bytes,
             },

@@ -76,6 +76,10 @@ struct SettingsArgs {
     /// Seconds an index file is served before asking the upstream [default: 60].
     #[arg(long, value_name = "SECONDS")]
     index_ttl: Option<String>,
+    /// Seconds past --index-ttl an index file is served at once while it is
+    /// refreshed in the background; 0: clients wait for the upstream [default: 600].
+    #[arg(long, value_name = "SECONDS")]
+    index_max_stale: Option<String>,
     /// Seconds a missing crate is remembered [default: 30].
     #[arg(long, value_name = "SECONDS")]
     negative_ttl: Option<String>,
@@ -170,6 +174,7 @@ impl SettingsArgs {
             ("data-dir", self.data_dir.clone()),
             ("public-url", self.public_url.clone()),
             ("index-ttl", self.index_ttl.clone()),
+            ("index-max-stale", self.index_max_stale.clone()),
             ("negative-ttl", self.negative_ttl.clone()),
             ("hot-cache-size", self.hot_cache_size.clone()),
             ("crate-cache-size", self.crate_cache_size.clone()),

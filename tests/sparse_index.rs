@@ -296,7 +296,11 @@ async fn fresh_files_are_served_from_memory_without_the_upstream() {
 #[tokio::test]
 async fn expired_files_are_revalidated_with_the_upstream_validators() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::start(&upstream.url, &["--index-ttl", "1"]);
+    // Clients wait for the upstream past the TTL (no serving while updating).
+    let mirror = Mirror::start(
+        &upstream.url,
+        &["--index-ttl", "1", "--index-max-stale", "0"],
+    );
     let url = format!("{}3/a/abc", mirror.index_url());
     let first = get(&url).await;
     let etag = first.headers()["etag"].clone();
@@ -368,7 +372,11 @@ async fn without_upstream_validators_files_are_fetched_and_compared() {
         .switches
         .no_validators
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let mirror = Mirror::start(&upstream.url, &["--index-ttl", "1"]);
+    // Clients wait for the upstream past the TTL (no serving while updating).
+    let mirror = Mirror::start(
+        &upstream.url,
+        &["--index-ttl", "1", "--index-max-stale", "0"],
+    );
     let url = format!("{}1/a", mirror.index_url());
     let first = get(&url).await;
     let etag = first.headers()["etag"].clone();
@@ -402,7 +410,11 @@ async fn without_upstream_validators_files_are_fetched_and_compared() {
 #[tokio::test]
 async fn stale_copies_are_served_when_the_upstream_fails() {
     let mut upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::start(&upstream.url, &["--index-ttl", "1"]);
+    // Clients wait for the upstream past the TTL (no serving while updating).
+    let mirror = Mirror::start(
+        &upstream.url,
+        &["--index-ttl", "1", "--index-max-stale", "0"],
+    );
     let url = format!("{}ab/cd/abcd", mirror.index_url());
     let body = get(&url).await.bytes().await.unwrap();
     // A second mirror that has learnt config.json while the upstream was healthy.
@@ -509,4 +521,61 @@ async fn publishing_helper_appends_lines() {
     let p = publish(&CrateSpec::new("a", "1.0.1"));
     upstream.add(&p);
     assert_eq!(upstream.index_body("a").unwrap().lines().count(), 2);
+}
+
+#[tokio::test]
+async fn expired_files_are_served_at_once_and_refreshed_in_the_background() {
+    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
+    let mirror = Mirror::start(&upstream.url, &["--index-ttl", "1"]);
+    let url = format!("{}3/a/abc", mirror.index_url());
+    let first = get(&url).await.text().await.unwrap();
+    upstream.publish_all(&[CrateSpec::new("abc", "1.1.0")]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    // The upstream now hangs on this file: the expired copy is still the
+    // answer, at once, and a refresh is under way.
+    upstream.switches.held.lock().unwrap().push("/abc".into());
+    for _ in 0..3 {
+        let response = tokio::time::timeout(Duration::from_secs(5), get(&url))
+            .await
+            .expect("served without waiting for the upstream");
+        assert_eq!(response.headers()["x-cache"], "UPDATING");
+        assert_eq!(response.text().await.unwrap(), first);
+    }
+    // One refresh for all of them.
+    let asked = || upstream.count("/index/3/a/abc");
+    assert_eq!(asked(), 2);
+    upstream.switches.held.lock().unwrap().clear();
+    // Once it lands, the new version is served fresh.
+    let mut latest = String::new();
+    for _ in 0..50 {
+        let response = get(&url).await;
+        let cache = response.headers()["x-cache"].to_str().unwrap().to_string();
+        latest = response.text().await.unwrap();
+        if cache == "HIT" && latest.contains("1.1.0") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(latest.contains("\"1.1.0\""), "{latest}");
+    assert_eq!(asked(), 2);
+    // The three above, and any poll before the refresh landed.
+    let samples = mirror.metrics().await;
+    assert!(samples["crate_mirror_index_lookups_total{result=\"updating\"}"] >= 3.0);
+}
+
+#[tokio::test]
+async fn past_index_max_stale_clients_wait_for_the_upstream() {
+    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
+    let mirror = Mirror::start(
+        &upstream.url,
+        &["--index-ttl", "1", "--index-max-stale", "1"],
+    );
+    let url = format!("{}3/a/abc", mirror.index_url());
+    get(&url).await;
+    upstream.publish_all(&[CrateSpec::new("abc", "1.1.0")]);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let response = get(&url).await;
+    assert_eq!(response.headers()["x-cache"], "REVALIDATED");
+    assert!(response.text().await.unwrap().contains("\"1.1.0\""));
 }

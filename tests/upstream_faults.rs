@@ -61,7 +61,15 @@ async fn index_case(fault: Fault, recovers_by_retry: bool) {
     let (upstream, proxy, _) = setup();
     let mirror = Mirror::start(
         &proxy.url,
-        &["--index-ttl", "1", "--upstream-timeout", UPSTREAM_TIMEOUT],
+        // Clients wait for the upstream past the TTL, so each fault is met.
+        &[
+            "--index-ttl",
+            "1",
+            "--index-max-stale",
+            "0",
+            "--upstream-timeout",
+            UPSTREAM_TIMEOUT,
+        ],
     );
     let cached_url = format!("{}3/a/abc", mirror.index_url());
     let cached = get(&cached_url).await.bytes().await.unwrap();

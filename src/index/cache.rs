@@ -70,6 +70,8 @@ pub struct IndexEntry {
     pub stale: bool,
     /// Fetched by a prefetch and not yet asked for by a client.
     prefetched: AtomicBool,
+    /// A background refresh of this copy has been started (once per copy).
+    refreshing: AtomicBool,
     upstream: Validators,
     fetched_at: SystemTime,
     expires_at: Instant,
@@ -96,6 +98,7 @@ impl IndexEntry {
             last_modified: httpdate::fmt_http_date(changed_at),
             stale: false,
             prefetched: AtomicBool::new(false),
+            refreshing: AtomicBool::new(false),
             upstream,
             fetched_at,
             expires_at: Instant::now() + ttl.saturating_sub(age),
@@ -113,6 +116,7 @@ impl IndexEntry {
             last_modified: httpdate::fmt_http_date(now),
             stale: false,
             prefetched: AtomicBool::new(false),
+            refreshing: AtomicBool::new(false),
             upstream: Validators::default(),
             fetched_at: now,
             expires_at: Instant::now() + ttl,
@@ -160,6 +164,7 @@ impl IndexEntry {
             last_modified: self.last_modified.clone(),
             stale,
             prefetched: AtomicBool::new(self.prefetched.load(Ordering::Relaxed)),
+            refreshing: AtomicBool::new(false),
             upstream,
             fetched_at,
             expires_at: Instant::now() + fresh_for,
@@ -172,6 +177,16 @@ impl IndexEntry {
 
     fn is_fresh(&self) -> bool {
         Instant::now() < self.expires_at
+    }
+
+    /// Whether this expired copy may still be served at once while a refresh
+    /// runs: a found file fetched less than `ttl + max_stale` ago.
+    fn within_max_stale(&self, policy: &IndexPolicy) -> bool {
+        self.is_found()
+            && !policy.max_stale.is_zero()
+            && SystemTime::now()
+                .duration_since(self.fetched_at)
+                .is_ok_and(|age| age < policy.ttl + policy.max_stale)
     }
 
     /// The body gzip-compressed, computed once on first use.
@@ -222,6 +237,9 @@ pub enum CacheOutcome {
     Revalidated,
     /// The upstream failed; an expired copy was served.
     Stale,
+    /// An expired copy within `index-max-stale` was served at once while a
+    /// background refresh asks the upstream.
+    Updating,
 }
 
 impl CacheOutcome {
@@ -232,6 +250,7 @@ impl CacheOutcome {
             CacheOutcome::Miss => "miss",
             CacheOutcome::Revalidated => "revalidated",
             CacheOutcome::Stale => "stale",
+            CacheOutcome::Updating => "updating",
         }
     }
 
@@ -242,6 +261,7 @@ impl CacheOutcome {
             CacheOutcome::Miss => "MISS",
             CacheOutcome::Revalidated => "REVALIDATED",
             CacheOutcome::Stale => "STALE",
+            CacheOutcome::Updating => "UPDATING",
         }
     }
 }
@@ -256,6 +276,9 @@ pub struct IndexLookup {
 #[derive(Debug, Clone, Copy)]
 pub struct IndexPolicy {
     pub ttl: Duration,
+    /// How long past `ttl` a found file is still served at once while it is
+    /// refreshed in the background (0: clients wait for the upstream).
+    pub max_stale: Duration,
     pub negative_ttl: Duration,
     pub hot_cache_bytes: u64,
 }
@@ -279,7 +302,7 @@ struct Inner {
     upstream: Arc<UpstreamClient>,
     policy: IndexPolicy,
     metrics: Arc<Metrics>,
-    /// Where index files fetched with a body are announced (the prefetcher).
+    /// Where index files fetched or confirmed by the upstream are announced (the prefetcher).
     fetched: OnceLock<mpsc::UnboundedSender<FetchedIndex>>,
 }
 
@@ -291,7 +314,7 @@ pub enum Origin {
     Prefetch(u32),
 }
 
-/// An index file that just came from the upstream with a body.
+/// An index file that just came from the upstream (with a body, or confirmed unchanged by a 304).
 #[derive(Debug)]
 pub struct FetchedIndex {
     pub name: CrateName,
@@ -357,7 +380,7 @@ impl IndexCache {
         }
     }
 
-    /// Announces every index file fetched from the upstream with a body, from
+    /// Announces every index file fetched or confirmed by the upstream, from
     /// now on (one subscriber: the prefetcher).
     pub fn subscribe_fetches(&self) -> Option<mpsc::UnboundedReceiver<FetchedIndex>> {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -409,7 +432,27 @@ impl IndexCache {
                 };
                 IndexLookup { entry, outcome }
             }
-            _ => self.refresh(name, false, Origin::Client).await?,
+            Some(entry) if entry.within_max_stale(&self.inner.policy) => {
+                self.serve_while_updating(name, entry)
+            }
+            Some(_) => self.refresh(name, false, Origin::Client).await?,
+            // Not in memory (evicted, or a restart): sled may hold a copy that
+            // can be served while it is refreshed.
+            None => match self.inner.stored(name.key())? {
+                Some(entry) if entry.is_fresh() || entry.within_max_stale(&self.inner.policy) => {
+                    let hot = &self.inner.hot;
+                    hot.insert(name.key().to_string(), entry.clone()).await;
+                    if entry.is_fresh() {
+                        IndexLookup {
+                            entry,
+                            outcome: CacheOutcome::Hit,
+                        }
+                    } else {
+                        self.serve_while_updating(name, entry)
+                    }
+                }
+                _ => self.refresh(name, false, Origin::Client).await?,
+            },
         };
         let metrics = &self.inner.metrics;
         if lookup.entry.prefetched.swap(false, Ordering::Relaxed) {
@@ -423,6 +466,27 @@ impl IndexCache {
             metrics.index_negative_hits.inc();
         }
         Ok(lookup)
+    }
+
+    /// Answers with an expired copy and starts its refresh in the background,
+    /// once per copy (later clients get the same copy until the refresh
+    /// replaces it; a client asking past `index-max-stale` joins the refresh).
+    fn serve_while_updating(&self, name: &CrateName, entry: Arc<IndexEntry>) -> IndexLookup {
+        if !entry.refreshing.swap(true, Ordering::Relaxed) {
+            let this = self.clone();
+            let name = name.clone();
+            // Short-lived: it only waits for the single flight, which runs as
+            // its own task and ends with the upstream's timeout at the latest.
+            tokio::spawn(async move {
+                if let Err(err) = this.refresh(&name, false, Origin::Client).await {
+                    tracing::warn!(krate = name.key(), error = %err, "background refresh failed");
+                }
+            });
+        }
+        IndexLookup {
+            entry,
+            outcome: CacheOutcome::Updating,
+        }
     }
 
     /// Asks the upstream even if the cached copy is fresh (used when a download
@@ -464,6 +528,11 @@ impl Inner {
         if let Some(entry) = self.hot.get(key).await {
             return Ok(Some(entry));
         }
+        self.stored(key)
+    }
+
+    /// The copy in sled, if any.
+    fn stored(&self, key: &str) -> Result<Option<Arc<IndexEntry>>, IndexError> {
         let Some(stored) = self.store.load(key)? else {
             return Ok(None);
         };
@@ -525,6 +594,21 @@ impl Inner {
         result
     }
 
+    /// Tells the prefetcher (if any) that `name` just came from the upstream.
+    fn announce(&self, name: &CrateName, body: Bytes, origin: Origin) {
+        if let Some(fetched) = self.fetched.get() {
+            let depth = match origin {
+                Origin::Client => 0,
+                Origin::Prefetch(depth) => depth,
+            };
+            let _ = fetched.send(FetchedIndex {
+                name: name.clone(),
+                body,
+                depth,
+            });
+        }
+    }
+
     /// Whether `key` was revalidated by force within the interval and `entry`
     /// is still the file that revalidation left.
     async fn recently_forced(&self, key: &str, entry: &IndexEntry) -> bool {
@@ -581,17 +665,7 @@ impl Inner {
                 if changed {
                     self.changed.notify_one();
                 }
-                if let Some(fetched) = self.fetched.get() {
-                    let depth = match origin {
-                        Origin::Client => 0,
-                        Origin::Prefetch(depth) => depth,
-                    };
-                    let _ = fetched.send(FetchedIndex {
-                        name: name.clone(),
-                        body,
-                        depth,
-                    });
-                }
+                self.announce(name, body, origin);
                 Ok(self.remember(key, entry, outcome).await)
             }
             Ok(IndexFetch::NotModified { validators }) => {
@@ -607,6 +681,9 @@ impl Inner {
                 };
                 let entry = old.renewed(validators, now, ttl, false);
                 self.store.save(key, &entry.to_stored())?;
+                // Confirmed unchanged is as good as fetched for the prefetcher:
+                // after the TTL its dependencies need revalidating too.
+                self.announce(name, old.body.clone(), origin);
                 Ok(self.remember(key, entry, CacheOutcome::Revalidated).await)
             }
             Ok(IndexFetch::Missing { status }) => {

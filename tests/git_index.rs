@@ -85,14 +85,21 @@ async fn a_clone_holds_the_cached_files_and_a_config_pointing_at_the_mirror() {
     assert_eq!(push.status(), 403);
     let dumb = get(&format!("{}/info/refs", mirror.git_url())).await;
     assert_eq!(dumb.status(), 400);
+    // Refused by its declared length: a 413, or (when the mirror's answer and
+    // close beat the client's writing) a broken pipe on the client's side.
     let huge = client()
         .post(format!("{}/git-upload-pack", mirror.git_url()))
         .header("content-type", "application/x-git-upload-pack-request")
         .body(vec![b'0'; 9 << 20])
         .send()
-        .await
-        .unwrap();
-    assert_eq!(huge.status(), 413);
+        .await;
+    match huge {
+        Ok(response) => assert_eq!(response.status(), 413),
+        Err(err) => {
+            let why = format!("{err:?}");
+            assert!(why.contains("BrokenPipe") || why.contains("reset"), "{why}");
+        }
+    }
 }
 
 fn lockfile(dir: &Path) -> String {

@@ -1,6 +1,8 @@
 //! Shared by the benchmarks: building the release binary and running it.
 #![allow(dead_code)]
 
+pub mod real_index;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -118,7 +120,7 @@ pub fn build_mirror_binary() -> PathBuf {
 /// A running release mirror; killed when dropped.
 pub struct MirrorProcess {
     child: Child,
-    /// `http://127.0.0.1:PORT`, no trailing slash.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS), no trailing slash.
     pub url: String,
     pub data_dir: PathBuf,
     log: PathBuf,
@@ -128,8 +130,21 @@ pub struct MirrorProcess {
 impl MirrorProcess {
     /// Starts `crate-mirror serve` on an ephemeral port with a temp data dir.
     pub fn start(binary: &Path, upstream: &str, args: &[&str]) -> Self {
+        Self::start_with(binary, upstream, args, &[], None)
+    }
+
+    /// Starts `crate-mirror serve` on an ephemeral port with extra environment
+    /// variables, on `data_dir` if given (to restart a mirror on what an
+    /// earlier one stored) or else on a temp data dir.
+    pub fn start_with(
+        binary: &Path,
+        upstream: &str,
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+        data_dir: Option<&Path>,
+    ) -> Self {
         let temp = tempfile::tempdir().expect("create a temp dir for the mirror");
-        let data_dir = temp.path().join("data");
+        let data_dir = data_dir.map_or_else(|| temp.path().join("data"), Path::to_path_buf);
         // The mirror logs one line per request: keep them out of the terminal
         // but on disk, so a failed run can show what the mirror said.
         let log = temp.path().join("mirror.log");
@@ -141,6 +156,7 @@ impl MirrorProcess {
             .arg(&data_dir)
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log_file)
@@ -170,14 +186,34 @@ impl MirrorProcess {
         self.child.id()
     }
 
+    /// Stops the mirror with SIGTERM, as a service manager would, so it
+    /// flushes its database (a restart on the same data dir then finds
+    /// everything); SIGKILL if it has not exited within 10 s.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..200 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// A `Vm*` figure of the mirror from /proc, in KiB.
     pub fn status_kib(&self, field: &str) -> u64 {
         proc_status_kib(self.pid(), field).unwrap_or(0)
     }
 
+    /// The mirror's whole log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The last lines of the mirror's log, for error reports.
     pub fn log_tail(&self, lines: usize) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let log = self.log_text();
         let all: Vec<&str> = log.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }

@@ -7,6 +7,7 @@ pub mod faults;
 pub mod mirror;
 pub mod registry;
 pub mod s3;
+pub mod tls;
 pub mod upstream;
 
 /// An HTTP client for tests: no automatic decompression, no proxies.

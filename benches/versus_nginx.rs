@@ -1360,7 +1360,7 @@ impl Report<'_> {
         let _ = writeln!(
             md,
             "- crate-mirror {MIRROR_VERSION} ({}, default settings: {} actix workers on this \
-             machine, 60 s index TTL, access log (`RUST_LOG=info`) to a file)",
+             machine, 60 s index TTL, `--index-max-stale 0`, access log (`RUST_LOG=info`) to a file)",
             o.mirror_binary.as_ref().map_or(
                 format!("release build of commit {commit}{dirty}"),
                 |b| format!("`{}`", b.display())
@@ -1488,7 +1488,9 @@ async fn main() -> ExitCode {
         .store(UPSTREAM_DELAY_MS, Ordering::SeqCst);
 
     // Both start now; each is warmed right before its own runs (see above).
-    let mirror = MirrorProcess::start(&binary, &upstream.url, &[]);
+    // Clients wait for revalidation past the TTL (no serving while updating),
+    // so that each round's warm-up leaves every file fresh before its runs.
+    let mirror = MirrorProcess::start(&binary, &upstream.url, &["--index-max-stale", "0"]);
     let nginx = NginxProcess::start(
         &options.nginx_template,
         upstream_addr(upstream),

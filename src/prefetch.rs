@@ -624,7 +624,10 @@ mod tests {
             dep("always", ""),
             dep("builder", r#""kind":"build""#),
             dep("tester", r#""kind":"dev""#),
-            dep("elsewhere", r#""registry":"https://example.invalid/index""#),
+            dep(
+                "elsewhere",
+                r#""registry":"https://other.example.com/index""#,
+            ),
             dep("implicit", r#""optional":true"#),
             dep("by-default", r#""optional":true"#),
             dep("namespaced", r#""optional":true"#),

@@ -103,7 +103,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("log-format", "text", "log lines as `text` or `json`"),
     ("prefetch", "on", "fetch the index files of dependencies before cargo asks (`on`/`off`)"),
     ("prefetch-depth", "16", "dependency steps from a client's request that are prefetched"),
-    ("prefetch-concurrency", "8", "prefetch requests at a time (kept below upstream-concurrency)"),
+    ("prefetch-concurrency", "32", "prefetch requests at a time (kept below upstream-concurrency)"),
     ("prefetch-budget", "1200", "prefetch requests per minute at most"),
     ("prefetch-dev-dependencies", "false", "only `false`: cargo never resolves dependencies' dev-dependencies"),
     ("tls-cert", "(none: plain HTTP)", "PEM certificate chain; with tls-key, serve HTTPS with HTTP/2"),
@@ -433,7 +433,7 @@ impl RawSettings {
             depth: self.required("prefetch-depth", "16", count)?,
             // Below the upstream's limit, so a client always finds a free slot.
             concurrency: self
-                .required("prefetch-concurrency", "8", parse_count)?
+                .required("prefetch-concurrency", "32", parse_count)?
                 .min(upstream_concurrency.saturating_sub(1).max(1)),
             budget_per_minute: self.required("prefetch-budget", "1200", count)?,
         }))

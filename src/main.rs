@@ -149,7 +149,7 @@ struct SettingsArgs {
     /// Dependency steps from a client's request that are prefetched [default: 16].
     #[arg(long, value_name = "N")]
     prefetch_depth: Option<String>,
-    /// Prefetch requests at a time [default: 8].
+    /// Prefetch requests at a time [default: 32].
     #[arg(long, value_name = "N")]
     prefetch_concurrency: Option<String>,
     /// Prefetch requests per minute at most [default: 1200].

@@ -99,20 +99,12 @@ async fn cargo_with_a_token_resolves_and_without_one_gets_nothing() {
 
 #[tokio::test]
 async fn refusals_reveal_nothing_and_probes_stay_open() {
-    let (token, hash) = new_token();
-    let (metrics_token, metrics_hash) = new_token();
-    let upstream = TestUpstream::start(&graph_registry(), DlStyle::Plain);
-    let mirror = Mirror::start_with_git(
-        &upstream.url,
-        &[
-            "--auth-tokens",
-            &hash,
-            "--metrics-tokens",
-            &metrics_hash,
-            "--git-rebuild-delay",
-            "0",
-        ],
-    );
+    let Fortress {
+        upstream,
+        mirror,
+        token,
+        metrics_token,
+    } = fortress().await;
     let http = client();
     let secret_index = upstream.index_body("abc").unwrap();
 
@@ -325,9 +317,10 @@ fn send_raw(base: &str, request: &str) -> (u16, String) {
 /// A private mirror with metrics tokens and the git index, with `abc` cached
 /// and the git index built: everything the encoded-route tests try to reach.
 struct Fortress {
-    _upstream: TestUpstream,
+    upstream: TestUpstream,
     mirror: Mirror,
     token: String,
+    metrics_token: String,
 }
 
 async fn fortress() -> Fortress {
@@ -352,9 +345,10 @@ async fn fortress() -> Fortress {
         .wait_for_git_files_authorized(2, Some(&metrics))
         .await;
     Fortress {
-        _upstream: upstream,
+        upstream,
         mirror,
         token,
+        metrics_token,
     }
 }
 

@@ -49,8 +49,10 @@ fn warm_cache(
                 etag: format!("\"{name}\""),
                 changed_at_ms: now_ms(),
                 fetched_at_ms: now_ms(),
+                gzip: false,
             },
             body,
+            gzip: None,
         };
         store.save(name, &record).unwrap();
     }

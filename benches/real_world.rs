@@ -45,7 +45,7 @@ enum Kind {
     Fetch,
 }
 
-const RESOLVE_ROWS: [&str; 8] = [
+const RESOLVE_ROWS: [&str; 9] = [
     "direct",
     "http cold",
     "http warm",
@@ -54,19 +54,24 @@ const RESOLVE_ROWS: [&str; 8] = [
     "https warm",
     "https expired",
     "offline",
+    "nearby",
 ];
-const FETCH_ROWS: [&str; 5] = [
+const FETCH_ROWS: [&str; 6] = [
     "direct",
     "http cold",
     "http warm",
     "https cold",
     "https warm",
+    "nearby",
 ];
 
 fn row_label(kind: Kind, row: &str) -> String {
     let what = match row {
         "direct" => "direct to the upstream (https, HTTP/2)".to_string(),
         "offline" => "cargo `--offline`, index already in CARGO_HOME (floor)".to_string(),
+        // What no mirror can beat: the same cargo against a registry with no
+        // distance at all (cargo's own cost of receiving the files).
+        "nearby" => "direct, the upstream with no added delay (cargo's network floor)".to_string(),
         other => {
             let (proto, phase) = other.split_once(' ').expect("proto phase");
             format!("mirror, `sparse+{proto}://`, {phase}")
@@ -99,6 +104,8 @@ struct Options {
     delays: Vec<u64>,
     workloads: Vec<&'static str>,
     kinds: Vec<Kind>,
+    /// Cargo on one CPU, the registry side on another (see `place_on_cpus`).
+    pin: bool,
 }
 
 impl Options {
@@ -108,12 +115,14 @@ impl Options {
             delays: DELAYS_MS.to_vec(),
             workloads: WORKLOADS.to_vec(),
             kinds: vec![Kind::Resolve, Kind::Fetch],
+            pin: true,
         };
         let mut flags = Flags::from_env();
         while let Some(flag) = flags.next_flag() {
             match flag.as_str() {
                 "--runs" => options.runs = flags.count("--runs") as usize,
                 "--quick" => options.runs = 1,
+                "--no-pin" => options.pin = false,
                 "--delay" => {
                     options.delays = flags
                         .text("--delay")
@@ -145,7 +154,7 @@ impl Options {
                     }
                 }
                 other => fail(&format!(
-                    "unknown flag {other} (--runs N, --quick, --delay 20,100, --workload web,cli,gamedev, --only resolve|fetch)"
+                    "unknown flag {other} (--runs N, --quick, --delay 20,100, --workload web,cli,gamedev, --only resolve|fetch, --no-pin)"
                 )),
             }
         }
@@ -157,7 +166,47 @@ impl Options {
             && self.delays == DELAYS_MS
             && self.workloads == WORKLOADS
             && self.kinds.len() == 2
+            && self.pin
     }
+}
+
+/// Puts cargo on CPU 0 and everything else this process starts (the test
+/// upstream's threads, the mirror) on CPU 1, as on a developer's machine
+/// talking to a registry side that runs elsewhere: otherwise the mirror's work
+/// takes CPU from cargo's single-threaded resolver, which no deployment does
+/// and the direct baseline never suffers. Done with `taskset` (util-linux):
+/// this process is moved before it starts any thread, and cargo is reached
+/// through a wrapper named by `CARGO`. Returns how it was placed, for the
+/// report, or why not.
+fn place_on_cpus(dir: &Path) -> Result<String, String> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        return Err(format!("{cpus} CPU: nothing to separate"));
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", "1", &std::process::id().to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("taskset: {e}"))?;
+    if !status.success() {
+        return Err(format!("taskset failed: {status}"));
+    }
+    let wrapper = dir.join("cargo-on-cpu0");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nexec taskset -c 0 '{cargo}' \"$@\"\n"),
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .map_err(|e| e.to_string())?;
+    std::env::set_var("CARGO", &wrapper);
+    Ok(format!(
+        "cargo on CPU 0; the test upstream and the mirror on CPU 1 (of {cpus})"
+    ))
 }
 
 struct Bench {
@@ -300,6 +349,13 @@ impl Bench {
         let sample = self.sample(time, None);
         self.record((delay, workload, Kind::Resolve, "direct"), sample);
 
+        self.upstream.set_delay_ms(0);
+        let (time, lockfile, _) = self.resolve(workload, &self.upstream.index_url.clone());
+        self.upstream.set_delay_ms(delay);
+        self.check(workload, &lockfile, "nearby");
+        let sample = self.sample(time, None);
+        self.record((delay, workload, Kind::Resolve, "nearby"), sample);
+
         // The floor: cargo with every index file it needs already local.
         let app = project(&self.manifests[workload]);
         let time = self.cargo(&home, app.path(), &["generate-lockfile", "--offline"]);
@@ -354,6 +410,12 @@ impl Bench {
         let time = self.fetch(workload, &self.upstream.index_url);
         let sample = self.sample(time, None);
         self.record((delay, workload, Kind::Fetch, "direct"), sample);
+
+        self.upstream.set_delay_ms(0);
+        let time = self.fetch(workload, &self.upstream.index_url);
+        self.upstream.set_delay_ms(delay);
+        let sample = self.sample(time, None);
+        self.record((delay, workload, Kind::Fetch, "nearby"), sample);
     }
 
     fn fetch_mirror(&mut self, delay: u64, workload: &'static str, tls: bool) {
@@ -445,6 +507,13 @@ fn main() -> ExitCode {
     let options = Options::parse();
     let started = Instant::now();
     let binary = build_mirror_binary();
+    let wrapper_dir = tempfile::tempdir().expect("temp dir");
+    let placement = if options.pin {
+        place_on_cpus(wrapper_dir.path()).unwrap_or_else(|why| format!("not placed ({why})"))
+    } else {
+        "not placed (--no-pin): cargo, the test upstream and the mirror share every CPU".to_string()
+    };
+    eprintln!("real_world: {placement}");
     let ca = TestCa::new();
     let index = RealIndex::unpack();
     eprintln!(
@@ -525,7 +594,7 @@ fn main() -> ExitCode {
         }
     }
     let elapsed = started.elapsed();
-    let report = report(&bench, &options, &packages, elapsed);
+    let report = report(&bench, &options, &packages, elapsed, &placement);
     println!("{report}");
     if options.is_full() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results");
@@ -543,6 +612,7 @@ fn report(
     options: &Options,
     packages: &BTreeMap<&'static str, (usize, usize)>,
     elapsed: Duration,
+    placement: &str,
 ) -> String {
     let workloads = &options.workloads;
     let mut out = format!(
@@ -556,6 +626,9 @@ fn report(
     out.push_str(
         "**Setup.** A test upstream serves the real-index fixture (626 sparse-index files as a registry served them, `benches/support/real_index.rs`) over HTTPS with HTTP/2 (ALPN), gzip'd index files with ETags, and adds a fixed delay to every request, 304s and downloads included, to model distance. Its `.crate` files are made up (real tarballs with a minimal manifest, padded with incompressible bytes to 10 KB – 3 MB, median about 40 KB, drawn per version; served from disk) and the served index carries their sha256 for the versions the workloads lock. Real `cargo` with an empty CARGO_HOME for every run, trusting the test CA, with the default registry replaced by the upstream (direct) or the release mirror (`sparse+http://` or `sparse+https://`, the mirror with `--tls-cert/--tls-key`; default prefetch). **Cold**: a new mirror data dir. **Warm**: the same mirror again, within `--index-ttl`. **Expired**: the same data dir, mirror restarted with `--index-ttl 2` and left 2 s, so every file is revalidated upstream (its in-memory cache starts empty too). **Offline**: `cargo generate-lockfile --offline` in the CARGO_HOME the direct run filled: cargo's own floor. Fetch is `cargo fetch --locked` from the resolved Cargo.lock (index files for the locked packages, then the downloads). Every resolve of a workload produced the same Cargo.lock.\n\n",
     );
+    out.push_str(&format!(
+        "**CPUs.** {placement}: a mirror serves from a machine of its own, so its work must not take CPU from cargo's resolver, which is single-threaded and the bottleneck of every run here (compare the no-delay row with the 20 ms direct row). The two CPUs cannot also separate the test upstream from the mirror; they share one, which burdens the mirror rows, not the direct ones.\n\n"
+    ));
     out.push_str("| workload | packages locked | .crate bytes |\n| --- | ---: | ---: |\n");
     for w in workloads {
         let (n, bytes) = packages[w];

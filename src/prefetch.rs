@@ -295,6 +295,21 @@ struct Walk {
 /// fresh file costs no upstream request).
 const FOLLOWED_MAX: usize = 100_000;
 
+/// The releases of a fetched file to follow: the newest matching `req`, or
+/// with no requirement the newest of the two newest series.
+///
+/// Parsed here, on the runtime, not on the blocking pool: the hop there and
+/// back for every want let cargo reach files before the prefetcher did, and a
+/// file cargo asks for first is walked by guess (measured: 91% of gamedev's
+/// prefetches used, 79% with the hop). The parse is a small share of the
+/// mirror's CPU on a cold resolve.
+fn releases_to_follow(body: &[u8], req: Option<&VersionReq>) -> Vec<ReleaseRecord> {
+    match req {
+        Some(req) => choose_release(body, req).into_iter().collect(),
+        None => newest_two_series(body),
+    }
+}
+
 pub struct Prefetcher {
     index: IndexCache,
     policy: PrefetchPolicy,
@@ -422,28 +437,21 @@ impl Prefetcher {
                 self.fetch(walk, want, done).await;
                 continue;
             };
-            let (releases, followed_key) = match &want.req {
-                Some(req) => {
-                    let Some(release) = choose_release(&body, req) else {
-                        continue;
-                    };
-                    let vers = release.vers.clone();
-                    (vec![release], vers)
-                }
-                // A guess from a guess: the file is at hand for cargo, but
-                // walking on from it compounds the guesses (most of what such
-                // walks fetched was never asked for), so it stops here.
-                None if want.depth > 0 => continue,
-                None => {
-                    let releases = newest_two_series(&body);
-                    let Some(newest) = releases.first() else {
-                        continue;
-                    };
-                    // Kept apart from a walk of the same version with a known
-                    // requirement, which follows more.
-                    let vers = format!("?{}", newest.vers);
-                    (releases, vers)
-                }
+            // A guess from a guess: the file is at hand for cargo, but walking
+            // on from it compounds the guesses (most of what such walks
+            // fetched was never asked for), so it stops here.
+            if want.req.is_none() && want.depth > 0 {
+                continue;
+            }
+            let releases = releases_to_follow(&body, want.req.as_ref());
+            let Some(newest) = releases.first() else {
+                continue;
+            };
+            let followed_key = match &want.req {
+                Some(_) => newest.vers.clone(),
+                // Kept apart from a walk of the same version with a known
+                // requirement, which follows more.
+                None => format!("?{}", newest.vers),
             };
             if walk.followed.len() > FOLLOWED_MAX {
                 walk.followed.clear();

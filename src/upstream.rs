@@ -8,6 +8,7 @@
 //! controls a redirect) make the mirror fetch from, and serve, any server it
 //! can reach, the mirror's own network included.
 
+use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -15,8 +16,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use reqwest::header::{
-    HeaderMap, HeaderValue, ACCEPT_ENCODING, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
-    RETRY_AFTER,
+    HeaderMap, HeaderValue, ACCEPT_ENCODING, CONTENT_ENCODING, ETAG, IF_MODIFIED_SINCE,
+    IF_NONE_MATCH, LAST_MODIFIED, RETRY_AFTER,
 };
 use reqwest::StatusCode;
 use serde::Deserialize;
@@ -104,11 +105,57 @@ impl Validators {
     }
 }
 
+/// An index file's body as the upstream sent it.
+#[derive(Debug, Clone)]
+pub enum IndexBody {
+    Plain(Bytes),
+    /// Sent with `Content-Encoding: gzip`: kept as sent, so that clients who
+    /// accept gzip (cargo always does) get these bytes without the mirror
+    /// compressing the file again.
+    Gzip(Bytes),
+}
+
+/// An index body ready to cache: the plain bytes (what is validated, hashed
+/// and read) and the gzip bytes to serve, when the upstream sent usable ones.
+#[derive(Debug, Clone)]
+pub struct DecodedIndex {
+    pub plain: Bytes,
+    pub gzip: Option<Bytes>,
+}
+
+impl IndexBody {
+    /// Decompresses a gzip body (at most `MAX_INDEX_BYTES` of output, so a
+    /// small bomb cannot fill memory). CPU work: callers on an async runtime
+    /// run it on a blocking thread.
+    pub fn decode(self) -> Result<DecodedIndex, UpstreamError> {
+        let raw = match self {
+            IndexBody::Plain(plain) => return Ok(DecodedIndex { plain, gzip: None }),
+            IndexBody::Gzip(raw) => raw,
+        };
+        let mut decoder = flate2::bufread::GzDecoder::new(&raw[..]);
+        let mut plain = Vec::with_capacity(raw.len().saturating_mul(8).min(MAX_INDEX_BYTES));
+        let read = (&mut decoder)
+            .take(MAX_INDEX_BYTES as u64 + 1)
+            .read_to_end(&mut plain)
+            .map_err(|e| UpstreamError::InvalidIndex(format!("gzip: {e}")))?;
+        if read > MAX_INDEX_BYTES {
+            return Err(UpstreamError::TooLarge);
+        }
+        // Bytes after the first gzip member (a second member, or junk) are
+        // not passed on: a client's decoder might read them differently.
+        let whole = decoder.into_inner().is_empty();
+        Ok(DecodedIndex {
+            plain: Bytes::from(plain),
+            gzip: whole.then_some(raw),
+        })
+    }
+}
+
 /// The outcome of an index fetch that reached the upstream.
 #[derive(Debug)]
 pub enum IndexFetch {
     Modified {
-        body: Bytes,
+        body: IndexBody,
         validators: Validators,
     },
     NotModified {
@@ -268,10 +315,11 @@ impl RedirectRules {
 pub struct UpstreamClient {
     base: String,
     redirects: Arc<RedirectRules>,
-    /// Index fetches: gzip accepted and decoded transparently.
-    index_http: reqwest::Client,
-    /// Downloads: no content decoding, so the bytes hashed are the bytes served.
-    download_http: reqwest::Client,
+    /// One client (one connection pool) for config.json, index files and
+    /// downloads, so a download from the index's host reuses the HTTP/2
+    /// connection the index opened. It decodes nothing: index files arrive
+    /// gzip'd and are kept so, downloads are hashed as they are served.
+    http: reqwest::Client,
     index_timeout: Duration,
     config_ttl: Duration,
     config: Mutex<Option<(Arc<UpstreamConfig>, Instant)>>,
@@ -303,31 +351,24 @@ impl UpstreamClient {
             listed: RwLock::new(Vec::new()),
             metrics: metrics.clone(),
         });
-        let build = |gzip: bool| {
-            let rules = redirects.clone();
-            let mut headers = HeaderMap::new();
-            if !gzip {
-                headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
-            }
-            reqwest::Client::builder()
-                .user_agent(user_agent)
-                .connect_timeout(connect_timeout)
-                .read_timeout(timeout)
-                .gzip(gzip)
-                .redirect(reqwest::redirect::Policy::custom(move |attempt| {
-                    rules.decide(attempt)
-                }))
-                .default_headers(headers)
-                .build()
-                .map_err(|e| UpstreamError::Unreachable(e.to_string()))
-        };
-        let index_http = build(true)?;
-        let download_http = build(false)?;
+        let rules = redirects.clone();
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        let http = reqwest::Client::builder()
+            .user_agent(user_agent)
+            .connect_timeout(connect_timeout)
+            .read_timeout(timeout)
+            .gzip(false)
+            .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                rules.decide(attempt)
+            }))
+            .default_headers(headers)
+            .build()
+            .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
         Ok(Self {
             base,
             redirects,
-            index_http,
-            download_http,
+            http,
             index_timeout: timeout,
             config_ttl,
             config: Mutex::new(None),
@@ -395,7 +436,7 @@ impl UpstreamClient {
 
     async fn fetch_config(&self) -> Result<UpstreamConfig, UpstreamError> {
         let url = format!("{}config.json", self.base);
-        let (response, _permit) = self.send("config", || self.index_http.get(&url)).await?;
+        let (response, _permit) = self.send("config", || self.http.get(&url)).await?;
         if !response.status().is_success() {
             return Err(UpstreamError::Status(response.status().as_u16()));
         }
@@ -425,7 +466,7 @@ impl UpstreamClient {
         let url = format!("{}{}", self.base, path);
         let (response, _permit) = self
             .send("index", || {
-                let mut request = self.index_http.get(&url);
+                let mut request = self.http.get(&url).header(ACCEPT_ENCODING, "gzip");
                 if let Some(etag) = &validators.etag {
                     request = request.header(IF_NONE_MATCH, etag);
                 }
@@ -439,11 +480,24 @@ impl UpstreamClient {
         let fresh_validators = Validators::from_headers(response.headers());
         match status {
             StatusCode::OK => {
-                let body = read_limited(response).await?;
+                let encoding = response
+                    .headers()
+                    .get(CONTENT_ENCODING)
+                    .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+                let raw = read_limited(response).await?;
                 self.metrics
                     .fetched_bytes
                     .with_label_values(&["index"])
-                    .inc_by(body.len() as u64);
+                    .inc_by(raw.len() as u64);
+                let body = match encoding.as_deref() {
+                    None | Some("identity") => IndexBody::Plain(raw),
+                    Some("gzip" | "x-gzip") => IndexBody::Gzip(raw),
+                    Some(other) => {
+                        return Err(UpstreamError::InvalidIndex(format!(
+                            "content-encoding {other:?} was not asked for"
+                        )))
+                    }
+                };
                 Ok(IndexFetch::Modified {
                     body,
                     validators: fresh_validators,
@@ -556,9 +610,7 @@ impl UpstreamClient {
 
     /// Starts a download; the body streams and each read is bounded by the timeout.
     pub async fn download(&self, url: &str) -> Result<DownloadStart, UpstreamError> {
-        let (response, permit) = self
-            .send("download", || self.download_http.get(url))
-            .await?;
+        let (response, permit) = self.send("download", || self.http.get(url)).await?;
         match response.status() {
             StatusCode::OK => Ok(DownloadStart::Found(DownloadStream {
                 content_length: response.content_length(),

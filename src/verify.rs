@@ -91,7 +91,10 @@ async fn verify_crate(
         .fetch_index(&crate_name.index_path(), &Validators::default())
         .await
     {
-        Ok(IndexFetch::Modified { body, .. }) => body,
+        Ok(IndexFetch::Modified { body, .. }) => match body.decode() {
+            Ok(decoded) => decoded.plain,
+            Err(err) => return Ok(unverifiable(format!("index file unreadable: {err}"))),
+        },
         Ok(IndexFetch::Missing { status }) => {
             return Ok(unverifiable(format!("upstream index answered {status}")))
         }

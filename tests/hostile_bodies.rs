@@ -78,6 +78,19 @@ fn post_head(path: &str, headers: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A connection that has sent an upload-pack request's head declaring a body
+/// of `length` bytes, and none of the body.
+fn post_declaring(base: &str, length: usize) -> TcpStream {
+    let mut stream = connect(base);
+    stream
+        .write_all(&post_head(
+            upload_pack_path(),
+            &format!("Content-Length: {length}\r\n"),
+        ))
+        .unwrap();
+    stream
+}
+
 /// A mirror with the git index holding one crate's index file.
 async fn git_mirror(upstream: &TestUpstream) -> Mirror {
     let mirror = Mirror::start_with_git(&upstream.url, &["--git-rebuild-delay", "0"]);
@@ -170,29 +183,35 @@ async fn oversized_upload_pack_bodies_get_413() {
     // Refused on the declared length, before any of the body is sent.
     let base = mirror.url.clone();
     let declared = tokio::task::spawn_blocking(move || {
-        let mut stream = connect(&base);
-        stream
-            .write_all(&post_head(
-                upload_pack_path(),
-                &format!("Content-Length: {}\r\n", 9 << 20),
-            ))
-            .unwrap();
+        let mut stream = post_declaring(&base, 9 << 20);
         answer_within(&mut stream, ANSWER_WITHIN)
     })
     .await
     .unwrap();
     assert_eq!(declared, Answer::Status(413));
 
-    // Sent, with and without a length up front (chunked).
+    // Sent, with and without a length up front (chunked). The sized body is
+    // written by its own thread while this one reads: the mirror answers 413
+    // on the declared length and closes with the body still arriving, which
+    // resets the connection, so a client that reads only after writing it all
+    // (as reqwest does) may never see the 413 it was sent.
+    let base = mirror.url.clone();
+    let sized = tokio::task::spawn_blocking(move || {
+        let mut stream = post_declaring(&base, 9 << 20);
+        let mut writer = stream.try_clone().unwrap();
+        let sender = std::thread::spawn(move || {
+            // Fails once the mirror has closed: expected.
+            let _ = writer.write_all(&vec![b'0'; 9 << 20]);
+        });
+        let answer = answer_within(&mut stream, ANSWER_WITHIN);
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        let _ = sender.join();
+        answer
+    })
+    .await
+    .unwrap();
+    assert_eq!(sized, Answer::Status(413));
     let url = format!("{}{}", mirror.url, upload_pack_path());
-    let sized = client()
-        .post(&url)
-        .header("content-type", "application/x-git-upload-pack-request")
-        .body(vec![b'0'; 9 << 20])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sized.status(), 413);
     let chunks = (0..9).map(|_| Ok::<_, std::io::Error>(vec![b'0'; 1 << 20]));
     let chunked = client()
         .post(&url)

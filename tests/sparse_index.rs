@@ -579,3 +579,186 @@ async fn past_index_max_stale_clients_wait_for_the_upstream() {
     assert_eq!(response.headers()["x-cache"], "REVALIDATED");
     assert!(response.text().await.unwrap().contains("\"1.1.0\""));
 }
+
+/// Our ETag of a plain index body (a hash of the plain bytes, whatever
+/// encoding the upstream used: a client's cached ETag keeps matching).
+fn etag_of_plain(body: &[u8]) -> String {
+    use sha2::Digest;
+    format!("\"{}\"", hex::encode(&sha2::Sha256::digest(body)[..16]))
+}
+
+/// The raw sled record of `key` in a stopped mirror's data dir.
+fn stored_record(data: &std::path::Path, key: &str) -> Vec<u8> {
+    let db = sled::open(data.join("sled")).expect("open the mirror's sled");
+    let tree = db.open_tree("index").unwrap();
+    tree.get(key).unwrap().expect("record stored").to_vec()
+}
+
+async fn get_gzip(url: &str) -> reqwest::Response {
+    client()
+        .get(url)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .expect("request")
+}
+
+#[tokio::test]
+async fn gzip_from_the_upstream_is_served_as_sent_and_stored_compressed() {
+    let mut upstream = TestUpstream::start(&specs(), DlStyle::Plain);
+    upstream
+        .switches
+        .gzip_index
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let plain = upstream.index_body("abcd").unwrap();
+    let sent = common::upstream::gzip_of(plain.as_bytes());
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("data");
+    {
+        let mut mirror = Mirror::start_in(&data, &upstream.url, &[]);
+        let url = format!("{}ab/cd/abcd", mirror.index_url());
+        let response = get_gzip(&url).await;
+        assert_eq!(response.headers()["x-cache"], "MISS");
+        assert_eq!(response.headers()["content-encoding"], "gzip");
+        assert_eq!(
+            response.headers()["etag"],
+            etag_of_plain(plain.as_bytes()).as_str()
+        );
+        assert_eq!(
+            response.bytes().await.unwrap(),
+            sent,
+            "the upstream's gzip bytes, not compressed again"
+        );
+        let identity = get(&url).await;
+        assert_eq!(
+            identity.headers()["etag"],
+            etag_of_plain(plain.as_bytes()).as_str()
+        );
+        assert_eq!(identity.text().await.unwrap(), plain);
+        mirror.terminate();
+        mirror.wait_exit(Duration::from_secs(10));
+    }
+    // sled holds the gzip bytes as the record's body.
+    let record = stored_record(&data, "abcd");
+    assert!(record.ends_with(&sent), "sled holds the gzip bytes");
+    assert!(!record.windows(plain.len()).any(|w| w == plain.as_bytes()));
+    // And a restart serves them without the upstream.
+    upstream.stop();
+    let mirror = Mirror::start_in(&data, &upstream.url, &[]);
+    let url = format!("{}ab/cd/abcd", mirror.index_url());
+    let response = get_gzip(&url).await;
+    assert_eq!(response.headers()["x-cache"], "HIT");
+    assert_eq!(response.bytes().await.unwrap(), sent);
+    assert_eq!(get(&url).await.text().await.unwrap(), plain);
+}
+
+#[tokio::test]
+async fn broken_or_unasked_encodings_from_the_upstream_are_refused_and_trailing_bytes_dropped() {
+    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
+    let mirror = Mirror::start(&upstream.url, &[]);
+    let raw = |name: &str, encoding: &str, bytes: Vec<u8>| {
+        upstream
+            .switches
+            .raw_index
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), (encoding.to_string(), bytes.into()));
+    };
+    let plain = upstream.index_body("abcd").unwrap();
+    // A flipped byte in the gzip trailer's CRC: the body is not what was sent.
+    let mut broken = common::upstream::gzip_of(plain.as_bytes());
+    let crc = broken.len() - 8;
+    broken[crc] ^= 0x01;
+    raw("abcd", "gzip", broken);
+    let url = format!("{}ab/cd/abcd", mirror.index_url());
+    assert_eq!(get_gzip(&url).await.status(), StatusCode::BAD_GATEWAY);
+    // An encoding the mirror never asks for.
+    raw("abc", "br", b"not brotli either".to_vec());
+    let abc = format!("{}3/a/abc", mirror.index_url());
+    assert_eq!(get_gzip(&abc).await.status(), StatusCode::BAD_GATEWAY);
+    // Nothing of either was cached: once the upstream behaves, both are served.
+    upstream.switches.raw_index.lock().unwrap().clear();
+    let response = get_gzip(&url).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-cache"], "MISS");
+    assert_eq!(get(&abc).await.status(), StatusCode::OK);
+    // Bytes after the gzip member are not passed on: the mirror compresses
+    // the file itself, and what it sends decodes to exactly the file.
+    let ab_plain = upstream.index_body("ab").unwrap();
+    let mut trailing = common::upstream::gzip_of(ab_plain.as_bytes());
+    trailing.extend_from_slice(b"trailing junk");
+    raw("ab", "gzip", trailing.clone());
+    let response = get_gzip(&format!("{}2/ab", mirror.index_url())).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let served = response.bytes().await.unwrap();
+    assert_ne!(served, trailing);
+    let mut decoded = String::new();
+    flate2::read::GzDecoder::new(&served[..])
+        .read_to_string(&mut decoded)
+        .unwrap();
+    assert_eq!(decoded, ab_plain);
+}
+
+#[tokio::test]
+async fn index_files_stored_plain_by_earlier_versions_are_served_and_rewritten_compressed() {
+    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
+    let plain = upstream.index_body("abcd").unwrap();
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("data");
+    {
+        // The record as versions before this one wrote it: a 4-byte length,
+        // the JSON header (no "gzip" field) and the plain body.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let header = serde_json::json!({
+            "upstream": {},
+            "etag": etag_of_plain(plain.as_bytes()),
+            "changed_at_ms": now_ms,
+            "fetched_at_ms": now_ms,
+        })
+        .to_string();
+        let mut value = (header.len() as u32).to_le_bytes().to_vec();
+        value.extend_from_slice(header.as_bytes());
+        value.extend_from_slice(plain.as_bytes());
+        std::fs::create_dir_all(&data).unwrap();
+        let db = sled::open(data.join("sled")).unwrap();
+        db.open_tree("index")
+            .unwrap()
+            .insert("abcd", value)
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let mirror = Mirror::start_in(&data, &upstream.url, &["--index-ttl", "600"]);
+    let url = format!("{}ab/cd/abcd", mirror.index_url());
+    let response = get_gzip(&url).await;
+    assert_eq!(response.headers()["x-cache"], "HIT");
+    assert_eq!(
+        response.headers()["etag"],
+        etag_of_plain(plain.as_bytes()).as_str()
+    );
+    let mut decoded = String::new();
+    flate2::read::GzDecoder::new(&response.bytes().await.unwrap()[..])
+        .read_to_string(&mut decoded)
+        .unwrap();
+    assert_eq!(decoded, plain);
+    assert_eq!(get(&url).await.text().await.unwrap(), plain);
+    assert_eq!(
+        upstream.count("/index/ab/cd/abcd"),
+        0,
+        "served from the old record"
+    );
+    let mut mirror = mirror;
+    mirror.terminate();
+    mirror.wait_exit(Duration::from_secs(10));
+    let record = stored_record(&data, "abcd");
+    let header_len = u32::from_le_bytes(record[..4].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&record[4..4 + header_len]).unwrap();
+    assert_eq!(header["gzip"], true, "rewritten compressed: {header}");
+    let mut stored = String::new();
+    flate2::read::GzDecoder::new(&record[4 + header_len..])
+        .read_to_string(&mut stored)
+        .unwrap();
+    assert_eq!(stored, plain);
+}

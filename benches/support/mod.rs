@@ -155,7 +155,10 @@ impl MirrorProcess {
             .arg("--data-dir")
             .arg(&data_dir)
             .args(args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -223,6 +226,16 @@ impl Drop for MirrorProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // BENCH_KEEP_LOGS=DIR keeps each mirror's log (access log included)
+        // for a look at per-request latencies after the run.
+        if let Some(dir) = std::env::var_os("BENCH_KEEP_LOGS") {
+            let dir = PathBuf::from(dir);
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::copy(
+                &self.log,
+                dir.join(format!("mirror-{}.log", self.child.id())),
+            );
+        }
     }
 }
 

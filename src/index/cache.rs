@@ -23,7 +23,7 @@ use super::path::CrateName;
 use super::store::{IndexStore, StoreError, StoredHeader, StoredIndex};
 use crate::metrics::Metrics;
 use crate::single_flight::{FlightAborted, Role, SingleFlight};
-use crate::upstream::{IndexFetch, UpstreamClient, UpstreamError, Validators};
+use crate::upstream::{IndexBody, IndexFetch, UpstreamClient, UpstreamError, Validators};
 
 /// After a failed revalidation, the stale copy is served this long (at most the
 /// TTL) before the upstream is tried again, so an outage does not turn every
@@ -60,7 +60,10 @@ pub struct IndexEntry {
     /// 200, or the upstream's 404/410/451.
     pub status: u16,
     pub body: Bytes,
-    gzip: OnceLock<Bytes>,
+    /// The body gzip'd (empty for a refusal): the upstream's own bytes when it
+    /// sent gzip, else compressed once when the entry was made, off the async
+    /// threads, so that serving never compresses.
+    gzip: Bytes,
     /// Our ETag, quoted: a hash of the body, stable across restarts and nodes.
     pub etag: String,
     pub changed_at: SystemTime,
@@ -80,6 +83,7 @@ pub struct IndexEntry {
 impl IndexEntry {
     fn found(
         body: Bytes,
+        gzip: Bytes,
         etag: String,
         changed_at: SystemTime,
         upstream: Validators,
@@ -92,7 +96,7 @@ impl IndexEntry {
         Self {
             status: 200,
             body,
-            gzip: OnceLock::new(),
+            gzip,
             etag,
             changed_at,
             last_modified: httpdate::fmt_http_date(changed_at),
@@ -110,7 +114,7 @@ impl IndexEntry {
         Self {
             status,
             body: Bytes::new(),
-            gzip: OnceLock::new(),
+            gzip: Bytes::new(),
             etag: String::new(),
             changed_at: now,
             last_modified: httpdate::fmt_http_date(now),
@@ -123,10 +127,14 @@ impl IndexEntry {
         }
     }
 
+    /// An entry from its stored copy (compressing the body if it was stored
+    /// plain). CPU work: run it on a blocking thread.
     fn from_stored(stored: StoredIndex, ttl: Duration) -> Self {
         let h = stored.header;
+        let gzip = stored.gzip.unwrap_or_else(|| gzip(&stored.body));
         Self::found(
             stored.body,
+            gzip,
             h.etag,
             from_ms(h.changed_at_ms),
             h.upstream,
@@ -142,8 +150,10 @@ impl IndexEntry {
                 etag: self.etag.clone(),
                 changed_at_ms: to_ms(self.changed_at),
                 fetched_at_ms: to_ms(self.fetched_at),
+                gzip: false,
             },
             body: self.body.clone(),
+            gzip: Some(self.gzip.clone()),
         }
     }
 
@@ -189,24 +199,64 @@ impl IndexEntry {
                 .is_ok_and(|age| age < policy.ttl + policy.max_stale)
     }
 
-    /// The body gzip-compressed, computed once on first use.
+    /// The body gzip-compressed.
     pub fn gzip_body(&self) -> &Bytes {
-        self.gzip.get_or_init(|| {
-            let mut encoder = flate2::write::GzEncoder::new(
-                Vec::with_capacity(self.body.len() / 4 + 64),
-                flate2::Compression::default(),
-            );
-            // Writing to a Vec cannot fail.
-            let _ = encoder.write_all(&self.body);
-            Bytes::from(encoder.finish().unwrap_or_default())
-        })
+        &self.gzip
     }
 
     /// Approximate memory held, for the hot cache's byte budget.
     fn weight(&self) -> u32 {
-        let bytes = self.body.len() + self.body.len() / 4 + 256;
+        let bytes = self.body.len() + self.gzip.len() + 256;
         u32::try_from(bytes).unwrap_or(u32::MAX)
     }
+}
+
+/// `body` gzip'd at the default level (CPU work: not on an async thread).
+fn gzip(body: &[u8]) -> Bytes {
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 4 + 64),
+        flate2::Compression::default(),
+    );
+    // Writing to a Vec cannot fail.
+    let _ = encoder.write_all(body);
+    Bytes::from(encoder.finish().unwrap_or_default())
+}
+
+/// Runs CPU or disk work (decompressing, validating, hashing, compressing,
+/// sled) on tokio's blocking pool: on the async threads it would delay every
+/// other request and the upstream connection's own I/O.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, IndexError> + Send + 'static,
+) -> Result<T, IndexError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| IndexError::Storage(format!("background work failed: {e}")))?
+}
+
+/// An index body from the upstream made ready to cache: decoded, checked,
+/// hashed and compressed.
+struct Prepared {
+    plain: Bytes,
+    gzip: Bytes,
+    etag: String,
+}
+
+/// What an upstream fetch came to, with a changed body ready to cache.
+enum Answer {
+    Changed(Prepared, Validators),
+    NotModified(Validators),
+    Missing(u16),
+}
+
+fn prepare(body: IndexBody, key: &str) -> Result<Prepared, UpstreamError> {
+    let decoded = body.decode()?;
+    validate_index(&decoded.plain, key).map_err(UpstreamError::InvalidIndex)?;
+    let gzip = decoded.gzip.unwrap_or_else(|| gzip(&decoded.plain));
+    Ok(Prepared {
+        etag: etag_of(&decoded.plain),
+        plain: decoded.plain,
+        gzip,
+    })
 }
 
 fn to_ms(time: SystemTime) -> u64 {
@@ -438,10 +488,19 @@ impl IndexCache {
             Some(_) => self.refresh(name, false, Origin::Client).await?,
             // Not in memory (evicted, or a restart): sled may hold a copy that
             // can be served while it is refreshed.
-            None => match self.inner.stored(name.key())? {
-                Some(entry) if entry.is_fresh() || entry.within_max_stale(&self.inner.policy) => {
-                    let hot = &self.inner.hot;
-                    hot.insert(name.key().to_string(), entry.clone()).await;
+            None => match self.inner.stored(name.key()).await? {
+                Some(loaded)
+                    if loaded.is_fresh() || loaded.within_max_stale(&self.inner.policy) =>
+                {
+                    // A fetch may have put a newer copy in memory while sled
+                    // was read: that one wins (it carries the prefetch mark).
+                    let entry = self
+                        .inner
+                        .hot
+                        .entry(name.key().to_string())
+                        .or_insert(loaded)
+                        .await
+                        .into_value();
                     if entry.is_fresh() {
                         IndexLookup {
                             entry,
@@ -528,19 +587,53 @@ impl Inner {
         if let Some(entry) = self.hot.get(key).await {
             return Ok(Some(entry));
         }
-        self.stored(key)
+        self.stored(key).await
     }
 
     /// The copy in sled, if any.
-    fn stored(&self, key: &str) -> Result<Option<Arc<IndexEntry>>, IndexError> {
-        let Some(stored) = self.store.load(key)? else {
-            return Ok(None);
-        };
-        self.metrics.index_store_loads.inc();
-        Ok(Some(Arc::new(IndexEntry::from_stored(
-            stored,
-            self.policy.ttl,
-        ))))
+    async fn stored(&self, key: &str) -> Result<Option<Arc<IndexEntry>>, IndexError> {
+        let store = self.store.clone();
+        let owned = key.to_string();
+        let ttl = self.policy.ttl;
+        let entry = blocking(move || {
+            let Some(stored) = store.load(&owned)? else {
+                return Ok(None);
+            };
+            let written_plain = stored.gzip.is_none();
+            let entry = IndexEntry::from_stored(stored, ttl);
+            if written_plain {
+                // From an earlier version: stored gzip'd from now on.
+                store.save(&owned, &entry.to_stored())?;
+            }
+            Ok(Some(entry))
+        })
+        .await?;
+        if entry.is_some() {
+            self.metrics.index_store_loads.inc();
+        }
+        Ok(entry.map(Arc::new))
+    }
+
+    /// Puts a new copy in memory, then writes it to sled (off the async
+    /// threads). In that order: a client asking while sled is written must
+    /// find this copy (with its prefetch mark) in memory, not load the
+    /// half-known one from sled and put it in memory over this one. If sled
+    /// fails, the copy leaves memory too and the error is the answer.
+    async fn keep(
+        &self,
+        key: &str,
+        entry: IndexEntry,
+        outcome: CacheOutcome,
+    ) -> Result<IndexLookup, IndexError> {
+        let record = entry.to_stored();
+        let lookup = self.remember(key, entry, outcome).await;
+        let store = self.store.clone();
+        let owned = key.to_string();
+        if let Err(err) = blocking(move || Ok(store.save(&owned, &record)?)).await {
+            self.hot.invalidate(key).await;
+            return Err(err);
+        }
+        Ok(lookup)
     }
 
     async fn remember(&self, key: &str, entry: IndexEntry, outcome: CacheOutcome) -> IndexLookup {
@@ -642,33 +735,42 @@ impl Inner {
             .fetch_index(&name.index_path(), &validators)
             .await
         {
-            Ok(IndexFetch::Modified { body, validators }) => match validate_index(&body, key) {
-                Ok(()) => Ok(IndexFetch::Modified { body, validators }),
-                Err(reason) => Err(UpstreamError::InvalidIndex(reason)),
-            },
-            other => other,
+            Ok(IndexFetch::Modified { body, validators }) => {
+                let owned = key.to_string();
+                blocking(move || Ok(prepare(body, &owned)))
+                    .await?
+                    .map(|prepared| Answer::Changed(prepared, validators))
+            }
+            Ok(IndexFetch::NotModified { validators }) => Ok(Answer::NotModified(validators)),
+            Ok(IndexFetch::Missing { status }) => Ok(Answer::Missing(status)),
+            Err(err) => Err(err),
         };
         match fetched {
-            Ok(IndexFetch::Modified { body, validators }) => {
-                let etag = etag_of(&body);
+            Ok(Answer::Changed(prepared, validators)) => {
+                let Prepared {
+                    plain: body,
+                    gzip,
+                    etag,
+                } = prepared;
                 let (changed_at, outcome) = match &previous {
                     Some(old) if old.etag == etag => (old.changed_at, CacheOutcome::Revalidated),
                     Some(_) => (now, CacheOutcome::Revalidated),
                     None => (now, CacheOutcome::Miss),
                 };
                 let changed = !matches!(&previous, Some(old) if old.etag == etag);
-                let entry = IndexEntry::found(body.clone(), etag, changed_at, validators, now, ttl);
+                let entry =
+                    IndexEntry::found(body.clone(), gzip, etag, changed_at, validators, now, ttl);
                 entry
                     .prefetched
                     .store(origin != Origin::Client, Ordering::Relaxed);
-                self.store.save(key, &entry.to_stored())?;
+                let lookup = self.keep(key, entry, outcome).await?;
                 if changed {
                     self.changed.notify_one();
                 }
                 self.announce(name, body, origin);
-                Ok(self.remember(key, entry, outcome).await)
+                Ok(lookup)
             }
-            Ok(IndexFetch::NotModified { validators }) => {
+            Ok(Answer::NotModified(validators)) => {
                 let Some(old) = previous else {
                     // A 304 to an unconditional request: the upstream is broken.
                     return Err(UpstreamError::Status(304).into());
@@ -680,14 +782,16 @@ impl Inner {
                     validators
                 };
                 let entry = old.renewed(validators, now, ttl, false);
-                self.store.save(key, &entry.to_stored())?;
+                let lookup = self.keep(key, entry, CacheOutcome::Revalidated).await?;
                 // Confirmed unchanged is as good as fetched for the prefetcher:
                 // after the TTL its dependencies need revalidating too.
                 self.announce(name, old.body.clone(), origin);
-                Ok(self.remember(key, entry, CacheOutcome::Revalidated).await)
+                Ok(lookup)
             }
-            Ok(IndexFetch::Missing { status }) => {
-                if self.store.remove(key)? {
+            Ok(Answer::Missing(status)) => {
+                let store = self.store.clone();
+                let owned = key.to_string();
+                if blocking(move || Ok(store.remove(&owned)?)).await? {
                     self.changed.notify_one();
                 }
                 let entry = IndexEntry::missing(status, self.policy.negative_ttl);
@@ -727,6 +831,7 @@ mod tests {
         let body = Bytes::from_static(b"{\"name\":\"a\",\"vers\":\"1.0.0\"}\n");
         let entry = IndexEntry::found(
             body.clone(),
+            gzip(&body),
             etag_of(&body),
             SystemTime::now(),
             Validators::default(),
@@ -747,6 +852,7 @@ mod tests {
         let old = SystemTime::now() - Duration::from_secs(120);
         let entry = IndexEntry::found(
             body.clone(),
+            gzip(&body),
             etag_of(&body),
             old,
             Validators::default(),

@@ -45,6 +45,24 @@ pub struct Switches {
     pub truncate_downloads: AtomicBool,
     /// Requests whose path contains one of these wait until it is removed.
     pub held: Mutex<Vec<String>>,
+    /// Index files sent gzip'd (as `gzip_of` makes them) to clients that
+    /// accept gzip, as public registries do.
+    pub gzip_index: AtomicBool,
+    /// Index files answered with exactly these bytes and this
+    /// `Content-Encoding`, by lowercased name (a broken gzip, say).
+    pub raw_index: Mutex<HashMap<String, (String, Bytes)>>,
+}
+
+/// How the test upstream gzips an index body: best compression and a file
+/// name in the gzip header, so the bytes differ from what the mirror's own
+/// compression would make and a test can tell whose bytes it got.
+pub fn gzip_of(body: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::GzBuilder::new()
+        .filename("from-the-upstream")
+        .write(Vec::new(), flate2::Compression::best());
+    encoder.write_all(body).expect("gzip in memory");
+    encoder.finish().expect("gzip in memory")
 }
 
 struct State {
@@ -264,6 +282,12 @@ async fn handle(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
     }
     if let Some(rest) = path.strip_prefix("/index/") {
         let name = rest.rsplit('/').next().unwrap_or("").to_ascii_lowercase();
+        let raw = switches.raw_index.lock().unwrap().get(&name).cloned();
+        if let Some((encoding, bytes)) = raw {
+            return HttpResponse::Ok()
+                .insert_header(("content-encoding", encoding))
+                .body(bytes);
+        }
         let found = state.index.lock().unwrap().get(&name).cloned();
         let Some((status, body)) = found else {
             return HttpResponse::NotFound().body("no such crate");
@@ -280,6 +304,14 @@ async fn handle(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
             return HttpResponse::NotModified()
                 .insert_header(("etag", etag))
                 .finish();
+        }
+        let accepts_gzip = header("accept-encoding").is_some_and(|v| v.contains("gzip"));
+        if switches.gzip_index.load(Ordering::SeqCst) && accepts_gzip {
+            return HttpResponse::Ok()
+                .insert_header(("etag", etag))
+                .insert_header(("last-modified", UPSTREAM_LAST_MODIFIED))
+                .insert_header(("content-encoding", "gzip"))
+                .body(gzip_of(body.as_bytes()));
         }
         return HttpResponse::Ok()
             .insert_header(("etag", etag))

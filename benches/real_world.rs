@@ -3,7 +3,7 @@
 //! a large engine) from a slice of the real index, served by a distant
 //! upstream: HTTPS with HTTP/2, 20 ms or 100 ms added to every request
 //! (`benches/support/real_index.rs`). Directly, and through the release mirror
-//! over `sparse+http://` and `sparse+https://`, cold, warm and expired, with
+//! over `sparse+http` and `sparse+https`, cold, warm and expired, with
 //! cargo's own `--offline` resolve as the floor.
 //!
 //! `cargo bench --bench real_world [-- --runs N] [--delay 20] [--workload cli]
@@ -74,7 +74,7 @@ fn row_label(kind: Kind, row: &str) -> String {
         "nearby" => "direct, the upstream with no added delay (cargo's network floor)".to_string(),
         other => {
             let (proto, phase) = other.split_once(' ').expect("proto phase");
-            format!("mirror, `sparse+{proto}://`, {phase}")
+            format!("mirror, `sparse+{proto}`, {phase}")
         }
     };
     match kind {
@@ -629,7 +629,7 @@ fn report(
         options.runs,
     );
     out.push_str(
-        "**Setup.** A test upstream serves the real-index fixture (626 sparse-index files as a registry served them, `benches/support/real_index.rs`) over HTTPS with HTTP/2 (ALPN), gzip'd index files with ETags, and adds a fixed delay to every request, 304s and downloads included, to model distance. Its `.crate` files are made up (real tarballs with a minimal manifest, padded with incompressible bytes to 10 KB – 3 MB, median about 40 KB, drawn per version; served from disk) and the served index carries their sha256 for the versions the workloads lock. Real `cargo` with an empty CARGO_HOME for every run, trusting the test CA, with the default registry replaced by the upstream (direct) or the release mirror (`sparse+http://` or `sparse+https://`, the mirror with `--tls-cert/--tls-key`; default prefetch). **Cold**: a new mirror data dir. **Warm**: the same mirror again, within `--index-ttl`. **Expired**: the same data dir, mirror restarted with `--index-ttl 2` and left 2 s, so every file is revalidated upstream (its in-memory cache starts empty too). **Offline**: `cargo generate-lockfile --offline` in the CARGO_HOME the direct run filled: cargo's own floor. Fetch is `cargo fetch --locked` from the resolved Cargo.lock (index files for the locked packages, then the downloads). Every resolve of a workload produced the same Cargo.lock.\n\n",
+        "**Setup.** A test upstream serves the real-index fixture (626 sparse-index files as a registry served them, `benches/support/real_index.rs`) over HTTPS with HTTP/2 (ALPN), gzip'd index files with ETags, and adds a fixed delay to every request, 304s and downloads included, to model distance. Its `.crate` files are made up (real tarballs with a minimal manifest, padded with incompressible bytes to 10 KB – 3 MB, median about 40 KB, drawn per version; served from disk) and the served index carries their sha256 for the versions the workloads lock. Real `cargo` with an empty CARGO_HOME for every run, trusting the test CA, with the default registry replaced by the upstream (direct) or the release mirror (`sparse+http` or `sparse+https`, the mirror with `--tls-cert/--tls-key`; default prefetch). **Cold**: a new mirror data dir. **Warm**: the same mirror again, within `--index-ttl`. **Expired**: the same data dir, mirror restarted with `--index-ttl 2` and left 2 s, so every file is revalidated upstream (its in-memory cache starts empty too). **Offline**: `cargo generate-lockfile --offline` in the CARGO_HOME the direct run filled: cargo's own floor. Fetch is `cargo fetch --locked` from the resolved Cargo.lock (index files for the locked packages, then the downloads). Every resolve of a workload produced the same Cargo.lock.\n\n",
     );
     out.push_str(&format!(
         "**CPUs.** {placement}: a mirror serves from a machine of its own, so its work must not take CPU from cargo's resolver, which is single-threaded and the bottleneck of every run here (compare the no-delay row with the 20 ms direct row). The two CPUs cannot also separate the test upstream from the mirror; they share one, which burdens the mirror rows, not the direct ones.\n\n"
@@ -729,7 +729,7 @@ fn report(
                 out.push_str(&header("mirror"));
                 for row in ["http cold", "https cold"] {
                     out.push_str(&format!(
-                        "| `sparse+{}://` |",
+                        "| `sparse+{}` |",
                         row.split(' ').next().unwrap_or("")
                     ));
                     for &w in workloads {

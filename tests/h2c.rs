@@ -1,4 +1,4 @@
-//! HTTP/2 on the plain listener: real cargo over `sparse+http://` upgrades its
+//! HTTP/2 on the plain listener: real cargo over `sparse+http` upgrades its
 //! first request (`Upgrade: h2c`) and then multiplexes a whole resolve on one
 //! TCP connection; curl's `--http2` and `--http2-prior-knowledge` work; a
 //! request that asks for an upgrade we do not make keeps its connection alive

@@ -120,7 +120,7 @@ pub fn build_mirror_binary() -> PathBuf {
 /// A running release mirror; killed when dropped.
 pub struct MirrorProcess {
     child: Child,
-    /// `http://127.0.0.1:PORT` (`https://` with TLS), no trailing slash.
+    /// `http://127.0.0.1:PORT` (https with TLS), no trailing slash.
     pub url: String,
     pub data_dir: PathBuf,
     log: PathBuf,

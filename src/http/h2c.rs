@@ -1,8 +1,8 @@
 //! HTTP/2 on the plain listener (h2c), by prior knowledge and by cargo's
 //! `Upgrade: h2c`.
 //!
-//! cargo allows itself two connections per host. Over `https://` it multiplexes
-//! every request on one HTTP/2 connection (ALPN); over `http://` it asks for an
+//! cargo allows itself two connections per host. Over https it multiplexes
+//! every request on one HTTP/2 connection (ALPN); over plain http it asks for an
 //! upgrade (`Connection: Upgrade, HTTP2-Settings`, `Upgrade: h2c`) on the first
 //! request of a connection. actix-http serves HTTP/2 over any IO but does not
 //! implement that upgrade, and it answers such a request with `connection:

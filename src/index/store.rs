@@ -83,11 +83,16 @@ impl StoredIndex {
             });
         }
         header.gzip = false;
-        let mut plain = Vec::with_capacity(stored.len() * 8);
-        flate2::read::GzDecoder::new(&stored[..])
-            .take(MAX_PLAIN_BYTES)
+        let mut plain = Vec::with_capacity((stored.len() * 8).min(MAX_PLAIN_BYTES as usize));
+        let read = flate2::read::GzDecoder::new(&stored[..])
+            .take(MAX_PLAIN_BYTES + 1)
             .read_to_end(&mut plain)
             .map_err(|_| corrupt())?;
+        // Never written by the mirror (the upstream's limit is the same):
+        // a record this large is damaged, not to be served cut short.
+        if read as u64 > MAX_PLAIN_BYTES {
+            return Err(corrupt());
+        }
         Ok(Self {
             header,
             body: Bytes::from(plain),

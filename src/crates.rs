@@ -266,7 +266,10 @@ fn checked_record(
     lookup: &IndexLookup,
     version: &CrateVersion,
 ) -> Result<Option<VersionRecord>, CrateError> {
-    match find_version(&lookup.entry.body, version.as_str()) {
+    let Some(file) = lookup.entry.file() else {
+        return Ok(None);
+    };
+    match find_version(&file.body, version.as_str()) {
         Some(record) if !is_sha256_hex(&record.cksum) => Err(CrateError::BadIndexLine),
         found => Ok(found),
     }

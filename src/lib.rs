@@ -5,6 +5,7 @@
 
 pub mod access_log;
 pub mod auth;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod crates;
@@ -160,18 +161,20 @@ impl AppState {
             )?
             .with_redirect_hosts(&config.upstream_redirect_hosts),
         );
-        let index = IndexCache::with_revalidate_interval(
+        let policy = IndexPolicy {
+            ttl: config.index_ttl,
+            max_stale: config.index_max_stale,
+            negative_ttl: config.negative_ttl,
+            hot_cache_bytes: config.hot_cache_bytes,
+        };
+        let index = IndexCache::builder(
             index_store.clone(),
             upstream.clone(),
-            IndexPolicy {
-                ttl: config.index_ttl,
-                max_stale: config.index_max_stale,
-                negative_ttl: config.negative_ttl,
-                hot_cache_bytes: config.hot_cache_bytes,
-            },
-            config.revalidate_interval,
+            policy,
             metrics.clone(),
-        );
+        )
+        .revalidate_interval(config.revalidate_interval)
+        .build();
         let mut s3_store = None;
         let (store, local_store): (Arc<dyn CrateStore>, _) = match &config.storage {
             StorageConfig::Local { max_bytes } => {

@@ -165,14 +165,7 @@ async fn missing_crates_pass_the_upstream_status_through_and_are_cached_briefly(
             >= 6
     );
 
-    // A short negative TTL: a crate published meanwhile appears once it expires.
-    let quick = Mirror::start(&upstream.url, &["--negative-ttl", "1"]);
-    let url = format!("{}la/te/latecomer", quick.index_url());
-    assert_eq!(get(&url).await.status(), StatusCode::NOT_FOUND);
-    upstream.publish_all(&[CrateSpec::new("latecomer", "1.0.0")]);
-    assert_eq!(get(&url).await.status(), StatusCode::NOT_FOUND);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(get(&url).await.status(), StatusCode::OK);
+    // How long it is remembered: tests/index_freshness.rs.
 }
 
 #[tokio::test]
@@ -329,28 +322,7 @@ async fn expired_files_are_revalidated_with_the_upstream_validators() {
         Some("Tue, 02 Jan 2024 03:04:05 GMT")
     );
     assert_eq!(stats(&mirror).await["index"]["upstream_not_modified"], 1);
-
-    // Within the TTL a new version is not asked for; after it, it appears.
-    upstream.publish_all(&[CrateSpec::new("abc", "1.1.0")]);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let third = get(&url).await;
-    assert_eq!(third.headers()["x-cache"], "REVALIDATED");
-    assert_ne!(third.headers()["etag"], etag);
-    let body = third.text().await.unwrap();
-    assert!(body.contains("\"vers\":\"1.1.0\""));
-    assert_eq!(body, upstream.index_body("abc").unwrap());
-
-    // A yank is a line change and shows up too.
-    let at = body.rfind("\"yanked\":false").expect("a yanked field");
-    let yanked = format!(
-        "{}\"yanked\":true{}",
-        &body[..at],
-        &body[at + "\"yanked\":false".len()..]
-    );
-    assert_ne!(yanked, body);
-    upstream.set_index("abc", 200, &yanked);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(get(&url).await.text().await.unwrap(), yanked);
+    // New versions and yanks past the TTL: tests/index_freshness.rs.
 }
 
 #[tokio::test]
@@ -363,48 +335,6 @@ async fn within_the_ttl_the_upstream_is_not_asked() {
     let body = get(&url).await.text().await.unwrap();
     assert!(!body.contains("2.0.0"));
     assert_eq!(upstream.count("/index/2/ab"), 1);
-}
-
-#[tokio::test]
-async fn without_upstream_validators_files_are_fetched_and_compared() {
-    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    upstream
-        .switches
-        .no_validators
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    // Clients wait for the upstream past the TTL (no serving while updating).
-    let mirror = Mirror::start(
-        &upstream.url,
-        &["--index-ttl", "1", "--index-max-stale", "0"],
-    );
-    let url = format!("{}1/a", mirror.index_url());
-    let first = get(&url).await;
-    let etag = first.headers()["etag"].clone();
-    let last_modified = first.headers()["last-modified"].clone();
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    let second = get(&url).await;
-    assert_eq!(second.headers()["x-cache"], "REVALIDATED");
-    // Same body: same ETag and the original Last-Modified, so clients get 304s.
-    assert_eq!(second.headers()["etag"], etag);
-    assert_eq!(second.headers()["last-modified"], last_modified);
-    let requests: Vec<_> = upstream
-        .seen()
-        .into_iter()
-        .filter(|s| s.path == "/index/1/a")
-        .collect();
-    assert_eq!(requests.len(), 2);
-    assert!(requests
-        .iter()
-        .all(|r| r.if_none_match.is_none() && r.if_modified_since.is_none()));
-
-    upstream.publish_all(&[CrateSpec::new("a", "1.0.1")]);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let third = get(&url).await;
-    assert_ne!(third.headers()["etag"], etag);
-    assert_eq!(
-        third.text().await.unwrap(),
-        upstream.index_body("a").unwrap()
-    );
 }
 
 #[tokio::test]
@@ -562,22 +492,6 @@ async fn expired_files_are_served_at_once_and_refreshed_in_the_background() {
     // The three above, and any poll before the refresh landed.
     let samples = mirror.metrics().await;
     assert!(samples["crate_mirror_index_lookups_total{result=\"updating\"}"] >= 3.0);
-}
-
-#[tokio::test]
-async fn past_index_max_stale_clients_wait_for_the_upstream() {
-    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::start(
-        &upstream.url,
-        &["--index-ttl", "1", "--index-max-stale", "1"],
-    );
-    let url = format!("{}3/a/abc", mirror.index_url());
-    get(&url).await;
-    upstream.publish_all(&[CrateSpec::new("abc", "1.1.0")]);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    let response = get(&url).await;
-    assert_eq!(response.headers()["x-cache"], "REVALIDATED");
-    assert!(response.text().await.unwrap().contains("\"1.1.0\""));
 }
 
 /// Our ETag of a plain index body (a hash of the plain bytes, whatever

@@ -21,7 +21,7 @@ pub use body::WRITE_BUFFER;
 pub use error::ApiError;
 
 use crate::crates::CrateDownload;
-use crate::index::cache::{IndexEntry, IndexLookup};
+use crate::index::cache::{IndexEntry, IndexFile, IndexLookup};
 use crate::index::path::{decode_segment, parse_index_path, CrateName, CrateVersion, IndexRequest};
 use crate::AppState;
 
@@ -146,16 +146,18 @@ fn config_json(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiE
 
 /// The response for an index lookup (public for the hot-path benchmarks).
 pub fn index_response(req: &HttpRequest, lookup: IndexLookup) -> HttpResponse {
-    let entry = &lookup.entry;
     let cache = (X_CACHE, HeaderValue::from_static(lookup.outcome.as_str()));
-    if !entry.is_found() {
-        let status = actix_web::http::StatusCode::from_u16(entry.status)
-            .unwrap_or(actix_web::http::StatusCode::NOT_FOUND);
-        return HttpResponse::build(status)
-            .insert_header(cache)
-            .content_type("text/plain")
-            .body("crate not found\n");
-    }
+    let entry = match &*lookup.entry {
+        IndexEntry::Found(file) => file,
+        IndexEntry::Missing(refusal) => {
+            let status = actix_web::http::StatusCode::from_u16(refusal.status)
+                .unwrap_or(actix_web::http::StatusCode::NOT_FOUND);
+            return HttpResponse::build(status)
+                .insert_header(cache)
+                .content_type("text/plain")
+                .body("crate not found\n");
+        }
+    };
     let not_modified = is_not_modified(req.headers(), entry);
     let mut response = if not_modified {
         HttpResponse::NotModified()
@@ -181,7 +183,7 @@ pub fn index_response(req: &HttpRequest, lookup: IndexLookup) -> HttpResponse {
 }
 
 /// `If-None-Match` decides when present (as cargo sends it); else `If-Modified-Since`.
-fn is_not_modified(headers: &HeaderMap, entry: &IndexEntry) -> bool {
+fn is_not_modified(headers: &HeaderMap, entry: &IndexFile) -> bool {
     if let Some(value) = headers.get(header::IF_NONE_MATCH) {
         let Ok(value) = value.to_str() else {
             return false;

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, Notify};
 use super::entry::validate_index;
 use super::path::CrateName;
 use super::store::{IndexStore, StoreError, StoredHeader, StoredIndex};
+use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::single_flight::{FlightAborted, Role, SingleFlight};
 use crate::upstream::{IndexBody, IndexFetch, UpstreamClient, UpstreamError, Validators};
@@ -53,16 +54,29 @@ impl From<StoreError> for IndexError {
     }
 }
 
-/// One cached index file (or the upstream's refusal of one), with everything a
-/// response needs precomputed so that serving it allocates nothing.
+/// One cached answer for a crate's index file: the file, or the upstream's
+/// refusal of it. Each has its own expiry (`index-ttl` or `negative-ttl`).
 #[derive(Debug)]
-pub struct IndexEntry {
-    /// 200, or the upstream's 404/410/451.
+pub enum IndexEntry {
+    Found(IndexFile),
+    Missing(Refusal),
+}
+
+/// The upstream's 404/410/451 for a crate, remembered for `negative-ttl`.
+#[derive(Debug)]
+pub struct Refusal {
     pub status: u16,
+    expires_at: Instant,
+}
+
+/// A cached index file, with everything a response needs precomputed so that
+/// serving it allocates nothing.
+#[derive(Debug)]
+pub struct IndexFile {
     pub body: Bytes,
-    /// The body gzip'd (empty for a refusal): the upstream's own bytes when it
-    /// sent gzip, else compressed once when the entry was made, off the async
-    /// threads, so that serving never compresses.
+    /// The body gzip'd: the upstream's own bytes when it sent gzip, else
+    /// compressed once when the entry was made, off the async threads, so
+    /// that serving never compresses.
     gzip: Bytes,
     /// Our ETag, quoted: a hash of the body, stable across restarts and nodes.
     pub etag: String,
@@ -80,66 +94,65 @@ pub struct IndexEntry {
     expires_at: Instant,
 }
 
-impl IndexEntry {
-    fn found(
+/// What the upstream said about a file, and when: what decides its expiry.
+struct Freshness {
+    upstream: Validators,
+    fetched_at: SystemTime,
+    expires_at: Instant,
+    stale: bool,
+}
+
+impl Freshness {
+    /// Fetched at `fetched_at`: fresh for what is left of `ttl` since then.
+    fn since(upstream: Validators, fetched_at: SystemTime, ttl: Duration, clock: &Clock) -> Self {
+        let age = clock
+            .system_now()
+            .duration_since(fetched_at)
+            .unwrap_or_default();
+        Self {
+            upstream,
+            fetched_at,
+            expires_at: clock.now() + ttl.saturating_sub(age),
+            stale: false,
+        }
+    }
+}
+
+impl IndexFile {
+    fn new(
         body: Bytes,
         gzip: Bytes,
         etag: String,
         changed_at: SystemTime,
-        upstream: Validators,
-        fetched_at: SystemTime,
-        ttl: Duration,
+        freshness: Freshness,
     ) -> Self {
-        let age = SystemTime::now()
-            .duration_since(fetched_at)
-            .unwrap_or_default();
         Self {
-            status: 200,
             body,
             gzip,
             etag,
             changed_at,
             last_modified: httpdate::fmt_http_date(changed_at),
-            stale: false,
+            stale: freshness.stale,
             prefetched: AtomicBool::new(false),
             refreshing: AtomicBool::new(false),
-            upstream,
-            fetched_at,
-            expires_at: Instant::now() + ttl.saturating_sub(age),
+            upstream: freshness.upstream,
+            fetched_at: freshness.fetched_at,
+            expires_at: freshness.expires_at,
         }
     }
 
-    fn missing(status: u16, ttl: Duration) -> Self {
-        let now = SystemTime::now();
-        Self {
-            status,
-            body: Bytes::new(),
-            gzip: Bytes::new(),
-            etag: String::new(),
-            changed_at: now,
-            last_modified: httpdate::fmt_http_date(now),
-            stale: false,
-            prefetched: AtomicBool::new(false),
-            refreshing: AtomicBool::new(false),
-            upstream: Validators::default(),
-            fetched_at: now,
-            expires_at: Instant::now() + ttl,
-        }
-    }
-
-    /// An entry from its stored copy (compressing the body if it was stored
+    /// A file from its stored copy (compressing the body if it was stored
     /// plain). CPU work: run it on a blocking thread.
-    fn from_stored(stored: StoredIndex, ttl: Duration) -> Self {
+    fn from_stored(stored: StoredIndex, ttl: Duration, clock: &Clock) -> Self {
         let h = stored.header;
         let gzip = stored.gzip.unwrap_or_else(|| gzip(&stored.body));
-        Self::found(
+        let freshness = Freshness::since(h.upstream, from_ms(h.fetched_at_ms), ttl, clock);
+        Self::new(
             stored.body,
             gzip,
             h.etag,
             from_ms(h.changed_at_ms),
-            h.upstream,
-            from_ms(h.fetched_at_ms),
-            ttl,
+            freshness,
         )
     }
 
@@ -157,44 +170,27 @@ impl IndexEntry {
         }
     }
 
-    /// A copy with a new expiry (and, after a 304, the upstream's newer validators).
-    fn renewed(
-        &self,
-        upstream: Validators,
-        fetched_at: SystemTime,
-        fresh_for: Duration,
-        stale: bool,
-    ) -> Self {
-        Self {
-            status: self.status,
-            body: self.body.clone(),
-            gzip: self.gzip.clone(),
-            etag: self.etag.clone(),
-            changed_at: self.changed_at,
-            last_modified: self.last_modified.clone(),
-            stale,
-            prefetched: AtomicBool::new(self.prefetched.load(Ordering::Relaxed)),
-            refreshing: AtomicBool::new(false),
-            upstream,
-            fetched_at,
-            expires_at: Instant::now() + fresh_for,
-        }
-    }
-
-    pub fn is_found(&self) -> bool {
-        self.status == 200
-    }
-
-    fn is_fresh(&self) -> bool {
-        Instant::now() < self.expires_at
+    /// The same file with a new expiry (and, after a 304, the upstream's
+    /// newer validators); a prefetch mark carries over.
+    fn renewed(&self, freshness: Freshness) -> Self {
+        let file = Self::new(
+            self.body.clone(),
+            self.gzip.clone(),
+            self.etag.clone(),
+            self.changed_at,
+            freshness,
+        );
+        file.prefetched
+            .store(self.prefetched.load(Ordering::Relaxed), Ordering::Relaxed);
+        file
     }
 
     /// Whether this expired copy may still be served at once while a refresh
-    /// runs: a found file fetched less than `ttl + max_stale` ago.
-    fn within_max_stale(&self, policy: &IndexPolicy) -> bool {
-        self.is_found()
-            && !policy.max_stale.is_zero()
-            && SystemTime::now()
+    /// runs: fetched less than `ttl + max_stale` ago.
+    fn within_max_stale(&self, policy: &IndexPolicy, clock: &Clock) -> bool {
+        !policy.max_stale.is_zero()
+            && clock
+                .system_now()
                 .duration_since(self.fetched_at)
                 .is_ok_and(|age| age < policy.ttl + policy.max_stale)
     }
@@ -203,10 +199,59 @@ impl IndexEntry {
     pub fn gzip_body(&self) -> &Bytes {
         &self.gzip
     }
+}
+
+impl IndexEntry {
+    fn missing(status: u16, ttl: Duration, clock: &Clock) -> Self {
+        IndexEntry::Missing(Refusal {
+            status,
+            expires_at: clock.now() + ttl,
+        })
+    }
+
+    /// The file, unless the upstream refused it.
+    pub fn file(&self) -> Option<&IndexFile> {
+        match self {
+            IndexEntry::Found(file) => Some(file),
+            IndexEntry::Missing(_) => None,
+        }
+    }
+
+    pub fn is_found(&self) -> bool {
+        self.file().is_some()
+    }
+
+    fn is_fresh(&self, clock: &Clock) -> bool {
+        let expires_at = match self {
+            IndexEntry::Found(file) => file.expires_at,
+            IndexEntry::Missing(refusal) => refusal.expires_at,
+        };
+        clock.now() < expires_at
+    }
+
+    /// Served from the upstream's failure to confirm it.
+    fn is_stale(&self) -> bool {
+        self.file().is_some_and(|file| file.stale)
+    }
+
+    fn within_max_stale(&self, policy: &IndexPolicy, clock: &Clock) -> bool {
+        self.file()
+            .is_some_and(|file| file.within_max_stale(policy, clock))
+    }
+
+    /// Whether this was a prefetch's file that no client had asked for; from
+    /// now on a client has.
+    fn take_prefetched(&self) -> bool {
+        self.file()
+            .is_some_and(|file| file.prefetched.swap(false, Ordering::Relaxed))
+    }
 
     /// Approximate memory held, for the hot cache's byte budget.
     fn weight(&self) -> u32 {
-        let bytes = self.body.len() + self.gzip.len() + 256;
+        let bytes = match self {
+            IndexEntry::Found(file) => file.body.len() + file.gzip.len() + 256,
+            IndexEntry::Missing(_) => 64,
+        };
         u32::try_from(bytes).unwrap_or(u32::MAX)
     }
 }
@@ -338,7 +383,8 @@ pub struct IndexPolicy {
 #[derive(Debug, Clone)]
 struct Forced {
     at: Instant,
-    etag: String,
+    /// `None` when it failed or found no file.
+    etag: Option<String>,
 }
 
 struct Inner {
@@ -354,6 +400,7 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Where index files fetched or confirmed by the upstream are announced (the prefetcher).
     fetched: OnceLock<mpsc::UnboundedSender<FetchedIndex>>,
+    clock: Clock,
 }
 
 /// Who asked for an index file.
@@ -379,55 +426,85 @@ pub struct IndexCache {
     flights: Arc<SingleFlight<String, Result<IndexLookup, IndexError>>>,
 }
 
+/// Builds an `IndexCache`; the parts every cache needs are given up front,
+/// the rest have defaults.
+pub struct IndexCacheBuilder {
+    store: IndexStore,
+    upstream: Arc<UpstreamClient>,
+    policy: IndexPolicy,
+    metrics: Arc<Metrics>,
+    revalidate_interval: Duration,
+    clock: Clock,
+}
+
+impl IndexCacheBuilder {
+    /// At most one forced revalidation of a crate per `interval` (zero: no
+    /// limit). Default: `DEFAULT_REVALIDATE_INTERVAL`.
+    pub fn revalidate_interval(mut self, interval: Duration) -> Self {
+        self.revalidate_interval = interval;
+        self
+    }
+
+    /// The time source for expiry. Default: the system's.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub fn build(self) -> IndexCache {
+        let forced = Cache::builder()
+            .max_capacity(FORCED_CAPACITY)
+            .time_to_live(self.revalidate_interval.max(Duration::from_millis(1)))
+            .build();
+        let hot = Cache::builder()
+            .max_capacity(self.policy.hot_cache_bytes)
+            .weigher(|key: &String, entry: &Arc<IndexEntry>| {
+                entry.weight().saturating_add(key.len() as u32)
+            })
+            .build();
+        IndexCache {
+            inner: Arc::new(Inner {
+                hot,
+                forced,
+                revalidate_interval: self.revalidate_interval,
+                store: self.store,
+                changed: Arc::new(Notify::new()),
+                upstream: self.upstream,
+                policy: self.policy,
+                metrics: self.metrics,
+                fetched: OnceLock::new(),
+                clock: self.clock,
+            }),
+            flights: Arc::default(),
+        }
+    }
+}
+
 impl IndexCache {
+    pub fn builder(
+        store: IndexStore,
+        upstream: Arc<UpstreamClient>,
+        policy: IndexPolicy,
+        metrics: Arc<Metrics>,
+    ) -> IndexCacheBuilder {
+        IndexCacheBuilder {
+            store,
+            upstream,
+            policy,
+            metrics,
+            revalidate_interval: DEFAULT_REVALIDATE_INTERVAL,
+            clock: Clock::system(),
+        }
+    }
+
+    /// A cache with the default revalidate interval and the system's clock.
     pub fn new(
         store: IndexStore,
         upstream: Arc<UpstreamClient>,
         policy: IndexPolicy,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self::with_revalidate_interval(
-            store,
-            upstream,
-            policy,
-            DEFAULT_REVALIDATE_INTERVAL,
-            metrics,
-        )
-    }
-
-    /// As `new`, allowing at most one forced revalidation of a crate per
-    /// `revalidate_interval` (zero: no limit).
-    pub fn with_revalidate_interval(
-        store: IndexStore,
-        upstream: Arc<UpstreamClient>,
-        policy: IndexPolicy,
-        revalidate_interval: Duration,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        let forced = Cache::builder()
-            .max_capacity(FORCED_CAPACITY)
-            .time_to_live(revalidate_interval.max(Duration::from_millis(1)))
-            .build();
-        let hot = Cache::builder()
-            .max_capacity(policy.hot_cache_bytes)
-            .weigher(|key: &String, entry: &Arc<IndexEntry>| {
-                entry.weight().saturating_add(key.len() as u32)
-            })
-            .build();
-        Self {
-            inner: Arc::new(Inner {
-                hot,
-                forced,
-                revalidate_interval,
-                store,
-                changed: Arc::new(Notify::new()),
-                upstream,
-                policy,
-                metrics,
-                fetched: OnceLock::new(),
-            }),
-            flights: Arc::default(),
-        }
+        Self::builder(store, upstream, policy, metrics).build()
     }
 
     /// Announces every index file fetched or confirmed by the upstream, from
@@ -443,14 +520,17 @@ impl IndexCache {
             .hot
             .get(name.key())
             .await
-            .is_some_and(|entry| entry.is_fresh())
+            .is_some_and(|entry| entry.is_fresh(&self.inner.clock))
     }
 
     /// The body of a fresh copy in memory (no I/O), not counted as a client's
     /// request: the prefetcher re-reads files it already has.
     pub async fn peek(&self, name: &CrateName) -> Option<Bytes> {
         let entry = self.inner.hot.get(name.key()).await?;
-        (entry.is_fresh() && entry.is_found()).then(|| entry.body.clone())
+        if !entry.is_fresh(&self.inner.clock) {
+            return None;
+        }
+        entry.file().map(|file| file.body.clone())
     }
 
     /// Fetches `name` ahead of a client, unless it is fresh already. A client
@@ -473,16 +553,17 @@ impl IndexCache {
     /// The index file of `name`: from memory when fresh (the hot path: no I/O),
     /// else through one shared refresh.
     pub async fn get(&self, name: &CrateName) -> Result<IndexLookup, IndexError> {
+        let (policy, clock) = (&self.inner.policy, &self.inner.clock);
         let lookup = match self.inner.hot.get(name.key()).await {
-            Some(entry) if entry.is_fresh() => {
-                let outcome = if entry.stale {
+            Some(entry) if entry.is_fresh(clock) => {
+                let outcome = if entry.is_stale() {
                     CacheOutcome::Stale
                 } else {
                     CacheOutcome::Hit
                 };
                 IndexLookup { entry, outcome }
             }
-            Some(entry) if entry.within_max_stale(&self.inner.policy) => {
+            Some(entry) if entry.within_max_stale(policy, clock) => {
                 self.serve_while_updating(name, entry)
             }
             Some(_) => self.refresh(name, false, Origin::Client).await?,
@@ -490,7 +571,7 @@ impl IndexCache {
             // can be served while it is refreshed.
             None => match self.inner.stored(name.key()).await? {
                 Some(loaded)
-                    if loaded.is_fresh() || loaded.within_max_stale(&self.inner.policy) =>
+                    if loaded.is_fresh(clock) || loaded.within_max_stale(policy, clock) =>
                 {
                     // A fetch may have put a newer copy in memory while sled
                     // was read: that one wins (it carries the prefetch mark).
@@ -501,7 +582,7 @@ impl IndexCache {
                         .or_insert(loaded)
                         .await
                         .into_value();
-                    if entry.is_fresh() {
+                    if entry.is_fresh(clock) {
                         IndexLookup {
                             entry,
                             outcome: CacheOutcome::Hit,
@@ -514,7 +595,7 @@ impl IndexCache {
             },
         };
         let metrics = &self.inner.metrics;
-        if lookup.entry.prefetched.swap(false, Ordering::Relaxed) {
+        if lookup.entry.take_prefetched() {
             metrics.prefetch_useful.inc();
         }
         metrics
@@ -531,7 +612,10 @@ impl IndexCache {
     /// once per copy (later clients get the same copy until the refresh
     /// replaces it; a client asking past `index-max-stale` joins the refresh).
     fn serve_while_updating(&self, name: &CrateName, entry: Arc<IndexEntry>) -> IndexLookup {
-        if !entry.refreshing.swap(true, Ordering::Relaxed) {
+        let first = entry
+            .file()
+            .is_some_and(|file| !file.refreshing.swap(true, Ordering::Relaxed));
+        if first {
             let this = self.clone();
             let name = name.clone();
             // Short-lived: it only waits for the single flight, which runs as
@@ -595,17 +679,18 @@ impl Inner {
         let store = self.store.clone();
         let owned = key.to_string();
         let ttl = self.policy.ttl;
+        let clock = self.clock.clone();
         let entry = blocking(move || {
             let Some(stored) = store.load(&owned)? else {
                 return Ok(None);
             };
             let written_plain = stored.gzip.is_none();
-            let entry = IndexEntry::from_stored(stored, ttl);
+            let file = IndexFile::from_stored(stored, ttl, &clock);
             if written_plain {
                 // From an earlier version: stored gzip'd from now on.
-                store.save(&owned, &entry.to_stored())?;
+                store.save(&owned, &file.to_stored())?;
             }
-            Ok(Some(entry))
+            Ok(Some(IndexEntry::Found(file)))
         })
         .await?;
         if entry.is_some() {
@@ -622,11 +707,11 @@ impl Inner {
     async fn keep(
         &self,
         key: &str,
-        entry: IndexEntry,
+        file: IndexFile,
         outcome: CacheOutcome,
     ) -> Result<IndexLookup, IndexError> {
-        let record = entry.to_stored();
-        let lookup = self.remember(key, entry, outcome).await;
+        let record = file.to_stored();
+        let lookup = self.remember(key, IndexEntry::Found(file), outcome).await;
         let store = self.store.clone();
         let owned = key.to_string();
         if let Err(err) = blocking(move || Ok(store.save(&owned, &record)?)).await {
@@ -651,8 +736,9 @@ impl Inner {
         let key = name.key();
         let current = self.current(key).await?;
         if let Some(entry) = &current {
-            let throttled = force && entry.is_fresh() && self.recently_forced(key, entry).await;
-            if (!force || throttled) && entry.is_fresh() {
+            let fresh = entry.is_fresh(&self.clock);
+            let throttled = force && fresh && self.recently_forced(key, entry).await;
+            if (!force || throttled) && fresh {
                 self.hot.insert(key.to_string(), entry.clone()).await;
                 return Ok(IndexLookup {
                     entry: entry.clone(),
@@ -665,7 +751,8 @@ impl Inner {
         }
         if current
             .as_ref()
-            .is_some_and(|entry| entry.prefetched.load(Ordering::Relaxed))
+            .and_then(|entry| entry.file())
+            .is_some_and(|file| file.prefetched.load(Ordering::Relaxed))
         {
             // Prefetched, never asked for, and now expired.
             self.metrics.prefetch_wasted.inc();
@@ -675,11 +762,11 @@ impl Inner {
             // Remembered whatever the outcome: an upstream that fails must not be
             // asked again by every request either.
             let etag = match &result {
-                Ok(lookup) => lookup.entry.etag.clone(),
-                Err(_) => String::new(),
+                Ok(lookup) => lookup.entry.file().map(|file| file.etag.clone()),
+                Err(_) => None,
             };
             let forced = Forced {
-                at: Instant::now(),
+                at: self.clock.now(),
                 etag,
             };
             self.forced.insert(key.to_string(), forced).await;
@@ -708,9 +795,11 @@ impl Inner {
         if self.revalidate_interval.is_zero() {
             return false;
         }
+        let now = self.clock.now();
         self.forced.get(key).await.is_some_and(|forced| {
-            forced.at.elapsed() < self.revalidate_interval
-                && (forced.etag == entry.etag || forced.etag.is_empty())
+            now.saturating_duration_since(forced.at) < self.revalidate_interval
+                && (forced.etag.is_none()
+                    || forced.etag.as_deref() == entry.file().map(|file| file.etag.as_str()))
         })
     }
 
@@ -723,13 +812,13 @@ impl Inner {
         origin: Origin,
     ) -> Result<IndexLookup, IndexError> {
         let key = name.key();
-        let previous = current.filter(|entry| entry.is_found());
+        let previous = current.as_deref().and_then(IndexEntry::file);
         let validators = previous
-            .as_ref()
-            .map(|entry| entry.upstream.clone())
+            .map(|file| file.upstream.clone())
             .unwrap_or_default();
         let ttl = self.policy.ttl;
-        let now = SystemTime::now();
+        let clock = &self.clock;
+        let now = clock.system_now();
         let fetched = match self
             .upstream
             .fetch_index(&name.index_path(), &validators)
@@ -752,18 +841,17 @@ impl Inner {
                     gzip,
                     etag,
                 } = prepared;
-                let (changed_at, outcome) = match &previous {
+                let (changed_at, outcome) = match previous {
                     Some(old) if old.etag == etag => (old.changed_at, CacheOutcome::Revalidated),
                     Some(_) => (now, CacheOutcome::Revalidated),
                     None => (now, CacheOutcome::Miss),
                 };
-                let changed = !matches!(&previous, Some(old) if old.etag == etag);
-                let entry =
-                    IndexEntry::found(body.clone(), gzip, etag, changed_at, validators, now, ttl);
-                entry
-                    .prefetched
+                let changed = !matches!(previous, Some(old) if old.etag == etag);
+                let freshness = Freshness::since(validators, now, ttl, clock);
+                let file = IndexFile::new(body.clone(), gzip, etag, changed_at, freshness);
+                file.prefetched
                     .store(origin != Origin::Client, Ordering::Relaxed);
-                let lookup = self.keep(key, entry, outcome).await?;
+                let lookup = self.keep(key, file, outcome).await?;
                 if changed {
                     self.changed.notify_one();
                 }
@@ -781,8 +869,8 @@ impl Inner {
                 } else {
                     validators
                 };
-                let entry = old.renewed(validators, now, ttl, false);
-                let lookup = self.keep(key, entry, CacheOutcome::Revalidated).await?;
+                let file = old.renewed(Freshness::since(validators, now, ttl, clock));
+                let lookup = self.keep(key, file, CacheOutcome::Revalidated).await?;
                 // Confirmed unchanged is as good as fetched for the prefetcher:
                 // after the TTL its dependencies need revalidating too.
                 self.announce(name, old.body.clone(), origin);
@@ -794,7 +882,7 @@ impl Inner {
                 if blocking(move || Ok(store.remove(&owned)?)).await? {
                     self.changed.notify_one();
                 }
-                let entry = IndexEntry::missing(status, self.policy.negative_ttl);
+                let entry = IndexEntry::missing(status, self.policy.negative_ttl, clock);
                 Ok(self.remember(key, entry, CacheOutcome::Miss).await)
             }
             Err(err) => {
@@ -802,12 +890,13 @@ impl Inner {
                     return Err(err.into());
                 };
                 tracing::warn!(krate = key, error = %err, "upstream failed; serving stale index file");
-                let entry = old.renewed(
-                    old.upstream.clone(),
-                    old.fetched_at,
-                    ttl.min(STALE_RETRY),
-                    true,
-                );
+                let file = old.renewed(Freshness {
+                    upstream: old.upstream.clone(),
+                    fetched_at: old.fetched_at,
+                    expires_at: clock.now() + ttl.min(STALE_RETRY),
+                    stale: true,
+                });
+                let entry = IndexEntry::Found(file);
                 Ok(self.remember(key, entry, CacheOutcome::Stale).await)
             }
         }
@@ -825,44 +914,67 @@ mod tests {
         assert!(etag_of(b"").starts_with('"'));
     }
 
+    /// A found entry for `body`, fetched at `fetched_at`, with `ttl`.
+    fn file(body: &Bytes, fetched_at: SystemTime, ttl: Duration, clock: &Clock) -> IndexEntry {
+        let freshness = Freshness::since(Validators::default(), fetched_at, ttl, clock);
+        IndexEntry::Found(IndexFile::new(
+            body.clone(),
+            gzip(body),
+            etag_of(body),
+            fetched_at,
+            freshness,
+        ))
+    }
+
     #[test]
     fn gzip_body_decodes_to_the_body() {
         use std::io::Read;
+        let clock = Clock::system();
         let body = Bytes::from_static(b"{\"name\":\"a\",\"vers\":\"1.0.0\"}\n");
-        let entry = IndexEntry::found(
-            body.clone(),
-            gzip(&body),
-            etag_of(&body),
-            SystemTime::now(),
-            Validators::default(),
-            SystemTime::now(),
-            Duration::from_secs(60),
-        );
+        let entry = file(&body, clock.system_now(), Duration::from_secs(60), &clock);
         let mut decoded = Vec::new();
-        flate2::read::GzDecoder::new(&entry.gzip_body()[..])
+        flate2::read::GzDecoder::new(&entry.file().unwrap().gzip_body()[..])
             .read_to_end(&mut decoded)
             .unwrap();
         assert_eq!(decoded, body);
-        assert!(entry.is_fresh());
+        assert!(entry.is_fresh(&clock));
     }
 
     #[test]
     fn stored_entries_keep_their_age() {
+        let clock = Clock::system();
         let body = Bytes::from_static(b"x\n");
-        let old = SystemTime::now() - Duration::from_secs(120);
-        let entry = IndexEntry::found(
-            body.clone(),
-            gzip(&body),
-            etag_of(&body),
-            old,
-            Validators::default(),
-            old,
-            Duration::from_secs(60),
-        );
-        assert!(!entry.is_fresh());
-        let restored = IndexEntry::from_stored(entry.to_stored(), Duration::from_secs(600));
-        assert!(restored.is_fresh());
+        let old = clock.system_now() - Duration::from_secs(120);
+        let entry = file(&body, old, Duration::from_secs(60), &clock);
+        assert!(!entry.is_fresh(&clock));
+        let stored = entry.file().unwrap().to_stored();
+        let restored = IndexFile::from_stored(stored, Duration::from_secs(600), &clock);
+        let entry = entry.file().unwrap();
         assert_eq!(restored.etag, entry.etag);
         assert_eq!(restored.last_modified, entry.last_modified);
+        assert!(IndexEntry::Found(restored).is_fresh(&clock));
+    }
+
+    #[test]
+    fn entries_expire_when_the_clock_passes_their_ttl() {
+        let clock = Clock::movable();
+        let body = Bytes::from_static(b"x\n");
+        let found = file(&body, clock.system_now(), Duration::from_secs(60), &clock);
+        let missing = IndexEntry::missing(404, Duration::from_secs(30), &clock);
+        let policy = IndexPolicy {
+            ttl: Duration::from_secs(60),
+            max_stale: Duration::from_secs(600),
+            negative_ttl: Duration::from_secs(30),
+            hot_cache_bytes: 1 << 20,
+        };
+        assert!(found.is_fresh(&clock) && missing.is_fresh(&clock));
+        clock.advance(Duration::from_secs(31));
+        assert!(found.is_fresh(&clock) && !missing.is_fresh(&clock));
+        clock.advance(Duration::from_secs(30));
+        assert!(!found.is_fresh(&clock));
+        assert!(found.within_max_stale(&policy, &clock));
+        assert!(!missing.within_max_stale(&policy, &clock));
+        clock.advance(Duration::from_secs(600));
+        assert!(!found.within_max_stale(&policy, &clock));
     }
 }

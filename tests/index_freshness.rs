@@ -1,0 +1,290 @@
+//! The index cache's phases with a clock the test moves instead of sleeping
+//! through TTLs: fresh, expired and served while one refresh runs, past
+//! `index-max-stale`, negative entries, stale copies when the upstream fails,
+//! and the revalidate interval. The cache runs in-process against the test
+//! upstream on loopback.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::registry::CrateSpec;
+use common::upstream::{DlStyle, TestUpstream};
+use crate_mirror::clock::Clock;
+use crate_mirror::index::cache::{CacheOutcome, IndexCache, IndexLookup, IndexPolicy};
+use crate_mirror::index::path::CrateName;
+use crate_mirror::index::store::IndexStore;
+use crate_mirror::metrics::Metrics;
+use crate_mirror::upstream::UpstreamClient;
+
+const TTL: Duration = Duration::from_secs(60);
+
+struct Fixture {
+    upstream: TestUpstream,
+    cache: IndexCache,
+    clock: Clock,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    /// A cache of a test upstream serving `abc` 1.0.0, with `max_stale`
+    /// past the one-minute TTL and a 30 s negative TTL.
+    fn new(max_stale: Duration) -> Self {
+        let upstream = TestUpstream::start(&[CrateSpec::new("abc", "1.0.0")], DlStyle::Plain);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = sled::open(dir.path().join("sled")).expect("open sled");
+        let store = IndexStore::open(&db).expect("index tree");
+        let metrics = Arc::new(Metrics::new());
+        let client = UpstreamClient::new(
+            upstream.url.clone(),
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            Duration::from_secs(300),
+            8,
+            metrics.clone(),
+        )
+        .expect("upstream client");
+        let policy = IndexPolicy {
+            ttl: TTL,
+            max_stale,
+            negative_ttl: Duration::from_secs(30),
+            hot_cache_bytes: 16 << 20,
+        };
+        let clock = Clock::movable();
+        let cache = IndexCache::builder(store, Arc::new(client), policy, metrics)
+            .clock(clock.clone())
+            .build();
+        Fixture {
+            upstream,
+            cache,
+            clock,
+            _dir: dir,
+        }
+    }
+
+    async fn get(&self, name: &str) -> IndexLookup {
+        let name = CrateName::parse(name).expect("a valid name");
+        self.cache.get(&name).await.expect("an answer")
+    }
+
+    /// The upstream requests for `abc`'s index file so far.
+    fn asked(&self) -> usize {
+        self.upstream.count("/index/3/a/abc")
+    }
+}
+
+fn body(lookup: &IndexLookup) -> String {
+    let file = lookup.entry.file().expect("a found file");
+    String::from_utf8(file.body.to_vec()).expect("utf-8 index file")
+}
+
+/// Asks until `done` holds for an answer, for at most 10 s: a background
+/// refresh lands when the upstream has answered, not at a known time.
+async fn until(fixture: &Fixture, done: impl Fn(&IndexLookup) -> bool) -> IndexLookup {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lookup = fixture.get("abc").await;
+        if done(&lookup) || Instant::now() > deadline {
+            return lookup;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn within_the_ttl_the_copy_is_served_and_past_it_one_refresh_runs_behind_it() {
+    let fixture = Fixture::new(Duration::from_secs(600));
+    let first = fixture.get("abc").await;
+    assert_eq!(first.outcome, CacheOutcome::Miss);
+    fixture
+        .upstream
+        .publish_all(&[CrateSpec::new("abc", "1.1.0")]);
+
+    // A second short of the TTL: still the first copy, the upstream not asked.
+    fixture.clock.advance(TTL - Duration::from_secs(1));
+    let within = fixture.get("abc").await;
+    assert_eq!(within.outcome, CacheOutcome::Hit);
+    assert!(!body(&within).contains("1.1.0"));
+    assert_eq!(fixture.asked(), 1);
+
+    // Past it: the expired copy at once, and one refresh for every asker.
+    fixture.clock.advance(Duration::from_secs(2));
+    fixture
+        .upstream
+        .switches
+        .held
+        .lock()
+        .unwrap()
+        .push("/abc".into());
+    for _ in 0..3 {
+        let lookup = fixture.get("abc").await;
+        assert_eq!(lookup.outcome, CacheOutcome::Updating);
+        assert_eq!(body(&lookup), body(&first));
+    }
+    fixture.upstream.switches.held.lock().unwrap().clear();
+    let refreshed = until(&fixture, |l| l.outcome == CacheOutcome::Hit).await;
+    assert!(
+        body(&refreshed).contains("\"1.1.0\""),
+        "{}",
+        body(&refreshed)
+    );
+    assert_eq!(fixture.asked(), 2);
+}
+
+#[tokio::test]
+async fn past_index_max_stale_a_client_waits_for_the_upstream() {
+    let fixture = Fixture::new(Duration::from_secs(60));
+    fixture.get("abc").await;
+    fixture
+        .upstream
+        .publish_all(&[CrateSpec::new("abc", "1.1.0")]);
+    fixture.clock.advance(TTL + Duration::from_secs(61));
+    let lookup = fixture.get("abc").await;
+    assert_eq!(lookup.outcome, CacheOutcome::Revalidated);
+    assert!(body(&lookup).contains("\"1.1.0\""));
+    assert_eq!(fixture.asked(), 2);
+}
+
+#[tokio::test]
+async fn a_missing_crate_is_remembered_for_the_negative_ttl_only() {
+    let fixture = Fixture::new(Duration::ZERO);
+    let path = "/index/la/te/latecomer";
+    let first = fixture.get("latecomer").await;
+    assert_eq!(first.outcome, CacheOutcome::Miss);
+    assert!(!first.entry.is_found());
+    fixture
+        .upstream
+        .publish_all(&[CrateSpec::new("latecomer", "1.0.0")]);
+    fixture.clock.advance(Duration::from_secs(29));
+    let remembered = fixture.get("latecomer").await;
+    assert_eq!(remembered.outcome, CacheOutcome::Hit);
+    assert!(!remembered.entry.is_found());
+    assert_eq!(fixture.upstream.count(path), 1);
+
+    fixture.clock.advance(Duration::from_secs(2));
+    let found = fixture.get("latecomer").await;
+    assert_eq!(found.outcome, CacheOutcome::Miss);
+    assert!(body(&found).contains("\"1.0.0\""));
+    assert_eq!(fixture.upstream.count(path), 2);
+}
+
+#[tokio::test]
+async fn a_failing_upstream_leaves_the_stale_copy_served_and_retried_after_a_pause() {
+    // No serving while updating: past the TTL a client waits for the upstream.
+    let fixture = Fixture::new(Duration::ZERO);
+    let first = fixture.get("abc").await;
+    fixture
+        .upstream
+        .switches
+        .fail_status
+        .store(503, Ordering::SeqCst);
+    fixture.clock.advance(TTL + Duration::from_secs(1));
+    let stale = fixture.get("abc").await;
+    assert_eq!(stale.outcome, CacheOutcome::Stale);
+    assert_eq!(body(&stale), body(&first));
+    let tried = fixture.asked();
+    assert!(tried > 1, "the upstream was asked again");
+
+    // Within the pause after a failure the stale copy is the answer, and the
+    // upstream is left alone.
+    fixture.clock.advance(Duration::from_secs(4));
+    assert_eq!(fixture.get("abc").await.outcome, CacheOutcome::Stale);
+    assert_eq!(fixture.asked(), tried);
+
+    // After it, and with the upstream healthy again, the file is revalidated.
+    fixture
+        .upstream
+        .switches
+        .fail_status
+        .store(0, Ordering::SeqCst);
+    fixture.clock.advance(Duration::from_secs(2));
+    let recovered = fixture.get("abc").await;
+    assert_eq!(recovered.outcome, CacheOutcome::Revalidated);
+    assert_eq!(body(&recovered), body(&first));
+}
+
+#[tokio::test]
+async fn forced_revalidations_of_an_unchanged_file_are_once_per_interval() {
+    let fixture = Fixture::new(Duration::from_secs(600));
+    let name = CrateName::parse("abc").unwrap();
+    fixture.get("abc").await;
+    // The default interval is 10 s.
+    let forced = fixture.cache.revalidate(&name).await.unwrap();
+    assert_eq!(forced.outcome, CacheOutcome::Revalidated);
+    assert_eq!(fixture.asked(), 2);
+    fixture.clock.advance(Duration::from_secs(9));
+    let throttled = fixture.cache.revalidate(&name).await.unwrap();
+    assert_eq!(throttled.outcome, CacheOutcome::Hit);
+    assert_eq!(fixture.asked(), 2);
+    fixture.clock.advance(Duration::from_secs(2));
+    let again = fixture.cache.revalidate(&name).await.unwrap();
+    assert_eq!(again.outcome, CacheOutcome::Revalidated);
+    assert_eq!(fixture.asked(), 3);
+}
+
+#[tokio::test]
+async fn past_the_ttl_new_versions_and_yanks_appear() {
+    let fixture = Fixture::new(Duration::ZERO);
+    let first = fixture.get("abc").await;
+    let etag = |l: &IndexLookup| l.entry.file().expect("found").etag.clone();
+    fixture
+        .upstream
+        .publish_all(&[CrateSpec::new("abc", "1.1.0")]);
+    fixture.clock.advance(TTL + Duration::from_secs(1));
+    let second = fixture.get("abc").await;
+    assert_eq!(second.outcome, CacheOutcome::Revalidated);
+    assert_ne!(etag(&second), etag(&first));
+    let text = body(&second);
+    assert!(text.contains("\"vers\":\"1.1.0\""));
+    assert_eq!(text, fixture.upstream.index_body("abc").unwrap());
+
+    // A yank is a line change and shows up too.
+    let at = text.rfind("\"yanked\":false").expect("a yanked field");
+    let yanked = format!(
+        "{}\"yanked\":true{}",
+        &text[..at],
+        &text[at + "\"yanked\":false".len()..]
+    );
+    fixture.upstream.set_index("abc", 200, &yanked);
+    fixture.clock.advance(TTL + Duration::from_secs(1));
+    assert_eq!(body(&fixture.get("abc").await), yanked);
+}
+
+#[tokio::test]
+async fn without_upstream_validators_files_are_fetched_and_compared() {
+    let fixture = Fixture::new(Duration::ZERO);
+    fixture
+        .upstream
+        .switches
+        .no_validators
+        .store(true, Ordering::SeqCst);
+    let first = fixture.get("abc").await;
+    let first_file = first.entry.file().expect("found");
+    fixture.clock.advance(TTL + Duration::from_secs(1));
+    let second = fixture.get("abc").await;
+    assert_eq!(second.outcome, CacheOutcome::Revalidated);
+    // Same body: same ETag and the original Last-Modified, so clients get 304s.
+    let second_file = second.entry.file().expect("found");
+    assert_eq!(second_file.etag, first_file.etag);
+    assert_eq!(second_file.last_modified, first_file.last_modified);
+    let requests: Vec<_> = fixture
+        .upstream
+        .seen()
+        .into_iter()
+        .filter(|s| s.path == "/index/3/a/abc")
+        .collect();
+    assert_eq!(requests.len(), 2);
+    assert!(requests
+        .iter()
+        .all(|r| r.if_none_match.is_none() && r.if_modified_since.is_none()));
+
+    fixture
+        .upstream
+        .publish_all(&[CrateSpec::new("abc", "1.0.1")]);
+    fixture.clock.advance(TTL + Duration::from_secs(1));
+    let third = fixture.get("abc").await;
+    assert_ne!(third.entry.file().expect("found").etag, first_file.etag);
+    assert_eq!(body(&third), fixture.upstream.index_body("abc").unwrap());
+}

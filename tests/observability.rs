@@ -344,25 +344,7 @@ async fn the_dashboard_renders_live_figures_in_chromium() {
         ("dashboard-desktop.png", "1280,1000"),
         ("dashboard-phone.png", "390,844"),
     ] {
-        let path = screenshot_dir().join(name);
-        let _ = std::fs::remove_file(&path);
-        let shot = chromium(
-            &[
-                &format!("--window-size={size}"),
-                &format!("--screenshot={}", path.display()),
-            ],
-            &page,
-        );
-        assert!(
-            shot.status.success(),
-            "{}",
-            String::from_utf8_lossy(&shot.stderr)
-        );
-        let png = std::fs::read(&path).expect("screenshot written");
-        assert!(
-            png.starts_with(b"\x89PNG") && png.len() > 10_000,
-            "{name} looks empty"
-        );
+        screenshot(&page, name, size);
     }
 }
 
@@ -433,14 +415,20 @@ async fn a_private_dashboard_asks_for_a_token_instead_of_showing_blank_cards() {
         format!("{}/index/", mirror.url)
     );
 
-    let path = screenshot_dir().join("dashboard-private.png");
+    screenshot(&page, "dashboard-private.png", "1280,800");
+}
+
+/// Headless Chromium's screenshot of `page` at `size` ("WIDTH,HEIGHT"),
+/// kept as `name` in the screenshot folder; fails unless it is a real image.
+fn screenshot(page: &str, name: &str, size: &str) {
+    let path = screenshot_dir().join(name);
     let _ = std::fs::remove_file(&path);
     let shot = chromium(
         &[
-            "--window-size=1280,800",
+            &format!("--window-size={size}"),
             &format!("--screenshot={}", path.display()),
         ],
-        &page,
+        page,
     );
     assert!(
         shot.status.success(),
@@ -448,7 +436,10 @@ async fn a_private_dashboard_asks_for_a_token_instead_of_showing_blank_cards() {
         String::from_utf8_lossy(&shot.stderr)
     );
     let png = std::fs::read(&path).expect("screenshot written");
-    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000);
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{name} looks empty"
+    );
 }
 
 #[test]

@@ -114,21 +114,29 @@ impl FaultProxy {
     }
 }
 
-async fn serve(
-    mut socket: TcpStream,
-    shared: &Shared,
-    client: &reqwest::Client,
-) -> std::io::Result<()> {
+/// A request's head up to the blank line, as text; `None` when the client
+/// closed first.
+async fn read_head(socket: &mut TcpStream) -> std::io::Result<Option<String>> {
     let mut head = Vec::new();
     let mut buf = [0u8; 4096];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
         let n = socket.read(&mut buf).await?;
         if n == 0 {
-            return Ok(());
+            return Ok(None);
         }
         head.extend_from_slice(&buf[..n]);
     }
-    let text = String::from_utf8_lossy(&head).into_owned();
+    Ok(Some(String::from_utf8_lossy(&head).into_owned()))
+}
+
+async fn serve(
+    mut socket: TcpStream,
+    shared: &Shared,
+    client: &reqwest::Client,
+) -> std::io::Result<()> {
+    let Some(text) = read_head(&mut socket).await? else {
+        return Ok(());
+    };
     let mut lines = text.split("\r\n");
     let request_line = lines.next().unwrap_or("");
     let path = request_line.split(' ').nth(1).unwrap_or("/").to_string();
@@ -357,16 +365,9 @@ async fn answer(
     routes: &Mutex<std::collections::HashMap<String, Reply>>,
     hits: &Mutex<Vec<String>>,
 ) -> std::io::Result<()> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = socket.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&head).into_owned();
+    let Some(text) = read_head(&mut socket).await? else {
+        return Ok(());
+    };
     let path = text
         .split("\r\n")
         .next()

@@ -89,6 +89,15 @@ fn hostile_paths_are_4xx_and_never_reach_the_upstream() {
         "/api/v1/crates/ser%zzde/1.0.0/download".into(),
         "/api/v1/crates/serde/1.0.0%ff/download".into(),
     ];
+    // Where an escaping path would land: beside the data dir and above it.
+    let parent = mirror.data_dir.parent().expect("data dir has a parent");
+    let above = parent.parent().expect("temp dir has a parent");
+    let escapes = [
+        parent.join("etc"),
+        above.join("etc/passwd"),
+        above.join("passwd"),
+    ];
+    let existed: Vec<bool> = escapes.iter().map(|p| p.exists()).collect();
     let mut checked = 0;
     for path in index_paths.iter().chain(&download_paths) {
         let status = raw_status(&mirror.url, path.as_bytes());
@@ -105,8 +114,19 @@ fn hostile_paths_are_4xx_and_never_reach_the_upstream() {
         asked.is_empty(),
         "hostile requests reached the upstream: {asked:?}"
     );
-    // Nothing was created outside the mirror's own layout.
+    // Nothing was created outside the mirror's own layout: not inside the
+    // data dir, not beside it (only the data dir and the mirror's log live
+    // there), not above it.
     assert!(mirror.stored_files("passwd").is_empty());
+    let beside: Vec<String> = std::fs::read_dir(parent)
+        .expect("read the temp dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| name != "data" && !(name.starts_with("data.") && name.ends_with(".log")))
+        .collect();
+    assert!(beside.is_empty(), "created beside the data dir: {beside:?}");
+    for (path, existed) in escapes.iter().zip(existed) {
+        assert!(existed || !path.exists(), "created {}", path.display());
+    }
 
     // Wrong methods are refused; the mirror is healthy afterwards.
     assert_eq!(
@@ -153,29 +173,25 @@ fn hostile_headers_and_request_lines_are_4xx() {
         "GET /index/se/rd/serde?{} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
         "q".repeat(3000)
     );
-    let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("a 20 KB header", get(&format!("X-Huge: {huge_value}\r\n"))),
-        ("200 headers", get(&many_headers)),
-        ("a 3000-byte request target", long_path.into_bytes()),
-        ("a negative Content-Length", get("Content-Length: -1\r\n")),
-        ("two Content-Lengths", get("Content-Length: 1\r\nContent-Length: 2\r\n")),
-        ("a bad chunked body", get("Transfer-Encoding: chunked\r\n").into_iter().chain(b"zz\r\n".to_vec()).collect()),
-        ("a header without a colon", get("NoColonHere\r\n")),
-        ("a NUL in a header value", get("X-Nul: a\0b\r\n")),
-        ("a control character in a header value", get("If-None-Match: \u{1}x\r\n")),
-        ("an unknown HTTP version", b"GET /index/se/rd/serde HTTP/9.9\r\nHost: x\r\n\r\n".to_vec()),
-        ("a request line without a target", b"GET HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
-        ("a POST to the index", b"POST /index/se/rd/serde HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc".to_vec()),
-        ("an absolute-form target elsewhere", b"GET http://elsewhere.example.com/index/se/rd/serde/../x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec()),
+    let cases: Vec<(&str, u16, Vec<u8>)> = vec![
+        ("a 20 KB header", 431, get(&format!("X-Huge: {huge_value}\r\n"))),
+        ("200 headers", 431, get(&many_headers)),
+        ("a 3000-byte request target", 414, long_path.into_bytes()),
+        ("a negative Content-Length", 400, get("Content-Length: -1\r\n")),
+        ("two Content-Lengths", 400, get("Content-Length: 1\r\nContent-Length: 2\r\n")),
+        ("a bad chunked body", 400, get("Transfer-Encoding: chunked\r\n").into_iter().chain(b"zz\r\n".to_vec()).collect()),
+        ("a header without a colon", 400, get("NoColonHere\r\n")),
+        ("a NUL in a header value", 400, get("X-Nul: a\0b\r\n")),
+        ("a control character in a header value", 400, get("If-None-Match: \u{1}x\r\n")),
+        ("an unknown HTTP version", 400, b"GET /index/se/rd/serde HTTP/9.9\r\nHost: x\r\n\r\n".to_vec()),
+        ("a request line without a target", 400, b"GET HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("a POST to the index", 405, b"POST /index/se/rd/serde HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc".to_vec()),
+        ("an absolute-form target elsewhere", 404, b"GET http://elsewhere.example.com/index/se/rd/serde/../x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec()),
     ];
-    for (what, request) in &cases {
-        let status = raw_exchange(&mirror.url, request);
-        // 0: the connection was refused outright, which is a refusal too for
-        // malformed framing; anything else must be a 4xx.
-        assert!(
-            status == 0 || (400..500).contains(&status),
-            "{what} answered {status}"
-        );
+    for (what, expected, request) in &cases {
+        // Each refusal is the one the README promises, never a silent close
+        // (status 0) or a hang.
+        assert_eq!(raw_exchange(&mirror.url, request), *expected, "{what}");
     }
     // Harmless oddities are not errors: garbage conditionals and encodings.
     for headers in [

@@ -270,8 +270,23 @@ const MAX_URI: usize = 2048;
 /// Largest total of request header bytes accepted.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 
-/// Refuses oversized request targets (414) and header sets (431) before any
-/// routing or parsing.
+/// Whether a GET or HEAD declares a body. Cargo never sends one, and a body
+/// the handler does not read is still decoded by the server: a malformed one
+/// (a bad chunk) would then end the connection with no answer at all while
+/// the handler waits for the upstream. Refused up front with a 400 instead.
+fn bodied_read(req: &ServiceRequest) -> bool {
+    let method = req.method();
+    let reads = method == actix_web::http::Method::GET || method == actix_web::http::Method::HEAD;
+    let headers = req.headers();
+    let declared = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|length| length.as_bytes() != b"0");
+    reads && declared
+}
+
+/// Refuses oversized request targets (414), header sets (431) and reads
+/// with a body (400) before any routing or parsing.
 pub async fn limit_request_size(
     req: ServiceRequest,
     next: actix_web::middleware::Next<impl MessageBody>,
@@ -289,6 +304,8 @@ pub async fn limit_request_size(
             HttpResponse::build(actix_web::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
                 .body("request headers too large\n"),
         )
+    } else if bodied_read(&req) {
+        Some(HttpResponse::BadRequest().body("a GET or HEAD request carries no body\n"))
     } else {
         None
     };

@@ -31,6 +31,9 @@ use crate::upstream::{DownloadStart, UpstreamClient, UpstreamError};
 
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Why a download failed. `Clone`, so that every client following one fetch
+/// gets its failure: causes that are not `Clone` are shared behind an `Arc`,
+/// and stay the error's `source()`.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CrateError {
     #[error("no such crate version")]
@@ -45,21 +48,23 @@ pub enum CrateError {
     ChecksumMismatch,
     #[error("the upstream body length differs from its Content-Length")]
     LengthMismatch,
+    /// The store, or the temp file a download is written to.
     #[error("crate storage: {0}")]
-    Storage(String),
+    Storage(#[source] Arc<StorageError>),
     #[error("download aborted")]
     Aborted,
 }
 
 impl From<StorageError> for CrateError {
     fn from(err: StorageError) -> Self {
-        CrateError::Storage(err.to_string())
+        CrateError::Storage(Arc::new(err))
     }
 }
 
+/// Temp file I/O: the temp dir is part of the storage.
 impl From<std::io::Error> for CrateError {
     fn from(err: std::io::Error) -> Self {
-        CrateError::Storage(err.to_string())
+        StorageError::Io(err).into()
     }
 }
 
@@ -434,7 +439,7 @@ fn follow(file: Arc<std::fs::File>, progress: watch::Receiver<Progress>) -> Byte
                 let readable = match &current.phase {
                     Phase::Failed(err) => {
                         reader.finished = true;
-                        return Some((Err(std::io::Error::other(err.to_string())), reader));
+                        return Some((Err(std::io::Error::other(err.clone())), reader));
                     }
                     Phase::Done => current.written,
                     Phase::Connecting | Phase::Streaming => current.released,
@@ -494,4 +499,44 @@ pub fn clean_temp_dir(tmp_dir: &Path) -> std::io::Result<usize> {
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+    use std::io::ErrorKind;
+
+    use super::*;
+
+    /// The storage error a `CrateError` holds, found as its `source()`.
+    fn storage_source(err: &CrateError) -> &Arc<StorageError> {
+        err.source()
+            .and_then(|source| source.downcast_ref::<Arc<StorageError>>())
+            .expect("the storage error is the source")
+    }
+
+    #[test]
+    fn store_failures_keep_their_cause_in_every_clone() {
+        let err = CrateError::from(StorageError::Settings("no credentials".into()));
+        let theirs = err.clone();
+        let source = storage_source(&err);
+        assert!(matches!(&**source, StorageError::Settings(why) if why == "no credentials"));
+        // A waiter's clone shares the very error, not a copy of its text.
+        assert!(Arc::ptr_eq(source, storage_source(&theirs)));
+        assert_eq!(err.to_string(), "crate storage: no credentials");
+    }
+
+    #[test]
+    fn temp_file_failures_keep_the_io_error() {
+        let io = std::io::Error::new(ErrorKind::PermissionDenied, "tmp is read-only");
+        let err = CrateError::from(io);
+        assert!(matches!(&**storage_source(&err), StorageError::Io(_)));
+        let cause = err
+            .source()
+            .and_then(Error::source)
+            .and_then(|source| source.downcast_ref::<std::io::Error>())
+            .expect("the I/O error is the storage error's source");
+        assert_eq!(cause.kind(), ErrorKind::PermissionDenied);
+        assert_eq!(cause.to_string(), "tmp is read-only");
+    }
 }

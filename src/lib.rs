@@ -49,6 +49,11 @@ pub enum StartError {
     },
     #[error("cannot open the database in {path} (is a mirror already running on this data dir?)")]
     Database { path: PathBuf, source: sled::Error },
+    #[error("cannot open the index store in {path}")]
+    IndexStore {
+        path: PathBuf,
+        source: index::store::StoreError,
+    },
     #[error("upstream client")]
     Upstream(#[from] upstream::UpstreamError),
     #[error("crate storage")]
@@ -142,12 +147,9 @@ impl AppState {
                 path: db_path.clone(),
                 source,
             })?;
-        let index_store = IndexStore::open(&db).map_err(|e| StartError::Database {
+        let index_store = IndexStore::open(&db).map_err(|source| StartError::IndexStore {
             path: db_path,
-            source: match e {
-                index::store::StoreError::Sled(e) => e,
-                other => sled::Error::Unsupported(other.to_string()),
-            },
+            source,
         })?;
         let metrics = Arc::new(Metrics::new());
         let upstream = Arc::new(

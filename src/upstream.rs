@@ -167,10 +167,13 @@ pub enum IndexFetch {
     },
 }
 
+/// The bytes of a `.crate` as they come from the upstream.
+pub type DownloadBody = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
+
 /// A `.crate` body on its way from the upstream.
 pub struct DownloadStream {
     pub content_length: Option<u64>,
-    pub body: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>,
+    pub body: DownloadBody,
 }
 
 /// What a download request got back.
@@ -318,9 +321,12 @@ pub struct UpstreamClient {
     /// One client (one connection pool) for config.json, index files and
     /// downloads, so a download from the index's host reuses the HTTP/2
     /// connection the index opened. It decodes nothing: index files arrive
-    /// gzip'd and are kept so, downloads are hashed as they are served.
+    /// gzip'd and are kept so, downloads are hashed as they are served. It has
+    /// no timeout of its own: each request says how it is bounded (`Limit`).
     http: reqwest::Client,
-    index_timeout: Duration,
+    /// `upstream-timeout`: the whole of a config.json or index fetch; for a
+    /// download, the wait for its head and each wait for more of its body.
+    timeout: Duration,
     config_ttl: Duration,
     config: Mutex<Option<(Arc<UpstreamConfig>, Instant)>>,
     /// Set once config.json has been read, readable without waiting for a refresh.
@@ -333,7 +339,7 @@ pub struct UpstreamClient {
 
 impl UpstreamClient {
     /// `base` is the index base URL ending in `/`; `timeout` bounds index fetches and
-    /// each read of a download.
+    /// each wait of a download (see `Limit`).
     pub fn new(
         base: String,
         connect_timeout: Duration,
@@ -357,7 +363,6 @@ impl UpstreamClient {
         let http = reqwest::Client::builder()
             .user_agent(user_agent)
             .connect_timeout(connect_timeout)
-            .read_timeout(timeout)
             .gzip(false)
             .redirect(reqwest::redirect::Policy::custom(move |attempt| {
                 rules.decide(attempt)
@@ -369,7 +374,7 @@ impl UpstreamClient {
             base,
             redirects,
             http,
-            index_timeout: timeout,
+            timeout,
             config_ttl,
             config: Mutex::new(None),
             config_known: AtomicBool::new(false),
@@ -436,7 +441,9 @@ impl UpstreamClient {
 
     async fn fetch_config(&self) -> Result<UpstreamConfig, UpstreamError> {
         let url = format!("{}config.json", self.base);
-        let (response, _permit) = self.send("config", || self.http.get(&url)).await?;
+        let (response, _permit) = self
+            .send("config", Limit::WholeRequest, || self.http.get(&url))
+            .await?;
         if !response.status().is_success() {
             return Err(UpstreamError::Status(response.status().as_u16()));
         }
@@ -465,7 +472,7 @@ impl UpstreamClient {
     ) -> Result<IndexFetch, UpstreamError> {
         let url = format!("{}{}", self.base, path);
         let (response, _permit) = self
-            .send("index", || {
+            .send("index", Limit::WholeRequest, || {
                 let mut request = self.http.get(&url).header(ACCEPT_ENCODING, "gzip");
                 if let Some(etag) = &validators.etag {
                     request = request.header(IF_NONE_MATCH, etag);
@@ -515,18 +522,19 @@ impl UpstreamClient {
         }
     }
 
-    /// Sends an idempotent GET built by `make`, within the upstream timeout:
-    /// fails fast while the circuit is open, waits for a permit of the
-    /// concurrency bound, retries connection failures, 5xx and 429 with
-    /// backoff and jitter (or the upstream's `Retry-After`) while time remains,
-    /// and counts every exchange. The permit comes back with the response so
-    /// that it is held until the body has been read.
+    /// Sends an idempotent GET built by `make`, within the upstream timeout
+    /// (applied as `limit` says): fails fast while the circuit is open, waits
+    /// for a permit of the concurrency bound, retries connection failures, 5xx
+    /// and 429 with backoff and jitter (or the upstream's `Retry-After`) while
+    /// time remains, and counts every exchange. The permit comes back with the
+    /// response so that it is held until the body has been read.
     async fn send(
         &self,
         kind: &str,
+        limit: Limit,
         make: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<(reqwest::Response, OwnedSemaphorePermit), UpstreamError> {
-        let deadline = Instant::now() + self.index_timeout;
+        let deadline = Instant::now() + self.timeout;
         let mut attempt = 0;
         loop {
             if self.breaker.is_open() {
@@ -544,11 +552,15 @@ impl UpstreamClient {
                 return Err(UpstreamError::Timeout);
             }
             let started = Instant::now();
-            let result = make()
-                .timeout(remaining)
-                .send()
-                .await
-                .map_err(UpstreamError::from_reqwest);
+            let mut request = make();
+            if limit == Limit::WholeRequest {
+                // reqwest carries a request's timeout on into its body.
+                request = request.timeout(remaining);
+            }
+            let result = match tokio::time::timeout(remaining, request.send()).await {
+                Ok(sent) => sent.map_err(UpstreamError::from_reqwest),
+                Err(_) => Err(UpstreamError::Timeout),
+            };
             let seconds = started.elapsed().as_secs_f64();
             let (failed, retry_after) = match &result {
                 Ok(response) => {
@@ -608,22 +620,55 @@ impl UpstreamClient {
         self.breaker.is_open()
     }
 
-    /// Starts a download; the body streams and each read is bounded by the timeout.
+    /// Starts a download. The head must come within the timeout, and then the
+    /// body streams with no deadline as a whole: it fails only when no bytes
+    /// come for the timeout, so a large crate on a slow link gets through.
     pub async fn download(&self, url: &str) -> Result<DownloadStart, UpstreamError> {
-        let (response, permit) = self.send("download", || self.http.get(url)).await?;
+        let (response, permit) = self
+            .send("download", Limit::Head, || self.http.get(url))
+            .await?;
         match response.status() {
             StatusCode::OK => Ok(DownloadStart::Found(DownloadStream {
                 content_length: response.content_length(),
-                body: Box::pin(response.bytes_stream().map(move |chunk| {
-                    // The permit lives as long as the body is being read.
-                    let _held = &permit;
-                    chunk.map_err(UpstreamError::from_reqwest)
-                })),
+                body: idle_limited(response, permit, self.timeout),
             })),
             StatusCode::NOT_FOUND | StatusCode::GONE => Ok(DownloadStart::Missing),
             other => Err(UpstreamError::Status(other.as_u16())),
         }
     }
+}
+
+/// How `UpstreamClient::send` applies the upstream timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limit {
+    /// To the head and body together: small files, read at once.
+    WholeRequest,
+    /// To the head only; the caller bounds each read of the body
+    /// (`idle_limited`), since a large body may take longer than the timeout.
+    Head,
+}
+
+/// The body of `response` as a stream that fails with `Timeout` when no bytes
+/// come for `idle`, and ends after its first error. It holds `permit` (a slot
+/// of the concurrency bound) until then.
+fn idle_limited(
+    response: reqwest::Response,
+    permit: OwnedSemaphorePermit,
+    idle: Duration,
+) -> DownloadBody {
+    let reading = Some((response.bytes_stream(), permit));
+    Box::pin(futures_util::stream::unfold(
+        reading,
+        move |reading| async move {
+            let (mut body, permit) = reading?;
+            match tokio::time::timeout(idle, body.next()).await {
+                Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some((body, permit)))),
+                Ok(Some(Err(err))) => Some((Err(UpstreamError::from_reqwest(err)), None)),
+                Ok(None) => None,
+                Err(_) => Some((Err(UpstreamError::Timeout), None)),
+            }
+        },
+    ))
 }
 
 /// Reads a whole (small) body, refusing anything larger than `MAX_INDEX_BYTES`.

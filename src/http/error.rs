@@ -46,7 +46,9 @@ fn upstream_status(err: &UpstreamError) -> StatusCode {
 fn index_status(err: &IndexError) -> StatusCode {
     match err {
         IndexError::Upstream(err) => upstream_status(err),
-        IndexError::Storage(_) | IndexError::Aborted(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        IndexError::Storage(_) | IndexError::Background(_) | IndexError::Aborted(_) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
     }
 }
 
@@ -87,5 +89,34 @@ impl ResponseError for ApiError {
         HttpResponse::build(status)
             .content_type("text/plain; charset=utf-8")
             .body(format!("{self}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::index::store::StoreError;
+    use crate::storage::StorageError;
+
+    #[tokio::test]
+    async fn storage_and_background_failures_are_500() {
+        let panicked = tokio::spawn(async { panic!("decoder bug") })
+            .await
+            .expect_err("the task panicked");
+        let failures = [
+            ApiError::Index(IndexError::from(StoreError::Corrupt("abc".into()))),
+            ApiError::Index(IndexError::Background(Arc::new(panicked))),
+            ApiError::Crate(CrateError::from(StorageError::Settings("none".into()))),
+            ApiError::Crate(CrateError::from(std::io::Error::other("disk"))),
+        ];
+        for failure in failures {
+            assert_eq!(
+                failure.status_code(),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{failure}"
+            );
+        }
     }
 }

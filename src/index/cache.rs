@@ -38,19 +38,25 @@ pub const DEFAULT_REVALIDATE_INTERVAL: Duration = Duration::from_secs(10);
 /// are forgotten, which at worst allows one more forced fetch of those.
 const FORCED_CAPACITY: u64 = 100_000;
 
+/// Why an index file could not be had. `Clone`, since one fetch's result is
+/// shared by every request that waited for it: causes that are not `Clone`
+/// are shared behind an `Arc`, and stay the error's `source()`.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum IndexError {
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     #[error("index storage: {0}")]
-    Storage(String),
+    Storage(#[source] Arc<StoreError>),
+    /// Work handed to the blocking pool panicked or was cancelled.
+    #[error("background work failed: {0}")]
+    Background(#[source] Arc<tokio::task::JoinError>),
     #[error(transparent)]
     Aborted(#[from] FlightAborted),
 }
 
 impl From<StoreError> for IndexError {
     fn from(err: StoreError) -> Self {
-        IndexError::Storage(err.to_string())
+        IndexError::Storage(Arc::new(err))
     }
 }
 
@@ -275,7 +281,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, IndexError> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| IndexError::Storage(format!("background work failed: {e}")))?
+        .map_err(|e| IndexError::Background(Arc::new(e)))?
 }
 
 /// An index body from the upstream made ready to cache: decoded, checked,
@@ -906,6 +912,37 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_failures_keep_their_cause_in_every_clone() {
+        let err = IndexError::from(StoreError::Corrupt("se/rd/serde".into()));
+        let theirs = err.clone();
+        let source = |err: &IndexError| {
+            std::error::Error::source(err)
+                .and_then(|source| source.downcast_ref::<Arc<StoreError>>())
+                .expect("the store error is the source")
+                .clone()
+        };
+        let store = source(&err);
+        assert!(matches!(&*store, StoreError::Corrupt(key) if key == "se/rd/serde"));
+        // A waiter's clone shares the very error, not a copy of its text.
+        assert!(Arc::ptr_eq(&store, &source(&theirs)));
+        assert_eq!(
+            err.to_string(),
+            "index storage: corrupt index record for se/rd/serde"
+        );
+    }
+
+    #[tokio::test]
+    async fn failed_background_work_keeps_its_cause() {
+        let err = blocking(|| -> Result<(), IndexError> { panic!("decoder bug") })
+            .await
+            .expect_err("the work panicked");
+        let cause = std::error::Error::source(&err)
+            .and_then(|source| source.downcast_ref::<Arc<tokio::task::JoinError>>())
+            .expect("the join error is the source");
+        assert!(cause.is_panic());
+    }
 
     #[test]
     fn etags_depend_on_the_body_only() {

@@ -106,7 +106,7 @@ impl CrateStore for MemoryCachedStore {
             .entry(key.to_string())
             .or_try_insert_with(collect(key, object))
             .await
-            .map_err(|err| StorageError::Io(std::io::Error::other(err.to_string())))?;
+            .map_err(|err| StorageError::Io(std::io::Error::other(err)))?;
         let from_memory = !entry.is_fresh();
         Ok(Some(StoredObject {
             from_memory,

@@ -35,6 +35,8 @@ pub struct Switches {
     pub delay_ms: AtomicU64,
     /// Download bodies sent in 16 KiB chunks with this pause between them.
     pub chunk_delay_ms: AtomicU64,
+    /// Download bodies pause this long once half of their chunks are sent.
+    pub stall_mid_body_ms: AtomicU64,
     /// Answer every request with this status (0 = behave).
     pub fail_status: AtomicU16,
     /// Flip one byte of every download body (a checksum mismatch).
@@ -363,11 +365,17 @@ async fn handle(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
     if switches.truncate_downloads.load(Ordering::SeqCst) {
         body.truncate(body.len() / 2);
     }
+    let stall = switches.stall_mid_body_ms.load(Ordering::SeqCst);
     let chunks: Vec<Bytes> = body.chunks(16 * 1024).map(Bytes::copy_from_slice).collect();
-    let stream = futures_util::stream::unfold(chunks.into_iter(), move |mut chunks| async move {
-        let chunk = chunks.next()?;
+    let half = chunks.len() / 2;
+    let numbered = chunks.into_iter().enumerate();
+    let stream = futures_util::stream::unfold(numbered, move |mut chunks| async move {
+        let (n, chunk) = chunks.next()?;
         if chunk_delay > 0 {
             actix_web::rt::time::sleep(Duration::from_millis(chunk_delay)).await;
+        }
+        if stall > 0 && n == half {
+            actix_web::rt::time::sleep(Duration::from_millis(stall)).await;
         }
         Some((Ok::<_, std::io::Error>(chunk), chunks))
     });

@@ -104,11 +104,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// Warns on stderr about environment variables that look like settings but
+/// are none, before anything else is printed.
+fn warn_about_environment() {
+    for warning in SettingsArgs::env_warnings() {
+        eprintln!("crate-mirror: warning: {warning}");
+    }
+}
+
 /// The chosen subcommand; its exit code, returned (not `process::exit`) so the
 /// log writer is flushed on the way out.
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
+            warn_about_environment();
             let config = args.config()?;
             let _logging = init_logging(config.log_format);
             let scheme = if config.tls.is_some() {
@@ -125,6 +134,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify(args) => {
+            warn_about_environment();
             let config = args.config()?;
             let _logging = init_logging(config.log_format);
             let runtime = tokio::runtime::Runtime::new()?;
@@ -175,6 +185,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Gc(args) => {
+            warn_about_environment();
             let raw = args.raw()?;
             let data_dir = raw.data_dir()?;
             let storage = raw.storage()?;

@@ -8,6 +8,7 @@ use std::process::Command;
 
 use crate_mirror::config::{Fallback, Kind, SETTINGS};
 
+use common::mirror::Mirror;
 use common::registry::CrateSpec;
 use common::upstream::{DlStyle, TestUpstream};
 use common::{client, json_of};
@@ -44,6 +45,22 @@ fn wrong_values_are_one_line_errors_naming_the_key() {
         ),
         // A bare switch: reaching the check at all shows it was read.
         (vec!["--s3-redirect"], vec![], "`s3-redirect`"),
+        // A negative number is a value for our parser, not an unknown flag.
+        (
+            vec!["--index-ttl", "-1"],
+            vec![],
+            "for `index-ttl` (from command line): expected a whole number of seconds",
+        ),
+        (
+            vec!["--upstream", "registry.example.com/index/"],
+            vec![],
+            "for `upstream` (from command line): no scheme: expected an http:// or https:// URL, e.g. \"https://registry.example.com/index/\"",
+        ),
+        (
+            vec!["--listen", "localhost:http"],
+            vec![],
+            "expected ADDRESS:PORT, HOST:PORT or a port",
+        ),
     ];
     for (args, env, expected) in cases {
         let mut command = mirror_command();
@@ -222,5 +239,41 @@ fn help_shows_every_flag_with_its_default() {
                 assert!(entry.ends_with(&shown), "{entry}");
             }
         }
+    }
+}
+
+/// Nothing listens on the discard port: for mirrors that never reach their upstream.
+const NO_UPSTREAM: &str = "http://127.0.0.1:9/index/";
+
+#[test]
+fn unknown_mirror_variables_are_warned_about_naming_the_closest_setting() {
+    let env = [("CRATE_MIRROR_INDEX_TLL".to_string(), "5".to_string())];
+    // The mirror still starts: the warning is one line before it listens.
+    let mirror = Mirror::start_with_env(NO_UPSTREAM, &[], &env);
+    let log = mirror.log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("CRATE_MIRROR_INDEX_TLL"))
+        .collect();
+    assert_eq!(
+        warnings,
+        ["crate-mirror: warning: unknown environment variable CRATE_MIRROR_INDEX_TLL is ignored; the closest setting is CRATE_MIRROR_INDEX_TTL"],
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn listen_takes_a_host_name_or_a_bare_port_on_loopback() {
+    for (listen, expected_prefix) in [("0", "http://127.0.0.1:"), ("localhost:0", "http://")] {
+        let mirror = Mirror::start(NO_UPSTREAM, &["--listen", listen]);
+        assert!(mirror.url.starts_with(expected_prefix), "{}", mirror.url);
+        let addr: std::net::SocketAddr = mirror.url["http://".len()..].parse().unwrap();
+        assert!(addr.ip().is_loopback(), "{listen}: {addr}");
+        let health = client()
+            .get(format!("{}/health", mirror.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status(), 200, "{listen}");
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Arg, ArgAction, ArgMatches};
 
 use super::defs::{About, Fallback, Kind, CONFIG_FILE, SETTINGS};
-use super::layers::RawSettings;
+use super::layers::{unknown_env_vars, RawSettings};
 use super::{Config, ConfigError};
 
 /// The settings flags that were given; every other setting falls through to
@@ -30,7 +30,13 @@ fn arg(about: &'static About) -> Option<Arg> {
                     format!("{} [default: {}]", about.help, about.fallback_text())
                 }
             };
-            Some(arg.value_name(about.value_name).help(help))
+            Some(
+                arg.value_name(about.value_name)
+                    .help(help)
+                    // So `--index-ttl -1` reaches our parser, which says what
+                    // is expected, instead of clap's "unexpected argument".
+                    .allow_negative_numbers(true),
+            )
         }
     }
 }
@@ -92,5 +98,11 @@ impl SettingsArgs {
 
     pub fn config(&self) -> Result<Config, ConfigError> {
         self.raw()?.build()
+    }
+
+    /// Warnings about this process's environment: `CRATE_MIRROR_*` variables
+    /// that are no setting.
+    pub fn env_warnings() -> Vec<String> {
+        unknown_env_vars(std::env::vars_os().filter_map(|(name, _)| name.into_string().ok()))
     }
 }

@@ -118,7 +118,7 @@ pub static LISTEN: Setting<SocketAddr> = Setting {
         key: "listen",
         value_name: "ADDR",
         fallback: Fallback::Value("127.0.0.1:8080"),
-        help: "Address to listen on",
+        help: "Address and port to listen on; a host name is resolved at start, a bare port means 127.0.0.1",
         kind: Kind::Value,
     },
     parse: parse_listen,

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::defs::{self, About, Fallback, Setting, CONFIG_FILE, SETTINGS};
+use super::defs::{self, About, Fallback, Setting, CONFIG_FILE, ENV_PREFIX, SETTINGS};
 use super::ConfigError;
 
 /// Where a setting's value came from, for error messages.
@@ -81,8 +81,14 @@ impl RawSettings {
             .map_err(|e: toml::de::Error| file_err(e.message().to_string()))?;
         for (key, value) in table {
             let Some(known) = defs::find(&key.replace('_', "-")) else {
+                let closest = SETTINGS
+                    .iter()
+                    .map(|s| s.about().key)
+                    .min_by_key(|known| edit_distance(&key, known))
+                    .unwrap_or_default();
                 return Err(ConfigError::UnknownKey {
                     key,
+                    closest,
                     path: path.to_path_buf(),
                 });
             };
@@ -151,5 +157,82 @@ impl RawSettings {
             origin,
             reason: reason.to_string(),
         }
+    }
+}
+
+/// One warning for each `CRATE_MIRROR_*` variable in `names` that is not a
+/// setting (a typo would otherwise be ignored without a word), naming the
+/// closest one.
+pub fn unknown_env_vars(names: impl IntoIterator<Item = String>) -> Vec<String> {
+    let known: Vec<String> = SETTINGS
+        .iter()
+        .map(|s| s.about())
+        .chain([&CONFIG_FILE.about])
+        .map(About::env_var)
+        .collect();
+    // Compared without the prefix, so `CRATE_MIRROR_AWS_REGION` finds `AWS_REGION`.
+    let bare = |name: &str| name.strip_prefix(ENV_PREFIX).unwrap_or(name).to_string();
+    names
+        .into_iter()
+        .filter(|name| name.starts_with(ENV_PREFIX) && !known.contains(name))
+        .map(|name| {
+            let closest = known
+                .iter()
+                .min_by_key(|candidate| edit_distance(&bare(&name), &bare(candidate)))
+                .map_or("", String::as_str);
+            format!(
+                "unknown environment variable {name} is ignored; the closest setting is {closest}"
+            )
+        })
+        .collect()
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != *cb);
+            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edit_distances() {
+        assert_eq!(edit_distance("index-ttl", "index-ttl"), 0);
+        assert_eq!(edit_distance("INDEX_TLL", "INDEX_TTL"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn unknown_mirror_variables_are_named_with_the_closest_setting() {
+        let warnings = unknown_env_vars(
+            [
+                "CRATE_MIRROR_INDEX_TLL",
+                "CRATE_MIRROR_CONFIG",
+                "CRATE_MIRROR_UPSTREAM",
+                "CRATE_MIRROR_AWS_REGION",
+                "AWS_PROFILE",
+                "PATH",
+            ]
+            .map(String::from),
+        );
+        assert_eq!(
+            warnings,
+            [
+                "unknown environment variable CRATE_MIRROR_INDEX_TLL is ignored; the closest setting is CRATE_MIRROR_INDEX_TTL",
+                "unknown environment variable CRATE_MIRROR_AWS_REGION is ignored; the closest setting is AWS_REGION",
+            ]
+        );
     }
 }

@@ -40,8 +40,12 @@ pub enum ConfigError {
     Missing(&'static About),
     #[error("cannot read config file {path}: {reason}")]
     File { path: PathBuf, reason: String },
-    #[error("unknown key `{key}` in config file {path}")]
-    UnknownKey { key: String, path: PathBuf },
+    #[error("unknown key `{key}` in config file {path} (closest: `{closest}`)")]
+    UnknownKey {
+        key: String,
+        closest: &'static str,
+        path: PathBuf,
+    },
 }
 
 impl ConfigError {
@@ -324,7 +328,10 @@ mod tests {
         let err = RawSettings::from_layers(&[], Some(&file), |_| None)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("`upstreem`"), "{err}");
+        assert!(
+            err.contains("`upstreem`") && err.contains("closest: `upstream`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Parsers for single setting values: each checks one text and says in one
 //! line what it expected; the caller adds the key and where the value came from.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -27,14 +27,40 @@ pub fn parse_data_dir(value: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// `127.0.0.1:8080`, `[::1]:8080`, `localhost:8080` (resolved now, first
+/// address) or a bare `8080`, which means loopback like the default: a mirror
+/// reachable from other machines should be asked for by its address.
 pub fn parse_listen(value: &str) -> Result<SocketAddr, String> {
-    value
-        .parse()
-        .map_err(|_| "expected ADDRESS:PORT".to_string())
+    let value = value.trim();
+    if let Ok(port) = value.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let expected = || "expected ADDRESS:PORT, HOST:PORT or a port".to_string();
+    let (host, port) = value.rsplit_once(':').ok_or_else(expected)?;
+    let port: u16 = port.parse().map_err(|_| expected())?;
+    if host.is_empty() {
+        return Err(expected());
+    }
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host:?} has no address"))
 }
 
 /// An http(s) base URL, returned with a trailing `/`.
 pub fn parse_base_url(value: &str) -> Result<String, String> {
+    // Without `://`, `registry.example.com/index/` is a relative URL and
+    // `localhost:8080/index/` one with the scheme `localhost`: both mean a
+    // forgotten scheme.
+    if !value.contains("://") {
+        return Err(format!(
+            "no scheme: expected an http:// or https:// URL, e.g. \"https://{value}\""
+        ));
+    }
     let url = reqwest::Url::parse(value).map_err(|e| e.to_string())?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err("expected an http:// or https:// URL".to_string());
@@ -192,5 +218,58 @@ mod tests {
         assert_eq!(parse_size("3MB").unwrap(), 3_000_000);
         assert!(parse_size("lots").is_err());
         assert!(parse_size("1XB").is_err());
+    }
+
+    #[test]
+    fn negative_numbers_say_what_is_expected() {
+        assert_eq!(
+            parse_seconds("-1").unwrap_err(),
+            "expected a whole number of seconds"
+        );
+        assert_eq!(
+            parse_count("-1").unwrap_err(),
+            "expected a positive whole number"
+        );
+    }
+
+    #[test]
+    fn listen_takes_addresses_host_names_and_bare_ports() {
+        assert_eq!(
+            parse_listen("0.0.0.0:8080").unwrap(),
+            "0.0.0.0:8080".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen("[::1]:80").unwrap(),
+            "[::1]:80".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen("8091").unwrap(),
+            "127.0.0.1:8091".parse().unwrap()
+        );
+        let resolved = parse_listen("localhost:8091").unwrap();
+        assert!(resolved.ip().is_loopback(), "{resolved}");
+        assert_eq!(resolved.port(), 8091);
+        for wrong in [
+            "nowhere",
+            ":80",
+            "localhost:http",
+            "70000",
+            "localhost:70000",
+        ] {
+            assert!(parse_listen(wrong).is_err(), "{wrong}");
+        }
+    }
+
+    #[test]
+    fn a_url_without_a_scheme_suggests_https() {
+        for value in ["registry.example.com/index/", "localhost:8080/index/"] {
+            let err = parse_base_url(value).unwrap_err();
+            assert!(err.contains(&format!("\"https://{value}\"")), "{err}");
+        }
+        assert!(parse_base_url("ftp://x.example.com/").is_err());
+        assert_eq!(
+            parse_base_url("http://x.example.com/index").unwrap(),
+            "http://x.example.com/index/"
+        );
     }
 }

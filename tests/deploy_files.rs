@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate_mirror::config::{env_var_name, SETTINGS};
+use crate_mirror::config::SETTINGS;
 
 fn deploy(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -35,7 +35,7 @@ fn yaml_documents(path: &Path) -> Vec<serde_json::Value> {
 }
 
 fn known_env(name: &str) -> bool {
-    SETTINGS.iter().any(|(key, _, _)| env_var_name(key) == name)
+    SETTINGS.iter().any(|s| s.about().env_var() == name)
 }
 
 #[test]

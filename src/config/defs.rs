@@ -1,0 +1,643 @@
+//! Every setting, defined once: its key, value name, default, help and parser.
+//!
+//! The key is the flag (`--index-ttl`) and the TOML key (`index-ttl`), and gives
+//! the environment variable (`CRATE_MIRROR_INDEX_TTL`); the command line, the
+//! environment and config file layers, the defaults in `build()` and the
+//! README's settings table (checked by a test) are all derived from this list.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::parse::{
+    parse_base_url, parse_bool, parse_count, parse_count_u32, parse_data_dir, parse_hosts,
+    parse_listen, parse_log_format, parse_no_dev_dependencies, parse_path, parse_positive_seconds,
+    parse_seconds, parse_size, parse_storage, parse_text, parse_token_hashes, StorageLocation,
+};
+use super::LogFormat;
+use crate::auth::TokenSet;
+use crate::proxies::TrustedProxies;
+
+/// What a setting is when no layer gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// This text, parsed like a given value.
+    Value(&'static str),
+    /// No value; the text says what the mirror does then (`one per CPU`).
+    Absent(&'static str),
+    /// No value, and the mirror refuses to start without one.
+    Required,
+}
+
+/// How a setting is given on the command line and in the environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `--key VALUE`; environment `CRATE_MIRROR_<KEY>`.
+    Value,
+    /// `--key` alone means `true`; the environment and the file take `true`/`false`.
+    Switch,
+    /// A standard AWS setting: environment `AWS_<...>` (what every S3 tool
+    /// reads) or the config file, and no flag, so keys never show in `ps`.
+    Aws,
+}
+
+/// The description of one setting, the same whatever its value's type.
+#[derive(Debug)]
+pub struct About {
+    /// Flag name and TOML key (where `_` is accepted for `-`).
+    pub key: &'static str,
+    /// The placeholder in `--help` and in the missing-setting error.
+    pub value_name: &'static str,
+    pub fallback: Fallback,
+    /// One line for `--help`; the README's table says more.
+    pub help: &'static str,
+    pub kind: Kind,
+}
+
+impl About {
+    /// `index-ttl` → `CRATE_MIRROR_INDEX_TTL`; `aws-region` → `AWS_REGION`.
+    pub fn env_var(&self) -> String {
+        let upper = self.key.replace('-', "_").to_ascii_uppercase();
+        match self.kind {
+            Kind::Aws => upper,
+            Kind::Value | Kind::Switch => format!("{ENV_PREFIX}{upper}"),
+        }
+    }
+
+    /// The fallback as `--help` and the README show it: `60`, `one per CPU`, `(required)`.
+    pub fn fallback_text(&self) -> &'static str {
+        match self.fallback {
+            Fallback::Value(text) | Fallback::Absent(text) => text,
+            Fallback::Required => "(required)",
+        }
+    }
+}
+
+/// The prefix of the mirror's own environment variables.
+pub const ENV_PREFIX: &str = "CRATE_MIRROR_";
+
+/// A setting whose values parse to `T`.
+pub struct Setting<T: 'static> {
+    pub about: About,
+    /// Checks and converts one value; the error is one line saying what is expected.
+    pub parse: fn(&str) -> Result<T, String>,
+}
+
+/// A setting of any value type, for the list that every layer walks.
+pub trait AnySetting: Sync {
+    fn about(&self) -> &About;
+    /// Whether `value` parses; the error says what is expected.
+    fn check(&self, value: &str) -> Result<(), String>;
+}
+
+impl<T> AnySetting for Setting<T> {
+    fn about(&self) -> &About {
+        &self.about
+    }
+
+    fn check(&self, value: &str) -> Result<(), String> {
+        (self.parse)(value).map(drop)
+    }
+}
+
+/// The config file: chosen by flag or environment like a setting, but not a
+/// key in the file itself, so it is not in [`SETTINGS`].
+pub static CONFIG_FILE: Setting<PathBuf> = Setting {
+    about: About {
+        key: "config",
+        value_name: "FILE",
+        fallback: Fallback::Absent("none"),
+        help: "TOML file with the same keys as the flags",
+        kind: Kind::Value,
+    },
+    parse: parse_path,
+};
+
+pub static LISTEN: Setting<SocketAddr> = Setting {
+    about: About {
+        key: "listen",
+        value_name: "ADDR",
+        fallback: Fallback::Value("127.0.0.1:8080"),
+        help: "Address and port to listen on; a host name is resolved at start, a bare port means 127.0.0.1",
+        kind: Kind::Value,
+    },
+    parse: parse_listen,
+};
+
+pub static UPSTREAM: Setting<String> = Setting {
+    about: About {
+        key: "upstream",
+        value_name: "URL",
+        fallback: Fallback::Required,
+        help: "Sparse index base URL of the registry to cache",
+        kind: Kind::Value,
+    },
+    parse: parse_base_url,
+};
+
+pub static DATA_DIR: Setting<PathBuf> = Setting {
+    about: About {
+        key: "data-dir",
+        value_name: "DIR",
+        fallback: Fallback::Value("./data"),
+        help: "Directory for the database, crate files and temp files",
+        kind: Kind::Value,
+    },
+    parse: parse_data_dir,
+};
+
+pub static PUBLIC_URL: Setting<String> = Setting {
+    about: About {
+        key: "public-url",
+        value_name: "URL",
+        fallback: Fallback::Absent("from the request's Host header"),
+        help: "URL clients use to reach the mirror",
+        kind: Kind::Value,
+    },
+    parse: parse_base_url,
+};
+
+pub static INDEX_TTL: Setting<Duration> = Setting {
+    about: About {
+        key: "index-ttl",
+        value_name: "SECONDS",
+        fallback: Fallback::Value("60"),
+        help: "Seconds an index file is served before asking the upstream",
+        kind: Kind::Value,
+    },
+    parse: parse_seconds,
+};
+
+pub static INDEX_MAX_STALE: Setting<Duration> = Setting {
+    about: About {
+        key: "index-max-stale",
+        value_name: "SECONDS",
+        fallback: Fallback::Value("600"),
+        help: "Seconds past --index-ttl an index file is served at once while it is refreshed in the background; 0: clients wait for the upstream",
+        kind: Kind::Value,
+    },
+    parse: parse_seconds,
+};
+
+pub static NEGATIVE_TTL: Setting<Duration> = Setting {
+    about: About {
+        key: "negative-ttl",
+        value_name: "SECONDS",
+        fallback: Fallback::Value("30"),
+        help: "Seconds a missing crate is remembered",
+        kind: Kind::Value,
+    },
+    parse: parse_seconds,
+};
+
+pub static HOT_CACHE_SIZE: Setting<u64> = Setting {
+    about: About {
+        key: "hot-cache-size",
+        value_name: "SIZE",
+        fallback: Fallback::Value("256MiB"),
+        help: "Bytes of index files kept in memory, e.g. 256MiB",
+        kind: Kind::Value,
+    },
+    parse: parse_size,
+};
+
+pub static CRATE_CACHE_SIZE: Setting<u64> = Setting {
+    about: About {
+        key: "crate-cache-size",
+        value_name: "SIZE",
+        fallback: Fallback::Value("64MiB"),
+        help: "Bytes of the most requested crate files kept in memory; 0 for none",
+        kind: Kind::Value,
+    },
+    parse: parse_size,
+};
+
+pub static UPSTREAM_TIMEOUT: Setting<Duration> = Setting {
+    about: About {
+        key: "upstream-timeout",
+        value_name: "SECONDS",
+        fallback: Fallback::Value("30"),
+        help: "Seconds for an index fetch and for each read of a download",
+        kind: Kind::Value,
+    },
+    parse: parse_positive_seconds,
+};
+
+pub static CONNECT_TIMEOUT: Setting<Duration> = Setting {
+    about: About {
+        key: "connect-timeout",
+        value_name: "SECONDS",
+        fallback: Fallback::Value("5"),
+        help: "Seconds to connect to the upstream",
+        kind: Kind::Value,
+    },
+    parse: parse_positive_seconds,
+};
+
+pub static LOG_FORMAT: Setting<LogFormat> = Setting {
+    about: About {
+        key: "log-format",
+        value_name: "FORMAT",
+        fallback: Fallback::Value("text"),
+        help: "`text` or `json`",
+        kind: Kind::Value,
+    },
+    parse: parse_log_format,
+};
+
+pub static GIT_INDEX: Setting<bool> = Setting {
+    about: About {
+        key: "git-index",
+        value_name: "on|off",
+        fallback: Fallback::Value("off"),
+        help: "`on` serves a git index at /git/index (needs git and --public-url)",
+        kind: Kind::Value,
+    },
+    parse: parse_bool,
+};
+
+pub static GIT_REBUILD_DELAY: Setting<Duration> = Setting {
+    about: About {
+        key: "git-rebuild-delay",
+        value_name: "SECONDS",
+        fallback: Fallback::Value("2"),
+        help: "Seconds after index files change before the git index is rebuilt",
+        kind: Kind::Value,
+    },
+    parse: parse_seconds,
+};
+
+pub static AUTH_TOKENS: Setting<TokenSet> = Setting {
+    about: About {
+        key: "auth-tokens",
+        value_name: "HASHES",
+        fallback: Fallback::Absent("none (public)"),
+        help: "Comma-separated token hashes (`sha256:HEX`); any makes the mirror private",
+        kind: Kind::Value,
+    },
+    parse: parse_token_hashes,
+};
+
+pub static METRICS_TOKENS: Setting<TokenSet> = Setting {
+    about: About {
+        key: "metrics-tokens",
+        value_name: "HASHES",
+        fallback: Fallback::Absent("none (open)"),
+        help: "Token hashes required by /metrics and /api/stats",
+        kind: Kind::Value,
+    },
+    parse: parse_token_hashes,
+};
+
+pub static TRUSTED_PROXIES: Setting<TrustedProxies> = Setting {
+    about: About {
+        key: "trusted-proxies",
+        value_name: "ADDRS",
+        fallback: Fallback::Absent("none"),
+        help: "Addresses or CIDR blocks whose Forwarded / X-Forwarded-* headers are believed",
+        kind: Kind::Value,
+    },
+    parse: TrustedProxies::parse,
+};
+
+pub static REVALIDATE_INTERVAL: Setting<Duration> = Setting {
+    about: About {
+        key: "revalidate-interval",
+        value_name: "SECONDS",
+        fallback: Fallback::Value("10"),
+        help: "Seconds between forced index revalidations of one crate",
+        kind: Kind::Value,
+    },
+    parse: parse_seconds,
+};
+
+pub static UPSTREAM_REDIRECT_HOSTS: Setting<Vec<String>> = Setting {
+    about: About {
+        key: "upstream-redirect-hosts",
+        value_name: "HOSTS",
+        fallback: Fallback::Absent("none"),
+        help: "Extra hosts upstream redirects may lead to, comma-separated",
+        kind: Kind::Value,
+    },
+    parse: parse_hosts,
+};
+
+pub static WORKERS: Setting<usize> = Setting {
+    about: About {
+        key: "workers",
+        value_name: "N",
+        fallback: Fallback::Absent("one per CPU"),
+        help: "Threads that serve HTTP",
+        kind: Kind::Value,
+    },
+    parse: parse_count,
+};
+
+pub static MAX_CONNECTIONS: Setting<usize> = Setting {
+    about: About {
+        key: "max-connections",
+        value_name: "N",
+        fallback: Fallback::Value("4096"),
+        help: "Concurrent client connections per worker",
+        kind: Kind::Value,
+    },
+    parse: parse_count,
+};
+
+pub static UPSTREAM_CONCURRENCY: Setting<usize> = Setting {
+    about: About {
+        key: "upstream-concurrency",
+        value_name: "N",
+        fallback: Fallback::Value("64"),
+        help: "Concurrent requests to the upstream",
+        kind: Kind::Value,
+    },
+    parse: parse_count,
+};
+
+pub static SHUTDOWN_TIMEOUT: Setting<Duration> = Setting {
+    about: About {
+        key: "shutdown-timeout",
+        value_name: "SECONDS",
+        fallback: Fallback::Value("30"),
+        help: "Seconds in-flight requests get to finish after SIGTERM",
+        kind: Kind::Value,
+    },
+    parse: parse_seconds,
+};
+
+pub static PREFETCH: Setting<bool> = Setting {
+    about: About {
+        key: "prefetch",
+        value_name: "on|off",
+        fallback: Fallback::Value("on"),
+        help: "Prefetch the index files of dependencies",
+        kind: Kind::Value,
+    },
+    parse: parse_bool,
+};
+
+pub static PREFETCH_DEPTH: Setting<u32> = Setting {
+    about: About {
+        key: "prefetch-depth",
+        value_name: "N",
+        fallback: Fallback::Value("16"),
+        help: "Dependency steps from a client's request that are prefetched",
+        kind: Kind::Value,
+    },
+    parse: parse_count_u32,
+};
+
+pub static PREFETCH_CONCURRENCY: Setting<usize> = Setting {
+    about: About {
+        key: "prefetch-concurrency",
+        value_name: "N",
+        fallback: Fallback::Value("32"),
+        help: "Prefetch requests at a time (kept below --upstream-concurrency)",
+        kind: Kind::Value,
+    },
+    parse: parse_count,
+};
+
+pub static PREFETCH_BUDGET: Setting<u32> = Setting {
+    about: About {
+        key: "prefetch-budget",
+        value_name: "N",
+        fallback: Fallback::Value("1200"),
+        help: "Prefetch requests per minute at most",
+        kind: Kind::Value,
+    },
+    parse: parse_count_u32,
+};
+
+pub static PREFETCH_DEV_DEPENDENCIES: Setting<()> = Setting {
+    about: About {
+        key: "prefetch-dev-dependencies",
+        value_name: "BOOL",
+        fallback: Fallback::Value("false"),
+        help: "Only `false` is accepted: cargo never resolves dependencies' dev-dependencies",
+        kind: Kind::Value,
+    },
+    parse: parse_no_dev_dependencies,
+};
+
+pub static TLS_CERT: Setting<PathBuf> = Setting {
+    about: About {
+        key: "tls-cert",
+        value_name: "FILE",
+        fallback: Fallback::Absent("none (plain HTTP)"),
+        help: "PEM certificate chain: serve HTTPS (HTTP/2 by ALPN) with --tls-key",
+        kind: Kind::Value,
+    },
+    parse: parse_path,
+};
+
+pub static TLS_KEY: Setting<PathBuf> = Setting {
+    about: About {
+        key: "tls-key",
+        value_name: "FILE",
+        fallback: Fallback::Absent("none (plain HTTP)"),
+        help: "PEM private key for --tls-cert",
+        kind: Kind::Value,
+    },
+    parse: parse_path,
+};
+
+pub static STORAGE: Setting<StorageLocation> = Setting {
+    about: About {
+        key: "storage",
+        value_name: "LOCATION",
+        fallback: Fallback::Value("local"),
+        help: "`local` or `s3://BUCKET[/PREFIX]` (S3 credentials from AWS_* variables)",
+        kind: Kind::Value,
+    },
+    parse: parse_storage,
+};
+
+pub static MAX_STORAGE: Setting<u64> = Setting {
+    about: About {
+        key: "max-storage",
+        value_name: "SIZE",
+        fallback: Fallback::Absent("unbounded"),
+        help: "Local storage quota, e.g. 50GiB; least recently used crates are evicted",
+        kind: Kind::Value,
+    },
+    parse: parse_size,
+};
+
+pub static S3_REDIRECT: Setting<bool> = Setting {
+    about: About {
+        key: "s3-redirect",
+        value_name: "BOOL",
+        fallback: Fallback::Value("false"),
+        help: "Answer S3 hits with a redirect to a presigned URL",
+        kind: Kind::Switch,
+    },
+    parse: parse_bool,
+};
+
+pub static AWS_ACCESS_KEY_ID: Setting<String> = Setting {
+    about: About {
+        key: "aws-access-key-id",
+        value_name: "KEY",
+        fallback: Fallback::Absent("none"),
+        help: "S3 access key",
+        kind: Kind::Aws,
+    },
+    parse: parse_text,
+};
+
+pub static AWS_SECRET_ACCESS_KEY: Setting<String> = Setting {
+    about: About {
+        key: "aws-secret-access-key",
+        value_name: "KEY",
+        fallback: Fallback::Absent("none"),
+        help: "S3 secret key",
+        kind: Kind::Aws,
+    },
+    parse: parse_text,
+};
+
+pub static AWS_REGION: Setting<String> = Setting {
+    about: About {
+        key: "aws-region",
+        value_name: "REGION",
+        fallback: Fallback::Value("us-east-1"),
+        help: "S3 region",
+        kind: Kind::Aws,
+    },
+    parse: parse_text,
+};
+
+pub static AWS_ENDPOINT_URL: Setting<String> = Setting {
+    about: About {
+        key: "aws-endpoint-url",
+        value_name: "URL",
+        fallback: Fallback::Absent("AWS"),
+        help: "S3-compatible endpoint",
+        kind: Kind::Aws,
+    },
+    parse: parse_base_url,
+};
+
+pub static AWS_ALLOW_HTTP: Setting<bool> = Setting {
+    about: About {
+        key: "aws-allow-http",
+        value_name: "BOOL",
+        fallback: Fallback::Value("false"),
+        help: "Allow a plain-http S3 endpoint",
+        kind: Kind::Aws,
+    },
+    parse: parse_bool,
+};
+
+pub static S3_INSTANCE_CREDENTIALS: Setting<bool> = Setting {
+    about: About {
+        key: "s3-instance-credentials",
+        value_name: "BOOL",
+        fallback: Fallback::Value("false"),
+        help: "Take S3 credentials from the instance metadata service when no keys are set",
+        kind: Kind::Value,
+    },
+    parse: parse_bool,
+};
+
+/// Every setting, in `--help` order. A setting defined above but missing here
+/// would never be read from any layer; a debug assertion in `RawSettings`
+/// catches its lookup in any test that builds a `Config`.
+pub static SETTINGS: &[&dyn AnySetting] = &[
+    &LISTEN,
+    &UPSTREAM,
+    &DATA_DIR,
+    &PUBLIC_URL,
+    &INDEX_TTL,
+    &INDEX_MAX_STALE,
+    &NEGATIVE_TTL,
+    &HOT_CACHE_SIZE,
+    &CRATE_CACHE_SIZE,
+    &UPSTREAM_TIMEOUT,
+    &CONNECT_TIMEOUT,
+    &LOG_FORMAT,
+    &GIT_INDEX,
+    &GIT_REBUILD_DELAY,
+    &AUTH_TOKENS,
+    &METRICS_TOKENS,
+    &TRUSTED_PROXIES,
+    &REVALIDATE_INTERVAL,
+    &UPSTREAM_REDIRECT_HOSTS,
+    &WORKERS,
+    &MAX_CONNECTIONS,
+    &UPSTREAM_CONCURRENCY,
+    &SHUTDOWN_TIMEOUT,
+    &PREFETCH,
+    &PREFETCH_DEPTH,
+    &PREFETCH_CONCURRENCY,
+    &PREFETCH_BUDGET,
+    &PREFETCH_DEV_DEPENDENCIES,
+    &TLS_CERT,
+    &TLS_KEY,
+    &STORAGE,
+    &MAX_STORAGE,
+    &S3_REDIRECT,
+    &AWS_ACCESS_KEY_ID,
+    &AWS_SECRET_ACCESS_KEY,
+    &AWS_REGION,
+    &AWS_ENDPOINT_URL,
+    &AWS_ALLOW_HTTP,
+    &S3_INSTANCE_CREDENTIALS,
+];
+
+/// The listed setting with this key.
+pub fn find(key: &str) -> Option<&'static About> {
+    SETTINGS.iter().map(|s| s.about()).find(|a| a.key == key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_default_parses_with_its_own_parser() {
+        for setting in SETTINGS {
+            let about = setting.about();
+            if let Fallback::Value(default) = about.fallback {
+                assert_eq!(setting.check(default), Ok(()), "{}", about.key);
+            }
+        }
+    }
+
+    #[test]
+    fn keys_and_environment_variables_are_unique_and_well_formed() {
+        let mut keys: Vec<&str> = SETTINGS.iter().map(|s| s.about().key).collect();
+        keys.push(CONFIG_FILE.about.key);
+        for key in &keys {
+            assert!(
+                key.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+                "{key}"
+            );
+        }
+        let count = keys.len();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), count, "a key is defined twice");
+        for setting in SETTINGS {
+            let about = setting.about();
+            assert!(!about.help.is_empty() && !about.value_name.is_empty());
+            assert_eq!(
+                about.key.starts_with("aws-"),
+                about.kind == Kind::Aws,
+                "{}: only AWS settings use the AWS_* variables",
+                about.key
+            );
+        }
+    }
+
+    #[test]
+    fn environment_variable_names_derive_from_keys() {
+        assert_eq!(INDEX_TTL.about.env_var(), "CRATE_MIRROR_INDEX_TTL");
+        assert_eq!(UPSTREAM.about.env_var(), "CRATE_MIRROR_UPSTREAM");
+        assert_eq!(CONFIG_FILE.about.env_var(), "CRATE_MIRROR_CONFIG");
+        assert_eq!(AWS_REGION.about.env_var(), "AWS_REGION");
+    }
+}

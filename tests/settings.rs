@@ -1,0 +1,279 @@
+//! The settings from the outside: the README's table against the definitions,
+//! `--help`, precedence of the layers, and the one-line errors (exit code 2)
+//! of the real binary.
+
+mod common;
+
+use std::process::Command;
+
+use crate_mirror::config::{Fallback, Kind, SETTINGS};
+
+use common::mirror::Mirror;
+use common::registry::CrateSpec;
+use common::upstream::{DlStyle, TestUpstream};
+use common::{client, json_of};
+
+fn mirror_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_crate-mirror"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("CRATE_MIRROR_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+#[test]
+fn wrong_values_are_one_line_errors_naming_the_key() {
+    let temp = tempfile::tempdir().unwrap();
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (vec!["--index-ttl", "soon"], vec![], "`index-ttl`"),
+        (
+            vec![],
+            vec![("CRATE_MIRROR_LISTEN", "nowhere")],
+            "CRATE_MIRROR_LISTEN",
+        ),
+        (vec!["--upstream", "not a url"], vec![], "`upstream`"),
+        (vec!["--hot-cache-size", "lots"], vec![], "`hot-cache-size`"),
+        (vec!["--git-index", "on"], vec![], "needs --public-url"),
+        (vec!["--storage", "s3://x"], vec![], "`storage`"),
+        (
+            vec!["--max-storage", "1GiB", "--storage", "s3://bucket"],
+            vec![],
+            "`max-storage`",
+        ),
+        // A bare switch: reaching the check at all shows it was read.
+        (vec!["--s3-redirect"], vec![], "`s3-redirect`"),
+        // A negative number is a value for our parser, not an unknown flag.
+        (
+            vec!["--index-ttl", "-1"],
+            vec![],
+            "for `index-ttl` (from command line): expected a whole number of seconds",
+        ),
+        (
+            vec!["--upstream", "registry.example.com/index/"],
+            vec![],
+            "for `upstream` (from command line): no scheme: expected an http:// or https:// URL, e.g. \"https://registry.example.com/index/\"",
+        ),
+        (
+            vec!["--listen", "localhost:http"],
+            vec![],
+            "expected ADDRESS:PORT, HOST:PORT or a port",
+        ),
+    ];
+    for (args, env, expected) in cases {
+        let mut command = mirror_command();
+        command.arg("serve").arg("--data-dir").arg(temp.path());
+        if !args.contains(&"--upstream") {
+            command.args(["--upstream", "http://127.0.0.1:9/index/"]);
+        }
+        let output = command.args(&args).envs(env).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(!stderr.contains("panicked"));
+    }
+}
+
+#[test]
+fn a_missing_upstream_names_its_flag_and_variable_once() {
+    let temp = tempfile::tempdir().unwrap();
+    let output = mirror_command()
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(temp.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "crate-mirror: `upstream` is required: pass --upstream URL, set CRATE_MIRROR_UPSTREAM, or put it in the config file\n"
+    );
+}
+
+#[tokio::test]
+async fn flags_beat_environment_beat_config_file() {
+    let upstream = TestUpstream::start(&[CrateSpec::new("a", "1.0.0")], DlStyle::Plain);
+    let temp = tempfile::tempdir().unwrap();
+    let file = temp.path().join("mirror.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "upstream = \"{}\"\npublic-url = \"http://file.example.com\"\nindex-ttl = 1\n",
+            upstream.url
+        ),
+    )
+    .unwrap();
+    let dl = |args: Vec<String>, env: Vec<(&'static str, &'static str)>| {
+        let file = file.clone();
+        async move {
+            let data = tempfile::tempdir().unwrap();
+            let mut command = mirror_command();
+            command
+                .arg("serve")
+                .args(["--listen", "127.0.0.1:0", "--config"])
+                .arg(&file)
+                .arg("--data-dir")
+                .arg(data.path())
+                .args(args)
+                .envs(env)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null());
+            let mut child = command.spawn().unwrap();
+            let stdout = child.stdout.take().unwrap();
+            let line = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+                .next()
+                .unwrap()
+                .unwrap();
+            let url = line
+                .strip_prefix("crate-mirror listening on ")
+                .unwrap()
+                .to_string();
+            let config = json_of(client().get(format!("{url}/index/config.json"))).await;
+            let _ = child.kill();
+            let _ = child.wait();
+            config["dl"].as_str().unwrap().to_string()
+        }
+    };
+    assert_eq!(
+        dl(vec![], vec![]).await,
+        "http://file.example.com/api/v1/crates"
+    );
+    assert_eq!(
+        dl(
+            vec![],
+            vec![("CRATE_MIRROR_PUBLIC_URL", "http://env.example.com")]
+        )
+        .await,
+        "http://env.example.com/api/v1/crates"
+    );
+    assert_eq!(
+        dl(
+            vec!["--public-url".into(), "http://flag.example.com".into()],
+            vec![("CRATE_MIRROR_PUBLIC_URL", "http://env.example.com")]
+        )
+        .await,
+        "http://flag.example.com/api/v1/crates"
+    );
+}
+
+/// The rows of the README's settings table: (key, default) as written.
+fn readme_rows() -> Vec<(String, String)> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("\n## ")
+        .find(|section| section.starts_with("Settings\n"))
+        .expect("a \"## Settings\" section");
+    let mut table = section.lines().filter(|line| line.starts_with('|'));
+    assert_eq!(table.next(), Some("| key | default | meaning |"));
+    assert_eq!(table.next(), Some("| --- | --- | --- |"));
+    table
+        .map(|row| {
+            let cells: Vec<&str> = row.split(" | ").collect();
+            assert!(cells.len() >= 3, "not a table row: {row}");
+            let key = cells[0].trim_start_matches("| ");
+            let key = key
+                .strip_prefix('`')
+                .and_then(|k| k.strip_suffix('`'))
+                .unwrap_or_else(|| panic!("the key is not `code`: {row}"));
+            (key.to_string(), cells[1].to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn the_readme_table_lists_every_setting_once_with_its_default() {
+    let rows = readme_rows();
+    for setting in SETTINGS {
+        let about = setting.about();
+        let matching: Vec<&(String, String)> =
+            rows.iter().filter(|(key, _)| key == about.key).collect();
+        assert_eq!(matching.len(), 1, "`{}` rows in the README", about.key);
+        let expected = match about.fallback {
+            Fallback::Value(value) => format!("`{value}`"),
+            Fallback::Absent(_) | Fallback::Required => about.fallback_text().to_string(),
+        };
+        assert_eq!(matching[0].1, expected, "default of `{}`", about.key);
+    }
+    for (key, _) in &rows {
+        assert!(
+            SETTINGS.iter().any(|s| s.about().key == key),
+            "the README lists `{key}`, which is no setting"
+        );
+    }
+}
+
+#[test]
+fn help_shows_every_flag_with_its_default() {
+    let output = mirror_command().args(["serve", "--help"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&output.stdout);
+    // Each option's entry: its flag line and the help lines up to the next flag.
+    let mut entries: Vec<String> = Vec::new();
+    for line in help.lines().map(str::trim) {
+        match entries.last_mut() {
+            Some(entry) if !line.starts_with('-') => entry.push_str(&format!(" {line}")),
+            _ => entries.push(line.to_string()),
+        }
+    }
+    for setting in SETTINGS {
+        let about = setting.about();
+        let flag = format!("--{}", about.key);
+        let entry = entries
+            .iter()
+            .find(|entry| entry.split(' ').next() == Some(flag.as_str()));
+        match about.kind {
+            Kind::Aws => assert!(entry.is_none(), "{flag} is shown: {help}"),
+            Kind::Switch => assert!(entry.is_some(), "{flag} is missing: {help}"),
+            Kind::Value => {
+                let entry = entry.unwrap_or_else(|| panic!("{flag} is missing: {help}"));
+                let shown = match about.fallback {
+                    Fallback::Required => "(required)".to_string(),
+                    Fallback::Value(_) | Fallback::Absent(_) => {
+                        format!("[default: {}]", about.fallback_text())
+                    }
+                };
+                assert!(entry.ends_with(&shown), "{entry}");
+            }
+        }
+    }
+}
+
+/// Nothing listens on the discard port: for mirrors that never reach their upstream.
+const NO_UPSTREAM: &str = "http://127.0.0.1:9/index/";
+
+#[test]
+fn unknown_mirror_variables_are_warned_about_naming_the_closest_setting() {
+    let env = [("CRATE_MIRROR_INDEX_TLL".to_string(), "5".to_string())];
+    // The mirror still starts: the warning is one line before it listens.
+    let mirror = Mirror::start_with_env(NO_UPSTREAM, &[], &env);
+    let log = mirror.log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("CRATE_MIRROR_INDEX_TLL"))
+        .collect();
+    assert_eq!(
+        warnings,
+        ["crate-mirror: warning: unknown environment variable CRATE_MIRROR_INDEX_TLL is ignored; the closest setting is CRATE_MIRROR_INDEX_TTL"],
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn listen_takes_a_host_name_or_a_bare_port_on_loopback() {
+    for (listen, expected_prefix) in [("0", "http://127.0.0.1:"), ("localhost:0", "http://")] {
+        let mirror = Mirror::start(NO_UPSTREAM, &["--listen", listen]);
+        assert!(mirror.url.starts_with(expected_prefix), "{}", mirror.url);
+        let addr: std::net::SocketAddr = mirror.url["http://".len()..].parse().unwrap();
+        assert!(addr.ip().is_loopback(), "{listen}: {addr}");
+        let health = client()
+            .get(format!("{}/health", mirror.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status(), 200, "{listen}");
+    }
+}

@@ -23,9 +23,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use crate::index::cache::{CacheOutcome, IndexCache, IndexError, IndexLookup};
-use crate::index::entry::{find_version, is_sha256_hex, VersionRecord};
-use crate::index::path::{CrateName, CrateVersion};
+use crate::index::lines::{find_version, is_sha256_hex, VersionRecord};
 use crate::metrics::Metrics;
+use crate::names::{CrateName, CrateVersion};
 use crate::storage::{crate_key, ByteStream, CrateStore, StorageError};
 use crate::upstream::{DownloadStart, UpstreamClient, UpstreamError};
 

@@ -14,9 +14,9 @@ use common::registry::CrateSpec;
 use common::upstream::{DlStyle, TestUpstream};
 use crate_mirror::clock::Clock;
 use crate_mirror::index::cache::{CacheOutcome, IndexCache, IndexLookup, IndexPolicy};
-use crate_mirror::index::path::CrateName;
 use crate_mirror::index::store::IndexStore;
 use crate_mirror::metrics::Metrics;
+use crate_mirror::names::CrateName;
 use crate_mirror::upstream::UpstreamClient;
 
 const TTL: Duration = Duration::from_secs(60);

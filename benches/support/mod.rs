@@ -250,7 +250,7 @@ pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
 
 /// The sparse index path of a crate (`/index/se/rd/serde`), by the mirror's own rule.
 pub fn index_path(name: &str) -> String {
-    let name = crate_mirror::index::path::CrateName::parse(name).expect("a valid crate name");
+    let name = crate_mirror::names::CrateName::parse(name).expect("a valid crate name");
     format!("/index/{}", name.index_path())
 }
 

@@ -333,11 +333,14 @@ impl Inner {
             match committed {
                 Ok(()) => tx.send_modify(|p| p.phase = Phase::Done),
                 Err(err) => {
+                    let _ = tokio::fs::remove_file(&temp_path).await;
+                    // Logged and counted once the temp file is gone: a
+                    // failure reported is one fully cleaned up (tests wait
+                    // for the report).
                     tracing::warn!(krate = %record.name, version = %record.vers, error = %err, "crate download failed");
                     if matches!(err, CrateError::ChecksumMismatch) {
                         inner.metrics.checksum_failures.inc();
                     }
-                    let _ = tokio::fs::remove_file(&temp_path).await;
                     tx.send_modify(|p| p.phase = Phase::Failed(err));
                 }
             }

@@ -125,29 +125,41 @@ impl AppState {
             let path = path.to_path_buf();
             move |source| StartError::DataDir { path, source }
         };
-        std::fs::create_dir_all(&tmp_dir).map_err(dir_err(&tmp_dir))?;
-        let removed = crates::clean_temp_dir(&tmp_dir).map_err(dir_err(&tmp_dir))?;
+        let removed = {
+            let tmp_dir = tmp_dir.clone();
+            off_async(move || {
+                std::fs::create_dir_all(&tmp_dir).map_err(dir_err(&tmp_dir))?;
+                crates::clean_temp_dir(&tmp_dir).map_err(dir_err(&tmp_dir))
+            })
+            .await?
+        };
         if removed > 0 {
             tracing::info!(removed, "removed unfinished downloads of a previous run");
         }
         let db_path = data_dir.join("sled");
         // sled keeps a page cache of 1 GiB by default; bound it, since the hot
         // index files are in the (separately bounded) moka cache anyway.
-        let db = sled::Config::new()
-            .path(&db_path)
-            .cache_capacity(SLED_CACHE_BYTES)
-            .open()
-            .map_err(|source| StartError::Database {
-                path: db_path.clone(),
-                source,
-            })?;
-        let index_store = IndexStore::open(&db).map_err(|e| StartError::Database {
-            path: db_path,
-            source: match e {
-                index::store::StoreError::Sled(e) => e,
-                other => sled::Error::Unsupported(other.to_string()),
-            },
+        let db = {
+            let config = sled::Config::new()
+                .path(&db_path)
+                .cache_capacity(SLED_CACHE_BYTES);
+            off_async(move || config.open()).await
+        }
+        .map_err(|source| StartError::Database {
+            path: db_path.clone(),
+            source,
         })?;
+        // Counts the stored index files: a one-time walk of the tree.
+        let index_db = db.clone();
+        let index_store = off_async(move || IndexStore::open(&index_db))
+            .await
+            .map_err(|e| StartError::Database {
+                path: db_path,
+                source: match e {
+                    index::store::StoreError::Sled(e) => e,
+                    other => sled::Error::Unsupported(other.to_string()),
+                },
+            })?;
         let metrics = Arc::new(Metrics::new());
         let upstream = Arc::new(
             UpstreamClient::new(
@@ -181,7 +193,11 @@ impl AppState {
                         path: data_dir.join("sled"),
                         source,
                     })?;
-                let local = Arc::new(LocalStore::with_accounting(&data_dir, tree, *max_bytes));
+                // Counts the stored crates: a one-time walk of the tree.
+                let (root, max_bytes) = (data_dir.clone(), *max_bytes);
+                let local =
+                    off_async(move || LocalStore::with_accounting(root, tree, max_bytes)).await?;
+                let local = Arc::new(local);
                 (local.clone(), Some(local))
             }
             StorageConfig::S3(s3) => {
@@ -262,7 +278,10 @@ impl AppState {
         let probe = self.data_dir.join("tmp").join(".ready-probe");
         let data_dir_writable = tokio::fs::write(&probe, b"ok").await.is_ok()
             && tokio::fs::remove_file(&probe).await.is_ok();
-        let database_open = self.db.get(b"ready-probe").is_ok();
+        let db = self.db.clone();
+        let database_open = tokio::task::spawn_blocking(move || db.get(b"ready-probe").is_ok())
+            .await
+            .unwrap_or(false);
         // Bounded, so a probe never hangs on a stalled upstream.
         let upstream_config_known = self.upstream.config_known()
             || tokio::time::timeout(READY_UPSTREAM_WAIT, self.upstream.config())
@@ -282,7 +301,8 @@ impl AppState {
         }
     }
 
-    /// Sets the gauges that are read from the stores rather than counted.
+    /// Sets the gauges that are read from the stores' counters (kept by the
+    /// stores as they write; nothing here walks sled).
     pub fn refresh_gauges(&self) {
         let metrics = &self.metrics;
         metrics.index_files.set(self.index_store.len() as i64);
@@ -307,18 +327,21 @@ impl AppState {
     }
 
     /// The dashboard's feed: the metrics' figures plus storage and git state.
+    /// Counters only, so it is cheap however much is stored.
     pub fn stats(&self) -> serde_json::Value {
         self.refresh_gauges();
         let mut stats = self.metrics.snapshot();
         let local = self.local_store.as_ref();
+        let bytes = local.and_then(|s| s.total_bytes());
+        let quota = local.and_then(|s| s.max_bytes());
         stats["index_files_stored"] = self.index_store.len().into();
-        stats["storage_bytes"] = local.and_then(|s| s.total_bytes()).into();
-        stats["storage_quota_bytes"] = local.and_then(|s| s.max_bytes()).into();
+        stats["storage_bytes"] = bytes.into();
+        stats["storage_quota_bytes"] = quota.into();
         stats["storage"] = serde_json::json!({
             "backend": self.storage_backend,
-            "bytes": local.and_then(|s| s.total_bytes()),
+            "bytes": bytes,
             "objects": local.and_then(|s| s.objects()),
-            "quota_bytes": local.and_then(|s| s.max_bytes()),
+            "quota_bytes": quota,
             "memory_files": self.crate_memory.as_ref().map(|m| m.usage().0),
             "memory_bytes": self.crate_memory.as_ref().map(|m| m.usage().1),
         });
@@ -329,6 +352,19 @@ impl AppState {
     /// Writes what sled holds in memory to disk.
     pub fn flush(&self) -> Result<(), sled::Error> {
         self.db.flush().map(|_| ())
+    }
+}
+
+/// Runs blocking start and stop work (the data dir, opening sled and
+/// counting its trees, flushing it) on tokio's blocking pool, never on the
+/// async thread; a panic there is passed on as it would be inline.
+async fn off_async<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(err) => match err.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(err) => panic!("blocking work was cancelled: {err}"),
+        },
     }
 }
 
@@ -464,7 +500,11 @@ pub async fn serve(
     };
     on_listening(local_addr);
     let result = server.await;
-    if let Err(err) = state.flush() {
+    let flushed = {
+        let state = state.clone();
+        off_async(move || state.flush()).await
+    };
+    if let Err(err) = flushed {
         tracing::error!(error = %err, "flushing the database failed");
     }
     result.map_err(|source| StartError::Listen {

@@ -14,7 +14,8 @@
 //! What the tip holds is remembered per file as the stored record's ETag (a
 //! hash of its body), so working out what changed reads the records' headers
 //! and only the changed files' bodies. That work is sled reads and
-//! decompression: it runs on the blocking pool.
+//! decompression: it runs on the blocking pool. Every git process is a child
+//! that the mirror waits for, or kills when it stops waiting: none outlives it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -28,6 +29,7 @@ use futures_util::Stream;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tokio_util::io::ReaderStream;
+use tokio_util::sync::CancellationToken;
 
 use crate::index::path::CrateName;
 use crate::index::store::IndexStore;
@@ -35,6 +37,9 @@ use crate::index::store::IndexStore;
 const BRANCH: &str = "refs/heads/master";
 /// Key under which the committed config.json's body is remembered.
 const CONFIG_KEY: &str = "\0config.json";
+/// Settings for every git command: `gc --auto` must not detach into a
+/// background process, which would go on writing after the mirror stopped.
+const GIT_SETTINGS: [&str; 2] = ["-c", "gc.autoDetach=false"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
@@ -190,20 +195,28 @@ impl GitIndex {
     /// Whether the branch exists yet.
     async fn tip_exists(&self) -> Result<bool, GitError> {
         let status = Command::new("git")
+            .args(GIT_SETTINGS)
             .args(["rev-parse", "--verify", "--quiet", BRANCH])
             .env("GIT_DIR", &self.repo)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .kill_on_drop(true)
             .status()
             .await?;
         Ok(status.success())
     }
 
-    /// Rebuilds `delay` after the index files change, coalescing bursts; runs
-    /// until the process ends.
-    pub async fn run(self: Arc<Self>, changes: Arc<tokio::sync::Notify>, delay: Duration) {
-        loop {
+    /// Rebuilds `delay` after the index files change, coalescing bursts, until
+    /// `stop` is cancelled. A rebuild under way is finished rather than cut
+    /// short (its git process is waited for): stopping waits for at most one.
+    pub async fn run(
+        self: Arc<Self>,
+        changes: Arc<tokio::sync::Notify>,
+        delay: Duration,
+        stop: CancellationToken,
+    ) {
+        while !stop.is_cancelled() {
             match self.rebuild().await {
                 Ok(true) => tracing::info!(
                     files = self.stats.files.load(Ordering::Relaxed),
@@ -215,8 +228,14 @@ impl GitIndex {
                     tracing::error!(error = %err, "git index rebuild failed");
                 }
             }
-            changes.notified().await;
-            tokio::time::sleep(delay).await;
+            let next_change = async {
+                changes.notified().await;
+                tokio::time::sleep(delay).await;
+            };
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = next_change => {}
+            }
         }
     }
 
@@ -265,12 +284,40 @@ impl GitIndex {
             .take()
             .ok_or_else(|| std::io::Error::other("no stdout"))?;
         // Feed the request while the response streams; reap the process after.
-        tokio::spawn(async move {
+        let feeder = tokio::spawn(async move {
             let _ = stdin.write_all(&request).await;
             drop(stdin);
             let _ = child.wait().await;
         });
-        Ok(ReaderStream::new(stdout))
+        Ok(PackStream {
+            pack: ReaderStream::new(stdout),
+            feeder,
+        })
+    }
+}
+
+/// A pack as git writes it. It owns the task that feeds git the request and
+/// reaps it: dropped (the response sent, or the client gone), it stops that
+/// task, which kills git if it still runs.
+struct PackStream {
+    pack: ReaderStream<tokio::process::ChildStdout>,
+    feeder: tokio::task::JoinHandle<()>,
+}
+
+impl Stream for PackStream {
+    type Item = std::io::Result<Bytes>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::pin::Pin::new(&mut self.pack).poll_next(cx)
+    }
+}
+
+impl Drop for PackStream {
+    fn drop(&mut self) {
+        self.feeder.abort();
     }
 }
 
@@ -386,6 +433,7 @@ fn pkt_line(data: &[u8]) -> Vec<u8> {
 
 async fn run_git(repo: &Path, args: &[&str], stdin: Option<Vec<u8>>) -> Result<(), GitError> {
     let mut child = Command::new("git")
+        .args(GIT_SETTINGS)
         .args(args)
         .current_dir(repo)
         .env("GIT_DIR", repo)
@@ -396,6 +444,8 @@ async fn run_git(repo: &Path, args: &[&str], stdin: Option<Vec<u8>>) -> Result<(
         })
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        // Whoever stops waiting for git (a shutdown past its bound) stops git.
+        .kill_on_drop(true)
         .spawn()?;
     if let Some(input) = stdin {
         if let Some(mut pipe) = child.stdin.take() {

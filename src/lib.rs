@@ -5,6 +5,7 @@
 
 pub mod access_log;
 pub mod auth;
+pub mod background;
 pub mod commands;
 pub mod config;
 pub mod crates;
@@ -412,32 +413,47 @@ fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, StartErro
 
 /// Runs the mirror until it is stopped (SIGINT/SIGTERM). `on_listening` is told
 /// the bound address before the first request is accepted.
+///
+/// The background tasks belong to this function: on the stop signal they are
+/// cancelled while the HTTP server drains, and waited for (within the
+/// shutdown timeout, counted from the signal) before the database is flushed
+/// and this returns.
 pub async fn serve(
     config: Config,
     on_listening: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), StartError> {
     let state = web::Data::new(AppState::open(&config).await?);
+    let mut background = background::Background::new();
     {
         // Learn the upstream's `dl` early; /ready reports it.
         let state = state.clone();
-        actix_web::rt::spawn(async move {
-            if let Err(err) = state.upstream.config().await {
-                tracing::warn!(error = %err, "upstream config.json not available yet");
+        let stop = background.token();
+        background.spawn("upstream config", async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                learned = state.upstream.config() => if let Err(err) = learned {
+                    tracing::warn!(error = %err, "upstream config.json not available yet");
+                },
             }
         });
     }
     if let Some(local) = state.local_store.clone() {
-        actix_web::rt::spawn(local.run_eviction());
+        background.spawn("storage eviction", local.run_eviction(background.token()));
     }
     if let Some(policy) = config.prefetch {
         if let Some(fetched) = state.index.subscribe_fetches() {
             let prefetcher =
                 prefetch::Prefetcher::new(state.index.clone(), policy, state.metrics.clone());
-            actix_web::rt::spawn(prefetcher.run(fetched));
+            background.spawn("prefetch", prefetcher.run(fetched, background.token()));
         }
     }
     if let Some(git) = state.git.clone() {
-        actix_web::rt::spawn(git.run(state.index.changes(), state.git_rebuild_delay));
+        let rebuilds = git.run(
+            state.index.changes(),
+            state.git_rebuild_delay,
+            background.token(),
+        );
+        background.spawn("git index", rebuilds);
     }
     let app_state = state.clone();
     let make_app = move || {
@@ -499,7 +515,19 @@ pub async fn serve(
         }
     };
     on_listening(local_addr);
-    let result = server.await;
+    let result = {
+        let mut server = std::pin::pin!(server);
+        tokio::select! {
+            result = &mut server => result,
+            // The server stops on the same signal; the background tasks need
+            // not wait for its in-flight requests to drain.
+            () = background::stop_signal() => {
+                background.cancel();
+                server.await
+            }
+        }
+    };
+    background.stop(config.shutdown_timeout).await;
     let flushed = {
         let state = state.clone();
         off_async(move || state.flush()).await

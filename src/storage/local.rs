@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 use tokio_util::io::ReaderStream;
+use tokio_util::sync::CancellationToken;
 
 use super::{CrateStore, ObjectInfo, StorageError, StoredObject};
 
@@ -138,6 +139,12 @@ impl LocalStore {
     /// entries are replaced or removed only if unchanged since they were read
     /// (a commit meanwhile wins), and the counters move by what changed.
     pub fn reconcile(&self) -> Result<u64, StorageError> {
+        self.reconcile_until(&CancellationToken::new())
+    }
+
+    /// As `reconcile`, writing nothing more once `stop` is cancelled (what
+    /// is left undone is done by the next start's pass).
+    fn reconcile_until(&self, stop: &CancellationToken) -> Result<u64, StorageError> {
         let Some(accounting) = &self.accounting else {
             return Ok(0);
         };
@@ -146,10 +153,12 @@ impl LocalStore {
         let before: Vec<(sled::IVec, sled::IVec)> =
             accounting.tree.iter().collect::<Result<_, _>>()?;
         let files = walk(&self.root)?;
-        let mut total = 0;
+        let total = files.iter().map(|info| info.size).sum();
         let mut on_disk = std::collections::HashSet::with_capacity(files.len());
         for info in files {
-            total += info.size;
+            if stop.is_cancelled() {
+                return Ok(total);
+            }
             let seen = accounting.tree.get(&info.key)?;
             let known = seen
                 .as_ref()
@@ -169,6 +178,9 @@ impl LocalStore {
             on_disk.insert(info.key);
         }
         for (key, value) in before {
+            if stop.is_cancelled() {
+                break;
+            }
             if !on_disk.contains(String::from_utf8_lossy(&key).as_ref()) {
                 let removed =
                     accounting
@@ -185,6 +197,11 @@ impl LocalStore {
     /// Evicts least recently used crates until the store is at most 90% of its
     /// quota (so that eviction does not run after every download). Blocking.
     pub fn evict(&self) -> Result<EvictionReport, StorageError> {
+        self.evict_until(&CancellationToken::new())
+    }
+
+    /// As `evict`, removing nothing more once `stop` is cancelled.
+    fn evict_until(&self, stop: &CancellationToken) -> Result<EvictionReport, StorageError> {
         let mut report = EvictionReport::default();
         let Some(accounting) = &self.accounting else {
             return Ok(report);
@@ -205,7 +222,7 @@ impl LocalStore {
             }
             entries.sort();
             for (_, key, size) in entries {
-                if total() <= target {
+                if total() <= target || stop.is_cancelled() {
                     break;
                 }
                 match std::fs::remove_file(self.path_of(&key)) {
@@ -225,13 +242,17 @@ impl LocalStore {
     }
 
     /// Keeps the store under its quota: reconciles once, then evicts whenever a
-    /// commit goes over the quota, and periodically. Runs until the process ends.
-    pub async fn run_eviction(self: Arc<Self>) {
+    /// commit goes over the quota, and periodically, until `stop` is
+    /// cancelled.
+    pub async fn run_eviction(self: Arc<Self>, stop: CancellationToken) {
         let Some(accounting) = &self.accounting else {
             return;
         };
-        let store = self.clone();
-        match tokio::task::spawn_blocking(move || store.reconcile()).await {
+        // The blocking passes are not raced against `stop` (they would run on
+        // unseen): they watch it themselves and write nothing once it is
+        // cancelled, and whoever stops this task waits for them.
+        let (store, passes) = (self.clone(), stop.clone());
+        match tokio::task::spawn_blocking(move || store.reconcile_until(&passes)).await {
             Ok(Ok(total)) => tracing::info!(bytes = total, "local storage reconciled"),
             Ok(Err(err)) => tracing::error!(error = %err, "local storage reconcile failed"),
             Err(err) => tracing::error!(error = %err, "local storage reconcile panicked"),
@@ -239,9 +260,9 @@ impl LocalStore {
         if accounting.max_bytes.is_none() {
             return;
         }
-        loop {
-            let store = self.clone();
-            match tokio::task::spawn_blocking(move || store.evict()).await {
+        while !stop.is_cancelled() {
+            let (store, passes) = (self.clone(), stop.clone());
+            match tokio::task::spawn_blocking(move || store.evict_until(&passes)).await {
                 Ok(Ok(report)) if report.evicted > 0 => tracing::info!(
                     evicted = report.evicted,
                     freed_bytes = report.freed_bytes,
@@ -252,7 +273,10 @@ impl LocalStore {
                 Ok(Err(err)) => tracing::error!(error = %err, "eviction failed"),
                 Err(err) => tracing::error!(error = %err, "eviction panicked"),
             }
-            let _ = tokio::time::timeout(EVICTION_PERIOD, accounting.over_quota.notified()).await;
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tokio::time::timeout(EVICTION_PERIOD, accounting.over_quota.notified()) => {}
+            }
         }
     }
 
@@ -500,6 +524,28 @@ mod tests {
             (reopened.objects(), reopened.total_bytes()),
             (Some(2), Some(75))
         );
+    }
+
+    #[tokio::test]
+    async fn stopped_passes_write_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("access").unwrap();
+        let store = LocalStore::with_accounting(dir.path(), tree.clone(), Some(10)).unwrap();
+        put(&store, dir.path(), "crates/1/a/a-1.0.0.crate", &[1; 100]).await;
+        let behind = dir.path().join("crates/1/b/b-1.0.0.crate");
+        std::fs::create_dir_all(behind.parent().unwrap()).unwrap();
+        std::fs::write(&behind, [2; 5]).unwrap();
+        let stopped = CancellationToken::new();
+        stopped.cancel();
+        assert_eq!(store.evict_until(&stopped).unwrap().evicted, 0);
+        store.reconcile_until(&stopped).unwrap();
+        assert_eq!(tree.len(), 1, "a stopped reconcile recorded a file");
+        assert_eq!((store.objects(), store.total_bytes()), (Some(1), Some(100)));
+        // Not stopped, the same passes do their work.
+        store.reconcile().unwrap();
+        assert_eq!(store.objects(), Some(2));
+        assert_eq!(store.evict().unwrap().evicted, 1);
     }
 
     #[tokio::test]

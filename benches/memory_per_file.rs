@@ -13,22 +13,10 @@ use std::process::ExitCode;
 use futures_util::StreamExt;
 
 use common::upstream::{DlStyle, TestUpstream};
-use support::{build_mirror_binary, index_path, MirrorProcess};
+use support::{build_mirror_binary, index_path, small_index_body, MirrorProcess};
 
 const MARKS: [usize; 2] = [10_000, 100_000];
 const CONCURRENCY: usize = 32;
-
-/// A realistic small index file: two versions, one dependency each.
-fn index_body(name: &str) -> String {
-    (0..2)
-        .map(|v| {
-            format!(
-                "{{\"name\":\"{name}\",\"vers\":\"1.{v}.0\",\"deps\":[{{\"name\":\"serde\",\"req\":\"^1\",\"features\":[],\"optional\":false,\"default_features\":true,\"target\":null,\"kind\":\"normal\"}}],\"cksum\":\"{}\",\"features\":{{}},\"yanked\":false}}\n",
-                "ab".repeat(32)
-            )
-        })
-        .collect()
-}
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -38,10 +26,10 @@ async fn main() -> ExitCode {
     let mut names = Vec::with_capacity(total);
     for n in 0..total {
         let name = format!("memfile{n:06}");
-        upstream.set_index(&name, 200, &index_body(&name));
+        upstream.set_index(&name, 200, &small_index_body(&name));
         names.push(name);
     }
-    let body_bytes = index_body("memfile000000").len() as u64;
+    let body_bytes = small_index_body("memfile000000").len() as u64;
     let mirror = MirrorProcess::start(
         &binary,
         &upstream.url,

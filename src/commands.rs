@@ -62,7 +62,7 @@ pub fn gc(data_dir: &Path, storage: &StorageConfig) -> Result<EvictionReport, St
             path: db_path,
             source,
         })?;
-    let store = LocalStore::with_accounting(data_dir, tree, *max_bytes);
+    let store = LocalStore::with_accounting(data_dir, tree, *max_bytes)?;
     store.reconcile()?;
     let report = store.evict()?;
     let _ = db.flush();

@@ -10,8 +10,14 @@
 //! fast-import` writes the objects first and moves the branch last, under git's
 //! ref lock, so a clone or fetch during a rebuild sees the old commit or the new
 //! one, never a broken repository.
+//!
+//! What the tip holds is remembered per file as the stored record's ETag (a
+//! hash of its body), so working out what changed reads the records' headers
+//! and only the changed files' bodies. That work is sled reads and
+//! decompression: it runs on the blocking pool. Every git process is a child
+//! that the mirror waits for, or kills when it stops waiting: none outlives it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +29,7 @@ use futures_util::Stream;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tokio_util::io::ReaderStream;
+use tokio_util::sync::CancellationToken;
 
 use crate::index::store::IndexStore;
 use crate::names::CrateName;
@@ -30,6 +37,9 @@ use crate::names::CrateName;
 const BRANCH: &str = "refs/heads/master";
 /// Key under which the committed config.json's body is remembered.
 const CONFIG_KEY: &str = "\0config.json";
+/// Settings for every git command: `gc --auto` must not detach into a
+/// background process, which would go on writing after the mirror stopped.
+const GIT_SETTINGS: [&str; 2] = ["-c", "gc.autoDetach=false"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
@@ -43,6 +53,18 @@ pub enum GitError {
     State(#[from] sled::Error),
     #[error("index store: {0}")]
     Store(#[from] crate::index::store::StoreError),
+    #[error("git index work on the blocking pool failed: {0}")]
+    Blocking(String),
+}
+
+/// Runs sled reads and writes (and the decompression of changed bodies) on
+/// tokio's blocking pool, not on the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, GitError> + Send + 'static,
+) -> Result<T, GitError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| GitError::Blocking(e.to_string()))?
 }
 
 /// Counters for `/api/stats`.
@@ -59,7 +81,10 @@ pub struct GitIndex {
     /// A private mirror: config.json says so, or cargo would send no token
     /// with its downloads and get 401 on every one.
     auth_required: bool,
-    /// What the branch's tip holds: key → sha256 of the body.
+    /// What the branch's tip holds: key → the stored record's ETag (and the
+    /// sha256 of config.json's body under `CONFIG_KEY`). Trees written by
+    /// earlier versions hold a sha256 per file: each differs once, and the
+    /// first build rewrites every file with the same content.
     committed: sled::Tree,
     store: IndexStore,
     stats: GitStats,
@@ -95,7 +120,8 @@ impl GitIndex {
             )
             .await?;
             // A new repository: nothing is committed yet.
-            committed.clear()?;
+            let tree = committed.clone();
+            blocking(move || Ok(tree.clear()?)).await?;
         }
         // Served over HTTP by us; never via the dumb protocol.
         run_git(&repo, &["config", "uploadpack.allowFilter", "true"], None).await?;
@@ -131,7 +157,13 @@ impl GitIndex {
 
     /// Commits what changed since the last build; returns whether it committed.
     pub async fn rebuild(&self) -> Result<bool, GitError> {
-        let (stream, files) = self.changes()?;
+        let changes = Changes {
+            store: self.store.clone(),
+            committed: self.committed.clone(),
+            config: Bytes::from(self.config_json()),
+            tip_exists: self.tip_exists().await?,
+        };
+        let (stream, files) = blocking(move || changes.stream()).await?;
         let Some(stream) = stream else {
             return Ok(false);
         };
@@ -143,13 +175,14 @@ impl GitIndex {
         .await?;
         // Only now is the new state the committed one.
         let mut batch = sled::Batch::default();
-        for (key, hash) in stream.committed {
-            match hash {
-                Some(hash) => batch.insert(key.as_bytes(), hash.as_bytes()),
+        for (key, etag) in stream.committed {
+            match etag {
+                Some(etag) => batch.insert(key.as_bytes(), etag.as_bytes()),
                 None => batch.remove(key.as_bytes()),
             }
         }
-        self.committed.apply_batch(batch)?;
+        let committed = self.committed.clone();
+        blocking(move || Ok(committed.apply_batch(batch)?)).await?;
         self.stats.builds.fetch_add(1, Ordering::Relaxed);
         self.stats.files.store(files, Ordering::Relaxed);
         // Keeps the pack count bounded; acts only past git's thresholds.
@@ -159,98 +192,31 @@ impl GitIndex {
         Ok(true)
     }
 
-    /// The fast-import stream for the files that differ from the last commit.
-    fn changes(&self) -> Result<(Option<ImportStream>, u64), GitError> {
-        // key → (path in the tree, body)
-        let mut current: BTreeMap<String, (String, Bytes)> = BTreeMap::new();
-        for entry in self.store.iter() {
-            let (key, record) = entry?;
-            let Ok(name) = CrateName::parse(&key) else {
-                continue;
-            };
-            current.insert(key, (name.index_path(), record.body));
-        }
-        let files = current.len() as u64 + 1;
-        let config = Bytes::from(self.config_json());
-        let config_hash = hash_hex(&config);
-
-        let mut committed: BTreeMap<String, String> = BTreeMap::new();
-        for entry in self.committed.iter() {
-            let (key, hash) = entry?;
-            committed.insert(
-                String::from_utf8_lossy(&key).into_owned(),
-                String::from_utf8_lossy(&hash).into_owned(),
-            );
-        }
-        let tip_exists = self.tip_exists()?;
-        let mut ops: Vec<(String, Option<String>)> = Vec::new();
-        let mut body = Vec::new();
-        if committed.is_empty() {
-            // Nothing known about the tip (a first build, or a crash between the
-            // import and the bookkeeping): write the whole tree afresh.
-            body.extend_from_slice(b"deleteall\n");
-        }
-        if committed.get(CONFIG_KEY) != Some(&config_hash) {
-            write_modify(&mut body, "config.json", &config);
-            ops.push((CONFIG_KEY.to_string(), Some(config_hash)));
-        }
-        for (key, (path, data)) in &current {
-            let hash = hash_hex(data);
-            if committed.get(key) != Some(&hash) {
-                write_modify(&mut body, path, data);
-                ops.push((key.clone(), Some(hash)));
-            }
-        }
-        for key in committed.keys() {
-            if key != CONFIG_KEY && !current.contains_key(key) {
-                if let Ok(name) = CrateName::parse(key) {
-                    body.extend_from_slice(format!("D {}\n", name.index_path()).as_bytes());
-                }
-                ops.push((key.clone(), None));
-            }
-        }
-        if ops.is_empty() {
-            return Ok((None, files));
-        }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let message = format!("Update {} index files\n", ops.len());
-        let mut stream = Vec::with_capacity(body.len() + 256);
-        stream.extend_from_slice(format!("commit {BRANCH}\n").as_bytes());
-        stream.extend_from_slice(
-            format!("committer crate-mirror <crate-mirror@localhost> {now} +0000\n").as_bytes(),
-        );
-        stream.extend_from_slice(format!("data {}\n{message}", message.len()).as_bytes());
-        if tip_exists {
-            stream.extend_from_slice(format!("from {BRANCH}^0\n").as_bytes());
-        }
-        stream.extend_from_slice(&body);
-        stream.extend_from_slice(b"\ndone\n");
-        Ok((
-            Some(ImportStream {
-                bytes: stream,
-                committed: ops,
-            }),
-            files,
-        ))
-    }
-
-    fn tip_exists(&self) -> Result<bool, GitError> {
-        let status = std::process::Command::new("git")
+    /// Whether the branch exists yet.
+    async fn tip_exists(&self) -> Result<bool, GitError> {
+        let status = Command::new("git")
+            .args(GIT_SETTINGS)
             .args(["rev-parse", "--verify", "--quiet", BRANCH])
             .env("GIT_DIR", &self.repo)
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .status()?;
+            .kill_on_drop(true)
+            .status()
+            .await?;
         Ok(status.success())
     }
 
-    /// Rebuilds `delay` after the index files change, coalescing bursts; runs
-    /// until the process ends.
-    pub async fn run(self: Arc<Self>, changes: Arc<tokio::sync::Notify>, delay: Duration) {
-        loop {
+    /// Rebuilds `delay` after the index files change, coalescing bursts, until
+    /// `stop` is cancelled. A rebuild under way is finished rather than cut
+    /// short (its git process is waited for): stopping waits for at most one.
+    pub async fn run(
+        self: Arc<Self>,
+        changes: Arc<tokio::sync::Notify>,
+        delay: Duration,
+        stop: CancellationToken,
+    ) {
+        while !stop.is_cancelled() {
             match self.rebuild().await {
                 Ok(true) => tracing::info!(
                     files = self.stats.files.load(Ordering::Relaxed),
@@ -262,8 +228,14 @@ impl GitIndex {
                     tracing::error!(error = %err, "git index rebuild failed");
                 }
             }
-            changes.notified().await;
-            tokio::time::sleep(delay).await;
+            let next_change = async {
+                changes.notified().await;
+                tokio::time::sleep(delay).await;
+            };
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = next_change => {}
+            }
         }
     }
 
@@ -312,12 +284,127 @@ impl GitIndex {
             .take()
             .ok_or_else(|| std::io::Error::other("no stdout"))?;
         // Feed the request while the response streams; reap the process after.
-        tokio::spawn(async move {
+        let feeder = tokio::spawn(async move {
             let _ = stdin.write_all(&request).await;
             drop(stdin);
             let _ = child.wait().await;
         });
-        Ok(ReaderStream::new(stdout))
+        Ok(PackStream {
+            pack: ReaderStream::new(stdout),
+            feeder,
+        })
+    }
+}
+
+/// A pack as git writes it. It owns the task that feeds git the request and
+/// reaps it: dropped (the response sent, or the client gone), it stops that
+/// task, which kills git if it still runs.
+struct PackStream {
+    pack: ReaderStream<tokio::process::ChildStdout>,
+    feeder: tokio::task::JoinHandle<()>,
+}
+
+impl Stream for PackStream {
+    type Item = std::io::Result<Bytes>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::pin::Pin::new(&mut self.pack).poll_next(cx)
+    }
+}
+
+impl Drop for PackStream {
+    fn drop(&mut self) {
+        self.feeder.abort();
+    }
+}
+
+/// What a rebuild compares, taken to the blocking pool.
+struct Changes {
+    store: IndexStore,
+    committed: sled::Tree,
+    config: Bytes,
+    tip_exists: bool,
+}
+
+impl Changes {
+    /// The fast-import stream for the files that differ from the last commit,
+    /// and the number of files in the new tree. Blocking: reads every
+    /// record's header and the bodies of the changed ones.
+    fn stream(self) -> Result<(Option<ImportStream>, u64), GitError> {
+        let mut committed: BTreeMap<String, String> = BTreeMap::new();
+        for entry in self.committed.iter() {
+            let (key, etag) = entry?;
+            committed.insert(
+                String::from_utf8_lossy(&key).into_owned(),
+                String::from_utf8_lossy(&etag).into_owned(),
+            );
+        }
+        let mut ops: Vec<(String, Option<String>)> = Vec::new();
+        let mut body = Vec::new();
+        if committed.is_empty() {
+            // Nothing known about the tip (a first build, or a crash between the
+            // import and the bookkeeping): write the whole tree afresh.
+            body.extend_from_slice(b"deleteall\n");
+        }
+        let config_hash = hash_hex(&self.config);
+        if committed.get(CONFIG_KEY) != Some(&config_hash) {
+            write_modify(&mut body, "config.json", &self.config);
+            ops.push((CONFIG_KEY.to_string(), Some(config_hash)));
+        }
+        let mut current: BTreeSet<String> = BTreeSet::new();
+        for entry in self.store.headers() {
+            let (key, header) = entry?;
+            let Ok(name) = CrateName::parse(&key) else {
+                continue;
+            };
+            if committed.get(&key) != Some(&header.etag) {
+                // Gone since the headers were read: left to the next build,
+                // which the removal announces.
+                if let Some(record) = self.store.load(&key)? {
+                    write_modify(&mut body, &name.index_path(), &record.body);
+                    ops.push((key.clone(), Some(record.header.etag)));
+                }
+            }
+            current.insert(key);
+        }
+        let files = current.len() as u64 + 1;
+        for key in committed.keys() {
+            if key != CONFIG_KEY && !current.contains(key) {
+                if let Ok(name) = CrateName::parse(key) {
+                    body.extend_from_slice(format!("D {}\n", name.index_path()).as_bytes());
+                }
+                ops.push((key.clone(), None));
+            }
+        }
+        if ops.is_empty() {
+            return Ok((None, files));
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let message = format!("Update {} index files\n", ops.len());
+        let mut stream = Vec::with_capacity(body.len() + 256);
+        stream.extend_from_slice(format!("commit {BRANCH}\n").as_bytes());
+        stream.extend_from_slice(
+            format!("committer crate-mirror <crate-mirror@localhost> {now} +0000\n").as_bytes(),
+        );
+        stream.extend_from_slice(format!("data {}\n{message}", message.len()).as_bytes());
+        if self.tip_exists {
+            stream.extend_from_slice(format!("from {BRANCH}^0\n").as_bytes());
+        }
+        stream.extend_from_slice(&body);
+        stream.extend_from_slice(b"\ndone\n");
+        Ok((
+            Some(ImportStream {
+                bytes: stream,
+                committed: ops,
+            }),
+            files,
+        ))
     }
 }
 
@@ -346,6 +433,7 @@ fn pkt_line(data: &[u8]) -> Vec<u8> {
 
 async fn run_git(repo: &Path, args: &[&str], stdin: Option<Vec<u8>>) -> Result<(), GitError> {
     let mut child = Command::new("git")
+        .args(GIT_SETTINGS)
         .args(args)
         .current_dir(repo)
         .env("GIT_DIR", repo)
@@ -356,6 +444,8 @@ async fn run_git(repo: &Path, args: &[&str], stdin: Option<Vec<u8>>) -> Result<(
         })
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        // Whoever stops waiting for git (a shutdown past its bound) stops git.
+        .kill_on_drop(true)
         .spawn()?;
     if let Some(input) = stdin {
         if let Some(mut pipe) = child.stdin.take() {

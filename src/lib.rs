@@ -5,6 +5,7 @@
 
 pub mod access_log;
 pub mod auth;
+pub mod background;
 pub mod clock;
 pub mod commands;
 pub mod config;
@@ -132,26 +133,38 @@ impl AppState {
             let path = path.to_path_buf();
             move |source| StartError::DataDir { path, source }
         };
-        std::fs::create_dir_all(&tmp_dir).map_err(dir_err(&tmp_dir))?;
-        let removed = crates::clean_temp_dir(&tmp_dir).map_err(dir_err(&tmp_dir))?;
+        let removed = {
+            let tmp_dir = tmp_dir.clone();
+            off_async(move || {
+                std::fs::create_dir_all(&tmp_dir).map_err(dir_err(&tmp_dir))?;
+                crates::clean_temp_dir(&tmp_dir).map_err(dir_err(&tmp_dir))
+            })
+            .await?
+        };
         if removed > 0 {
             tracing::info!(removed, "removed unfinished downloads of a previous run");
         }
         let db_path = data_dir.join("sled");
         // sled keeps a page cache of 1 GiB by default; bound it, since the hot
         // index files are in the (separately bounded) moka cache anyway.
-        let db = sled::Config::new()
-            .path(&db_path)
-            .cache_capacity(SLED_CACHE_BYTES)
-            .open()
-            .map_err(|source| StartError::Database {
-                path: db_path.clone(),
-                source,
-            })?;
-        let index_store = IndexStore::open(&db).map_err(|source| StartError::IndexStore {
-            path: db_path,
+        let db = {
+            let config = sled::Config::new()
+                .path(&db_path)
+                .cache_capacity(SLED_CACHE_BYTES);
+            off_async(move || config.open()).await
+        }
+        .map_err(|source| StartError::Database {
+            path: db_path.clone(),
             source,
         })?;
+        // Counts the stored index files: a one-time walk of the tree.
+        let index_db = db.clone();
+        let index_store = off_async(move || IndexStore::open(&index_db))
+            .await
+            .map_err(|source| StartError::IndexStore {
+                path: db_path,
+                source,
+            })?;
         let metrics = Arc::new(Metrics::new());
         let upstream = Arc::new(
             UpstreamClient::new(
@@ -187,7 +200,11 @@ impl AppState {
                         path: data_dir.join("sled"),
                         source,
                     })?;
-                let local = Arc::new(LocalStore::with_accounting(&data_dir, tree, *max_bytes));
+                // Counts the stored crates: a one-time walk of the tree.
+                let (root, max_bytes) = (data_dir.clone(), *max_bytes);
+                let local =
+                    off_async(move || LocalStore::with_accounting(root, tree, max_bytes)).await?;
+                let local = Arc::new(local);
                 (local.clone(), Some(local))
             }
             StorageConfig::S3(s3) => {
@@ -268,7 +285,10 @@ impl AppState {
         let probe = self.data_dir.join("tmp").join(".ready-probe");
         let data_dir_writable = tokio::fs::write(&probe, b"ok").await.is_ok()
             && tokio::fs::remove_file(&probe).await.is_ok();
-        let database_open = self.db.get(b"ready-probe").is_ok();
+        let db = self.db.clone();
+        let database_open = tokio::task::spawn_blocking(move || db.get(b"ready-probe").is_ok())
+            .await
+            .unwrap_or(false);
         // Bounded, so a probe never hangs on a stalled upstream.
         let upstream_config_known = self.upstream.config_known()
             || tokio::time::timeout(READY_UPSTREAM_WAIT, self.upstream.config())
@@ -288,7 +308,8 @@ impl AppState {
         }
     }
 
-    /// Sets the gauges that are read from the stores rather than counted.
+    /// Sets the gauges that are read from the stores' counters (kept by the
+    /// stores as they write; nothing here walks sled).
     pub fn refresh_gauges(&self) {
         let metrics = &self.metrics;
         metrics.index_files.set(self.index_store.len() as i64);
@@ -313,18 +334,21 @@ impl AppState {
     }
 
     /// The dashboard's feed: the metrics' figures plus storage and git state.
+    /// Counters only, so it is cheap however much is stored.
     pub fn stats(&self) -> serde_json::Value {
         self.refresh_gauges();
         let mut stats = self.metrics.snapshot();
         let local = self.local_store.as_ref();
+        let bytes = local.and_then(|s| s.total_bytes());
+        let quota = local.and_then(|s| s.max_bytes());
         stats["index_files_stored"] = self.index_store.len().into();
-        stats["storage_bytes"] = local.and_then(|s| s.total_bytes()).into();
-        stats["storage_quota_bytes"] = local.and_then(|s| s.max_bytes()).into();
+        stats["storage_bytes"] = bytes.into();
+        stats["storage_quota_bytes"] = quota.into();
         stats["storage"] = serde_json::json!({
             "backend": self.storage_backend,
-            "bytes": local.and_then(|s| s.total_bytes()),
+            "bytes": bytes,
             "objects": local.and_then(|s| s.objects()),
-            "quota_bytes": local.and_then(|s| s.max_bytes()),
+            "quota_bytes": quota,
             "memory_files": self.crate_memory.as_ref().map(|m| m.usage().0),
             "memory_bytes": self.crate_memory.as_ref().map(|m| m.usage().1),
         });
@@ -335,6 +359,19 @@ impl AppState {
     /// Writes what sled holds in memory to disk.
     pub fn flush(&self) -> Result<(), sled::Error> {
         self.db.flush().map(|_| ())
+    }
+}
+
+/// Runs blocking start and stop work (the data dir, opening sled and
+/// counting its trees, flushing it) on tokio's blocking pool, never on the
+/// async thread; a panic there is passed on as it would be inline.
+async fn off_async<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(err) => match err.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(err) => panic!("blocking work was cancelled: {err}"),
+        },
     }
 }
 
@@ -382,32 +419,47 @@ fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, StartErro
 
 /// Runs the mirror until it is stopped (SIGINT/SIGTERM). `on_listening` is told
 /// the bound address before the first request is accepted.
+///
+/// The background tasks belong to this function: on the stop signal they are
+/// cancelled while the HTTP server drains, and waited for (within the
+/// shutdown timeout, counted from the signal) before the database is flushed
+/// and this returns.
 pub async fn serve(
     config: Config,
     on_listening: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), StartError> {
     let state = web::Data::new(AppState::open(&config).await?);
+    let mut background = background::Background::new();
     {
         // Learn the upstream's `dl` early; /ready reports it.
         let state = state.clone();
-        actix_web::rt::spawn(async move {
-            if let Err(err) = state.upstream.config().await {
-                tracing::warn!(error = %err, "upstream config.json not available yet");
+        let stop = background.token();
+        background.spawn("upstream config", async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                learned = state.upstream.config() => if let Err(err) = learned {
+                    tracing::warn!(error = %err, "upstream config.json not available yet");
+                },
             }
         });
     }
     if let Some(local) = state.local_store.clone() {
-        actix_web::rt::spawn(local.run_eviction());
+        background.spawn("storage eviction", local.run_eviction(background.token()));
     }
     if let Some(policy) = config.prefetch {
         if let Some(fetched) = state.index.subscribe_fetches() {
             let prefetcher =
                 prefetch::Prefetcher::new(state.index.clone(), policy, state.metrics.clone());
-            actix_web::rt::spawn(prefetcher.run(fetched));
+            background.spawn("prefetch", prefetcher.run(fetched, background.token()));
         }
     }
     if let Some(git) = state.git.clone() {
-        actix_web::rt::spawn(git.run(state.index.changes(), state.git_rebuild_delay));
+        let rebuilds = git.run(
+            state.index.changes(),
+            state.git_rebuild_delay,
+            background.token(),
+        );
+        background.spawn("git index", rebuilds);
     }
     let app_state = state.clone();
     let make_app = move || {
@@ -469,8 +521,24 @@ pub async fn serve(
         }
     };
     on_listening(local_addr);
-    let result = server.await;
-    if let Err(err) = state.flush() {
+    let result = {
+        let mut server = std::pin::pin!(server);
+        tokio::select! {
+            result = &mut server => result,
+            // The server stops on the same signal; the background tasks need
+            // not wait for its in-flight requests to drain.
+            () = background::stop_signal() => {
+                background.cancel();
+                server.await
+            }
+        }
+    };
+    background.stop(config.shutdown_timeout).await;
+    let flushed = {
+        let state = state.clone();
+        off_async(move || state.flush()).await
+    };
+    if let Err(err) = flushed {
         tracing::error!(error = %err, "flushing the database failed");
     }
     result.map_err(|source| StartError::Listen {

@@ -16,6 +16,10 @@
 //! a client asked for, and a per-minute budget of upstream requests. A client
 //! asking for a file being prefetched joins that fetch (the index cache's
 //! single flight), so no work is done twice.
+//!
+//! The run loop owns its fetch tasks (a `JoinSet`) and stops when told to:
+//! fetches under way are waited for (each ends with its upstream request),
+//! queued ones are dropped before they ask the upstream, nothing new starts.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,6 +28,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use semver::{Version, VersionReq};
 use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::index::cache::{FetchedIndex, IndexCache};
 use crate::index::lines::{lines, ReleaseHead, ReleaseRecord, INDEX_SCHEMA_MAX};
@@ -284,6 +290,10 @@ struct Want {
 struct Walk {
     /// Files being fetched (with the fetch's id) and the wants waiting for them.
     pending: HashMap<String, (u64, Vec<Want>)>,
+    /// The fetch tasks, each ending with its file's key and fetch id.
+    fetches: JoinSet<(String, u64)>,
+    /// Cancelled when the mirror stops: queued fetches give up.
+    stop: CancellationToken,
     /// Per crate and chosen version, the features already followed: a second
     /// parent asking for no more adds nothing. Dropped when the file is fetched
     /// again (its versions may have changed).
@@ -350,31 +360,47 @@ impl Prefetcher {
             .inc();
     }
 
-    /// Consumes fetch announcements until the cache goes away.
-    pub async fn run(self: Arc<Self>, mut fetched: mpsc::UnboundedReceiver<FetchedIndex>) {
-        // Prefetch tasks report here when done, whether or not the upstream
-        // sent a body (a 304 or an error announces nothing).
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, u64)>();
-        let mut walk = Walk::default();
+    /// Consumes fetch announcements until the cache goes away or `stop` is
+    /// cancelled; then waits for the fetches under way.
+    pub async fn run(
+        self: Arc<Self>,
+        mut fetched: mpsc::UnboundedReceiver<FetchedIndex>,
+        stop: CancellationToken,
+    ) {
+        // Its own token below `stop`: the loop also ends when the cache goes
+        // away, and then stops its fetches without stopping anyone else.
+        let stop_fetches = stop.child_token();
+        let mut walk = Walk {
+            stop: stop_fetches.clone(),
+            ..Walk::default()
+        };
         loop {
+            // Not biased: announcements and finished fetches take turns as
+            // before; a stop seen an iteration late starts nothing (a fetch
+            // task checks the token before it asks the upstream).
             tokio::select! {
+                () = stop.cancelled() => break,
                 event = fetched.recv() => {
                     let Some(event) = event else { break };
-                    self.on_fetched(&mut walk, event, &done_tx).await;
+                    self.on_fetched(&mut walk, event).await;
                 }
-                Some((key, id)) = done_rx.recv() => {
-                    self.on_done(&mut walk, &key, id, &done_tx).await;
-                }
+                // A fetch ended, whether or not the upstream sent a body (a
+                // 304 or an error announces nothing).
+                Some(done) = walk.fetches.join_next() => match done {
+                    Ok((key, id)) => self.on_done(&mut walk, &key, id).await,
+                    Err(err) => tracing::error!(error = %err, "prefetch task failed"),
+                },
+            }
+        }
+        stop_fetches.cancel();
+        while let Some(done) = walk.fetches.join_next().await {
+            if let Err(err) = done {
+                tracing::error!(error = %err, "prefetch task failed");
             }
         }
     }
 
-    async fn on_fetched(
-        &self,
-        walk: &mut Walk,
-        event: FetchedIndex,
-        done: &mpsc::UnboundedSender<(String, u64)>,
-    ) {
+    async fn on_fetched(&self, walk: &mut Walk, event: FetchedIndex) {
         let key = event.name.key().to_string();
         walk.followed.remove(&key);
         let wants = match walk.pending.remove(&key) {
@@ -393,16 +419,10 @@ impl Prefetcher {
             .into_iter()
             .map(|want| (want, Some(event.body.clone())))
             .collect();
-        self.follow(walk, work, done).await;
+        self.follow(walk, work).await;
     }
 
-    async fn on_done(
-        &self,
-        walk: &mut Walk,
-        key: &str,
-        id: u64,
-        done: &mpsc::UnboundedSender<(String, u64)>,
-    ) {
+    async fn on_done(&self, walk: &mut Walk, key: &str, id: u64) {
         if walk.pending.get(key).map(|(pending, _)| *pending) != Some(id) {
             return;
         }
@@ -412,17 +432,12 @@ impl Prefetcher {
         // No body was announced (already stored, unchanged, missing or
         // failed): read what the cache holds now, if anything.
         let work = wants.into_iter().map(|want| (want, None)).collect();
-        self.follow(walk, work, done).await;
+        self.follow(walk, work).await;
     }
 
     /// Walks wants (with the file's body when at hand) and everything they
     /// lead to among fresh files, and starts fetches for the rest.
-    async fn follow(
-        &self,
-        walk: &mut Walk,
-        mut work: Vec<(Want, Option<Bytes>)>,
-        done: &mpsc::UnboundedSender<(String, u64)>,
-    ) {
+    async fn follow(&self, walk: &mut Walk, mut work: Vec<(Want, Option<Bytes>)>) {
         while let Some((want, body)) = work.pop() {
             if want.depth > self.policy.depth {
                 self.skipped("depth");
@@ -434,7 +449,7 @@ impl Prefetcher {
                 None => self.index.peek(&want.name).await,
             };
             let Some(body) = body else {
-                self.fetch(walk, want, done).await;
+                self.fetch(walk, want).await;
                 continue;
             };
             // A guess from a guess: the file is at hand for cargo, but walking
@@ -493,12 +508,7 @@ impl Prefetcher {
 
     /// Starts fetching a file not fresh in memory, unless one is under way
     /// (the want then waits for it) or the budget is spent.
-    async fn fetch(
-        &self,
-        walk: &mut Walk,
-        want: Want,
-        done: &mpsc::UnboundedSender<(String, u64)>,
-    ) {
+    async fn fetch(&self, walk: &mut Walk, want: Want) {
         let key = want.name.key().to_string();
         if let Some((_, waiting)) = walk.pending.get_mut(&key) {
             waiting.push(want);
@@ -519,14 +529,20 @@ impl Prefetcher {
         walk.pending.insert(key.clone(), (id, vec![want]));
         let index = self.index.clone();
         let permits = self.permits.clone();
-        let done = done.clone();
-        tokio::spawn(async move {
-            if let Ok(_permit) = permits.acquire_owned().await {
+        let stop = walk.stop.clone();
+        walk.fetches.spawn(async move {
+            let permit = tokio::select! {
+                // Stopping wins over a free permit: nothing starts after it.
+                biased;
+                () = stop.cancelled() => None,
+                permit = permits.acquire_owned() => permit.ok(),
+            };
+            if let Some(_permit) = permit {
                 if let Err(err) = index.prefetch(&name, depth).await {
                     tracing::debug!(krate = name.key(), error = %err, "prefetch failed");
                 }
             }
-            let _ = done.send((key, id));
+            (key, id)
         });
     }
 }

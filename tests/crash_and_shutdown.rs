@@ -1,15 +1,19 @@
 //! Crashes and stops: kill -9 in the middle of 50 cold downloads leaves nothing
-//! bad behind; SIGTERM lets in-flight downloads finish and flushes the database.
+//! bad behind; SIGTERM lets in-flight downloads finish and flushes the database;
+//! after SIGTERM the background work (a git rebuild, prefetches) is stopped or
+//! finished before the process exits, so nothing writes to the data dir after.
 
 mod common;
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use common::cargo::{project, run_ok, CargoHome};
 use common::client;
 use common::mirror::Mirror;
-use common::registry::{publish, CrateSpec, Published};
+use common::registry::{layered_graph, publish, CrateSpec, Published};
 use common::upstream::{DlStyle, TestUpstream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -151,4 +155,129 @@ async fn sigterm_finishes_in_flight_downloads_and_flushes_the_database() {
         .unwrap();
     assert_eq!(index.status(), 200);
     assert_eq!(index.headers()["x-cache"], "HIT");
+}
+
+/// Every file below `dir` with its size and modification time.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, SystemTime)> {
+    let mut files = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                files.insert(entry.path(), (meta.len(), modified));
+            }
+        }
+    }
+    files
+}
+
+/// The git on PATH.
+fn real_git() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("git"))
+        .find(|git| git.is_file())
+        .expect("git on PATH")
+}
+
+/// A `git` that runs the real one, except that a fast-import first leaves a
+/// file in `marks` and waits `seconds`: a slow rebuild of the git index,
+/// under way whenever the test wants it.
+fn slow_import_git(dir: &Path, marks: &Path, seconds: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let script = format!(
+        "#!/bin/sh\nfor arg in \"$@\"; do\n  if [ \"$arg\" = fast-import ]; then\n    : > '{}/import.'$$\n    sleep {seconds}\n    break\n  fi\ndone\nexec '{}' \"$@\"\n",
+        marks.display(),
+        real_git().display()
+    );
+    let git = dir.join("git");
+    std::fs::write(&git, script).unwrap();
+    std::fs::set_permissions(&git, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigterm_nothing_writes_to_the_data_dir() {
+    let (specs, _) = layered_graph(4, 6);
+    let upstream = TestUpstream::start(&specs, DlStyle::Plain);
+    // Each prefetch takes a while: some are in flight at the SIGTERM.
+    upstream.switches.delay_ms.store(300, Ordering::SeqCst);
+    let tools = tempfile::tempdir().unwrap();
+    let marks = tools.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    slow_import_git(tools.path(), &marks, 2);
+    let path = std::env::join_paths(std::iter::once(tools.path().to_path_buf()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
+    .unwrap();
+    let mut mirror = Mirror::start_with_public_url_and_env(
+        &upstream.url,
+        &[
+            "--git-index",
+            "on",
+            "--git-rebuild-delay",
+            "0",
+            "--prefetch-depth",
+            "3",
+            "--shutdown-timeout",
+            "20",
+        ],
+        &[("PATH".to_string(), path.to_string_lossy().into_owned())],
+    );
+
+    // The first rebuild (config.json) starts with the mirror: wait until its
+    // fast-import is under way.
+    let mut waited = 0;
+    while std::fs::read_dir(&marks).unwrap().count() == 0 && waited < 400 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        waited += 1;
+    }
+    assert!(
+        std::fs::read_dir(&marks).unwrap().count() > 0,
+        "no git rebuild started"
+    );
+    // A client's request: prefetch walks the graph below it.
+    let root = client()
+        .get(format!("{}la/ye/layer0-crate000", mirror.index_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(root.status(), 200);
+    let mut waited = 0;
+    while upstream.count_matching("layer1-") == 0 && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += 1;
+    }
+    assert!(
+        upstream.count_matching("layer1-") > 0,
+        "no prefetch started"
+    );
+
+    mirror.terminate();
+    let status = tokio::task::block_in_place(|| mirror.wait_exit(Duration::from_secs(20)));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "no clean exit within the shutdown timeout: {status:?}"
+    );
+    let at_exit = snapshot(&mirror.data_dir);
+    assert!(!at_exit.is_empty());
+    // Longer than the slow fast-import's wait: git left running would write now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = snapshot(&mirror.data_dir);
+    let changed: Vec<&PathBuf> = later
+        .iter()
+        .filter(|(path, now)| at_exit.get(*path) != Some(*now))
+        .map(|(path, _)| path)
+        .chain(at_exit.keys().filter(|path| !later.contains_key(*path)))
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "written after the mirror exited: {changed:#?}"
+    );
 }

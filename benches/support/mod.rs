@@ -248,6 +248,18 @@ pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     })
 }
 
+/// A realistic small index file: two versions, one dependency each.
+pub fn small_index_body(name: &str) -> String {
+    (0..2)
+        .map(|v| {
+            format!(
+                "{{\"name\":\"{name}\",\"vers\":\"1.{v}.0\",\"deps\":[{{\"name\":\"serde\",\"req\":\"^1\",\"features\":[],\"optional\":false,\"default_features\":true,\"target\":null,\"kind\":\"normal\"}}],\"cksum\":\"{}\",\"features\":{{}},\"yanked\":false}}\n",
+                "ab".repeat(32)
+            )
+        })
+        .collect()
+}
+
 /// The sparse index path of a crate (`/index/se/rd/serde`), by the mirror's own rule.
 pub fn index_path(name: &str) -> String {
     let name = crate_mirror::names::CrateName::parse(name).expect("a valid crate name");

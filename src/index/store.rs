@@ -7,8 +7,14 @@
 //! (decompressing) than to compress again after a restart. Records written
 //! plain by earlier versions still read; the cache rewrites them gzip'd when
 //! it loads them.
+//!
+//! The number of records is kept in a counter (counted once at open, then
+//! moved by `save` and `remove`): sled's own `len` walks the whole tree, and
+//! the dashboard asks for the count every two seconds.
 
 use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -65,7 +71,8 @@ impl StoredIndex {
         value
     }
 
-    fn decode(key: &str, value: &[u8]) -> Result<Self, StoreError> {
+    /// The header of a stored value, and where its body starts.
+    fn decode_header(key: &str, value: &[u8]) -> Result<(StoredHeader, usize), StoreError> {
         let corrupt = || StoreError::Corrupt(key.to_string());
         let len_bytes: [u8; 4] = value
             .get(..4)
@@ -73,7 +80,13 @@ impl StoredIndex {
             .ok_or_else(corrupt)?;
         let header_end = 4 + u32::from_le_bytes(len_bytes) as usize;
         let header = value.get(4..header_end).ok_or_else(corrupt)?;
-        let mut header: StoredHeader = serde_json::from_slice(header).map_err(|_| corrupt())?;
+        let header = serde_json::from_slice(header).map_err(|_| corrupt())?;
+        Ok((header, header_end))
+    }
+
+    fn decode(key: &str, value: &[u8]) -> Result<Self, StoreError> {
+        let corrupt = || StoreError::Corrupt(key.to_string());
+        let (mut header, header_end) = Self::decode_header(key, value)?;
         let stored = Bytes::copy_from_slice(&value[header_end..]);
         if !header.gzip {
             return Ok(Self {
@@ -101,16 +114,28 @@ impl StoredIndex {
     }
 }
 
-/// The sled tree of index files.
+/// The sled tree of index files. Clones share the tree and its count.
 #[derive(Clone)]
 pub struct IndexStore {
     tree: sled::Tree,
+    /// Records in the tree: exact as long as every write goes through `save`
+    /// and `remove`, which count what sled says they did.
+    count: Arc<AtomicU64>,
 }
 
 impl IndexStore {
+    /// Opens the tree and counts its records: a walk of the whole tree, once.
+    /// Blocking: call it off the async threads.
     pub fn open(db: &sled::Db) -> Result<Self, StoreError> {
+        let tree = db.open_tree("index")?;
+        let mut count = 0;
+        for key in tree.iter().keys() {
+            key?;
+            count += 1;
+        }
         Ok(Self {
-            tree: db.open_tree("index")?,
+            tree,
+            count: Arc::new(AtomicU64::new(count)),
         })
     }
 
@@ -122,13 +147,21 @@ impl IndexStore {
     }
 
     pub fn save(&self, key: &str, record: &StoredIndex) -> Result<(), StoreError> {
-        self.tree.insert(key, record.encode())?;
+        // sled answers with the value replaced, atomically: of two saves of a
+        // new key at once, exactly one finds nothing there and counts it.
+        if self.tree.insert(key, record.encode())?.is_none() {
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 
     /// Removes `key`; tells whether it was there.
     pub fn remove(&self, key: &str) -> Result<bool, StoreError> {
-        Ok(self.tree.remove(key)?.is_some())
+        let removed = self.tree.remove(key)?.is_some();
+        if removed {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(removed)
     }
 
     /// Every stored index file, by key, in key order.
@@ -141,12 +174,24 @@ impl IndexStore {
         })
     }
 
+    /// Every stored record's header, by key, in key order, without reading
+    /// (or decompressing) the bodies.
+    pub fn headers(&self) -> impl Iterator<Item = Result<(String, StoredHeader), StoreError>> + '_ {
+        self.tree.iter().map(|entry| {
+            let (key, value) = entry?;
+            let key = String::from_utf8_lossy(&key).into_owned();
+            let (header, _) = StoredIndex::decode_header(&key, &value)?;
+            Ok((key, header))
+        })
+    }
+
+    /// Records stored: a counter, no walk of the tree.
     pub fn len(&self) -> usize {
-        self.tree.len()
+        usize::try_from(self.count.load(Ordering::Relaxed)).unwrap_or(usize::MAX)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tree.is_empty()
+        self.len() == 0
     }
 }
 
@@ -191,6 +236,69 @@ mod tests {
         assert_eq!(store.load("b").unwrap(), None);
         store.remove("a").unwrap();
         assert!(store.is_empty());
+    }
+
+    fn record(body: &'static [u8]) -> StoredIndex {
+        StoredIndex {
+            header: StoredHeader {
+                upstream: Validators::default(),
+                etag: "\"e\"".into(),
+                changed_at_ms: 1,
+                fetched_at_ms: 1,
+                gzip: false,
+            },
+            body: Bytes::from_static(body),
+            gzip: None,
+        }
+    }
+
+    #[test]
+    fn the_count_follows_inserts_replacements_and_removals() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let store = IndexStore::open(&db).unwrap();
+        assert_eq!(store.len(), 0);
+        store.save("a", &record(b"1\n")).unwrap();
+        store.save("b", &record(b"1\n")).unwrap();
+        store.save("a", &record(b"2\n")).unwrap();
+        assert_eq!(store.len(), 2, "a replacement is not a new record");
+        assert!(store.remove("a").unwrap());
+        assert!(!store.remove("a").unwrap());
+        assert!(!store.remove("never").unwrap());
+        assert_eq!(store.len(), 1);
+        // Many writers of the same keys at once, through clones.
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                let store = store.clone();
+                scope.spawn(move || {
+                    for n in 0..200 {
+                        let key = format!("k{}", n % 50);
+                        if n % 3 == 0 {
+                            store.remove(&key).unwrap();
+                        } else {
+                            store.save(&key, &record(b"x\n")).unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(store.len(), store.tree.len());
+        // A reopen counts what is there.
+        let expected = store.len();
+        drop(store);
+        assert_eq!(IndexStore::open(&db).unwrap().len(), expected);
+    }
+
+    #[test]
+    fn headers_are_read_without_the_bodies() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let store = IndexStore::open(&db).unwrap();
+        store.save("a", &record(b"1\n")).unwrap();
+        let headers: Vec<_> = store.headers().map(Result::unwrap).collect();
+        assert_eq!(headers, vec![("a".to_string(), record(b"1\n").header)]);
+        store.tree.insert("bad", &b"xx"[..]).unwrap();
+        assert!(store.headers().any(|h| h.is_err()));
     }
 
     #[test]

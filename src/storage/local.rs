@@ -6,6 +6,12 @@
 //! its size and evicts the least recently used crates to stay under a quota.
 //! Access times are written at most once per `ACCESS_WRITE_INTERVAL` per crate,
 //! so a hot crate costs a memory read of sled per hit, not a write.
+//!
+//! The byte total and the file count are counters, read by `/api/stats` and
+//! `/metrics` without touching sled: counted from the tree once when the store
+//! is opened, then moved by exactly what each insert or removal in the tree
+//! replaced (sled reports that atomically), so concurrent commits, deletions,
+//! evictions and the reconcile pass never lose one another's changes.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 use tokio_util::io::ReaderStream;
+use tokio_util::sync::CancellationToken;
 
 use super::{CrateStore, ObjectInfo, StorageError, StoredObject};
 
@@ -34,7 +41,10 @@ pub struct LocalStore {
 /// Sizes and access times of stored crates, and the quota.
 struct Accounting {
     tree: sled::Tree,
+    /// Sum of the sizes in `tree`.
     total: AtomicU64,
+    /// Entries in `tree`.
+    objects: AtomicU64,
     max_bytes: Option<u64>,
     over_quota: Notify,
 }
@@ -77,21 +87,28 @@ impl LocalStore {
     }
 
     /// A store that tracks sizes and access times in `tree` and, with a quota,
-    /// evicts. Call [`LocalStore::reconcile`] before relying on the totals.
+    /// evicts. Counts what `tree` holds (one walk of it: blocking); call
+    /// [`LocalStore::reconcile`] to bring it in line with the files on disk.
     pub fn with_accounting(
         root: impl Into<PathBuf>,
         tree: sled::Tree,
         max_bytes: Option<u64>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, StorageError> {
+        let (mut total, mut objects) = (0u64, 0u64);
+        for entry in tree.iter().values() {
+            objects += 1;
+            total += decode(&entry?).map_or(0, |(_, size)| size);
+        }
+        Ok(Self {
             root: root.into(),
             accounting: Some(Accounting {
                 tree,
-                total: AtomicU64::new(0),
+                total: AtomicU64::new(total),
+                objects: AtomicU64::new(objects),
                 max_bytes,
                 over_quota: Notify::new(),
             }),
-        }
+        })
     }
 
     fn path_of(&self, key: &str) -> PathBuf {
@@ -107,7 +124,9 @@ impl LocalStore {
 
     /// Crate files stored, when accounting is on.
     pub fn objects(&self) -> Option<u64> {
-        self.accounting.as_ref().map(|a| a.tree.len() as u64)
+        self.accounting
+            .as_ref()
+            .map(|a| a.objects.load(Ordering::Relaxed))
     }
 
     pub fn max_bytes(&self) -> Option<u64> {
@@ -115,42 +134,74 @@ impl LocalStore {
     }
 
     /// Brings the accounting in line with the files on disk (files added or
-    /// removed behind the mirror's back, or by a crash) and sets the total.
-    /// Blocking: walks the whole store.
+    /// removed behind the mirror's back, or by a crash); returns the bytes on
+    /// disk. Blocking: walks the whole store. Safe while the store serves:
+    /// entries are replaced or removed only if unchanged since they were read
+    /// (a commit meanwhile wins), and the counters move by what changed.
     pub fn reconcile(&self) -> Result<u64, StorageError> {
+        self.reconcile_until(&CancellationToken::new())
+    }
+
+    /// As `reconcile`, writing nothing more once `stop` is cancelled (what
+    /// is left undone is done by the next start's pass).
+    fn reconcile_until(&self, stop: &CancellationToken) -> Result<u64, StorageError> {
         let Some(accounting) = &self.accounting else {
             return Ok(0);
         };
+        // Read before the walk: an entry that changes after this was written by
+        // a commit whose file the walk may have missed, and is left alone.
+        let before: Vec<(sled::IVec, sled::IVec)> =
+            accounting.tree.iter().collect::<Result<_, _>>()?;
         let files = walk(&self.root)?;
-        let mut total = 0;
+        let total = files.iter().map(|info| info.size).sum();
         let mut on_disk = std::collections::HashSet::with_capacity(files.len());
         for info in files {
-            total += info.size;
-            let known = accounting
-                .tree
-                .get(&info.key)?
-                .and_then(|v| decode(&v))
+            if stop.is_cancelled() {
+                return Ok(total);
+            }
+            let seen = accounting.tree.get(&info.key)?;
+            let known = seen
+                .as_ref()
+                .and_then(|v| decode(v))
                 .is_some_and(|(_, size)| size == info.size);
             if !known {
-                accounting
-                    .tree
-                    .insert(info.key.as_str(), &encode(now_ms(), info.size))?;
+                let value = encode(now_ms(), info.size);
+                let swapped = accounting.tree.compare_and_swap(
+                    info.key.as_str(),
+                    seen.as_ref(),
+                    Some(&value[..]),
+                )?;
+                if swapped.is_ok() {
+                    accounting.counted(seen.as_deref(), Some(info.size));
+                }
             }
             on_disk.insert(info.key);
         }
-        for entry in accounting.tree.iter() {
-            let (key, _) = entry?;
+        for (key, value) in before {
+            if stop.is_cancelled() {
+                break;
+            }
             if !on_disk.contains(String::from_utf8_lossy(&key).as_ref()) {
-                accounting.tree.remove(key)?;
+                let removed =
+                    accounting
+                        .tree
+                        .compare_and_swap(&key, Some(&value), None::<&[u8]>)?;
+                if removed.is_ok() {
+                    accounting.counted(Some(&value), None);
+                }
             }
         }
-        accounting.total.store(total, Ordering::Relaxed);
         Ok(total)
     }
 
     /// Evicts least recently used crates until the store is at most 90% of its
     /// quota (so that eviction does not run after every download). Blocking.
     pub fn evict(&self) -> Result<EvictionReport, StorageError> {
+        self.evict_until(&CancellationToken::new())
+    }
+
+    /// As `evict`, removing nothing more once `stop` is cancelled.
+    fn evict_until(&self, stop: &CancellationToken) -> Result<EvictionReport, StorageError> {
         let mut report = EvictionReport::default();
         let Some(accounting) = &self.accounting else {
             return Ok(report);
@@ -171,7 +222,7 @@ impl LocalStore {
             }
             entries.sort();
             for (_, key, size) in entries {
-                if total() <= target {
+                if total() <= target || stop.is_cancelled() {
                     break;
                 }
                 match std::fs::remove_file(self.path_of(&key)) {
@@ -180,11 +231,8 @@ impl LocalStore {
                     }
                     _ => {}
                 }
-                if accounting.tree.remove(key.as_str())?.is_some() {
-                    accounting
-                        .total
-                        .fetch_sub(size.min(total()), Ordering::Relaxed);
-                }
+                let removed = accounting.tree.remove(key.as_str())?;
+                accounting.counted(removed.as_deref(), None);
                 report.evicted += 1;
                 report.freed_bytes += size;
             }
@@ -194,13 +242,17 @@ impl LocalStore {
     }
 
     /// Keeps the store under its quota: reconciles once, then evicts whenever a
-    /// commit goes over the quota, and periodically. Runs until the process ends.
-    pub async fn run_eviction(self: Arc<Self>) {
+    /// commit goes over the quota, and periodically, until `stop` is
+    /// cancelled.
+    pub async fn run_eviction(self: Arc<Self>, stop: CancellationToken) {
         let Some(accounting) = &self.accounting else {
             return;
         };
-        let store = self.clone();
-        match tokio::task::spawn_blocking(move || store.reconcile()).await {
+        // The blocking passes are not raced against `stop` (they would run on
+        // unseen): they watch it themselves and write nothing once it is
+        // cancelled, and whoever stops this task waits for them.
+        let (store, passes) = (self.clone(), stop.clone());
+        match tokio::task::spawn_blocking(move || store.reconcile_until(&passes)).await {
             Ok(Ok(total)) => tracing::info!(bytes = total, "local storage reconciled"),
             Ok(Err(err)) => tracing::error!(error = %err, "local storage reconcile failed"),
             Err(err) => tracing::error!(error = %err, "local storage reconcile panicked"),
@@ -208,9 +260,9 @@ impl LocalStore {
         if accounting.max_bytes.is_none() {
             return;
         }
-        loop {
-            let store = self.clone();
-            match tokio::task::spawn_blocking(move || store.evict()).await {
+        while !stop.is_cancelled() {
+            let (store, passes) = (self.clone(), stop.clone());
+            match tokio::task::spawn_blocking(move || store.evict_until(&passes)).await {
                 Ok(Ok(report)) if report.evicted > 0 => tracing::info!(
                     evicted = report.evicted,
                     freed_bytes = report.freed_bytes,
@@ -221,7 +273,10 @@ impl LocalStore {
                 Ok(Err(err)) => tracing::error!(error = %err, "eviction failed"),
                 Err(err) => tracing::error!(error = %err, "eviction panicked"),
             }
-            let _ = tokio::time::timeout(EVICTION_PERIOD, accounting.over_quota.notified()).await;
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tokio::time::timeout(EVICTION_PERIOD, accounting.over_quota.notified()) => {}
+            }
         }
     }
 
@@ -231,9 +286,18 @@ impl LocalStore {
             return Ok(());
         };
         let now = now_ms();
-        if let Some((access, size)) = accounting.tree.get(key)?.and_then(|v| decode(&v)) {
+        let Some(seen) = accounting.tree.get(key)? else {
+            return Ok(());
+        };
+        if let Some((access, size)) = decode(&seen) {
             if now.saturating_sub(access) >= ACCESS_WRITE_INTERVAL_MS {
-                accounting.tree.insert(key, &encode(now, size))?;
+                // Only over the entry just read: a deletion or commit since
+                // then wins (a plain insert would bring back a deleted key).
+                let _ = accounting.tree.compare_and_swap(
+                    key,
+                    Some(&seen),
+                    Some(&encode(now, size)[..]),
+                )?;
             }
         }
         Ok(())
@@ -244,18 +308,34 @@ impl LocalStore {
             return Ok(());
         };
         let previous = accounting.tree.insert(key, &encode(now_ms(), size))?;
-        let previous_size = previous.and_then(|v| decode(&v)).map_or(0, |(_, s)| s);
-        let total = accounting.total.fetch_add(size, Ordering::Relaxed) + size;
-        accounting
-            .total
-            .fetch_sub(previous_size.min(total), Ordering::Relaxed);
-        if accounting
-            .max_bytes
-            .is_some_and(|max| total - previous_size > max)
-        {
+        let total = accounting.counted(previous.as_deref(), Some(size));
+        if accounting.max_bytes.is_some_and(|max| total > max) {
             accounting.over_quota.notify_one();
         }
         Ok(())
+    }
+}
+
+impl Accounting {
+    /// Moves the counters by one change of the tree: the entry `replaced`
+    /// (sled's answer to the write) became `size` (`None`: removed). Returns
+    /// the new byte total.
+    fn counted(&self, replaced: Option<&[u8]>, size: Option<u64>) -> u64 {
+        let old = replaced.map(|v| decode(v).map_or(0, |(_, s)| s));
+        match (old, size) {
+            (None, Some(_)) => self.objects.fetch_add(1, Ordering::Relaxed),
+            (Some(_), None) => self.objects.fetch_sub(1, Ordering::Relaxed),
+            _ => 0,
+        };
+        // Wrapping: a removal racing the insert of the same key may count
+        // before it, and the sum comes out right once both have counted.
+        let (add, sub) = (size.unwrap_or(0), old.unwrap_or(0));
+        let total = self
+            .total
+            .fetch_add(add, Ordering::Relaxed)
+            .wrapping_add(add);
+        self.total.fetch_sub(sub, Ordering::Relaxed);
+        total.wrapping_sub(sub)
     }
 }
 
@@ -337,12 +417,8 @@ impl CrateStore for LocalStore {
             _ => {}
         }
         if let Some(accounting) = &self.accounting {
-            if let Some((_, size)) = accounting.tree.remove(key)?.and_then(|v| decode(&v)) {
-                let total = accounting.total.load(Ordering::Relaxed);
-                accounting
-                    .total
-                    .fetch_sub(size.min(total), Ordering::Relaxed);
-            }
+            let removed = accounting.tree.remove(key)?;
+            accounting.counted(removed.as_deref(), None);
         }
         Ok(())
     }
@@ -395,7 +471,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().temporary(true).open().unwrap();
         let store =
-            LocalStore::with_accounting(dir.path(), db.open_tree("access").unwrap(), Some(350));
+            LocalStore::with_accounting(dir.path(), db.open_tree("access").unwrap(), Some(350))
+                .unwrap();
         let key = |n: u32| format!("crates/1/a/a-{n}.0.0.crate");
         for n in 1..=3 {
             put(&store, dir.path(), &key(n), &[n as u8; 100]).await;
@@ -422,10 +499,61 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn counters_follow_commits_replacements_deletions_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let open = || {
+            LocalStore::with_accounting(dir.path(), db.open_tree("access").unwrap(), None).unwrap()
+        };
+        let store = open();
+        let key = |n: u32| format!("crates/1/a/a-{n}.0.0.crate");
+        put(&store, dir.path(), &key(1), &[1; 100]).await;
+        put(&store, dir.path(), &key(2), &[2; 30]).await;
+        put(&store, dir.path(), &key(1), &[1; 70]).await;
+        assert_eq!((store.objects(), store.total_bytes()), (Some(2), Some(100)));
+        store.delete(&key(2)).await.unwrap();
+        store.delete(&key(2)).await.unwrap();
+        assert_eq!((store.objects(), store.total_bytes()), (Some(1), Some(70)));
+        // A file added behind the store's back, then found by reconcile.
+        let extra = dir.path().join(key(3));
+        std::fs::write(&extra, [3; 5]).unwrap();
+        assert_eq!(store.reconcile().unwrap(), 75);
+        assert_eq!((store.objects(), store.total_bytes()), (Some(2), Some(75)));
+        let reopened = open();
+        assert_eq!(
+            (reopened.objects(), reopened.total_bytes()),
+            (Some(2), Some(75))
+        );
+    }
+
+    #[tokio::test]
+    async fn stopped_passes_write_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("access").unwrap();
+        let store = LocalStore::with_accounting(dir.path(), tree.clone(), Some(10)).unwrap();
+        put(&store, dir.path(), "crates/1/a/a-1.0.0.crate", &[1; 100]).await;
+        let behind = dir.path().join("crates/1/b/b-1.0.0.crate");
+        std::fs::create_dir_all(behind.parent().unwrap()).unwrap();
+        std::fs::write(&behind, [2; 5]).unwrap();
+        let stopped = CancellationToken::new();
+        stopped.cancel();
+        assert_eq!(store.evict_until(&stopped).unwrap().evicted, 0);
+        store.reconcile_until(&stopped).unwrap();
+        assert_eq!(tree.len(), 1, "a stopped reconcile recorded a file");
+        assert_eq!((store.objects(), store.total_bytes()), (Some(1), Some(100)));
+        // Not stopped, the same passes do their work.
+        store.reconcile().unwrap();
+        assert_eq!(store.objects(), Some(2));
+        assert_eq!(store.evict().unwrap().evicted, 1);
+    }
+
+    #[tokio::test]
     async fn reconcile_counts_files_added_behind_the_store() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().temporary(true).open().unwrap();
-        let store = LocalStore::with_accounting(dir.path(), db.open_tree("access").unwrap(), None);
+        let store =
+            LocalStore::with_accounting(dir.path(), db.open_tree("access").unwrap(), None).unwrap();
         let path = dir.path().join("crates/2/ab/ab-1.0.0.crate");
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, [0u8; 42]).unwrap();

@@ -80,6 +80,15 @@ impl Mirror {
     /// chosen up front, since the URL is needed before the start (the git
     /// index's config.json is fixed; a private mirror refuses to start without one).
     pub fn start_with_public_url(upstream: &str, args: &[&str]) -> Mirror {
+        Mirror::start_with_public_url_and_env(upstream, args, &[])
+    }
+
+    /// As `start_with_public_url`, with extra environment variables.
+    pub fn start_with_public_url_and_env(
+        upstream: &str,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> Mirror {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
@@ -88,7 +97,7 @@ impl Mirror {
         let public = format!("http://127.0.0.1:{port}");
         let mut all = vec!["--listen", &listen, "--public-url", &public];
         all.extend_from_slice(args);
-        Mirror::start(upstream, &all)
+        Mirror::start_with_env(upstream, &all, env)
     }
 
     /// Starts a mirror serving the git index.

@@ -4,16 +4,12 @@
 //! itself and the mirror's overhead. Run with `cargo bench --bench memory_per_file`;
 //! writes `benches/results/memory_per_file.md`.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-mod support;
-
 use std::process::ExitCode;
 
 use futures_util::StreamExt;
 
-use common::upstream::{DlStyle, TestUpstream};
-use support::{build_mirror_binary, index_path, MirrorProcess};
+use support::bench::{build_mirror_binary, index_path, release_mirror, start_mirror};
+use support::upstream::{DlStyle, TestUpstream};
 
 const MARKS: [usize; 2] = [10_000, 100_000];
 const CONCURRENCY: usize = 32;
@@ -42,18 +38,14 @@ async fn main() -> ExitCode {
         names.push(name);
     }
     let body_bytes = index_body("memfile000000").len() as u64;
-    let mirror = MirrorProcess::start(
-        &binary,
-        &upstream.url,
-        &[
-            "--hot-cache-size",
-            "2GiB",
-            "--prefetch",
-            "off",
-            "--log-format",
-            "json",
-        ],
-    );
+    let mirror = start_mirror(release_mirror(&binary, &upstream.url).args(&[
+        "--hot-cache-size",
+        "2GiB",
+        "--prefetch",
+        "off",
+        "--log-format",
+        "json",
+    ]));
     let client = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(CONCURRENCY)

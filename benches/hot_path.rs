@@ -7,9 +7,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use crate_mirror::index::cache::{IndexCache, IndexPolicy};
-use crate_mirror::index::path::{parse_index_path, CrateName};
+use crate_mirror::index::path::parse_index_path;
 use crate_mirror::index::store::{IndexStore, StoredHeader, StoredIndex};
 use crate_mirror::metrics::Metrics;
+use crate_mirror::names::CrateName;
 use crate_mirror::upstream::{UpstreamClient, Validators};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 

@@ -144,11 +144,13 @@ fn main() -> ExitCode {
             prefetch: Some(stats(&mirror.url)["prefetch"].clone()),
         });
 
+        // Counted, not assumed: what the warm resolve itself asked upstream.
+        let before = index_requests(&upstream);
         let (time, lockfile) = resolve(&index_url, &manifest);
         check(&lockfile, "warm");
         warm.push(Run {
             time,
-            upstream_index_requests: 0,
+            upstream_index_requests: index_requests(&upstream) - before,
             lockfile,
             prefetch: None,
         });

@@ -23,9 +23,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use crate::index::cache::{CacheOutcome, IndexCache, IndexError, IndexLookup};
-use crate::index::entry::{find_version, is_sha256_hex, VersionRecord};
-use crate::index::path::{CrateName, CrateVersion};
+use crate::index::lines::{find_version, is_sha256_hex, VersionRecord};
 use crate::metrics::Metrics;
+use crate::names::{CrateName, CrateVersion};
 use crate::storage::{crate_key, ByteStream, CrateStore, StorageError};
 use crate::upstream::{DownloadStart, UpstreamClient, UpstreamError};
 
@@ -333,11 +333,14 @@ impl Inner {
             match committed {
                 Ok(()) => tx.send_modify(|p| p.phase = Phase::Done),
                 Err(err) => {
+                    let _ = tokio::fs::remove_file(&temp_path).await;
+                    // Logged and counted once the temp file is gone: a
+                    // failure reported is one fully cleaned up (tests wait
+                    // for the report).
                     tracing::warn!(krate = %record.name, version = %record.vers, error = %err, "crate download failed");
                     if matches!(err, CrateError::ChecksumMismatch) {
                         inner.metrics.checksum_failures.inc();
                     }
-                    let _ = tokio::fs::remove_file(&temp_path).await;
                     tx.send_modify(|p| p.phase = Phase::Failed(err));
                 }
             }

@@ -24,8 +24,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tokio_util::io::ReaderStream;
 
-use crate::index::path::CrateName;
 use crate::index::store::IndexStore;
+use crate::names::CrateName;
 
 const BRANCH: &str = "refs/heads/master";
 /// Key under which the committed config.json's body is remembered.

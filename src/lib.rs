@@ -13,6 +13,7 @@ pub mod git;
 pub mod http;
 pub mod index;
 pub mod metrics;
+pub mod names;
 pub mod prefetch;
 pub mod proxies;
 pub mod resilience;
@@ -413,7 +414,7 @@ pub async fn serve(
         App::new()
             .app_data(app_state.clone())
             .wrap(actix_web::middleware::from_fn(http::limit_request_size))
-            .wrap(actix_web::middleware::from_fn(http::access_log))
+            .wrap(actix_web::middleware::from_fn(http::record_request))
             .configure(http::routes)
     };
     let workers = config.workers.unwrap_or_else(|| {

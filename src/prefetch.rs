@@ -26,9 +26,9 @@ use semver::{Version, VersionReq};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::index::cache::{FetchedIndex, IndexCache};
-use crate::index::entry::{lines, ReleaseHead, ReleaseRecord, INDEX_SCHEMA_MAX};
-use crate::index::path::CrateName;
+use crate::index::lines::{lines, ReleaseHead, ReleaseRecord, INDEX_SCHEMA_MAX};
 use crate::metrics::Metrics;
+use crate::names::CrateName;
 
 #[derive(Debug, Clone, Copy)]
 pub struct PrefetchPolicy {

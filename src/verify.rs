@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use futures_util::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
-use crate::index::entry::find_version;
-use crate::index::path::CrateName;
+use crate::index::lines::find_version;
+use crate::names::CrateName;
 use crate::storage::{parse_crate_key, CrateStore, StorageError};
 use crate::upstream::{IndexFetch, UpstreamClient, Validators};
 

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use futures_util::StreamExt;
 
-use crate::index::path::{CrateName, CrateVersion};
+use crate::names::{CrateName, CrateVersion};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WarmError {

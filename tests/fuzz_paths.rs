@@ -14,9 +14,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate_mirror::auth::{new_token, parse_token_hash, AuthCheck, TokenSet};
-use crate_mirror::index::path::{
-    decode_segment, parse_index_path, prefix, CrateName, CrateVersion, IndexRequest,
-};
+use crate_mirror::index::path::{decode_segment, parse_index_path, prefix, IndexRequest};
+use crate_mirror::names::{CrateName, CrateVersion};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 

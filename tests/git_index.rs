@@ -8,10 +8,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::cargo::{new_token, project, run, run_ok, run_with_env, CargoHome};
-use support::client;
 use support::mirror::Mirror;
 use support::registry::{graph_project_manifest, graph_registry, CrateSpec};
 use support::upstream::{DlStyle, TestUpstream};
+use support::{client, json_of};
 
 fn git(dir: &Path, args: &[&str]) -> std::process::Output {
     Command::new("git")
@@ -266,14 +266,31 @@ async fn clones_and_fetches_during_rebuilds_never_fail() {
     });
 
     let git_url = mirror.git_url();
+    let stats_url = format!("{}/api/stats", mirror.url);
+    let runtime = tokio::runtime::Handle::current();
     let readers = tokio::task::spawn_blocking(move || {
+        // Rebuilds finished so far, from the mirror's own count.
+        let builds = || {
+            runtime.block_on(async {
+                json_of(client().get(&stats_url)).await["git"]["builds"]
+                    .as_u64()
+                    .expect("a build count")
+            })
+        };
         let dir = tempfile::tempdir().unwrap();
         let fetcher = dir.path().join("fetcher");
         git_ok(dir.path(), &["clone", "--quiet", &git_url, "fetcher"]);
-        let mut last_count = 0;
+        let first_count = git_ok(&fetcher, &["ls-files"]).lines().count();
+        let mut last_count = first_count;
+        // Clones during which at least one rebuild finished.
+        let mut overlapped = 0;
         for round in 0..15 {
             let name = format!("clone{round}");
+            let before = builds();
             git_ok(dir.path(), &["clone", "--quiet", &git_url, &name]);
+            if builds() > before {
+                overlapped += 1;
+            }
             let clone = dir.path().join(&name);
             assert!(clone.join("config.json").exists());
             git_ok(&clone, &["fsck", "--no-progress"]);
@@ -282,11 +299,15 @@ async fn clones_and_fetches_during_rebuilds_never_fail() {
             assert!(count >= last_count, "the index went backwards");
             last_count = count;
         }
-        last_count
+        (first_count, last_count, overlapped)
     });
     churn.await.unwrap();
-    let seen = readers.await.unwrap();
-    assert!(seen >= 2);
+    let (first, last, overlapped) = readers.await.unwrap();
+    // The readers ran while the index changed: what they fetched grew, and
+    // rebuilds finished while clones were under way.
+    assert!(last > first, "the fetcher saw {first} files throughout");
+    assert!(overlapped >= 1, "no rebuild finished during any clone");
+    eprintln!("{overlapped} of 15 clones overlapped a rebuild; files {first} -> {last}");
     mirror.wait_for_git_files(62).await;
 }
 

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use crate_mirror::clock::Clock;
 use crate_mirror::index::cache::{CacheOutcome, IndexCache, IndexLookup, IndexPolicy};
-use crate_mirror::index::path::CrateName;
 use crate_mirror::index::store::IndexStore;
 use crate_mirror::metrics::Metrics;
+use crate_mirror::names::CrateName;
 use crate_mirror::upstream::UpstreamClient;
 use support::registry::CrateSpec;
 use support::upstream::{DlStyle, TestUpstream};

@@ -264,6 +264,32 @@ fn element_text<'a>(dom: &'a str, id: &str) -> &'a str {
     &dom[open_end..close]
 }
 
+/// A byte count as the dashboard writes it (`bytes()` in static/app.js).
+fn dashboard_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let (mut value, mut i) = (n as f64, 0);
+    while value >= 1024.0 && i < units.len() - 1 {
+        value /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", units[i])
+    }
+}
+
+/// The dashboard's byte figure back in bytes (to the shown precision).
+fn parse_bytes(text: &str) -> f64 {
+    let (value, unit) = text.split_once(' ').expect("a value and a unit");
+    let value: f64 = value.parse().expect("a number");
+    let power = ["B", "KiB", "MiB", "GiB", "TiB"]
+        .iter()
+        .position(|u| *u == unit)
+        .expect("a known unit");
+    value * 1024f64.powi(power as i32)
+}
+
 #[tokio::test]
 async fn the_dashboard_renders_live_figures_in_chromium() {
     let upstream = TestUpstream::start(&graph_registry()[..6], DlStyle::Plain);
@@ -282,6 +308,9 @@ async fn the_dashboard_renders_live_figures_in_chromium() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    // What the test itself received, to check the page's figures against.
+    let mut received = 0u64;
+    let mut crate_sizes = std::collections::BTreeMap::new();
     for _ in 0..2 {
         for (path, name, version) in [
             ("3/a/abc", "abc", "1.0.0"),
@@ -289,10 +318,12 @@ async fn the_dashboard_renders_live_figures_in_chromium() {
             ("2/ab", "ab", "0.2.0"),
         ] {
             let http = client();
-            http.get(format!("{}{path}", mirror.index_url()))
+            let index = http
+                .get(format!("{}{path}", mirror.index_url()))
                 .send()
                 .await
                 .unwrap();
+            received += index.bytes().await.unwrap().len() as u64;
             let download = http
                 .get(format!(
                     "{}/api/v1/crates/{name}/{version}/download",
@@ -302,7 +333,9 @@ async fn the_dashboard_renders_live_figures_in_chromium() {
                 .await
                 .unwrap();
             assert_eq!(download.status(), 200);
-            download.bytes().await.unwrap();
+            let body = download.bytes().await.unwrap();
+            received += body.len() as u64;
+            crate_sizes.insert(name, body.len() as u64);
         }
     }
     let page = format!("{}/", mirror.url);
@@ -327,13 +360,27 @@ async fn the_dashboard_renders_live_figures_in_chromium() {
         .replace(',', "")
         .parse()
         .unwrap();
-    assert!(requests >= 12, "requests shown: {requests}");
-    assert_ne!(element_text(&dom, "hit-ratio"), "–");
-    assert_ne!(element_text(&dom, "bytes-served"), "–");
-    assert!(
-        element_text(&dom, "storage").ends_with("KiB")
-            || element_text(&dom, "storage").ends_with('B')
+    // One index request before the loop, twelve in it, and the polls.
+    assert!(requests >= 13, "requests shown: {requests}");
+    // The page's figures against what the test did: the hit ratio of its
+    // lookups (nothing has looked up an index file since), the bytes it was
+    // sent (the page's own assets and polls come on top, a few KiB), and the
+    // three crates it downloaded, stored once each.
+    let stats = mirror.stats().await;
+    let ratio = stats["hit_ratio"].as_f64().expect("a hit ratio");
+    assert!(ratio > 0.0 && ratio < 1.0, "{ratio}");
+    assert_eq!(
+        element_text(&dom, "hit-ratio"),
+        format!("{:.1} %", ratio * 100.0)
     );
+    let served = parse_bytes(element_text(&dom, "bytes-served"));
+    assert!(
+        served >= received as f64 * 0.95 && served <= received as f64 + 512.0 * 1024.0,
+        "served {served} B shown, the test received {received} B"
+    );
+    let stored: u64 = crate_sizes.values().sum();
+    assert_eq!(stats["storage"]["bytes"].as_u64(), Some(stored));
+    assert_eq!(element_text(&dom, "storage"), dashboard_bytes(stored));
     assert_eq!(element_text(&dom, "upstream-pill"), "upstream: healthy");
     assert!(
         dom.contains("<td>abc</td>"),

@@ -59,7 +59,7 @@ async fn prefetch_keeps_the_lockfile_and_stays_within_budget_of_upstream_request
         .start();
     assert_eq!(resolve(&on), direct_lock, "prefetch changed the resolution");
     // Prefetches may still be finishing; they count against the bound too.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    settle(&on_upstream).await;
     let with = index_requests(&on_upstream);
     assert!(
         with as f64 <= 1.5 * without as f64,
@@ -115,7 +115,12 @@ async fn clients_never_wait_behind_a_prefetch() {
         .await
         .expect("hub waited behind its own prefetches");
     assert_eq!(hub_response.status(), 200);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The prefetches are held upstream: wait until all of them have arrived
+    // there (and no more than them).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while upstream.count_matching("/index/he/ld/") < 20 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(
         upstream.count_matching("/index/he/ld/"),
         20,
@@ -145,6 +150,8 @@ async fn clients_never_wait_behind_a_prefetch() {
         1,
         "the client did not join the prefetch"
     );
+    // Joined, not merely served after the prefetch landed.
+    assert_eq!(mirror.stats().await["index"]["coalesced_waits"], 1);
 }
 
 /// The real index slice (see its README): 626 files cargo asked for while

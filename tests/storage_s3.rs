@@ -127,10 +127,13 @@ async fn bad_upstream_bodies_never_reach_a_final_key() {
         .start();
     let url = format!("{}/api/v1/crates/big/1.0.0/download", mirror.url);
 
-    for switch in [
+    for (failed, switch) in [
         &upstream.switches.truncate_downloads,
         &upstream.switches.corrupt_downloads,
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         switch.store(true, Ordering::SeqCst);
         let response = client().get(&url).send().await.unwrap();
         let whole = match response.status() {
@@ -138,7 +141,13 @@ async fn bad_upstream_bodies_never_reach_a_final_key() {
             _ => false,
         };
         assert!(!whole, "a bad body was delivered whole");
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // The mirror logs the failure once it has cleaned up after it: from
+        // then on nothing of this fetch can reach the bucket.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while mirror.log().matches("crate download failed").count() <= failed {
+            assert!(std::time::Instant::now() < deadline, "no failure logged");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         assert_eq!(
             garage.objects().await,
             vec![],

@@ -35,6 +35,12 @@ pub enum ApiError {
     BadHost(&'static str),
 }
 
+impl From<crate::names::NameError> for ApiError {
+    fn from(err: crate::names::NameError) -> Self {
+        ApiError::Path(err.into())
+    }
+}
+
 fn upstream_status(err: &UpstreamError) -> StatusCode {
     match err {
         UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,

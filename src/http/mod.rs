@@ -22,7 +22,8 @@ pub use error::ApiError;
 
 use crate::crates::CrateDownload;
 use crate::index::cache::{IndexEntry, IndexFile, IndexLookup};
-use crate::index::path::{decode_segment, parse_index_path, CrateName, CrateVersion, IndexRequest};
+use crate::index::path::{decode_segment, parse_index_path, IndexRequest};
+use crate::names::{CrateName, CrateVersion};
 use crate::AppState;
 
 /// Response header telling how the mirror answered (HIT, MISS, STALE, ...).
@@ -344,8 +345,9 @@ fn version_str(version: actix_web::http::Version) -> &'static str {
     }
 }
 
-/// Counts every request into the metrics and writes one structured log line.
-pub async fn access_log<B: MessageBody>(
+/// Counts every request into the metrics and writes its access-log line
+/// (formatted by `crate::access_log`).
+pub async fn record_request<B: MessageBody>(
     req: ServiceRequest,
     next: actix_web::middleware::Next<B>,
 ) -> Result<ServiceResponse<B>, actix_web::Error> {

@@ -18,11 +18,11 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, Notify};
 
-use super::entry::validate_index;
-use super::path::CrateName;
+use super::lines::validate_index;
 use super::store::{IndexStore, StoreError, StoredHeader, StoredIndex};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
+use crate::names::CrateName;
 use crate::single_flight::{FlightAborted, Role, SingleFlight};
 use crate::upstream::{IndexBody, IndexFetch, UpstreamClient, UpstreamError, Validators};
 

@@ -2,6 +2,6 @@
 //! and the reading of individual index lines.
 
 pub mod cache;
-pub mod entry;
+pub mod lines;
 pub mod path;
 pub mod store;

@@ -136,7 +136,7 @@ pub fn start_mirror(builder: MirrorBuilder) -> Mirror {
 
 /// The sparse index path of a crate (`/index/se/rd/serde`), by the mirror's own rule.
 pub fn index_path(name: &str) -> String {
-    let name = crate_mirror::index::path::CrateName::parse(name).expect("a valid crate name");
+    let name = crate_mirror::names::CrateName::parse(name).expect("a valid crate name");
     format!("/index/{}", name.index_path())
 }
 

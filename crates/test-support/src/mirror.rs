@@ -94,12 +94,13 @@ impl MirrorBuilder {
 
     /// As `start`, returning the failure (with the mirror's log) instead.
     pub fn try_start(self) -> Result<Mirror, String> {
-        // The log goes to a temp dir of the mirror's own, never into a data
-        // dir a caller passed in and may look through.
         let temp = tempfile::tempdir().expect("temp dir");
         let data_dir = self.data_dir.unwrap_or_else(|| temp.path().join("data"));
         std::fs::create_dir_all(&data_dir).expect("data dir");
-        let log = temp.path().join("mirror.log");
+        // Beside the data dir, never in it (tests look through it), named
+        // `DATA.N.log` (tests that check what appears beside it expect that),
+        // one per start (a restarted mirror's log is its own).
+        let log = data_dir.with_extension(format!("{}.log", unique()));
         let log_file = std::fs::File::create(&log).expect("log file");
         let mut listen = Vec::new();
         if self.public_url {
@@ -346,6 +347,7 @@ impl Drop for Mirror {
                 dir.join(format!("mirror-{}.log", self.child.id())),
             );
         }
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
@@ -367,4 +369,10 @@ pub fn listening_url(child: &mut Child, within: Duration) -> Result<String, Stri
     line.strip_prefix("crate-mirror listening on ")
         .map(|url| url.trim_end_matches('/').to_string())
         .ok_or_else(|| format!("unexpected first line: {line}"))
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::SeqCst)
 }

@@ -4,16 +4,14 @@
 //! itself and the mirror's overhead. Run with `cargo bench --bench memory_per_file`;
 //! writes `benches/results/memory_per_file.md`.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-mod support;
-
 use std::process::ExitCode;
 
 use futures_util::StreamExt;
 
-use common::upstream::{DlStyle, TestUpstream};
-use support::{build_mirror_binary, index_path, small_index_body, MirrorProcess};
+use support::bench::{
+    build_mirror_binary, index_path, release_mirror, small_index_body, start_mirror,
+};
+use support::upstream::{DlStyle, TestUpstream};
 
 const MARKS: [usize; 2] = [10_000, 100_000];
 const CONCURRENCY: usize = 32;
@@ -30,18 +28,14 @@ async fn main() -> ExitCode {
         names.push(name);
     }
     let body_bytes = small_index_body("memfile000000").len() as u64;
-    let mirror = MirrorProcess::start(
-        &binary,
-        &upstream.url,
-        &[
-            "--hot-cache-size",
-            "2GiB",
-            "--prefetch",
-            "off",
-            "--log-format",
-            "json",
-        ],
-    );
+    let mirror = start_mirror(release_mirror(&binary, &upstream.url).args(&[
+        "--hot-cache-size",
+        "2GiB",
+        "--prefetch",
+        "off",
+        "--log-format",
+        "json",
+    ]));
     // As cargo asks: gzip accepted, the body kept as sent (not decoded here),
     // so what the mirror served is counted as it went over the wire.
     let client = reqwest::Client::builder()

@@ -2,7 +2,7 @@
 //! fetching three real workloads (a web service, a command-line tool, a game on
 //! a large engine) from a slice of the real index, served by a distant
 //! upstream: HTTPS with HTTP/2, 20 ms or 100 ms added to every request
-//! (`benches/support/real_index.rs`). Directly, and through the release mirror
+//! (`crates/test-support/src/bench/real_index.rs`). Directly, and through the release mirror
 //! over `sparse+http` and `sparse+https`, cold, warm and expired, with
 //! cargo's own `--offline` resolve as the floor.
 //!
@@ -10,20 +10,17 @@
 //! [--only resolve|fetch] [--quick]`; a full run writes
 //! `benches/results/real_world.md`, a subset only prints.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use common::cargo::{project, run_with_env, CargoHome};
-use support::real_index::{
+use support::bench::real_index::{
     crate_size, fixture_dir, Counts, CrateFiles, RealIndex, RealUpstream, TestCa,
 };
-use support::{build_mirror_binary, fail, Flags, MirrorProcess};
+use support::bench::{build_mirror_binary, fail, release_mirror, start_mirror, Flags};
+use support::cargo::{project, run_with_env, CargoHome};
+use support::mirror::Mirror;
 
 const WORKLOADS: [&str; 3] = ["web", "cli", "gamedev"];
 const DELAYS_MS: [u64; 2] = [20, 100];
@@ -275,21 +272,20 @@ impl Bench {
         self.cargo(&home, app.path(), &["fetch", "--locked"])
     }
 
-    fn start_mirror(&self, tls: bool, ttl: &str, data_dir: &Path) -> MirrorProcess {
+    fn start_mirror(&self, tls: bool, ttl: &str, data_dir: &Path) -> Mirror {
         let cert = self.ca.cert.to_str().expect("utf-8 path");
         let key = self.ca.key.to_str().expect("utf-8 path");
         let mut args = vec!["--index-ttl", ttl];
         if tls {
             args.extend(["--tls-cert", cert, "--tls-key", key]);
         }
-        let mirror = MirrorProcess::start_with(
-            &self.binary,
-            &self.upstream.index_url,
-            &args,
-            // The mirror's upstream client trusts the native roots, which
-            // rustls reads from this file when it is set.
-            &[("SSL_CERT_FILE", self.ca.ca.as_os_str())],
-            Some(data_dir),
+        let mirror = start_mirror(
+            release_mirror(&self.binary, &self.upstream.index_url)
+                .args(&args)
+                // The mirror's upstream client trusts the native roots, which
+                // rustls reads from this file when it is set.
+                .env("SSL_CERT_FILE", &self.ca.ca)
+                .data_dir(data_dir),
         );
         // A running mirror has learned the upstream's config.json at start:
         // let it, so the first timed run does not include that.
@@ -315,7 +311,7 @@ impl Bench {
     }
 
     /// What the upstream and the mirror saw during one run that took `time`.
-    fn sample(&self, time: Duration, mirror: Option<(&MirrorProcess, &mut (u64, u64))>) -> Sample {
+    fn sample(&self, time: Duration, mirror: Option<(&Mirror, &mut (u64, u64))>) -> Sample {
         let at_exit = self.upstream.take_counts();
         // Wait for the mirror's prefetch to finish, so that its requests count
         // for this run and do not fall into the next one (a warm run).
@@ -337,7 +333,7 @@ impl Bench {
             ..Sample::default()
         };
         if let Some((mirror, seen)) = mirror {
-            let (http1, http2) = versions_in_log(&mirror.log_text());
+            let (http1, http2) = versions_in_log(&mirror.log());
             sample.mirror_http1 = http1 - seen.0;
             sample.mirror_http2 = http2 - seen.1;
             *seen = (http1, http2);
@@ -374,7 +370,7 @@ impl Bench {
         let data_dir = data.path().join("data");
         let mirror = self.start_mirror(tls, WARM_TTL, &data_dir);
         let index_url = format!("{}/index/", mirror.url);
-        let mut seen = versions_in_log(&mirror.log_text());
+        let mut seen = versions_in_log(&mirror.log());
         for (phase, row) in [("cold", 1), ("warm", 2)] {
             self.upstream.take_counts();
             let (time, lockfile, _) = self.resolve(workload, &index_url);
@@ -395,7 +391,7 @@ impl Bench {
         mirror.stop();
         let mirror = self.start_mirror(tls, &EXPIRED_TTL.as_secs().to_string(), &data_dir);
         std::thread::sleep(EXPIRED_TTL);
-        let mut seen = versions_in_log(&mirror.log_text());
+        let mut seen = versions_in_log(&mirror.log());
         self.upstream.take_counts();
         let (time, lockfile, _) = self.resolve(workload, &format!("{}/index/", mirror.url));
         self.check(workload, &lockfile, &format!("{proto} expired"));
@@ -425,7 +421,7 @@ impl Bench {
         let data = tempfile::tempdir().expect("mirror data dir");
         let mirror = self.start_mirror(tls, WARM_TTL, &data.path().join("data"));
         let index_url = format!("{}/index/", mirror.url);
-        let mut seen = versions_in_log(&mirror.log_text());
+        let mut seen = versions_in_log(&mirror.log());
         for (row_http, row_https) in [(1, 3), (2, 4)] {
             self.upstream.take_counts();
             let time = self.fetch(workload, &index_url);
@@ -629,7 +625,7 @@ fn report(
         options.runs,
     );
     out.push_str(
-        "**Setup.** A test upstream serves the real-index fixture (626 sparse-index files as a registry served them, `benches/support/real_index.rs`) over HTTPS with HTTP/2 (ALPN), gzip'd index files with ETags, and adds a fixed delay to every request, 304s and downloads included, to model distance. Its `.crate` files are made up (real tarballs with a minimal manifest, padded with incompressible bytes to 10 KB – 3 MB, median about 40 KB, drawn per version; served from disk) and the served index carries their sha256 for the versions the workloads lock. Real `cargo` with an empty CARGO_HOME for every run, trusting the test CA, with the default registry replaced by the upstream (direct) or the release mirror (`sparse+http` or `sparse+https`, the mirror with `--tls-cert/--tls-key`; default prefetch). **Cold**: a new mirror data dir. **Warm**: the same mirror again, within `--index-ttl`. **Expired**: the same data dir, mirror restarted with `--index-ttl 2` and left 2 s, so every file is revalidated upstream (its in-memory cache starts empty too). **Offline**: `cargo generate-lockfile --offline` in the CARGO_HOME the direct run filled: cargo's own floor. Fetch is `cargo fetch --locked` from the resolved Cargo.lock (index files for the locked packages, then the downloads). Every resolve of a workload produced the same Cargo.lock.\n\n",
+        "**Setup.** A test upstream serves the real-index fixture (626 sparse-index files as a registry served them, `crates/test-support/src/bench/real_index.rs`) over HTTPS with HTTP/2 (ALPN), gzip'd index files with ETags, and adds a fixed delay to every request, 304s and downloads included, to model distance. Its `.crate` files are made up (real tarballs with a minimal manifest, padded with incompressible bytes to 10 KB – 3 MB, median about 40 KB, drawn per version; served from disk) and the served index carries their sha256 for the versions the workloads lock. Real `cargo` with an empty CARGO_HOME for every run, trusting the test CA, with the default registry replaced by the upstream (direct) or the release mirror (`sparse+http` or `sparse+https`, the mirror with `--tls-cert/--tls-key`; default prefetch). **Cold**: a new mirror data dir. **Warm**: the same mirror again, within `--index-ttl`. **Expired**: the same data dir, mirror restarted with `--index-ttl 2` and left 2 s, so every file is revalidated upstream (its in-memory cache starts empty too). **Offline**: `cargo generate-lockfile --offline` in the CARGO_HOME the direct run filled: cargo's own floor. Fetch is `cargo fetch --locked` from the resolved Cargo.lock (index files for the locked packages, then the downloads). Every resolve of a workload produced the same Cargo.lock.\n\n",
     );
     out.push_str(&format!(
         "**CPUs.** {placement}: a mirror serves from a machine of its own, so its work must not take CPU from cargo's resolver, which is single-threaded and the bottleneck of every run here (compare the no-delay row with the 20 ms direct row). The two CPUs cannot also separate the test upstream from the mirror; they share one, which burdens the mirror rows, not the direct ones.\n\n"

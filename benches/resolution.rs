@@ -8,18 +8,14 @@
 //! have (HTTPS with HTTP/2 from a real index): read it as a study of prefetch
 //! on a deep graph. The benchmark of record is `benches/real_world.rs`.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-mod support;
-
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::cargo::{project, run, CargoHome};
-use common::registry::layered_graph;
-use common::upstream::{DlStyle, TestUpstream};
-use support::{build_mirror_binary, fail, MirrorProcess};
+use support::bench::{build_mirror_binary, fail, release_mirror, start_mirror};
+use support::cargo::{project, run, CargoHome};
+use support::registry::layered_graph;
+use support::upstream::{DlStyle, TestUpstream};
 
 /// Levels and width of the generated graph: 8 x 64 = 512 crates, 2 versions each.
 const LEVELS: usize = 8;
@@ -64,7 +60,7 @@ fn resolve(index_url: &str, manifest: &str) -> (Duration, String) {
     (time, lockfile)
 }
 
-fn delayed_upstream(specs: &[common::registry::CrateSpec]) -> TestUpstream {
+fn delayed_upstream(specs: &[support::registry::CrateSpec]) -> TestUpstream {
     let upstream = TestUpstream::start(specs, DlStyle::Plain);
     upstream
         .switches
@@ -78,8 +74,9 @@ fn stats(url: &str) -> serde_json::Value {
         .enable_all()
         .build()
         .expect("runtime");
-    runtime
-        .block_on(async { common::json_of(common::client().get(format!("{url}/api/stats"))).await })
+    runtime.block_on(async {
+        support::json_of(support::client().get(format!("{url}/api/stats"))).await
+    })
 }
 
 fn median(mut times: Vec<Duration>) -> Duration {
@@ -119,7 +116,8 @@ fn main() -> ExitCode {
         });
 
         let upstream = delayed_upstream(&specs);
-        let mirror = MirrorProcess::start(&binary, &upstream.url, &["--prefetch", "off"]);
+        let mirror =
+            start_mirror(release_mirror(&binary, &upstream.url).args(&["--prefetch", "off"]));
         let (time, lockfile) = resolve(&format!("{}/index/", mirror.url), &manifest);
         check(&lockfile, "cold, prefetch off");
         cold_off.push(Run {
@@ -131,7 +129,9 @@ fn main() -> ExitCode {
 
         let upstream = delayed_upstream(&specs);
         let depth = LEVELS.to_string();
-        let mirror = MirrorProcess::start(&binary, &upstream.url, &["--prefetch-depth", &depth]);
+        let mirror = start_mirror(
+            release_mirror(&binary, &upstream.url).args(&["--prefetch-depth", &depth]),
+        );
         let index_url = format!("{}/index/", mirror.url);
         let (time, lockfile) = resolve(&index_url, &manifest);
         check(&lockfile, "cold, prefetch on");

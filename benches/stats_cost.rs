@@ -11,10 +11,6 @@
 //! `--sizes 1000,10000`. Run with `cargo bench --bench stats_cost [-- FLAGS]`;
 //! writes `benches/results/stats_cost.md`.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -24,8 +20,10 @@ use crate_mirror::index::store::{IndexStore, StoredHeader, StoredIndex};
 use crate_mirror::storage::crate_key;
 use crate_mirror::upstream::Validators;
 
-use common::upstream::{DlStyle, TestUpstream};
-use support::{build_mirror_binary, fail, small_index_body, Flags, MirrorProcess};
+use support::bench::{
+    build_mirror_binary, fail, release_mirror, small_index_body, start_mirror, Flags,
+};
+use support::upstream::{DlStyle, TestUpstream};
 
 const SIZES: [u64; 4] = [1_000, 10_000, 50_000, 100_000];
 const CALLS: u64 = 200;
@@ -101,8 +99,11 @@ async fn measure(binary: &Path, upstream: &str, files: u64, calls: u64) -> Measu
     let data = temp.path().join("data");
     fill(&data, files);
     let started = Instant::now();
-    let mirror =
-        MirrorProcess::start_with(binary, upstream, &["--prefetch", "off"], &[], Some(&data));
+    let mirror = start_mirror(
+        release_mirror(binary, upstream)
+            .args(&["--prefetch", "off"])
+            .data_dir(&data),
+    );
     let start = started.elapsed();
     let client = reqwest::Client::builder()
         .no_proxy()

@@ -1,17 +1,15 @@
 //! Private mode: real cargo with a token through `cargo:token`, refusals that
 //! reveal nothing, git with basic auth, open probes, a separate metrics token.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::cargo::{new_token, project};
-use common::mirror::Mirror;
-use common::registry::{graph_project_manifest, graph_registry};
-use common::upstream::{DlStyle, TestUpstream};
-use common::{client, json_of};
 use reqwest::StatusCode;
+use support::cargo::{new_token, project};
+use support::mirror::Mirror;
+use support::registry::{graph_project_manifest, graph_registry};
+use support::upstream::{DlStyle, TestUpstream};
+use support::{client, json_of};
 
 /// A CARGO_HOME that reaches the mirror as a named registry with `cargo:token`.
 fn private_home(index_url: &str) -> tempfile::TempDir {
@@ -52,7 +50,10 @@ async fn cargo_with_a_token_resolves_and_without_one_gets_nothing() {
     assert_ne!(token, other_token);
     let upstream = TestUpstream::start(&graph_registry(), DlStyle::Plain);
     let tokens = format!("{hash},{other_hash}");
-    let mirror = Mirror::start_with_public_url(&upstream.url, &["--auth-tokens", &tokens]);
+    let mirror = Mirror::builder(&upstream.url)
+        .public_url()
+        .args(&["--auth-tokens", &tokens])
+        .start();
     let home = private_home(&mirror.index_url());
     let target = tempfile::tempdir().unwrap();
 
@@ -334,17 +335,17 @@ async fn fortress() -> Fortress {
     let (token, hash) = new_token();
     let (metrics_token, metrics_hash) = new_token();
     let upstream = TestUpstream::start(&graph_registry(), DlStyle::Plain);
-    let mirror = Mirror::start_with_git(
-        &upstream.url,
-        &[
+    let mirror = Mirror::builder(&upstream.url)
+        .git()
+        .args(&[
             "--auth-tokens",
             &hash,
             "--metrics-tokens",
             &metrics_hash,
             "--git-rebuild-delay",
             "0",
-        ],
-    );
+        ])
+        .start();
     let (status, body) = raw_exchange(&mirror.url, "GET", "/index/3/a/abc", Some(&token));
     assert_eq!(status, 200, "{body}");
     let metrics = format!("Bearer {metrics_token}");
@@ -529,7 +530,7 @@ async fn client_headers_never_steer_the_dl_url() {
 
     // No public-url, no trusted proxies: forwarding headers are ignored; the
     // Host decides, and the answer says so.
-    let mirror = Mirror::start(&upstream.url, &[]);
+    let mirror = Mirror::builder(&upstream.url).start();
     let port = mirror.url.rsplit(':').next().unwrap().to_string();
     let response = config_of(
         &mirror,
@@ -574,7 +575,9 @@ async fn client_headers_never_steer_the_dl_url() {
 
     // With the peer trusted, the proxy's view counts, but only http/https and
     // valid hosts.
-    let proxied = Mirror::start(&upstream.url, &["--trusted-proxies", "127.0.0.0/8"]);
+    let proxied = Mirror::builder(&upstream.url)
+        .args(&["--trusted-proxies", "127.0.0.0/8"])
+        .start();
     let config: serde_json::Value = config_of(
         &proxied,
         &[(
@@ -616,10 +619,9 @@ async fn client_headers_never_steer_the_dl_url() {
     }
 
     // With public-url nothing a client sends changes the body.
-    let fixed = Mirror::start(
-        &upstream.url,
-        &["--public-url", "https://mirror.example.com"],
-    );
+    let fixed = Mirror::builder(&upstream.url)
+        .args(&["--public-url", "https://mirror.example.com"])
+        .start();
     let config: serde_json::Value = config_of(&fixed, &[("x-forwarded-host", "attacker.example")])
         .await
         .unwrap()
@@ -641,7 +643,10 @@ fn raw_exchange_with_host(base: &str, host: &str) -> (u16, String) {
 async fn private_without_metrics_tokens_opens_metrics_and_stats_to_clients_only() {
     let (token, hash) = new_token();
     let upstream = TestUpstream::start(&graph_registry(), DlStyle::Plain);
-    let mirror = Mirror::start_with_public_url(&upstream.url, &["--auth-tokens", &hash]);
+    let mirror = Mirror::builder(&upstream.url)
+        .public_url()
+        .args(&["--auth-tokens", &hash])
+        .start();
     for route in ["/metrics", "/api/stats"] {
         let (status, body) = raw_exchange(&mirror.url, "GET", route, None);
         assert_eq!(status, 401, "{route}");

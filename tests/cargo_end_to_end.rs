@@ -3,19 +3,19 @@
 //! through the mirror, compared with resolving against the upstream directly,
 //! then resolved and built again from the mirror's cache with the upstream gone.
 
-mod common;
-
-use common::cargo::{project, run_ok, CargoHome};
-use common::mirror::Mirror;
-use common::registry::{graph_project_manifest, graph_registry};
-use common::upstream::{DlStyle, TestUpstream};
+use support::cargo::{project, run_ok, CargoHome};
+use support::mirror::Mirror;
+use support::registry::{graph_project_manifest, graph_registry};
+use support::upstream::{DlStyle, TestUpstream};
 
 #[test]
 fn cargo_resolves_and_builds_through_the_mirror_cold_warm_and_offline() {
     let mut upstream = TestUpstream::start(&graph_registry(), DlStyle::Plain);
     // A TTL of 1s: by the offline run every index file is expired, so it is
     // answered from stale copies, not from fresh ones.
-    let mirror = Mirror::start(&upstream.url, &["--index-ttl", "1"]);
+    let mirror = Mirror::builder(&upstream.url)
+        .args(&["--index-ttl", "1"])
+        .start();
     let target = tempfile::tempdir().unwrap();
 
     // Directly against the test upstream.

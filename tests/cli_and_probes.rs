@@ -1,17 +1,15 @@
 //! The health probes and the HTTP worker threads (the settings' own tests are
 //! in settings.rs).
 
-mod common;
-
-use common::client;
-use common::mirror::Mirror;
-use common::registry::CrateSpec;
-use common::upstream::{DlStyle, TestUpstream};
+use support::client;
+use support::mirror::Mirror;
+use support::registry::CrateSpec;
+use support::upstream::{DlStyle, TestUpstream};
 
 #[tokio::test]
 async fn health_and_readiness() {
     let mut upstream = TestUpstream::start(&[CrateSpec::new("a", "1.0.0")], DlStyle::Plain);
-    let mirror = Mirror::start(&upstream.url, &[]);
+    let mirror = Mirror::builder(&upstream.url).start();
     let health = client()
         .get(format!("{}/health", mirror.url))
         .send()
@@ -30,7 +28,7 @@ async fn health_and_readiness() {
 
     // A mirror that never reached the upstream's config.json is alive but not ready.
     upstream.stop();
-    let orphan = Mirror::start(&upstream.url, &[]);
+    let orphan = Mirror::builder(&upstream.url).start();
     assert_eq!(
         client()
             .get(format!("{}/health", orphan.url))
@@ -57,7 +55,9 @@ async fn health_and_readiness() {
 async fn workers_sets_the_number_of_http_threads() {
     let upstream = TestUpstream::start(&[CrateSpec::new("a", "1.0.0")], DlStyle::Plain);
     for workers in [1, 3] {
-        let mirror = Mirror::start(&upstream.url, &["--workers", &workers.to_string()]);
+        let mirror = Mirror::builder(&upstream.url)
+            .args(&["--workers", &workers.to_string()])
+            .start();
         assert!(
             mirror.stats().await["requests"].is_object(),
             "the mirror serves"

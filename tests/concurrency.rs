@@ -1,13 +1,11 @@
 //! One upstream request per key, however many clients ask at once.
 
-mod common;
-
 use std::sync::atomic::Ordering;
 
-use common::client;
-use common::mirror::Mirror;
-use common::registry::{publish, CrateSpec};
-use common::upstream::{DlStyle, TestUpstream};
+use support::client;
+use support::mirror::Mirror;
+use support::registry::{publish, CrateSpec};
+use support::upstream::{DlStyle, TestUpstream};
 
 const CLIENTS: usize = 100;
 
@@ -19,7 +17,7 @@ async fn a_hundred_concurrent_misses_make_one_upstream_request_each() {
         &[spec, CrateSpec::new("indexonly", "0.1.0")],
         DlStyle::Plain,
     );
-    let mirror = Mirror::start(&upstream.url, &[]);
+    let mirror = Mirror::builder(&upstream.url).start();
     // Learn config.json first, so only the measured requests remain.
     assert!(client()
         .get(format!("{}/ready", mirror.url))

@@ -3,18 +3,16 @@
 //! after SIGTERM the background work (a git rebuild, prefetches) is stopped or
 //! finished before the process exits, so nothing writes to the data dir after.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use common::cargo::{project, run_ok, CargoHome};
-use common::client;
-use common::mirror::Mirror;
-use common::registry::{layered_graph, publish, CrateSpec, Published};
-use common::upstream::{DlStyle, TestUpstream};
+use support::cargo::{project, run_ok, CargoHome};
+use support::client;
+use support::mirror::Mirror;
+use support::registry::{layered_graph, publish, CrateSpec, Published};
+use support::upstream::{DlStyle, TestUpstream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_during_50_cold_downloads_leaves_nothing_bad() {
@@ -29,7 +27,7 @@ async fn kill_9_during_50_cold_downloads_leaves_nothing_bad() {
     upstream.switches.chunk_delay_ms.store(40, Ordering::SeqCst);
     let temp = tempfile::tempdir().unwrap();
     let data = temp.path().join("data");
-    let mut mirror = Mirror::start_in(&data, &upstream.url, &[]);
+    let mut mirror = Mirror::builder(&upstream.url).data_dir(&data).start();
 
     let downloads: Vec<_> = published
         .iter()
@@ -66,7 +64,7 @@ async fn kill_9_during_50_cold_downloads_leaves_nothing_bad() {
 
     // Restart: temp files of the dead process are gone, verify finds nothing bad.
     upstream.switches.chunk_delay_ms.store(0, Ordering::SeqCst);
-    let restarted = Mirror::start_in(&data, &upstream.url, &[]);
+    let restarted = Mirror::builder(&upstream.url).data_dir(&data).start();
     assert!(restarted.stored_files(".part").is_empty());
     let verify = restarted.run_command("verify", &upstream.url, &[]);
     let stdout = String::from_utf8_lossy(&verify.stdout);
@@ -101,7 +99,10 @@ async fn sigterm_finishes_in_flight_downloads_and_flushes_the_database() {
     upstream.add(&big);
     let temp = tempfile::tempdir().unwrap();
     let data = temp.path().join("data");
-    let mut mirror = Mirror::start_in(&data, &upstream.url, &["--shutdown-timeout", "20"]);
+    let mut mirror = Mirror::builder(&upstream.url)
+        .data_dir(&data)
+        .args(&["--shutdown-timeout", "20"])
+        .start();
     let http = client();
     assert_eq!(
         http.get(format!("{}in/de/indexed", mirror.index_url()))
@@ -147,7 +148,9 @@ async fn sigterm_finishes_in_flight_downloads_and_flushes_the_database() {
 
     // The database was flushed: the index file is there with the upstream gone.
     drop(upstream);
-    let restarted = Mirror::start_in(&data, "http://127.0.0.1:9/index/", &[]);
+    let restarted = Mirror::builder("http://127.0.0.1:9/index/")
+        .data_dir(&data)
+        .start();
     let index = http
         .get(format!("{}in/de/indexed", restarted.index_url()))
         .send()
@@ -216,9 +219,9 @@ async fn after_sigterm_nothing_writes_to_the_data_dir() {
         std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
     ))
     .unwrap();
-    let mut mirror = Mirror::start_with_public_url_and_env(
-        &upstream.url,
-        &[
+    let mut mirror = Mirror::builder(&upstream.url)
+        .public_url()
+        .args(&[
             "--git-index",
             "on",
             "--git-rebuild-delay",
@@ -227,9 +230,9 @@ async fn after_sigterm_nothing_writes_to_the_data_dir() {
             "3",
             "--shutdown-timeout",
             "20",
-        ],
-        &[("PATH".to_string(), path.to_string_lossy().into_owned())],
-    );
+        ])
+        .env("PATH", &path)
+        .start();
 
     // The first rebuild (config.json) starts with the mirror: wait until its
     // fast-import is under way.

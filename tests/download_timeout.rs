@@ -3,17 +3,15 @@
 //! timeout, while a body that stops for longer than the timeout is given up,
 //! nothing of it is kept, and the next request fetches the crate afresh.
 
-mod common;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::client;
-use common::mirror::Mirror;
-use common::registry::{publish, sha256_hex, CrateSpec, Published};
-use common::upstream::{DlStyle, TestUpstream};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
+use support::client;
+use support::mirror::Mirror;
+use support::registry::{publish, sha256_hex, CrateSpec, Published};
+use support::upstream::{DlStyle, TestUpstream};
 
 /// `--upstream-timeout` given to the mirror, in seconds.
 const TIMEOUT_SECS: u64 = 1;
@@ -33,7 +31,9 @@ fn start(crates: &[&Published]) -> (TestUpstream, Mirror) {
         upstream.add(p);
     }
     let timeout = TIMEOUT_SECS.to_string();
-    let mirror = Mirror::start(&upstream.url, &["--upstream-timeout", &timeout]);
+    let mirror = Mirror::builder(&upstream.url)
+        .args(&["--upstream-timeout", &timeout])
+        .start();
     (upstream, mirror)
 }
 

@@ -2,17 +2,15 @@
 //! versions with build metadata, yanked versions, and fetches that outlive
 //! their client.
 
-mod common;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::client;
-use common::mirror::Mirror;
-use common::registry::{publish, sha256_hex, CrateSpec};
-use common::upstream::{DlStyle, TestUpstream};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
+use support::client;
+use support::mirror::Mirror;
+use support::registry::{publish, sha256_hex, CrateSpec};
+use support::upstream::{DlStyle, TestUpstream};
 
 fn specs() -> Vec<CrateSpec> {
     vec![
@@ -44,7 +42,7 @@ async fn fetch(url: &str) -> reqwest::Response {
 #[tokio::test]
 async fn a_miss_is_fetched_verified_stored_and_then_served_from_storage() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::start(&upstream.url, &[]);
+    let mirror = Mirror::builder(&upstream.url).start();
     let url = download_url(&mirror, "serde-like", "1.0.0");
     let expected = tarball("serde-like", "1.0.0");
 
@@ -77,7 +75,7 @@ async fn a_miss_is_fetched_verified_stored_and_then_served_from_storage() {
 #[tokio::test]
 async fn dl_templates_with_markers_are_honoured() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Markers);
-    let mirror = Mirror::start(&upstream.url, &[]);
+    let mirror = Mirror::builder(&upstream.url).start();
     let response = fetch(&download_url(&mirror, "Inflector", "0.11.4")).await;
     assert_eq!(response.status(), StatusCode::OK);
     let expected = tarball("Inflector", "0.11.4");
@@ -93,7 +91,7 @@ async fn dl_templates_with_markers_are_honoured() {
 #[tokio::test]
 async fn mixed_case_names_share_one_stored_file() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::start(&upstream.url, &[]);
+    let mirror = Mirror::builder(&upstream.url).start();
     let expected = tarball("Inflector", "0.11.4");
     for name in ["Inflector", "inflector", "INFLECTOR"] {
         let response = fetch(&download_url(&mirror, name, "0.11.4")).await;
@@ -108,7 +106,7 @@ async fn mixed_case_names_share_one_stored_file() {
 #[tokio::test]
 async fn build_metadata_versions_work_encoded_and_plain() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::start(&upstream.url, &[]);
+    let mirror = Mirror::builder(&upstream.url).start();
     let expected = tarball("buildmeta", "1.0.0+build.7");
     for version in ["1.0.0%2Bbuild.7", "1.0.0+build.7", "1.0.0%2bbuild.7"] {
         let response = fetch(&download_url(&mirror, "buildmeta", version)).await;
@@ -121,7 +119,7 @@ async fn build_metadata_versions_work_encoded_and_plain() {
 #[tokio::test]
 async fn yanked_versions_still_download() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::start(&upstream.url, &[]);
+    let mirror = Mirror::builder(&upstream.url).start();
     let response = fetch(&download_url(&mirror, "yanky", "1.0.1")).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.bytes().await.unwrap(), tarball("yanky", "1.0.1"));
@@ -130,7 +128,7 @@ async fn yanked_versions_still_download() {
 #[tokio::test]
 async fn unknown_crates_and_versions_are_404_without_a_download_attempt() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::start(&upstream.url, &[]);
+    let mirror = Mirror::builder(&upstream.url).start();
     for (name, version) in [
         ("serde-like", "9.9.9"),
         ("nonexistent", "1.0.0"),
@@ -145,7 +143,9 @@ async fn unknown_crates_and_versions_are_404_without_a_download_attempt() {
 #[tokio::test]
 async fn a_version_published_within_the_ttl_is_found_by_revalidating() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::start(&upstream.url, &["--index-ttl", "600"]);
+    let mirror = Mirror::builder(&upstream.url)
+        .args(&["--index-ttl", "600"])
+        .start();
     let index = client()
         .get(format!("{}se/rd/serde-like", mirror.index_url()))
         .send()
@@ -163,7 +163,7 @@ async fn a_version_published_within_the_ttl_is_found_by_revalidating() {
 #[tokio::test]
 async fn a_checksum_mismatch_is_never_stored_nor_served_whole() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::start(&upstream.url, &[]);
+    let mirror = Mirror::builder(&upstream.url).start();
     let url = download_url(&mirror, "big", "1.0.0");
     upstream
         .switches
@@ -225,7 +225,7 @@ async fn a_checksum_mismatch_is_never_stored_nor_served_whole() {
 #[tokio::test]
 async fn downloads_stream_before_the_upstream_finishes_and_outlive_their_client() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::start(&upstream.url, &[]);
+    let mirror = Mirror::builder(&upstream.url).start();
     // 1 MiB in 64 chunks, 30 ms apart: about two seconds upstream.
     upstream.switches.chunk_delay_ms.store(30, Ordering::SeqCst);
     let url = download_url(&mirror, "big", "1.0.0");
@@ -273,7 +273,7 @@ async fn a_crate_of_tens_of_megabytes_streams_through() {
     let huge = publish(&CrateSpec::new("huge", "1.0.0").padding(24 << 20));
     let upstream = TestUpstream::start(&[], DlStyle::Plain);
     upstream.add(&huge);
-    let mirror = Mirror::start(&upstream.url, &[]);
+    let mirror = Mirror::builder(&upstream.url).start();
     let expected = huge.tarball;
     assert!(expected.len() > 20 << 20);
     let url = download_url(&mirror, "huge", "1.0.0");
@@ -288,7 +288,7 @@ async fn a_crate_of_tens_of_megabytes_streams_through() {
 #[tokio::test]
 async fn an_upstream_error_on_a_miss_is_a_gateway_error_and_stores_nothing() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::start(&upstream.url, &[]);
+    let mirror = Mirror::builder(&upstream.url).start();
     // Cache the index file, then break the upstream for the download.
     let index = client()
         .get(format!("{}se/rd/serde-like", mirror.index_url()))
@@ -315,7 +315,7 @@ async fn hot_crates_are_served_from_memory() {
     let expected = tarball("serde-like", "1.0.0");
     let key = "crates/se/rd/serde-like/serde-like-1.0.0.crate";
     for (args, from_memory) in [(&[][..], true), (&["--crate-cache-size", "0"][..], false)] {
-        let mirror = Mirror::start(&upstream.url, args);
+        let mirror = Mirror::builder(&upstream.url).args(args).start();
         let url = download_url(&mirror, "serde-like", "1.0.0");
         let fetches_before = upstream.count("/dl/serde-like/1.0.0/download");
         assert_eq!(fetch(&url).await.bytes().await.unwrap(), expected);

@@ -2,18 +2,16 @@
 //! the git command), rebuilds after new files are cached, clones during rebuilds,
 //! `crate-mirror warm`, and a private mirror's git index used with a token.
 
-mod common;
-
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::cargo::{new_token, project, run, run_ok, run_with_env, CargoHome};
-use common::mirror::Mirror;
-use common::registry::{graph_project_manifest, graph_registry, CrateSpec};
-use common::upstream::{DlStyle, TestUpstream};
-use common::{client, json_of};
+use support::cargo::{new_token, project, run, run_ok, run_with_env, CargoHome};
+use support::mirror::Mirror;
+use support::registry::{graph_project_manifest, graph_registry, CrateSpec};
+use support::upstream::{DlStyle, TestUpstream};
+use support::{client, json_of};
 
 fn git(dir: &Path, args: &[&str]) -> std::process::Output {
     Command::new("git")
@@ -46,7 +44,10 @@ async fn a_clone_holds_the_cached_files_and_a_config_pointing_at_the_mirror() {
         CrateSpec::new("Inflector", "0.11.4"),
     ];
     let upstream = TestUpstream::start(&specs, DlStyle::Plain);
-    let mirror = Mirror::start_with_git(&upstream.url, &["--git-rebuild-delay", "0"]);
+    let mirror = Mirror::builder(&upstream.url)
+        .git()
+        .args(&["--git-rebuild-delay", "0"])
+        .start();
     let mut sparse = Vec::new();
     for path in ["1/a", "3/a/abc", "in/fl/inflector"] {
         let body = get(&format!("{}{path}", mirror.index_url()))
@@ -112,7 +113,10 @@ async fn cargo_resolves_and_builds_through_the_git_index_cached_or_warmed() {
     let target = tempfile::tempdir().unwrap();
 
     // Cached by sparse use, then served over git to libgit2 (cargo's default).
-    let cached = Mirror::start_with_git(&upstream.url, &["--git-rebuild-delay", "0"]);
+    let cached = Mirror::builder(&upstream.url)
+        .git()
+        .args(&["--git-rebuild-delay", "0"])
+        .start();
     let sparse_project = project(&graph_project_manifest());
     run_ok(
         &CargoHome::new(&cached.index_url()),
@@ -132,10 +136,10 @@ async fn cargo_resolves_and_builds_through_the_git_index_cached_or_warmed() {
 
     // A fresh mirror warmed from the lockfile, served to the git command.
     // Prefetch off: this part counts exactly what warm fetched itself.
-    let warmed = Mirror::start_with_git(
-        &upstream.url,
-        &["--git-rebuild-delay", "0", "--prefetch", "off"],
-    );
+    let warmed = Mirror::builder(&upstream.url)
+        .git()
+        .args(&["--git-rebuild-delay", "0", "--prefetch", "off"])
+        .start();
     let lock_path = sparse_project.path().join("Cargo.lock");
     let output = Command::new(env!("CARGO_BIN_EXE_crate-mirror"))
         .args(["warm", "--mirror", &warmed.url, "--lockfile"])
@@ -193,7 +197,10 @@ async fn a_crate_cached_later_reaches_git_clients_on_their_next_fetch() {
         ],
         DlStyle::Plain,
     );
-    let mirror = Mirror::start_with_git(&upstream.url, &["--git-rebuild-delay", "1"]);
+    let mirror = Mirror::builder(&upstream.url)
+        .git()
+        .args(&["--git-rebuild-delay", "1"])
+        .start();
     assert_eq!(
         get(&format!("{}fi/rs/first", mirror.index_url()))
             .await
@@ -232,7 +239,10 @@ async fn a_crate_cached_later_reaches_git_clients_on_their_next_fetch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clones_and_fetches_during_rebuilds_never_fail() {
     let upstream = TestUpstream::start(&[CrateSpec::new("seed", "1.0.0")], DlStyle::Plain);
-    let mirror = Mirror::start_with_git(&upstream.url, &["--git-rebuild-delay", "0"]);
+    let mirror = Mirror::builder(&upstream.url)
+        .git()
+        .args(&["--git-rebuild-delay", "0"])
+        .start();
     assert_eq!(
         get(&format!("{}se/ed/seed", mirror.index_url()))
             .await
@@ -392,10 +402,10 @@ fn assert_ok(output: &std::process::Output, what: &str) {
 async fn a_private_git_index_needs_auth_and_serves_cargo_with_a_token() {
     let (token, hash) = new_token();
     let upstream = TestUpstream::start(&graph_registry(), DlStyle::Plain);
-    let mirror = Mirror::start_with_git(
-        &upstream.url,
-        &["--auth-tokens", &hash, "--git-rebuild-delay", "0"],
-    );
+    let mirror = Mirror::builder(&upstream.url)
+        .git()
+        .args(&["--auth-tokens", &hash, "--git-rebuild-delay", "0"])
+        .start();
     let target = tempfile::tempdir().unwrap();
     let bearer = format!("Bearer {token}");
 

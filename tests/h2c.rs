@@ -4,16 +4,14 @@
 //! request that asks for an upgrade we do not make keeps its connection alive
 //! and is never answered `connection: upgrade`.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 
-use common::cargo::{project, run_ok, CargoHome};
-use common::mirror::Mirror;
-use common::registry::{graph_project_manifest, graph_registry};
-use common::upstream::{DlStyle, TestUpstream};
+use support::cargo::{project, run_ok, CargoHome};
+use support::mirror::Mirror;
+use support::registry::{graph_project_manifest, graph_registry};
+use support::upstream::{DlStyle, TestUpstream};
 
 /// The HTTP versions of the access log's request lines.
 fn logged_versions(log: &str) -> Vec<String> {
@@ -30,7 +28,7 @@ fn logged_versions(log: &str) -> Vec<String> {
 #[tokio::test]
 async fn cargo_over_plain_http_resolves_and_fetches_on_one_http2_connection() {
     let upstream = TestUpstream::start(&graph_registry(), DlStyle::Plain);
-    let mirror = Mirror::start(&upstream.url, &[]);
+    let mirror = Mirror::builder(&upstream.url).start();
     let home = CargoHome::new(&mirror.index_url());
     let app = project(&graph_project_manifest());
     let target = tempfile::tempdir().unwrap();
@@ -77,7 +75,7 @@ fn curl(flag: &str, urls: &[&str]) -> String {
 #[tokio::test]
 async fn curl_upgrades_and_speaks_prior_knowledge() {
     let upstream = TestUpstream::start(&graph_registry(), DlStyle::Plain);
-    let mirror = Mirror::start(&upstream.url, &[]);
+    let mirror = Mirror::builder(&upstream.url).start();
     let config = format!("{}config.json", mirror.index_url());
     let health = format!("{}/health", mirror.url);
     // Upgrade: both requests HTTP/2, the second on the same connection.
@@ -124,7 +122,7 @@ fn read_response(stream: &mut TcpStream) -> String {
 #[test]
 fn an_upgrade_we_do_not_make_keeps_the_connection_alive() {
     let upstream = TestUpstream::start(&graph_registry(), DlStyle::Plain);
-    let mirror = Mirror::start(&upstream.url, &[]);
+    let mirror = Mirror::builder(&upstream.url).start();
     let mut stream = TcpStream::connect(mirror.url.strip_prefix("http://").unwrap()).unwrap();
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(10)))

@@ -3,18 +3,16 @@
 //! its body timeout and 413 past its size limit, and still serves real git; the
 //! other routes refuse a body without waiting for it.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::client;
-use common::mirror::Mirror;
-use common::registry::CrateSpec;
-use common::upstream::{DlStyle, TestUpstream};
+use support::client;
+use support::mirror::Mirror;
+use support::registry::CrateSpec;
+use support::upstream::{DlStyle, TestUpstream};
 
 /// The mirror's body timeout is 10 s; this leaves a generous margin for a
 /// loaded machine, and is far below the 40 s the issue saw.
@@ -93,7 +91,10 @@ fn post_declaring(base: &str, length: usize) -> TcpStream {
 
 /// A mirror with the git index holding one crate's index file.
 async fn git_mirror(upstream: &TestUpstream) -> Mirror {
-    let mirror = Mirror::start_with_git(&upstream.url, &["--git-rebuild-delay", "0"]);
+    let mirror = Mirror::builder(&upstream.url)
+        .git()
+        .args(&["--git-rebuild-delay", "0"])
+        .start();
     let cached = client()
         .get(format!("{}se/rd/serde", mirror.index_url()))
         .send()

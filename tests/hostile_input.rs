@@ -1,13 +1,11 @@
 //! Hostile requests get a 4xx and never reach the filesystem or the upstream.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-use common::mirror::Mirror;
-use common::registry::CrateSpec;
-use common::upstream::{DlStyle, TestUpstream};
+use support::mirror::Mirror;
+use support::registry::CrateSpec;
+use support::upstream::{DlStyle, TestUpstream};
 
 /// Sends `GET {path}` byte for byte (no client-side normalisation) and returns the status.
 fn raw_status(base: &str, path: &[u8]) -> u16 {
@@ -37,7 +35,7 @@ fn raw_request(base: &str, method: &[u8], path: &[u8]) -> u16 {
 #[test]
 fn hostile_paths_are_4xx_and_never_reach_the_upstream() {
     let upstream = TestUpstream::start(&[CrateSpec::new("serde", "1.0.0")], DlStyle::Plain);
-    let mirror = Mirror::start(&upstream.url, &[]);
+    let mirror = Mirror::builder(&upstream.url).start();
     let long_name = "a".repeat(65);
     let long_version = format!("1.0.0+{}", "b".repeat(200));
     let index_paths: Vec<String> = vec![
@@ -162,7 +160,7 @@ fn raw_exchange(base: &str, request: &[u8]) -> u16 {
 #[test]
 fn hostile_headers_and_request_lines_are_4xx() {
     let upstream = TestUpstream::start(&[CrateSpec::new("serde", "1.0.0")], DlStyle::Plain);
-    let mirror = Mirror::start(&upstream.url, &[]);
+    let mirror = Mirror::builder(&upstream.url).start();
     let get = |headers: &str| {
         format!("GET /index/se/rd/serde HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n")
             .into_bytes()
@@ -210,9 +208,9 @@ fn hostile_headers_and_request_lines_are_4xx() {
 /// package" instead of failing on a 400.
 #[test]
 fn names_that_cannot_exist_are_404_and_cargo_says_no_matching_package() {
-    use common::cargo::{project, run, CargoHome};
+    use support::cargo::{project, run, CargoHome};
     let upstream = TestUpstream::start(&[CrateSpec::new("serde", "1.0.0")], DlStyle::Plain);
-    let mirror = Mirror::start(&upstream.url, &[]);
+    let mirror = Mirror::builder(&upstream.url).start();
     for path in [
         "/index/_f/oo/_foo",
         "/index/3/1/1ab",

@@ -3,17 +3,15 @@
 //! upstream, and `.crate` bodies with no Content-Length whose end must not
 //! reach a client before it is verified.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::client;
-use common::faults::{Chunking, Reply, ScriptedServer};
-use common::mirror::Mirror;
-use common::registry::{publish, CrateSpec, Published};
-use common::upstream::{DlStyle, TestUpstream};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
+use support::client;
+use support::faults::{Chunking, Reply, ScriptedServer};
+use support::mirror::Mirror;
+use support::registry::{publish, CrateSpec, Published};
+use support::upstream::{DlStyle, TestUpstream};
 
 /// A client's guard against hangs; every answer is expected well within it.
 const HANG_GUARD: Duration = Duration::from_secs(30);
@@ -88,10 +86,9 @@ async fn metric(mirror: &Mirror, series: &str) -> Option<f64> {
 async fn made_up_versions_revalidate_at_most_once_per_interval() {
     let upstream = TestUpstream::start(&[CrateSpec::new("target", "1.0.0")], DlStyle::Plain);
     let interval = Duration::from_secs(3);
-    let mirror = Mirror::start(
-        &upstream.url,
-        &["--revalidate-interval", "3", "--index-ttl", "600"],
-    );
+    let mirror = Mirror::builder(&upstream.url)
+        .args(&["--revalidate-interval", "3", "--index-ttl", "600"])
+        .start();
     let index = "/index/ta/rg/target";
     let cached = get(&format!("{}ta/rg/target", mirror.index_url())).await;
     assert_eq!(cached.status(), StatusCode::OK);
@@ -144,13 +141,12 @@ async fn redirects_to_other_hosts_are_refused() {
         Reply::redirect(&format!("{}/secret", other.base)),
     );
     // Another loopback port is another host; listing a third one changes nothing.
-    let mirror = Mirror::start(
-        &upstream_url(&upstream),
-        &[
+    let mirror = Mirror::builder(&upstream_url(&upstream))
+        .args(&[
             "--upstream-redirect-hosts",
             "127.0.0.1:9,mirror.example.com",
-        ],
-    );
+        ])
+        .start();
 
     let response = get(&download_url(&mirror, "redir", "1.0.0")).await;
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
@@ -192,10 +188,9 @@ async fn redirects_to_listed_hosts_are_followed() {
         Reply::redirect(&format!("{}/files/listed.crate", files.base)),
     );
     let listed = format!("127.0.0.1:{}", files.port);
-    let mirror = Mirror::start(
-        &upstream_url(&upstream),
-        &["--upstream-redirect-hosts", &listed],
-    );
+    let mirror = Mirror::builder(&upstream_url(&upstream))
+        .args(&["--upstream-redirect-hosts", &listed])
+        .start();
     let response = get(&download_url(&mirror, "listed", "1.0.0")).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.bytes().await.unwrap(), p.tarball);
@@ -230,7 +225,7 @@ async fn redirect_chains_longer_than_five_are_refused() {
         }
         upstream.route(&hop(hops), Reply::ok(p.tarball.clone()));
     }
-    let mirror = Mirror::start(&upstream_url(&upstream), &[]);
+    let mirror = Mirror::builder(&upstream_url(&upstream)).start();
 
     let response = get(&download_url(&mirror, "five", "1.0.0")).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -269,7 +264,7 @@ async fn unknown_length_bodies_hold_back_the_tail() {
         tail_pause: Duration::from_millis(1500),
     };
     upstream.route(&dl_path(&p), Reply::ok(corrupt.clone()).chunked(chunking));
-    let mirror = Mirror::start(&upstream_url(&upstream), &[]);
+    let mirror = Mirror::builder(&upstream_url(&upstream)).start();
     let url = download_url(&mirror, "chunky", "1.0.0");
 
     let response = get(&url).await;

@@ -4,20 +4,18 @@
 //! and the revalidate interval. The cache runs in-process against the test
 //! upstream on loopback.
 
-mod common;
-
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::registry::CrateSpec;
-use common::upstream::{DlStyle, TestUpstream};
 use crate_mirror::clock::Clock;
 use crate_mirror::index::cache::{CacheOutcome, IndexCache, IndexLookup, IndexPolicy};
 use crate_mirror::index::store::IndexStore;
 use crate_mirror::metrics::Metrics;
 use crate_mirror::names::CrateName;
 use crate_mirror::upstream::UpstreamClient;
+use support::registry::CrateSpec;
+use support::upstream::{DlStyle, TestUpstream};
 
 const TTL: Duration = Duration::from_secs(60);
 

@@ -3,19 +3,17 @@
 //! (public, and private where it asks for a token), and the shipped Prometheus
 //! configuration and alert rules.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::cargo::{new_token, project, run_ok, CargoHome};
-use common::client;
-use common::mirror::Mirror;
-use common::parse_samples;
-use common::registry::{graph_project_manifest, graph_registry, publish};
-use common::upstream::{DlStyle, TestUpstream};
+use support::cargo::{new_token, project, run_ok, CargoHome};
+use support::client;
+use support::mirror::Mirror;
+use support::parse_samples;
+use support::registry::{graph_project_manifest, graph_registry, publish};
+use support::upstream::{DlStyle, TestUpstream};
 
 fn sample(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
     *samples
@@ -63,7 +61,9 @@ async fn metrics_after_a_cargo_run_match_what_happened() {
     let specs = graph_registry();
     let upstream = TestUpstream::start(&specs, DlStyle::Plain);
     // Prefetch off, so that every upstream index request is a client's miss.
-    let mirror = Mirror::start(&upstream.url, &["--prefetch", "off"]);
+    let mirror = Mirror::builder(&upstream.url)
+        .args(&["--prefetch", "off"])
+        .start();
     let target = tempfile::tempdir().unwrap();
     let app = project(&graph_project_manifest());
     run_ok(
@@ -199,10 +199,12 @@ async fn metrics_after_a_cargo_run_match_what_happened() {
 #[tokio::test]
 async fn json_logs_have_one_line_per_request() {
     let upstream = TestUpstream::start(&[], DlStyle::Plain);
-    upstream.add(&publish(&common::registry::CrateSpec::new(
+    upstream.add(&publish(&support::registry::CrateSpec::new(
         "logged", "1.0.0",
     )));
-    let mirror = Mirror::start(&upstream.url, &["--log-format", "json"]);
+    let mirror = Mirror::builder(&upstream.url)
+        .args(&["--log-format", "json"])
+        .start();
     let response = client()
         .get(format!("{}lo/gg/logged", mirror.index_url()))
         .send()
@@ -291,7 +293,7 @@ fn parse_bytes(text: &str) -> f64 {
 #[tokio::test]
 async fn the_dashboard_renders_live_figures_in_chromium() {
     let upstream = TestUpstream::start(&graph_registry()[..6], DlStyle::Plain);
-    let mirror = Mirror::start(&upstream.url, &[]);
+    let mirror = Mirror::builder(&upstream.url).start();
     // Traffic: index files and downloads, some of them twice.
     // Fetching abc prefetches its dependency a; wait until that has happened.
     client()
@@ -408,25 +410,15 @@ async fn a_private_dashboard_asks_for_a_token_instead_of_showing_blank_cards() {
     let upstream = TestUpstream::start(&graph_registry()[..2], DlStyle::Plain);
     let (_, client_hash) = new_token();
     let (_, metrics_hash) = new_token();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let public = format!("http://127.0.0.1:{port}");
-    let mirror = Mirror::start(
-        &upstream.url,
-        &[
-            "--listen",
-            &listen,
-            "--public-url",
-            &public,
+    let mirror = Mirror::builder(&upstream.url)
+        .public_url()
+        .args(&[
             "--auth-tokens",
             &client_hash,
             "--metrics-tokens",
             &metrics_hash,
-        ],
-    );
+        ])
+        .start();
     // What the page meets: /api/stats refuses it; the page itself is open.
     let stats = client()
         .get(format!("{}/api/stats", mirror.url))

@@ -4,16 +4,14 @@
 //! wait behind a prefetch. (How much faster a cold resolve gets is measured by
 //! `cargo bench --bench resolution`, not asserted here.)
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::cargo::{project, run_ok, CargoHome};
-use common::client;
-use common::mirror::Mirror;
-use common::registry::{layered_graph, CrateSpec, Dep};
-use common::upstream::{DlStyle, TestUpstream};
+use support::cargo::{project, run_ok, CargoHome};
+use support::client;
+use support::mirror::Mirror;
+use support::registry::{layered_graph, CrateSpec, Dep};
+use support::upstream::{DlStyle, TestUpstream};
 
 fn index_requests(upstream: &TestUpstream) -> usize {
     upstream.count_matching("/index/") - upstream.count("/index/config.json")
@@ -49,12 +47,16 @@ async fn prefetch_keeps_the_lockfile_and_stays_within_budget_of_upstream_request
     let direct_lock = std::fs::read_to_string(app.path().join("Cargo.lock")).unwrap();
 
     let off_upstream = TestUpstream::start(&specs, DlStyle::Plain);
-    let off = Mirror::start(&off_upstream.url, &["--prefetch", "off"]);
+    let off = Mirror::builder(&off_upstream.url)
+        .args(&["--prefetch", "off"])
+        .start();
     assert_eq!(resolve(&off), direct_lock);
     let without = index_requests(&off_upstream);
 
     let on_upstream = TestUpstream::start(&specs, DlStyle::Plain);
-    let on = Mirror::start(&on_upstream.url, &["--prefetch-depth", "6"]);
+    let on = Mirror::builder(&on_upstream.url)
+        .args(&["--prefetch-depth", "6"])
+        .start();
     assert_eq!(resolve(&on), direct_lock, "prefetch changed the resolution");
     // Prefetches may still be finishing; they count against the bound too.
     settle(&on_upstream).await;
@@ -85,7 +87,9 @@ async fn clients_never_wait_behind_a_prefetch() {
     specs.push(hub);
     let upstream = TestUpstream::start(&specs, DlStyle::Plain);
     // As many prefetch slots as held files: every slot ends up stuck.
-    let mirror = Mirror::start(&upstream.url, &["--prefetch-concurrency", "20"]);
+    let mirror = Mirror::builder(&upstream.url)
+        .args(&["--prefetch-concurrency", "20"])
+        .start();
     assert_eq!(
         client()
             .get(format!("{}/ready", mirror.url))
@@ -201,7 +205,7 @@ struct Measured {
 async fn resolve_through_mirror(index: &Path, manifest: &str, args: &[&str]) -> Measured {
     let upstream = TestUpstream::start(&[], DlStyle::Plain);
     assert_eq!(upstream.serve_index_dir(index), 626);
-    let mirror = Mirror::start(&upstream.url, args);
+    let mirror = Mirror::builder(&upstream.url).args(args).start();
     let app = project(manifest);
     let target = tempfile::tempdir().unwrap();
     run_ok(

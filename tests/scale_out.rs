@@ -3,54 +3,28 @@
 //! middle of it, and a fresh CARGO_HOME resolves and fetches with that mirror
 //! down.
 
-mod common;
-
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::cargo::{project, run_ok, CargoHome};
-use common::mirror::Mirror;
-use common::registry::{graph_project_manifest, graph_registry};
-use common::s3::Garage;
-use common::upstream::{DlStyle, TestUpstream};
+use support::cargo::{project, run_ok, CargoHome};
+use support::free_port;
+use support::mirror::Mirror;
+use support::nginx::Nginx;
+use support::registry::{graph_project_manifest, graph_registry};
+use support::s3::Garage;
+use support::upstream::{DlStyle, TestUpstream};
 
 const S3: [&str; 2] = ["--storage", "s3://crates"];
-
-struct Nginx {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM lets the master stop its workers; SIGKILL would orphan them.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        for _ in 0..50 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn port_of(url: &str) -> u16 {
     url.rsplit(':').next().unwrap().parse().unwrap()
 }
 
 /// Runs nginx with deploy/nginx/nginx.conf, changing only the three ports.
-fn start_nginx(prefix: &Path, backends: [u16; 2]) -> Nginx {
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+fn start_nginx(backends: [u16; 2]) -> Nginx {
+    let listen = free_port();
     let shipped = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nginx/nginx.conf"),
     )
@@ -60,29 +34,8 @@ fn start_nginx(prefix: &Path, backends: [u16; 2]) -> Nginx {
         .replace("127.0.0.1:8081", &format!("127.0.0.1:{}", backends[0]))
         .replace("127.0.0.1:8082", &format!("127.0.0.1:{}", backends[1]));
     assert_ne!(config, shipped);
-    std::fs::create_dir_all(prefix.join("logs")).unwrap();
-    let conf = prefix.join("nginx.conf");
-    std::fs::write(&conf, config).unwrap();
-    let mut child = Command::new("nginx")
-        .arg("-p")
-        .arg(prefix)
-        .arg("-c")
-        .arg(&conf)
-        .args(["-g", "daemon off; error_log stderr warn;"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nginx (Debian's nginx package, installed by .ci/run)");
-    let url = format!("http://127.0.0.1:{listen}");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", listen)).is_ok() {
-            return Nginx { child, url };
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("nginx did not start");
+    Nginx::start(&config, listen)
+        .unwrap_or_else(|why| panic!("{why} (Debian's nginx package, installed by .ci/run)"))
 }
 
 fn lockfile(dir: &Path) -> String {
@@ -93,10 +46,15 @@ fn lockfile(dir: &Path) -> String {
 fn two_mirrors_behind_nginx_survive_losing_one_mid_fetch() {
     let garage = Garage::start();
     let upstream = TestUpstream::start(&graph_registry(), DlStyle::Plain);
-    let mut first = Mirror::start_with_env(&upstream.url, &S3, &garage.env());
-    let second = Mirror::start_with_env(&upstream.url, &S3, &garage.env());
-    let prefix = tempfile::tempdir().unwrap();
-    let nginx = start_nginx(prefix.path(), [port_of(&first.url), port_of(&second.url)]);
+    let mut first = Mirror::builder(&upstream.url)
+        .args(&S3)
+        .envs(&garage.env())
+        .start();
+    let second = Mirror::builder(&upstream.url)
+        .args(&S3)
+        .envs(&garage.env())
+        .start();
+    let nginx = start_nginx([port_of(&first.url), port_of(&second.url)]);
     let index_url = format!("{}/index/", nginx.url);
 
     // Slow every upstream answer so the fetch is still running at the kill.

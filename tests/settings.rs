@@ -2,16 +2,14 @@
 //! `--help`, precedence of the layers, and the one-line errors (exit code 2)
 //! of the real binary.
 
-mod common;
-
 use std::process::Command;
 
 use crate_mirror::config::{Fallback, Kind, SETTINGS};
 
-use common::mirror::Mirror;
-use common::registry::CrateSpec;
-use common::upstream::{DlStyle, TestUpstream};
-use common::{client, json_of};
+use support::mirror::Mirror;
+use support::registry::CrateSpec;
+use support::upstream::{DlStyle, TestUpstream};
+use support::{client, json_of};
 
 fn mirror_command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_crate-mirror"));
@@ -249,7 +247,7 @@ const NO_UPSTREAM: &str = "http://127.0.0.1:9/index/";
 fn unknown_mirror_variables_are_warned_about_naming_the_closest_setting() {
     let env = [("CRATE_MIRROR_INDEX_TLL".to_string(), "5".to_string())];
     // The mirror still starts: the warning is one line before it listens.
-    let mirror = Mirror::start_with_env(NO_UPSTREAM, &[], &env);
+    let mirror = Mirror::builder(NO_UPSTREAM).envs(&env).start();
     let log = mirror.log();
     let warnings: Vec<&str> = log
         .lines()
@@ -265,7 +263,9 @@ fn unknown_mirror_variables_are_warned_about_naming_the_closest_setting() {
 #[tokio::test]
 async fn listen_takes_a_host_name_or_a_bare_port_on_loopback() {
     for (listen, expected_prefix) in [("0", "http://127.0.0.1:"), ("localhost:0", "http://")] {
-        let mirror = Mirror::start(NO_UPSTREAM, &["--listen", listen]);
+        let mirror = Mirror::builder(NO_UPSTREAM)
+            .args(&["--listen", listen])
+            .start();
         assert!(mirror.url.starts_with(expected_prefix), "{}", mirror.url);
         let addr: std::net::SocketAddr = mirror.url["http://".len()..].parse().unwrap();
         assert!(addr.ip().is_loopback(), "{listen}: {addr}");

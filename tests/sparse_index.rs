@@ -1,15 +1,13 @@
 //! Conformance of the sparse index: one test per point of the checklist.
 
-mod common;
-
 use std::io::Read;
 use std::time::Duration;
 
-use common::mirror::Mirror;
-use common::registry::{publish, CrateSpec};
-use common::upstream::{DlStyle, TestUpstream};
-use common::{client, json_of};
 use reqwest::StatusCode;
+use support::mirror::Mirror;
+use support::registry::{publish, CrateSpec};
+use support::upstream::{DlStyle, TestUpstream};
+use support::{client, json_of};
 
 fn specs() -> Vec<CrateSpec> {
     vec![
@@ -35,10 +33,9 @@ async fn stats(mirror: &Mirror) -> serde_json::Value {
 #[tokio::test]
 async fn config_json_points_dl_at_the_public_url_or_the_host() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let public = Mirror::start(
-        &upstream.url,
-        &["--public-url", "https://mirror.example.com/"],
-    );
+    let public = Mirror::builder(&upstream.url)
+        .args(&["--public-url", "https://mirror.example.com/"])
+        .start();
     let config: serde_json::Value = get(&format!("{}config.json", public.index_url()))
         .await
         .json()
@@ -47,7 +44,7 @@ async fn config_json_points_dl_at_the_public_url_or_the_host() {
     assert_eq!(config["dl"], "https://mirror.example.com/api/v1/crates");
     assert!(config.get("auth-required").is_none());
 
-    let by_host = Mirror::start(&upstream.url, &[]);
+    let by_host = Mirror::builder(&upstream.url).start();
     let config = json_of(
         client()
             .get(format!("{}config.json", by_host.index_url()))
@@ -60,7 +57,7 @@ async fn config_json_points_dl_at_the_public_url_or_the_host() {
 #[tokio::test]
 async fn index_files_of_every_name_length_pass_through_byte_for_byte() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::start(&upstream.url, &[]);
+    let mirror = Mirror::builder(&upstream.url).start();
     for (path, name) in [
         ("1/a", "a"),
         ("2/ab", "ab"),
@@ -100,12 +97,12 @@ async fn new_style_features_and_many_versions_survive() {
     for minor in 0..2000 {
         big.push(
             CrateSpec::new("bigfile", &format!("0.{minor}.0"))
-                .dep(common::registry::Dep::new("a", "^1").optional())
+                .dep(support::registry::Dep::new("a", "^1").optional())
                 .feature("x", &["dep:a"]),
         );
     }
     let upstream = TestUpstream::start(&big, DlStyle::Plain);
-    let mirror = Mirror::start(&upstream.url, &[]);
+    let mirror = Mirror::builder(&upstream.url).start();
     let expected = upstream.index_body("bigfile").unwrap();
     assert!(expected.len() > 300_000, "only {} bytes", expected.len());
     let body = get(&format!("{}bi/gf/bigfile", mirror.index_url()))
@@ -120,7 +117,7 @@ async fn new_style_features_and_many_versions_survive() {
 #[tokio::test]
 async fn mismatched_prefixes_are_404_and_never_reach_the_upstream() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::start(&upstream.url, &[]);
+    let mirror = Mirror::builder(&upstream.url).start();
     for path in [
         "1/ab",
         "2/abc",
@@ -142,7 +139,9 @@ async fn missing_crates_pass_the_upstream_status_through_and_are_cached_briefly(
     let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
     upstream.set_index("gone", 410, "");
     upstream.set_index("legal", 451, "");
-    let mirror = Mirror::start(&upstream.url, &["--negative-ttl", "30"]);
+    let mirror = Mirror::builder(&upstream.url)
+        .args(&["--negative-ttl", "30"])
+        .start();
     for (path, status) in [
         ("no/pe/nope", StatusCode::NOT_FOUND),
         ("go/ne/gone", StatusCode::GONE),
@@ -171,7 +170,7 @@ async fn missing_crates_pass_the_upstream_status_through_and_are_cached_briefly(
 #[tokio::test]
 async fn etag_and_last_modified_give_304s_and_head_works() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::start(&upstream.url, &[]);
+    let mirror = Mirror::builder(&upstream.url).start();
     let url = format!("{}3/a/abc", mirror.index_url());
     let first = get(&url).await;
     assert_eq!(first.status(), StatusCode::OK);
@@ -246,7 +245,7 @@ async fn etag_and_last_modified_give_304s_and_head_works() {
 #[tokio::test]
 async fn gzip_is_served_to_clients_that_ask() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::start(&upstream.url, &[]);
+    let mirror = Mirror::builder(&upstream.url).start();
     let url = format!("{}ab/cd/abcd", mirror.index_url());
     let response = client()
         .get(&url)
@@ -269,7 +268,9 @@ async fn gzip_is_served_to_clients_that_ask() {
 #[tokio::test]
 async fn fresh_files_are_served_from_memory_without_the_upstream() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::start(&upstream.url, &["--index-ttl", "600"]);
+    let mirror = Mirror::builder(&upstream.url)
+        .args(&["--index-ttl", "600"])
+        .start();
     let url = format!("{}ab/cd/abcd", mirror.index_url());
     assert_eq!(get(&url).await.headers()["x-cache"], "MISS");
     let before = stats(&mirror).await;
@@ -290,10 +291,9 @@ async fn fresh_files_are_served_from_memory_without_the_upstream() {
 async fn expired_files_are_revalidated_with_the_upstream_validators() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
     // Clients wait for the upstream past the TTL (no serving while updating).
-    let mirror = Mirror::start(
-        &upstream.url,
-        &["--index-ttl", "1", "--index-max-stale", "0"],
-    );
+    let mirror = Mirror::builder(&upstream.url)
+        .args(&["--index-ttl", "1", "--index-max-stale", "0"])
+        .start();
     let url = format!("{}3/a/abc", mirror.index_url());
     let first = get(&url).await;
     let etag = first.headers()["etag"].clone();
@@ -328,7 +328,9 @@ async fn expired_files_are_revalidated_with_the_upstream_validators() {
 #[tokio::test]
 async fn within_the_ttl_the_upstream_is_not_asked() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::start(&upstream.url, &["--index-ttl", "600"]);
+    let mirror = Mirror::builder(&upstream.url)
+        .args(&["--index-ttl", "600"])
+        .start();
     let url = format!("{}2/ab", mirror.index_url());
     get(&url).await;
     upstream.publish_all(&[CrateSpec::new("ab", "2.0.0")]);
@@ -341,14 +343,13 @@ async fn within_the_ttl_the_upstream_is_not_asked() {
 async fn stale_copies_are_served_when_the_upstream_fails() {
     let mut upstream = TestUpstream::start(&specs(), DlStyle::Plain);
     // Clients wait for the upstream past the TTL (no serving while updating).
-    let mirror = Mirror::start(
-        &upstream.url,
-        &["--index-ttl", "1", "--index-max-stale", "0"],
-    );
+    let mirror = Mirror::builder(&upstream.url)
+        .args(&["--index-ttl", "1", "--index-max-stale", "0"])
+        .start();
     let url = format!("{}ab/cd/abcd", mirror.index_url());
     let body = get(&url).await.bytes().await.unwrap();
     // A second mirror that has learnt config.json while the upstream was healthy.
-    let fresh = Mirror::start(&upstream.url, &[]);
+    let fresh = Mirror::builder(&upstream.url).start();
     assert_eq!(
         get(&format!("{}/ready", fresh.url)).await.status(),
         StatusCode::OK
@@ -400,7 +401,9 @@ async fn stale_copies_are_served_when_the_upstream_fails() {
 #[tokio::test]
 async fn a_stalled_upstream_gives_504_within_the_timeout() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::start(&upstream.url, &["--upstream-timeout", "1"]);
+    let mirror = Mirror::builder(&upstream.url)
+        .args(&["--upstream-timeout", "1"])
+        .start();
     // Let the mirror learn config.json first, then stall everything.
     assert_eq!(
         get(&format!("{}/ready", mirror.url)).await.status(),
@@ -426,7 +429,7 @@ async fn cached_files_survive_a_restart_without_the_upstream() {
     let temp = tempfile::tempdir().unwrap();
     let data = temp.path().join("data");
     let body = {
-        let mirror = Mirror::start_in(&data, &upstream.url, &[]);
+        let mirror = Mirror::builder(&upstream.url).data_dir(&data).start();
         let body = get(&format!("{}in/fl/inflector", mirror.index_url()))
             .await
             .bytes()
@@ -437,7 +440,7 @@ async fn cached_files_survive_a_restart_without_the_upstream() {
         body
     };
     upstream.stop();
-    let mirror = Mirror::start_in(&data, &upstream.url, &[]);
+    let mirror = Mirror::builder(&upstream.url).data_dir(&data).start();
     let response = get(&format!("{}in/fl/inflector", mirror.index_url())).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.bytes().await.unwrap(), body);
@@ -456,7 +459,9 @@ async fn publishing_helper_appends_lines() {
 #[tokio::test]
 async fn expired_files_are_served_at_once_and_refreshed_in_the_background() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::start(&upstream.url, &["--index-ttl", "1"]);
+    let mirror = Mirror::builder(&upstream.url)
+        .args(&["--index-ttl", "1"])
+        .start();
     let url = format!("{}3/a/abc", mirror.index_url());
     let first = get(&url).await.text().await.unwrap();
     upstream.publish_all(&[CrateSpec::new("abc", "1.1.0")]);
@@ -525,11 +530,11 @@ async fn gzip_from_the_upstream_is_served_as_sent_and_stored_compressed() {
         .gzip_index
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let plain = upstream.index_body("abcd").unwrap();
-    let sent = common::upstream::gzip_of(plain.as_bytes());
+    let sent = support::upstream::gzip_of(plain.as_bytes());
     let temp = tempfile::tempdir().unwrap();
     let data = temp.path().join("data");
     {
-        let mut mirror = Mirror::start_in(&data, &upstream.url, &[]);
+        let mut mirror = Mirror::builder(&upstream.url).data_dir(&data).start();
         let url = format!("{}ab/cd/abcd", mirror.index_url());
         let response = get_gzip(&url).await;
         assert_eq!(response.headers()["x-cache"], "MISS");
@@ -558,7 +563,7 @@ async fn gzip_from_the_upstream_is_served_as_sent_and_stored_compressed() {
     assert!(!record.windows(plain.len()).any(|w| w == plain.as_bytes()));
     // And a restart serves them without the upstream.
     upstream.stop();
-    let mirror = Mirror::start_in(&data, &upstream.url, &[]);
+    let mirror = Mirror::builder(&upstream.url).data_dir(&data).start();
     let url = format!("{}ab/cd/abcd", mirror.index_url());
     let response = get_gzip(&url).await;
     assert_eq!(response.headers()["x-cache"], "HIT");
@@ -569,7 +574,7 @@ async fn gzip_from_the_upstream_is_served_as_sent_and_stored_compressed() {
 #[tokio::test]
 async fn broken_or_unasked_encodings_from_the_upstream_are_refused_and_trailing_bytes_dropped() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::start(&upstream.url, &[]);
+    let mirror = Mirror::builder(&upstream.url).start();
     let raw = |name: &str, encoding: &str, bytes: Vec<u8>| {
         upstream
             .switches
@@ -580,7 +585,7 @@ async fn broken_or_unasked_encodings_from_the_upstream_are_refused_and_trailing_
     };
     let plain = upstream.index_body("abcd").unwrap();
     // A flipped byte in the gzip trailer's CRC: the body is not what was sent.
-    let mut broken = common::upstream::gzip_of(plain.as_bytes());
+    let mut broken = support::upstream::gzip_of(plain.as_bytes());
     let crc = broken.len() - 8;
     broken[crc] ^= 0x01;
     raw("abcd", "gzip", broken);
@@ -599,7 +604,7 @@ async fn broken_or_unasked_encodings_from_the_upstream_are_refused_and_trailing_
     // Bytes after the gzip member are not passed on: the mirror compresses
     // the file itself, and what it sends decodes to exactly the file.
     let ab_plain = upstream.index_body("ab").unwrap();
-    let mut trailing = common::upstream::gzip_of(ab_plain.as_bytes());
+    let mut trailing = support::upstream::gzip_of(ab_plain.as_bytes());
     trailing.extend_from_slice(b"trailing junk");
     raw("ab", "gzip", trailing.clone());
     let response = get_gzip(&format!("{}2/ab", mirror.index_url())).await;
@@ -644,7 +649,10 @@ async fn index_files_stored_plain_by_earlier_versions_are_served_and_rewritten_c
             .unwrap();
         db.flush().unwrap();
     }
-    let mirror = Mirror::start_in(&data, &upstream.url, &["--index-ttl", "600"]);
+    let mirror = Mirror::builder(&upstream.url)
+        .data_dir(&data)
+        .args(&["--index-ttl", "600"])
+        .start();
     let url = format!("{}ab/cd/abcd", mirror.index_url());
     let response = get_gzip(&url).await;
     assert_eq!(response.headers()["x-cache"], "HIT");

@@ -2,14 +2,12 @@
 //! exact through inserts, replacements and removals, agree with `/metrics`,
 //! survive a restart, and match what the sled tree really holds.
 
-mod common;
-
 use std::time::Duration;
 
-use common::client;
-use common::mirror::Mirror;
-use common::registry::CrateSpec;
-use common::upstream::{DlStyle, TestUpstream};
+use support::client;
+use support::mirror::Mirror;
+use support::registry::CrateSpec;
+use support::upstream::{DlStyle, TestUpstream};
 
 /// The sparse path of a crate name of four or more characters.
 fn index_path(name: &str) -> String {
@@ -54,7 +52,10 @@ async fn index_files_stored_stays_exact_through_inserts_replacements_and_removal
         "--prefetch",
         "off",
     ];
-    let mut mirror = Mirror::start_in(&data, &upstream.url, &args);
+    let mut mirror = Mirror::builder(&upstream.url)
+        .data_dir(&data)
+        .args(&args)
+        .start();
     assert_eq!(stored(&mirror).await, 0);
 
     // Inserts, and the same files again (unchanged: stored anew in place).
@@ -112,7 +113,10 @@ async fn index_files_stored_stays_exact_through_inserts_replacements_and_removal
         db.open_tree("index").unwrap().len() as u64
     };
     assert_eq!(in_sled, 3);
-    let restarted = Mirror::start_in(&data, &upstream.url, &args);
+    let restarted = Mirror::builder(&upstream.url)
+        .data_dir(&data)
+        .args(&args)
+        .start();
     assert_eq!(stored(&restarted).await, 3);
 }
 
@@ -125,7 +129,9 @@ async fn stored_crate_counts_follow_downloads() {
     ];
     let upstream = TestUpstream::start(&[], DlStyle::Plain);
     let published = upstream.publish_all(&specs);
-    let mirror = Mirror::start(&upstream.url, &["--prefetch", "off"]);
+    let mirror = Mirror::builder(&upstream.url)
+        .args(&["--prefetch", "off"])
+        .start();
     let storage = |stats: &serde_json::Value| {
         (
             stats["storage"]["objects"].as_u64(),

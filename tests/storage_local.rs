@@ -1,14 +1,12 @@
 //! Local storage: the quota with least-recently-used eviction (in the server and
 //! by `crate-mirror gc`), and `crate-mirror verify`.
 
-mod common;
-
 use std::time::Duration;
 
-use common::client;
-use common::mirror::Mirror;
-use common::registry::{publish, CrateSpec, Published};
-use common::upstream::{DlStyle, TestUpstream};
+use support::client;
+use support::mirror::Mirror;
+use support::registry::{publish, CrateSpec, Published};
+use support::upstream::{DlStyle, TestUpstream};
 
 fn four_crates() -> Vec<Published> {
     (1..=4)
@@ -60,7 +58,9 @@ async fn the_least_recently_used_crates_are_evicted_to_stay_under_the_quota() {
     let sizes: Vec<u64> = crates.iter().map(|p| p.tarball.len() as u64).collect();
     // Room for three and a half crates: the fourth download goes over.
     let quota = sizes[0] + sizes[1] + sizes[2] + sizes[3] / 2;
-    let mirror = Mirror::start(&upstream.url, &["--max-storage", &quota.to_string()]);
+    let mirror = Mirror::builder(&upstream.url)
+        .args(&["--max-storage", &quota.to_string()])
+        .start();
 
     for p in &crates[..3] {
         assert_eq!(download(&mirror, p).await, "MISS");
@@ -98,7 +98,7 @@ async fn the_least_recently_used_crates_are_evicted_to_stay_under_the_quota() {
 async fn gc_evicts_offline_and_refuses_a_data_dir_in_use() {
     let crates = four_crates();
     let upstream = upstream_with(&crates);
-    let mut mirror = Mirror::start(&upstream.url, &[]);
+    let mut mirror = Mirror::builder(&upstream.url).start();
     for p in &crates {
         download(&mirror, p).await;
         tokio::time::sleep(Duration::from_millis(1050)).await;
@@ -129,7 +129,7 @@ async fn gc_evicts_offline_and_refuses_a_data_dir_in_use() {
 async fn verify_removes_a_corrupted_crate_and_the_next_request_refetches_it() {
     let crates = four_crates();
     let upstream = upstream_with(&crates);
-    let mirror = Mirror::start(&upstream.url, &[]);
+    let mirror = Mirror::builder(&upstream.url).start();
     for p in &crates {
         download(&mirror, p).await;
     }

@@ -2,19 +2,17 @@
 //! bucket through one mirror, a fresh mirror serves it with the upstream gone,
 //! bad uploads never appear under a final key, presigned redirects, verify.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::cargo::{project, run_ok, CargoHome};
-use common::client;
-use common::mirror::Mirror;
-use common::registry::{graph_project_manifest, graph_registry, publish, CrateSpec};
-use common::s3::Garage;
-use common::upstream::{DlStyle, TestUpstream};
 use reqwest::StatusCode;
+use support::cargo::{project, run_ok, CargoHome};
+use support::client;
+use support::mirror::Mirror;
+use support::registry::{graph_project_manifest, graph_registry, publish, CrateSpec};
+use support::s3::Garage;
+use support::upstream::{DlStyle, TestUpstream};
 
 const S3: [&str; 2] = ["--storage", "s3://crates"];
 
@@ -49,7 +47,10 @@ async fn cargo_fills_the_bucket_and_a_fresh_mirror_serves_it_without_the_upstrea
         .map(|s| (key_of(&s.name, &s.vers), publish(s).tarball))
         .collect();
     let mut upstream = TestUpstream::start(&specs, DlStyle::Plain);
-    let mirror = Mirror::start_with_env(&upstream.url, &S3, &garage.env());
+    let mirror = Mirror::builder(&upstream.url)
+        .args(&S3)
+        .envs(&garage.env())
+        .start();
 
     let home = CargoHome::new(&mirror.index_url());
     let workspace = project(&graph_project_manifest());
@@ -92,7 +93,10 @@ async fn cargo_fills_the_bucket_and_a_fresh_mirror_serves_it_without_the_upstrea
 
     // A second mirror with an empty data dir, the upstream gone: all from the bucket.
     upstream.stop();
-    let fresh = Mirror::start_with_env(&upstream.url, &S3, &garage.env());
+    let fresh = Mirror::builder(&upstream.url)
+        .args(&S3)
+        .envs(&garage.env())
+        .start();
     for (name, version) in &locked {
         let response = client()
             .get(format!(
@@ -117,7 +121,10 @@ async fn bad_upstream_bodies_never_reach_a_final_key() {
     let big = publish(&CrateSpec::new("big", "1.0.0").padding(12 << 20));
     let upstream = TestUpstream::start(&[], DlStyle::Plain);
     upstream.add(&big);
-    let mirror = Mirror::start_with_env(&upstream.url, &S3, &garage.env());
+    let mirror = Mirror::builder(&upstream.url)
+        .args(&S3)
+        .envs(&garage.env())
+        .start();
     let url = format!("{}/api/v1/crates/big/1.0.0/download", mirror.url);
 
     for (failed, switch) in [
@@ -164,11 +171,10 @@ async fn hits_can_redirect_to_presigned_urls() {
     let p = publish(&CrateSpec::new("redirected", "0.1.0"));
     let upstream = TestUpstream::start(&[], DlStyle::Plain);
     upstream.add(&p);
-    let mirror = Mirror::start_with_env(
-        &upstream.url,
-        &["--storage", "s3://crates/mirror-prefix", "--s3-redirect"],
-        &garage.env(),
-    );
+    let mirror = Mirror::builder(&upstream.url)
+        .args(&["--storage", "s3://crates/mirror-prefix", "--s3-redirect"])
+        .envs(&garage.env())
+        .start();
     let url = format!("{}/api/v1/crates/redirected/0.1.0/download", mirror.url);
     // The miss streams through the mirror.
     let miss = client().get(&url).send().await.unwrap();
@@ -201,7 +207,10 @@ async fn verify_removes_a_corrupted_object_and_it_is_fetched_again() {
     let p = publish(&CrateSpec::new("fragile", "2.0.0"));
     let upstream = TestUpstream::start(&[], DlStyle::Plain);
     upstream.add(&p);
-    let mirror = Mirror::start_with_env(&upstream.url, &S3, &garage.env());
+    let mirror = Mirror::builder(&upstream.url)
+        .args(&S3)
+        .envs(&garage.env())
+        .start();
     let url = format!("{}/api/v1/crates/fragile/2.0.0/download", mirror.url);
     assert_eq!(
         client()
@@ -345,7 +354,7 @@ async fn s3_with_a_wrong_secret_is_not_ready_and_says_why() {
     env.push(("AWS_ACCESS_KEY_ID".into(), key_id));
     let wrong = Garage::SECRET.replace('0', "1");
     env.push(("AWS_SECRET_ACCESS_KEY".into(), wrong));
-    let mirror = Mirror::start_with_env(&upstream.url, &S3, &env);
+    let mirror = Mirror::builder(&upstream.url).args(&S3).envs(&env).start();
     let (status, report) = readiness(&mirror).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{report}");
     assert_eq!(report["ready"], false, "{report}");
@@ -354,7 +363,10 @@ async fn s3_with_a_wrong_secret_is_not_ready_and_says_why() {
     assert!(!reason.is_empty(), "{report}");
 
     // The right keys: ready.
-    let good = Mirror::start_with_env(&upstream.url, &S3, &garage.env());
+    let good = Mirror::builder(&upstream.url)
+        .args(&S3)
+        .envs(&garage.env())
+        .start();
     let (status, report) = ready_becomes(&good, StatusCode::OK, Duration::from_secs(10)).await;
     assert_eq!(status, StatusCode::OK, "{report}");
     assert_eq!(report["storage_ok"], true, "{report}");
@@ -365,7 +377,10 @@ async fn s3_with_a_wrong_secret_is_not_ready_and_says_why() {
 async fn s3_readiness_follows_the_bucket() {
     let mut garage = Garage::start();
     let upstream = TestUpstream::start(&[], DlStyle::Plain);
-    let mirror = Mirror::start_with_env(&upstream.url, &S3, &garage.env());
+    let mirror = Mirror::builder(&upstream.url)
+        .args(&S3)
+        .envs(&garage.env())
+        .start();
     let (status, report) = ready_becomes(&mirror, StatusCode::OK, Duration::from_secs(10)).await;
     assert_eq!(status, StatusCode::OK, "{report}");
 

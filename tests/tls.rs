@@ -1,15 +1,13 @@
 //! Native TLS: real cargo over `sparse+https` URLs with a test CA resolves and
 //! fetches, and the mirror's access log shows it used HTTP/2 (ALPN).
 
-mod common;
-
 use std::process::Command;
 
-use common::cargo::{project, CargoHome};
-use common::mirror::Mirror;
-use common::registry::{graph_project_manifest, graph_registry};
-use common::tls::make_certificates;
-use common::upstream::{DlStyle, TestUpstream};
+use support::cargo::{project, CargoHome};
+use support::mirror::Mirror;
+use support::registry::{graph_project_manifest, graph_registry};
+use support::tls::make_certificates;
+use support::upstream::{DlStyle, TestUpstream};
 
 #[test]
 fn cargo_over_https_with_a_test_ca_uses_http2() {
@@ -18,15 +16,14 @@ fn cargo_over_https_with_a_test_ca_uses_http2() {
     let upstream = TestUpstream::start(&graph_registry(), DlStyle::Plain);
     let cert = certs.path().join("server.pem");
     let key = certs.path().join("server.key");
-    let mirror = Mirror::start(
-        &upstream.url,
-        &[
+    let mirror = Mirror::builder(&upstream.url)
+        .args(&[
             "--tls-cert",
             cert.to_str().unwrap(),
             "--tls-key",
             key.to_str().unwrap(),
-        ],
-    );
+        ])
+        .start();
     assert!(mirror.url.starts_with("https://"), "{}", mirror.url);
 
     let home = CargoHome::new(&mirror.index_url());

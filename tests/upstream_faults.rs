@@ -4,17 +4,15 @@
 //! partial file kept, an answer within the timeout bound, and a healthy mirror
 //! that recovers once the upstream does.
 
-mod common;
-
 use std::time::Duration;
 
-use common::client;
-use common::faults::{Fault, FaultProxy};
-use common::mirror::Mirror;
-use common::registry::{publish, CrateSpec, Published};
-use common::upstream::{DlStyle, TestUpstream};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
+use support::client;
+use support::faults::{Fault, FaultProxy};
+use support::mirror::Mirror;
+use support::registry::{publish, CrateSpec, Published};
+use support::upstream::{DlStyle, TestUpstream};
 
 /// Upstream timeout given to the mirror; requests must be answered well within
 /// this plus the retry budget, so the client's own limit only detects hangs.
@@ -59,18 +57,17 @@ async fn assert_healthy(mirror: &Mirror) {
 /// error; nothing bad replaces the cached copy; all is well once the fault ends.
 async fn index_case(fault: Fault, recovers_by_retry: bool) {
     let (upstream, proxy, _) = setup();
-    let mirror = Mirror::start(
-        &proxy.url,
-        // Clients wait for the upstream past the TTL, so each fault is met.
-        &[
+    // Clients wait for the upstream past the TTL, so each fault is met.
+    let mirror = Mirror::builder(&proxy.url)
+        .args(&[
             "--index-ttl",
             "1",
             "--index-max-stale",
             "0",
             "--upstream-timeout",
             UPSTREAM_TIMEOUT,
-        ],
-    );
+        ])
+        .start();
     let cached_url = format!("{}3/a/abc", mirror.index_url());
     let cached = get(&cached_url).await.bytes().await.unwrap();
     assert_eq!(cached, upstream.index_body("abc").unwrap().as_bytes());
@@ -154,7 +151,9 @@ async fn index_case(fault: Fault, recovers_by_retry: bool) {
 async fn download_case(fault: Fault, recovers_by_retry: bool) {
     let (_upstream, proxy, published) = setup();
     let payload = &published[2];
-    let mirror = Mirror::start(&proxy.url, &["--upstream-timeout", UPSTREAM_TIMEOUT]);
+    let mirror = Mirror::builder(&proxy.url)
+        .args(&["--upstream-timeout", UPSTREAM_TIMEOUT])
+        .start();
     let index = get(&format!("{}pa/yl/payload", mirror.index_url())).await;
     assert_eq!(index.status(), StatusCode::OK);
 
@@ -279,7 +278,9 @@ fault_cases! {
 #[tokio::test]
 async fn retry_after_is_honoured() {
     let (_upstream, proxy, _) = setup();
-    let mirror = Mirror::start(&proxy.url, &["--upstream-timeout", "5"]);
+    let mirror = Mirror::builder(&proxy.url)
+        .args(&["--upstream-timeout", "5"])
+        .start();
     assert_eq!(
         get(&format!("{}/ready", mirror.url)).await.status(),
         StatusCode::OK
@@ -311,7 +312,9 @@ async fn a_config_json_that_changes_dl_is_followed() {
         CrateSpec::new("second", "1.0.0"),
     ];
     let upstream = TestUpstream::start(&specs, DlStyle::Plain);
-    let mirror = Mirror::start(&upstream.url, &["--index-ttl", "1"]);
+    let mirror = Mirror::builder(&upstream.url)
+        .args(&["--index-ttl", "1"])
+        .start();
     let download = |name: &str| format!("{}/api/v1/crates/{name}/1.0.0/download", mirror.url);
     assert_eq!(get(&download("first")).await.status(), StatusCode::OK);
     assert_eq!(upstream.count("/dl/first/1.0.0/download"), 1);

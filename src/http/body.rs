@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 
 use crate::storage::ByteStream;
 
-/// The slice size. Measured with `benches/versus_nginx.rs` on identity index
+/// The slice size. Measured with `benches/versus_nginx/` on identity index
 /// hits: 16 KiB slices beat 32 and 64 KiB and whole bodies.
 pub const SLICE: usize = 16 * 1024;
 

@@ -271,23 +271,20 @@ const MAX_URI: usize = 2048;
 /// Largest total of request header bytes accepted.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 
-/// Whether a GET or HEAD declares a body. Cargo never sends one, and a body
-/// the handler does not read is still decoded by the server: a malformed one
-/// (a bad chunk) would then end the connection with no answer at all while
+/// Whether a GET or HEAD comes with a chunked body. Cargo never sends one,
+/// and a body the handler does not read is still decoded by the server: a
+/// malformed chunk would then end the connection with no answer at all while
 /// the handler waits for the upstream. Refused up front with a 400 instead.
-fn bodied_read(req: &ServiceRequest) -> bool {
+/// (A body of a declared length is read and dropped like any other; an h2c
+/// upgrade request may carry one.)
+fn chunked_read(req: &ServiceRequest) -> bool {
     let method = req.method();
     let reads = method == actix_web::http::Method::GET || method == actix_web::http::Method::HEAD;
-    let headers = req.headers();
-    let declared = headers.contains_key(header::TRANSFER_ENCODING)
-        || headers
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|length| length.as_bytes() != b"0");
-    reads && declared
+    reads && req.headers().contains_key(header::TRANSFER_ENCODING)
 }
 
 /// Refuses oversized request targets (414), header sets (431) and reads
-/// with a body (400) before any routing or parsing.
+/// with a chunked body (400) before any routing or parsing.
 pub async fn limit_request_size(
     req: ServiceRequest,
     next: actix_web::middleware::Next<impl MessageBody>,
@@ -305,8 +302,8 @@ pub async fn limit_request_size(
             HttpResponse::build(actix_web::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
                 .body("request headers too large\n"),
         )
-    } else if bodied_read(&req) {
-        Some(HttpResponse::BadRequest().body("a GET or HEAD request carries no body\n"))
+    } else if chunked_read(&req) {
+        Some(HttpResponse::BadRequest().body("a GET or HEAD request carries no chunked body\n"))
     } else {
         None
     };

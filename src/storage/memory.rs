@@ -4,7 +4,7 @@
 //! CI farms fetch the same few hundred crates over and over. Served from memory,
 //! such a hit needs no file open, no read into a fresh buffer and no trip to the
 //! blocking pool (or, on S3, no GET to the bucket); the bench in
-//! `benches/versus_nginx.rs` shows what that is worth against sendfile.
+//! `benches/versus_nginx/` shows what that is worth against sendfile.
 //!
 //! Only what the wrapped store returned is cached, and stores only hold verified
 //! files, so memory never holds anything that was not verified. Entries live at

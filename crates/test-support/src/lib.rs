@@ -1,10 +1,16 @@
-//! Shared helpers for the integration tests: a generated registry, a test
-//! upstream serving it, the mirror binary, and a cargo driver.
-#![allow(dead_code)]
+//! What crate-mirror's integration tests and benches share: a generated
+//! registry, a test upstream serving it, the mirror binary, nginx, a cargo
+//! driver, and (in `bench`) the benches' own plumbing. A crate of its own so
+//! that each test and bench links one copy instead of including the files.
 
+use std::path::{Path, PathBuf};
+
+pub mod bench;
 pub mod cargo;
 pub mod faults;
 pub mod mirror;
+pub mod nginx;
+pub mod procfs;
 pub mod registry;
 pub mod s3;
 pub mod tls;
@@ -39,4 +45,22 @@ pub fn parse_samples(text: &str) -> std::collections::BTreeMap<String, f64> {
             (series.to_string(), value.parse().expect("sample value"))
         })
         .collect()
+}
+
+/// A loopback port that was free a moment ago, for programs that must be
+/// told a port up front (nginx's config, Garage's, a mirror's public URL).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// The root package's directory (this crate lives in `crates/test-support`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("the workspace root above crates/test-support")
+        .to_path_buf()
 }

@@ -2,7 +2,6 @@
 //! ports in a temp dir, with a layout, a bucket and a key made by this set-up.
 //! `.ci/run` installs the `garage` binary; `GARAGE_BIN` may point at another one.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
@@ -12,6 +11,8 @@ use futures_util::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::ObjectStore;
+
+use crate::free_port;
 
 const KEY_ID: &str = "GK0123456789abcdef01234567";
 const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -34,11 +35,15 @@ fn garage_binary() -> PathBuf {
     in_cargo_home.unwrap_or_else(|| PathBuf::from("garage"))
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+/// `garage server` on `config`, its output appended to `log`.
+fn spawn_server(config: &std::path::Path, log: std::fs::File) -> std::io::Result<Child> {
+    Command::new(garage_binary())
+        .arg("-c")
+        .arg(config)
+        .arg("server")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
 }
 
 fn s3_client(endpoint: &str) -> Arc<dyn ObjectStore> {
@@ -81,14 +86,7 @@ root_domain = ".s3.garage.localhost"
         )
         .expect("garage config");
         let log = std::fs::File::create(dir.path().join("garage.log")).expect("garage log");
-        let child = Command::new(garage_binary())
-            .arg("-c")
-            .arg(&config)
-            .arg("server")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
+        let child = spawn_server(&config, log).unwrap_or_else(|e| {
                 panic!("cannot start garage ({e}); install it with `cargo install garage --locked` (.ci/run does)")
             });
         let endpoint = format!("http://127.0.0.1:{s3_port}");
@@ -160,17 +158,25 @@ root_domain = ".s3.garage.localhost"
                 "bucket", "allow", "--read", "--write", "--owner", BUCKET, "--key", "mirror",
             ],
         );
-        // The S3 endpoint serves once the layout has propagated. Checked on a
-        // thread with its own runtime and client: this may run inside a test's runtime.
+        // The S3 endpoint serves once the layout has propagated.
+        if let Err(err) = self.wait_listing(100) {
+            panic!("garage S3 not ready: {err}\n{}", self.log());
+        }
+    }
+
+    /// Waits until the S3 endpoint lists the bucket, trying `tries` times
+    /// 100 ms apart; the last error if it never does. On a thread with its
+    /// own runtime and client: this may run inside a test's runtime.
+    fn wait_listing(&self, tries: usize) -> Result<(), String> {
         let endpoint = self.endpoint.clone();
-        let ready = std::thread::spawn(move || {
+        std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime");
             let probe = s3_client(&endpoint);
             let mut last = String::new();
-            for _ in 0..100 {
+            for _ in 0..tries {
                 match runtime.block_on(probe.list(None).try_collect::<Vec<_>>()) {
                     Ok(_) => return Ok(()),
                     Err(err) => last = err.to_string(),
@@ -180,10 +186,7 @@ root_domain = ".s3.garage.localhost"
             Err(last)
         })
         .join()
-        .expect("probe thread");
-        if let Err(err) = ready {
-            panic!("garage S3 not ready: {err}\n{}", self.log());
-        }
+        .expect("probe thread")
     }
 
     pub fn log(&self) -> String {
@@ -258,33 +261,9 @@ impl Garage {
             .append(true)
             .open(self.dir.path().join("garage.log"))
             .expect("garage log");
-        self.child = Command::new(garage_binary())
-            .arg("-c")
-            .arg(&config)
-            .arg("server")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("restart garage");
-        let endpoint = self.endpoint.clone();
-        let ready = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            let probe = s3_client(&endpoint);
-            (0..200).any(|_| {
-                let listed = runtime
-                    .block_on(probe.list(None).try_collect::<Vec<_>>())
-                    .is_ok();
-                if !listed {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                listed
-            })
-        })
-        .join()
-        .expect("probe thread");
-        assert!(ready, "garage did not come back:\n{}", self.log());
+        self.child = spawn_server(&config, log).expect("restart garage");
+        if let Err(err) = self.wait_listing(200) {
+            panic!("garage did not come back ({err}):\n{}", self.log());
+        }
     }
 }

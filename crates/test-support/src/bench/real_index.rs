@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -20,7 +20,7 @@ use super::fail;
 
 /// The fixture directory, next to the worktree.
 pub fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/real-index")
+    crate::workspace_root().join("../shared/fixtures/real-index")
 }
 
 /// A test CA and a certificate for 127.0.0.1 signed by it, in a temp dir.
@@ -33,9 +33,11 @@ pub struct TestCa {
 }
 
 impl TestCa {
+    // Making one runs openssl and writes files: not a `Default` value.
+    #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir for certificates");
-        crate::common::tls::make_certificates(dir.path());
+        crate::tls::make_certificates(dir.path());
         TestCa {
             ca: dir.path().join("ca.pem"),
             cert: dir.path().join("server.pem"),
@@ -202,13 +204,13 @@ impl CrateFiles {
         let mut files = HashMap::new();
         let mut bytes = 0;
         for (name, vers) in versions {
-            let mut spec = crate::common::registry::CrateSpec::new(name, vers);
+            let mut spec = crate::registry::CrateSpec::new(name, vers);
             spec.padding = crate_size(name, vers);
-            let tarball = crate::common::registry::tarball(&spec);
+            let tarball = crate::registry::tarball(&spec);
             let path = dir.path().join(format!("{name}-{vers}.crate"));
             std::fs::write(&path, &tarball).expect("write a .crate file");
             bytes += tarball.len() as u64;
-            let sha256 = crate::common::registry::sha256_hex(&tarball);
+            let sha256 = crate::registry::sha256_hex(&tarball);
             files.insert((name.clone(), vers.clone()), CrateFile { path, sha256 });
         }
         CrateFiles {

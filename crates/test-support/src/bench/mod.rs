@@ -1,13 +1,15 @@
-//! Shared by the benchmarks: building the release binary and running it.
-#![allow(dead_code)]
+//! Shared by the benchmarks: their flags, building the release binary and
+//! running it, fetching from servers, sampling memory.
 
 pub mod real_index;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+
+use crate::mirror::{Mirror, MirrorBuilder};
 
 pub fn fail(message: &str) -> ! {
     eprintln!("bench: {message}");
@@ -83,11 +85,11 @@ const BENCH_RUN_VARS: &[&str] = &[
 /// release binary, so build it explicitly with the cargo running us.
 pub fn build_mirror_binary() -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = crate::workspace_root();
     eprintln!("bench: building the release binary");
     let mut build = Command::new(&cargo);
     build
-        .current_dir(root)
+        .current_dir(&root)
         .args(["build", "--release", "--bin", "crate-mirror"]);
     // cargo gives this process the bench's own package variables. Build
     // scripts (ring's) declare `rerun-if-env-changed` on some of them, so
@@ -117,135 +119,19 @@ pub fn build_mirror_binary() -> PathBuf {
     binary
 }
 
-/// A running release mirror; killed when dropped.
-pub struct MirrorProcess {
-    child: Child,
-    /// `http://127.0.0.1:PORT` (https with TLS), no trailing slash.
-    pub url: String,
-    pub data_dir: PathBuf,
-    log: PathBuf,
-    _temp: tempfile::TempDir,
+/// A mirror of `upstream` run by `binary` (the release build), logging at
+/// `BENCH_RUST_LOG` (default `info`).
+pub fn release_mirror(binary: &Path, upstream: &str) -> MirrorBuilder {
+    Mirror::builder(upstream).binary(binary).env(
+        "RUST_LOG",
+        std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into()),
+    )
 }
 
-impl MirrorProcess {
-    /// Starts `crate-mirror serve` on an ephemeral port with a temp data dir.
-    pub fn start(binary: &Path, upstream: &str, args: &[&str]) -> Self {
-        Self::start_with(binary, upstream, args, &[], None)
-    }
-
-    /// Starts `crate-mirror serve` on an ephemeral port with extra environment
-    /// variables, on `data_dir` if given (to restart a mirror on what an
-    /// earlier one stored) or else on a temp data dir.
-    pub fn start_with(
-        binary: &Path,
-        upstream: &str,
-        args: &[&str],
-        env: &[(&str, &std::ffi::OsStr)],
-        data_dir: Option<&Path>,
-    ) -> Self {
-        let temp = tempfile::tempdir().expect("create a temp dir for the mirror");
-        let data_dir = data_dir.map_or_else(|| temp.path().join("data"), Path::to_path_buf);
-        // The mirror logs one line per request: keep them out of the terminal
-        // but on disk, so a failed run can show what the mirror said.
-        let log = temp.path().join("mirror.log");
-        let log_file = std::fs::File::create(&log).expect("create the mirror log file");
-        let mut child = Command::new(binary)
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--upstream", upstream])
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| fail(&format!("cannot start {}: {e}", binary.display())));
-        let url = match crate::common::mirror::listening_url(&mut child, Duration::from_secs(30)) {
-            Ok(url) => url,
-            Err(why) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                fail(&format!(
-                    "the mirror did not start ({why}); its log:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                ));
-            }
-        };
-        MirrorProcess {
-            url,
-            child,
-            data_dir,
-            log,
-            _temp: temp,
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Stops the mirror with SIGTERM, as a service manager would, so it
-    /// flushes its database (a restart on the same data dir then finds
-    /// everything); SIGKILL if it has not exited within 10 s.
-    pub fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        for _ in 0..200 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// A `Vm*` figure of the mirror from /proc, in KiB.
-    pub fn status_kib(&self, field: &str) -> u64 {
-        proc_status_kib(self.pid(), field).unwrap_or(0)
-    }
-
-    /// The mirror's whole log so far.
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The last lines of the mirror's log, for error reports.
-    pub fn log_tail(&self, lines: usize) -> String {
-        let log = self.log_text();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-}
-
-impl Drop for MirrorProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // BENCH_KEEP_LOGS=DIR keeps each mirror's log (access log included)
-        // for a look at per-request latencies after the run.
-        if let Some(dir) = std::env::var_os("BENCH_KEEP_LOGS") {
-            let dir = PathBuf::from(dir);
-            let _ = std::fs::create_dir_all(&dir);
-            let _ = std::fs::copy(
-                &self.log,
-                dir.join(format!("mirror-{}.log", self.child.id())),
-            );
-        }
-    }
-}
-
-/// Reads e.g. `VmRSS:     12345 kB` from /proc/PID/status.
-pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|line| {
-        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
-        rest.split_whitespace().next()?.parse().ok()
-    })
+/// Starts a bench's mirror, ending the bench (with the mirror's log) if it
+/// does not start.
+pub fn start_mirror(builder: MirrorBuilder) -> Mirror {
+    builder.try_start().unwrap_or_else(|why| fail(&why))
 }
 
 /// A realistic small index file: two versions, one dependency each.

@@ -102,7 +102,7 @@ pub fn run_with_env(
 /// A new client token (what cargo presents through `cargo:token`) and its
 /// hash (what the mirror is configured with), from `crate-mirror token`.
 pub fn new_token() -> (String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_crate-mirror"))
+    let output = Command::new(crate::mirror::bin())
         .arg("token")
         .output()
         .expect("crate-mirror token");

@@ -21,8 +21,6 @@ pub mod resilience;
 pub mod single_flight;
 pub mod storage;
 pub mod upstream;
-pub mod verify;
-pub mod warm;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -81,6 +81,15 @@ impl MirrorBuilder {
         self
     }
 
+    /// Serves HTTPS with the server certificate and key that
+    /// `tls::make_certificates` wrote into `certs`.
+    pub fn tls(self, certs: &Path) -> Self {
+        let cert = certs.join("server.pem");
+        let key = certs.join("server.key");
+        let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
+        self.args(&["--tls-cert", &cert, "--tls-key", &key])
+    }
+
     /// Serves the git index (which needs a public URL).
     pub fn git(self) -> Self {
         self.args(&["--git-index", "on"]).public_url()

@@ -24,7 +24,9 @@ fn private_home(index_url: &str) -> tempfile::TempDir {
     dir
 }
 
+/// `cargo SUBCOMMAND` in `project`, with `token` as the mirror's token or none.
 fn cargo_with_token(
+    subcommand: &str,
     home: &Path,
     project: &Path,
     target: &Path,
@@ -32,7 +34,7 @@ fn cargo_with_token(
 ) -> std::process::Output {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     command
-        .arg("generate-lockfile")
+        .arg(subcommand)
         .current_dir(project)
         .env("CARGO_HOME", home)
         .env("CARGO_TARGET_DIR", target)
@@ -56,31 +58,19 @@ async fn cargo_with_a_token_resolves_and_without_one_gets_nothing() {
         .start();
     let home = private_home(&mirror.index_url());
     let target = tempfile::tempdir().unwrap();
+    let cargo = |subcommand: &str, home: &Path, app: &Path, token: Option<&str>| {
+        cargo_with_token(subcommand, home, app, target.path(), token)
+    };
 
     let app = project(&graph_project_manifest());
-    let ok = cargo_with_token(home.path(), app.path(), target.path(), Some(&token));
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    let ok = cargo("generate-lockfile", home.path(), app.path(), Some(&token));
+    support::assert_success(&ok);
     assert!(std::fs::read_to_string(app.path().join("Cargo.lock"))
         .unwrap()
         .contains("MixedCase"));
     // The second configured token works too, for downloads as well.
-    let fetch = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .arg("fetch")
-        .current_dir(app.path())
-        .env("CARGO_HOME", home.path())
-        .env("CARGO_TARGET_DIR", target.path())
-        .env("CARGO_REGISTRIES_MIRROR_TOKEN", &other_token)
-        .output()
-        .unwrap();
-    assert!(
-        fetch.status.success(),
-        "{}",
-        String::from_utf8_lossy(&fetch.stderr)
-    );
+    let fetch = cargo("fetch", home.path(), app.path(), Some(&other_token));
+    support::assert_success(&fetch);
 
     // Without a token cargo does not ask at all; a wrong one is answered 401
     // (not 403), which cargo reports as a rejected token with the login hint.
@@ -94,7 +84,7 @@ async fn cargo_with_a_token_resolves_and_without_one_gets_nothing() {
     for (token, expected) in cases {
         let fresh_home = private_home(&mirror.index_url());
         let app = project(&graph_project_manifest());
-        let refused = cargo_with_token(fresh_home.path(), app.path(), target.path(), token);
+        let refused = cargo("generate-lockfile", fresh_home.path(), app.path(), token);
         let stderr = String::from_utf8_lossy(&refused.stderr);
         assert!(!refused.status.success(), "cargo succeeded with {token:?}");
         for line in expected {
@@ -179,24 +169,13 @@ async fn refusals_reveal_nothing_and_probes_stay_open() {
         .await;
     let dir = tempfile::tempdir().unwrap();
     let with_token = mirror.git_url().replace("://", &format!("://git:{token}@"));
-    let clone = Command::new("git")
-        .args(["clone", "--quiet", &with_token, "index"])
-        .current_dir(dir.path())
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .output()
-        .unwrap();
-    assert!(
-        clone.status.success(),
-        "{}",
-        String::from_utf8_lossy(&clone.stderr)
-    );
+    let clone = support::git(dir.path(), &["clone", "--quiet", &with_token, "index"]);
+    support::assert_success(&clone);
     assert!(dir.path().join("index/3/a/abc").exists());
-    let anonymous = Command::new("git")
-        .args(["clone", "--quiet", &mirror.git_url(), "anonymous"])
-        .current_dir(dir.path())
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .output()
-        .unwrap();
+    let anonymous = support::git(
+        dir.path(),
+        &["clone", "--quiet", &mirror.git_url(), "anonymous"],
+    );
     assert!(!anonymous.status.success());
 
     // Probes and the dashboard page stay open; metrics need the metrics token.
@@ -417,12 +396,10 @@ async fn percent_encoded_routes_stay_closed_without_a_token() {
     );
     // git itself, through an encoded path, gets nothing.
     let dir = tempfile::tempdir().unwrap();
-    let clone = Command::new("git")
-        .args(["clone", "--quiet", &format!("{url}/%67it/index"), "index"])
-        .current_dir(dir.path())
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .output()
-        .unwrap();
+    let clone = support::git(
+        dir.path(),
+        &["clone", "--quiet", &format!("{url}/%67it/index"), "index"],
+    );
     assert!(!clone.status.success());
     assert!(!dir.path().join("index/3/a/abc").exists());
 }

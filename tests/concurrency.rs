@@ -19,13 +19,7 @@ async fn a_hundred_concurrent_misses_make_one_upstream_request_each() {
     );
     let mirror = Mirror::builder(&upstream.url).start();
     // Learn config.json first, so only the measured requests remain.
-    assert!(client()
-        .get(format!("{}/ready", mirror.url))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .is_success());
+    assert!(mirror.get("/ready").await.status().is_success());
     // Every upstream answer takes a while, so all clients arrive during the fetch.
     upstream.switches.delay_ms.store(400, Ordering::SeqCst);
     let http = client();

@@ -146,11 +146,7 @@ async fn a_version_published_within_the_ttl_is_found_by_revalidating() {
     let mirror = Mirror::builder(&upstream.url)
         .args(&["--index-ttl", "600"])
         .start();
-    let index = client()
-        .get(format!("{}se/rd/serde-like", mirror.index_url()))
-        .send()
-        .await
-        .unwrap();
+    let index = mirror.get("/index/se/rd/serde-like").await;
     assert_eq!(index.status(), StatusCode::OK);
     let newer = publish(&CrateSpec::new("serde-like", "1.1.0"));
     upstream.add(&newer);
@@ -290,11 +286,7 @@ async fn an_upstream_error_on_a_miss_is_a_gateway_error_and_stores_nothing() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
     let mirror = Mirror::builder(&upstream.url).start();
     // Cache the index file, then break the upstream for the download.
-    let index = client()
-        .get(format!("{}se/rd/serde-like", mirror.index_url()))
-        .send()
-        .await
-        .unwrap();
+    let index = mirror.get("/index/se/rd/serde-like").await;
     assert_eq!(index.status(), StatusCode::OK);
     upstream.switches.fail_status.store(503, Ordering::SeqCst);
     let response = fetch(&download_url(&mirror, "serde-like", "1.0.0")).await;

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::cargo::{project, run_ok, CargoHome};
+use support::cargo::{project, CargoHome};
 use support::client;
 use support::mirror::Mirror;
 use support::registry::{layered_graph, CrateSpec, Dep};
@@ -27,8 +27,7 @@ async fn prefetch_keeps_the_lockfile_and_stays_within_budget_of_upstream_request
     let target = tempfile::tempdir().unwrap();
     let resolve = |mirror: &Mirror| {
         let app = project(&manifest);
-        run_ok(
-            &CargoHome::new(&mirror.index_url()),
+        CargoHome::new(&mirror.index_url()).run_ok(
             app.path(),
             target.path(),
             &["generate-lockfile"],
@@ -38,12 +37,7 @@ async fn prefetch_keeps_the_lockfile_and_stays_within_budget_of_upstream_request
 
     let direct_upstream = TestUpstream::start(&specs, DlStyle::Plain);
     let app = project(&manifest);
-    run_ok(
-        &CargoHome::new(&direct_upstream.url),
-        app.path(),
-        target.path(),
-        &["generate-lockfile"],
-    );
+    CargoHome::new(&direct_upstream.url).run_ok(app.path(), target.path(), &["generate-lockfile"]);
     let direct_lock = std::fs::read_to_string(app.path().join("Cargo.lock")).unwrap();
 
     let off_upstream = TestUpstream::start(&specs, DlStyle::Plain);
@@ -90,15 +84,7 @@ async fn clients_never_wait_behind_a_prefetch() {
     let mirror = Mirror::builder(&upstream.url)
         .args(&["--prefetch-concurrency", "20"])
         .start();
-    assert_eq!(
-        client()
-            .get(format!("{}/ready", mirror.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(mirror.get("/ready").await.status(), 200);
     // Every dependency of hub stalls upstream: prefetch fills all its slots.
     upstream
         .switches
@@ -208,12 +194,7 @@ async fn resolve_through_mirror(index: &Path, manifest: &str, args: &[&str]) -> 
     let mirror = Mirror::builder(&upstream.url).args(args).start();
     let app = project(manifest);
     let target = tempfile::tempdir().unwrap();
-    run_ok(
-        &CargoHome::new(&mirror.index_url()),
-        app.path(),
-        target.path(),
-        &["generate-lockfile"],
-    );
+    CargoHome::new(&mirror.index_url()).run_ok(app.path(), target.path(), &["generate-lockfile"]);
     settle(&upstream).await;
     Measured {
         lockfile: std::fs::read_to_string(app.path().join("Cargo.lock")).unwrap(),

@@ -55,12 +55,7 @@ async fn cargo_fills_the_bucket_and_a_fresh_mirror_serves_it_without_the_upstrea
     let home = CargoHome::new(&mirror.index_url());
     let workspace = project(&graph_project_manifest());
     let target = tempfile::tempdir().unwrap();
-    run_ok(
-        &home,
-        workspace.path(),
-        target.path(),
-        &["generate-lockfile"],
-    );
+    home.run_ok(workspace.path(), target.path(), &["generate-lockfile"]);
     run_ok(&home, workspace.path(), target.path(), &["fetch"]);
     let lockfile = std::fs::read_to_string(workspace.path().join("Cargo.lock")).unwrap();
     let locked = locked_packages(&lockfile);
@@ -98,14 +93,9 @@ async fn cargo_fills_the_bucket_and_a_fresh_mirror_serves_it_without_the_upstrea
         .envs(&garage.env())
         .start();
     for (name, version) in &locked {
-        let response = client()
-            .get(format!(
-                "{}/api/v1/crates/{name}/{version}/download",
-                fresh.url
-            ))
-            .send()
-            .await
-            .unwrap();
+        let response = fresh
+            .get(&format!("/api/v1/crates/{name}/{version}/download"))
+            .await;
         assert_eq!(response.status(), StatusCode::OK, "{name} {version}");
         assert_eq!(response.headers()["x-cache"], "HIT");
         assert_eq!(

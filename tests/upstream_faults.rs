@@ -38,12 +38,7 @@ fn setup() -> (TestUpstream, FaultProxy, Vec<Published>) {
 }
 
 async fn get(url: &str) -> reqwest::Response {
-    client()
-        .get(url)
-        .timeout(HANG_GUARD)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{url}: no answer within the bound: {e}"))
+    support::get_within(url, HANG_GUARD).await
 }
 
 async fn assert_healthy(mirror: &Mirror) {

@@ -215,6 +215,16 @@ impl Mirror {
         crate::parse_samples(&text)
     }
 
+    /// GETs `path` (`/health`, `/index/se/rd/serde`) from the mirror with
+    /// `client()`; a plain-HTTP mirror only (a TLS one wants its own client).
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        crate::client()
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
     pub fn git_url(&self) -> String {
         format!("{}/git/index", self.url)
     }

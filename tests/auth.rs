@@ -223,39 +223,35 @@ async fn refusals_reveal_nothing_and_probes_stay_open() {
     }
 }
 
-#[test]
-fn public_mirrors_need_no_token_and_tokens_are_hashes() {
-    let (_, hash) = new_token();
-    assert!(hash.starts_with("sha256:") && hash.len() == 7 + 64);
+/// `crate-mirror serve --auth-tokens TOKENS` (an upstream nothing listens
+/// on), which must refuse to start as a usage error (exit 2); its stderr.
+fn refused_serve(tokens: &str) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_crate-mirror"))
         .args([
             "serve",
             "--upstream",
             "http://127.0.0.1:9/",
             "--auth-tokens",
-            "not-a-hash",
+            tokens,
         ])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("`auth-tokens`"));
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn public_mirrors_need_no_token_and_tokens_are_hashes() {
+    let (_, hash) = new_token();
+    assert!(hash.starts_with("sha256:") && hash.len() == 7 + 64);
+    let stderr = refused_serve("not-a-hash");
+    assert!(stderr.contains("`auth-tokens`"), "{stderr}");
 }
 
 #[test]
 fn a_private_mirror_without_public_url_refuses_to_start() {
     let (_, hash) = new_token();
-    let output = Command::new(env!("CARGO_BIN_EXE_crate-mirror"))
-        .args([
-            "serve",
-            "--upstream",
-            "http://127.0.0.1:9/",
-            "--auth-tokens",
-            &hash,
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_serve(&hash);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("public-url"), "{stderr}");
 }
@@ -502,7 +498,7 @@ async fn client_headers_never_steer_the_dl_url() {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        request.send()
+        request
     };
 
     // No public-url, no trusted proxies: forwarding headers are ignored; the
@@ -517,6 +513,7 @@ async fn client_headers_never_steer_the_dl_url() {
             ("forwarded", "host=attacker.example;proto=https"),
         ],
     )
+    .send()
     .await
     .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -555,18 +552,14 @@ async fn client_headers_never_steer_the_dl_url() {
     let proxied = Mirror::builder(&upstream.url)
         .args(&["--trusted-proxies", "127.0.0.0/8"])
         .start();
-    let config: serde_json::Value = config_of(
+    let config = json_of(config_of(
         &proxied,
         &[(
             "forwarded",
             "for=192.0.2.1;host=mirror.example.com;proto=https",
         )],
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    ))
+    .await;
     assert_eq!(config["dl"], "https://mirror.example.com/api/v1/crates");
     let response = config_of(
         &proxied,
@@ -575,6 +568,7 @@ async fn client_headers_never_steer_the_dl_url() {
             ("x-forwarded-proto", "https"),
         ],
     )
+    .send()
     .await
     .unwrap();
     assert!(response.headers()["vary"]
@@ -587,7 +581,7 @@ async fn client_headers_never_steer_the_dl_url() {
         ("x-forwarded-proto", "javascript"),
         ("x-forwarded-host", "attacker.example/evil"),
     ] {
-        let response = config_of(&proxied, &[(name, value)]).await.unwrap();
+        let response = config_of(&proxied, &[(name, value)]).send().await.unwrap();
         assert_eq!(
             response.status(),
             StatusCode::BAD_REQUEST,
@@ -599,12 +593,11 @@ async fn client_headers_never_steer_the_dl_url() {
     let fixed = Mirror::builder(&upstream.url)
         .args(&["--public-url", "https://mirror.example.com"])
         .start();
-    let config: serde_json::Value = config_of(&fixed, &[("x-forwarded-host", "attacker.example")])
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let config = json_of(config_of(
+        &fixed,
+        &[("x-forwarded-host", "attacker.example")],
+    ))
+    .await;
     assert_eq!(config["dl"], "https://mirror.example.com/api/v1/crates");
 }
 

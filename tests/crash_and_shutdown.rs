@@ -99,25 +99,11 @@ async fn sigterm_finishes_in_flight_downloads_and_flushes_the_database() {
         .args(&["--shutdown-timeout", "20"])
         .start();
     let http = client();
-    assert_eq!(
-        http.get(format!("{}in/de/indexed", mirror.index_url()))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(mirror.get("/index/in/de/indexed").await.status(), 200);
 
     // 64 chunks, 30 ms apart: about two seconds upstream.
     upstream.switches.chunk_delay_ms.store(30, Ordering::SeqCst);
-    let response = http
-        .get(format!(
-            "{}/api/v1/crates/slowpoke/1.0.0/download",
-            mirror.url
-        ))
-        .send()
-        .await
-        .unwrap();
+    let response = mirror.get("/api/v1/crates/slowpoke/1.0.0/download").await;
     assert_eq!(response.status(), 200);
     let mut stream = response.bytes_stream();
     let mut body = Vec::new();
@@ -146,11 +132,7 @@ async fn sigterm_finishes_in_flight_downloads_and_flushes_the_database() {
     let restarted = Mirror::builder("http://127.0.0.1:9/index/")
         .data_dir(&data)
         .start();
-    let index = http
-        .get(format!("{}in/de/indexed", restarted.index_url()))
-        .send()
-        .await
-        .unwrap();
+    let index = restarted.get("/index/in/de/indexed").await;
     assert_eq!(index.status(), 200);
     assert_eq!(index.headers()["x-cache"], "HIT");
 }

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use support::cargo::{new_token, project, CargoHome};
-use support::client;
 use support::mirror::Mirror;
 use support::parse_samples;
 use support::registry::{graph_project_manifest, graph_registry, publish};
@@ -306,21 +305,11 @@ async fn the_dashboard_renders_live_figures_in_chromium() {
             ("1/a", "a", "1.0.0"),
             ("2/ab", "ab", "0.2.0"),
         ] {
-            let http = client();
-            let index = http
-                .get(format!("{}{path}", mirror.index_url()))
-                .send()
-                .await
-                .unwrap();
+            let index = mirror.get(&format!("/index/{path}")).await;
             received += index.bytes().await.unwrap().len() as u64;
-            let download = http
-                .get(format!(
-                    "{}/api/v1/crates/{name}/{version}/download",
-                    mirror.url
-                ))
-                .send()
-                .await
-                .unwrap();
+            let download = mirror
+                .get(&format!("/api/v1/crates/{name}/{version}/download"))
+                .await;
             assert_eq!(download.status(), 200);
             let body = download.bytes().await.unwrap();
             received += body.len() as u64;

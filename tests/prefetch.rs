@@ -21,6 +21,14 @@ async fn stats(mirror: &Mirror) -> serde_json::Value {
     mirror.stats().await
 }
 
+/// GETs index file `path` of `mirror`, failing the test unless it is
+/// answered within five seconds: a client kept waiting behind prefetches is
+/// what these tests look for.
+async fn index_file_within(mirror: &Mirror, path: &str) -> reqwest::Response {
+    let url = format!("{}{path}", mirror.index_url());
+    support::get_within(&url, Duration::from_secs(5)).await
+}
+
 #[tokio::test]
 async fn prefetch_keeps_the_lockfile_and_stays_within_budget_of_upstream_requests() {
     let (specs, manifest) = layered_graph(6, 12);
@@ -93,13 +101,8 @@ async fn clients_never_wait_behind_a_prefetch() {
         .unwrap()
         .push("/index/he/ld/".to_string());
 
-    let http = client();
-    let hub_response = http
-        .get(format!("{}3/h/hub", mirror.index_url()))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .expect("hub waited behind its own prefetches");
+    // hub itself does not wait behind its own prefetches.
+    let hub_response = index_file_within(&mirror, "3/h/hub").await;
     assert_eq!(hub_response.status(), 200);
     // The prefetches are held upstream: wait until all of them have arrived
     // there (and no more than them).
@@ -114,12 +117,7 @@ async fn clients_never_wait_behind_a_prefetch() {
     );
 
     // An unrelated file is answered at once, with every prefetch slot stuck.
-    let unrelated = http
-        .get(format!("{}un/re/unrelated", mirror.index_url()))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .expect("a client waited behind prefetches");
+    let unrelated = index_file_within(&mirror, "un/re/unrelated").await;
     assert_eq!(unrelated.status(), 200);
 
     // A client asking for a file being prefetched (its request is already

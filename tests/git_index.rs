@@ -178,12 +178,7 @@ async fn a_crate_cached_later_reaches_git_clients_on_their_next_fetch() {
         ],
         DlStyle::Plain,
     );
-    let mirror = Mirror::builder(&upstream.url)
-        .git()
-        .args(&["--git-rebuild-delay", "1"])
-        .start();
-    assert_eq!(mirror.get("/index/fi/rs/first").await.status(), 200);
-    mirror.wait_for_git_files(2).await;
+    let mirror = Mirror::start_git(&upstream.url, "1", "/index/fi/rs/first").await;
 
     let home = CargoHome::git(&mirror.git_url(), false);
     let target = tempfile::tempdir().unwrap();
@@ -210,12 +205,7 @@ async fn a_crate_cached_later_reaches_git_clients_on_their_next_fetch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clones_and_fetches_during_rebuilds_never_fail() {
     let upstream = TestUpstream::start(&[CrateSpec::new("seed", "1.0.0")], DlStyle::Plain);
-    let mirror = Mirror::builder(&upstream.url)
-        .git()
-        .args(&["--git-rebuild-delay", "0"])
-        .start();
-    assert_eq!(mirror.get("/index/se/ed/seed").await.status(), 200);
-    mirror.wait_for_git_files(2).await;
+    let mirror = Mirror::start_git(&upstream.url, "0", "/index/se/ed/seed").await;
 
     // Keep the index changing: new crates cached one after another.
     let index_url = mirror.index_url();

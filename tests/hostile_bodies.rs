@@ -89,14 +89,7 @@ fn post_declaring(base: &str, length: usize) -> TcpStream {
 
 /// A mirror with the git index holding one crate's index file.
 async fn git_mirror(upstream: &TestUpstream) -> Mirror {
-    let mirror = Mirror::builder(&upstream.url)
-        .git()
-        .args(&["--git-rebuild-delay", "0"])
-        .start();
-    let cached = mirror.get("/index/se/rd/serde").await;
-    assert_eq!(cached.status(), 200);
-    mirror.wait_for_git_files(2).await;
-    mirror
+    Mirror::start_git(&upstream.url, "0", "/index/se/rd/serde").await
 }
 
 fn upload_pack_path() -> &'static str {

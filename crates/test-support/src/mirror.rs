@@ -171,6 +171,19 @@ impl Mirror {
         }
     }
 
+    /// A mirror of `upstream` with the git index on, rebuilt `rebuild_delay`
+    /// seconds after a change, returned once index file `warm` (a path such
+    /// as `/index/se/rd/serde`) is cached and in the git index.
+    pub async fn start_git(upstream: &str, rebuild_delay: &str, warm: &str) -> Mirror {
+        let mirror = Mirror::builder(upstream)
+            .git()
+            .args(&["--git-rebuild-delay", rebuild_delay])
+            .start();
+        assert_eq!(mirror.get(warm).await.status(), 200, "GET {warm}");
+        mirror.wait_for_git_files(2).await;
+        mirror
+    }
+
     /// Waits until the git index holds at least `files` files (config.json included).
     pub async fn wait_for_git_files(&self, files: u64) {
         self.wait_for_git_files_authorized(files, None).await

@@ -21,8 +21,6 @@ pub mod resilience;
 pub mod single_flight;
 pub mod storage;
 pub mod upstream;
-pub mod verify;
-pub mod warm;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -148,9 +146,13 @@ impl AppState {
         // sled keeps a page cache of 1 GiB by default; bound it, since the hot
         // index files are in the (separately bounded) moka cache anyway.
         let db = {
+            let flush_every = u64::try_from(config.db_flush_interval.as_millis())
+                .ok()
+                .filter(|ms| *ms > 0);
             let config = sled::Config::new()
                 .path(&db_path)
-                .cache_capacity(SLED_CACHE_BYTES);
+                .cache_capacity(SLED_CACHE_BYTES)
+                .flush_every_ms(flush_every);
             off_async(move || config.open()).await
         }
         .map_err(|source| StartError::Database {

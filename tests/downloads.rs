@@ -191,14 +191,13 @@ async fn a_checksum_mismatch_is_never_stored_nor_served_whole() {
         status => assert_eq!(status, StatusCode::BAD_GATEWAY),
     }
     // The mirror counts the failure once it has cleaned up after it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while mirror.stats().await["crates"]["checksum_failures"] != 1 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no checksum failure counted"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let counted = &mirror;
+    support::wait_until(
+        Duration::from_secs(10),
+        "no checksum failure counted",
+        || async move { counted.stats().await["crates"]["checksum_failures"] == 1 },
+    )
+    .await;
     assert!(
         mirror.stored_files(".crate").is_empty(),
         "a corrupt crate was stored"

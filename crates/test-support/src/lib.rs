@@ -47,6 +47,21 @@ pub async fn get_within(url: &str, guard: std::time::Duration) -> reqwest::Respo
         .unwrap_or_else(|e| panic!("{url}: no answer within {guard:?}: {e}"))
 }
 
+/// Polls `check` every 20 ms until it holds, failing the test with `what`
+/// if it still does not after `within`: for effects that land after the
+/// answer (a counter, a cleaned-up file), without guessing a sleep.
+pub async fn wait_until<F, Fut>(within: std::time::Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + within;
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Sample lines of the Prometheus exposition format: `name{labels}` → value.
 pub fn parse_samples(text: &str) -> std::collections::BTreeMap<String, f64> {
     text.lines()

@@ -107,12 +107,7 @@ fn two_mirrors_behind_nginx_survive_losing_one_mid_fetch() {
     // A fresh CARGO_HOME with one mirror down: resolves to the same lockfile and fetches.
     let fresh_home = CargoHome::new(&index_url);
     let fresh = project(&graph_project_manifest());
-    run_ok(
-        &fresh_home,
-        fresh.path(),
-        target.path(),
-        &["generate-lockfile"],
-    );
+    fresh_home.run_ok(fresh.path(), target.path(), &["generate-lockfile"]);
     assert_eq!(lockfile(fresh.path()), locked);
     run_ok(&fresh_home, fresh.path(), target.path(), &["fetch"]);
     drop(nginx);

@@ -115,8 +115,10 @@ async fn sigterm_finishes_in_flight_downloads_and_flushes_the_database() {
     mirror.terminate();
     // No new connections once stopping: the listener closes (waited for,
     // within a bound, since the signal is handled asynchronously).
+    // A new client each time: a pooled connection would be a connection
+    // already accepted, which the draining server still serves.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while http
+    while client()
         .get(format!("{}/health", mirror.url))
         .send()
         .await

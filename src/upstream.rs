@@ -301,7 +301,8 @@ impl RedirectRules {
             return attempt.follow();
         };
         self.metrics
-            .upstream_redirects_refused
+            .upstream
+            .redirects_refused
             .with_label_values(&[reason])
             .inc();
         // The path only: a redirect's query may carry a signature.
@@ -493,6 +494,7 @@ impl UpstreamClient {
                     .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
                 let raw = read_limited(response).await?;
                 self.metrics
+                    .upstream
                     .fetched_bytes
                     .with_label_values(&["index"])
                     .inc_by(raw.len() as u64);
@@ -608,7 +610,8 @@ impl UpstreamClient {
             }
             drop(permit);
             self.metrics
-                .upstream_retries
+                .upstream
+                .retries
                 .with_label_values(&[kind])
                 .inc();
             tokio::time::sleep(delay).await;

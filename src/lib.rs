@@ -18,6 +18,7 @@ pub mod data_dir;
 pub mod git;
 pub mod http;
 pub mod index;
+mod listen;
 pub mod metrics;
 pub mod names;
 pub mod prefetch;
@@ -31,7 +32,7 @@ pub mod upstream;
 pub mod verify;
 pub mod warm;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use actix_web::{web, App, HttpServer};
@@ -196,48 +197,6 @@ impl AppState {
     }
 }
 
-/// The listening socket, with TCP_NODELAY (which Linux passes on to accepted
-/// connections): a streamed download writes its head and then its body, and
-/// with Nagle's algorithm the body would wait for the client's delayed ACK.
-fn listener(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let socket = match addr {
-        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_nodelay(true)?;
-    socket.bind(addr)?;
-    let listener = socket.listen(2048)?.into_std()?;
-    // actix registers the socket with its own runtime.
-    listener.set_nonblocking(true)?;
-    Ok(listener)
-}
-
-/// The TLS settings: the certificate chain and key from PEM files, and ALPN
-/// offering HTTP/2 first so that cargo multiplexes its many index requests over
-/// one connection.
-fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, StartError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let tls_err = |what: &Path, e: &dyn std::fmt::Display| {
-        StartError::Tls(format!("{}: {e}", what.display()))
-    };
-    let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| tls_err(cert, &e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| tls_err(cert, &e))?;
-    if chain.is_empty() {
-        return Err(tls_err(cert, &"no certificate in the file"));
-    }
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| tls_err(key, &e))?;
-    let mut tls = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key_der)
-        .map_err(|e| tls_err(cert, &e))?;
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tls)
-}
-
 /// Runs the mirror until it is stopped (SIGINT/SIGTERM). `on_listening` is told
 /// the bound address before the first request is accepted.
 ///
@@ -297,7 +256,7 @@ pub async fn serve(
         addr: config.listen,
         source,
     };
-    let listener = listener(config.listen).map_err(listen_err)?;
+    let listener = listen::listener(config.listen).map_err(listen_err)?;
     let local_addr = listener.local_addr().map_err(listen_err)?;
     let server = match &config.tls {
         // TLS: actix's own server, HTTP/2 by ALPN.
@@ -308,7 +267,7 @@ pub async fn serve(
             .shutdown_timeout(config.shutdown_timeout.as_secs())
             // A client must send its request head within this; slow-loris guard.
             .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
-            .listen_rustls_0_23(listener, tls_config(cert, key)?)
+            .listen_rustls_0_23(listener, listen::tls_config(cert, key)?)
             .map_err(listen_err)?
             .run(),
         // Plain: the same app behind our h2c negotiation (see `http::h2c`).

@@ -105,27 +105,11 @@ impl AppState {
     pub async fn open(config: &Config) -> Result<Self, StartError> {
         let data = DataDir::open(&config.data_dir).await?;
         let metrics = Arc::new(Metrics::new());
-        let upstream = Arc::new(
-            UpstreamClient::new(
-                config.upstream.clone(),
-                config.connect_timeout,
-                config.upstream_timeout,
-                config.index_ttl.max(std::time::Duration::from_secs(1)),
-                config.upstream_concurrency,
-                metrics.clone(),
-            )?
-            .with_redirect_hosts(&config.upstream_redirect_hosts),
-        );
-        let policy = IndexPolicy {
-            ttl: config.index_ttl,
-            max_stale: config.index_max_stale,
-            negative_ttl: config.negative_ttl,
-            hot_cache_bytes: config.hot_cache_bytes,
-        };
+        let upstream = Arc::new(UpstreamClient::from_config(config, metrics.clone())?);
         let index = IndexCache::builder(
             data.index_store().clone(),
             upstream.clone(),
-            policy,
+            IndexPolicy::from_config(config),
             metrics.clone(),
         )
         .revalidate_interval(config.revalidate_interval)

@@ -339,6 +339,23 @@ pub struct UpstreamClient {
 }
 
 impl UpstreamClient {
+    /// The client the settings describe: their timeouts, concurrency and
+    /// redirect hosts; config.json is kept for the index TTL (at least 1s).
+    pub fn from_config(
+        config: &crate::config::Config,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, UpstreamError> {
+        Ok(Self::new(
+            config.upstream.clone(),
+            config.connect_timeout,
+            config.upstream_timeout,
+            config.index_ttl.max(Duration::from_secs(1)),
+            config.upstream_concurrency,
+            metrics,
+        )?
+        .with_redirect_hosts(&config.upstream_redirect_hosts))
+    }
+
     /// `base` is the index base URL ending in `/`; `timeout` bounds index fetches and
     /// each wait of a download (see `Limit`).
     pub fn new(

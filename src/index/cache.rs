@@ -384,6 +384,17 @@ pub struct IndexPolicy {
     pub hot_cache_bytes: u64,
 }
 
+impl IndexPolicy {
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            ttl: config.index_ttl,
+            max_stale: config.index_max_stale,
+            negative_ttl: config.negative_ttl,
+            hot_cache_bytes: config.hot_cache_bytes,
+        }
+    }
+}
+
 /// The last forced revalidation of one crate: when it ended, and the ETag of
 /// the file it left (a different ETag means the file changed since).
 #[derive(Debug, Clone)]

@@ -29,8 +29,6 @@ pub mod single_flight;
 pub mod stats;
 pub mod storage;
 pub mod upstream;
-pub mod verify;
-pub mod warm;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -138,7 +138,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = args.config()?;
             let _logging = init_logging(config.log_format);
             let runtime = tokio::runtime::Runtime::new()?;
-            let report = runtime.block_on(crate_mirror::commands::verify(&config))?;
+            let report = runtime.block_on(crate_mirror::commands::verify::run(&config))?;
             println!(
                 "checked {}, good {}, bad {} (removed), unverifiable {}",
                 report.checked,
@@ -159,7 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Warm(args) => {
-            let mut plan = crate_mirror::warm::WarmPlan::default();
+            let mut plan = crate_mirror::commands::warm::WarmPlan::default();
             for path in &args.lockfile {
                 plan.add_lockfile(path)?;
             }
@@ -167,8 +167,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 plan.add_crate(name)?;
             }
             let runtime = tokio::runtime::Runtime::new()?;
-            let report =
-                runtime.block_on(crate_mirror::warm::warm(&args.mirror, &plan, args.jobs))?;
+            let report = runtime.block_on(crate_mirror::commands::warm::warm(
+                &args.mirror,
+                &plan,
+                args.jobs,
+            ))?;
             for (what, why) in &report.failed {
                 println!("failed {what}: {why}");
             }
@@ -190,7 +193,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let data_dir = raw.data_dir()?;
             let storage = raw.storage()?;
             let _logging = init_logging(LogFormat::Text);
-            let report = crate_mirror::commands::gc(&data_dir, &storage)?;
+            let report = crate_mirror::commands::gc::gc(&data_dir, &storage)?;
             println!(
                 "evicted {} crates ({} bytes); {} bytes remain",
                 report.evicted, report.freed_bytes, report.remaining_bytes

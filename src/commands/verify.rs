@@ -11,10 +11,45 @@ use std::collections::BTreeMap;
 use futures_util::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
+use crate::config::{Config, StorageConfig};
 use crate::index::lines::find_version;
 use crate::names::CrateName;
+use crate::storage::local::LocalStore;
+use crate::storage::s3::S3Store;
 use crate::storage::{parse_crate_key, CrateStore, StorageError};
 use crate::upstream::{IndexFetch, UpstreamClient, Validators};
+use crate::StartError;
+use std::sync::Arc;
+
+/// Opens the configured store without accounting (safe beside a live mirror).
+fn open_store(config: &Config) -> Result<Arc<dyn CrateStore>, StartError> {
+    Ok(match &config.storage {
+        StorageConfig::Local { .. } => Arc::new(LocalStore::new(&config.data_dir)),
+        StorageConfig::S3(s3) => Arc::new(S3Store::new(s3)?),
+    })
+}
+
+/// Verifies every stored crate, printing each bad or unverifiable one.
+pub async fn run(config: &Config) -> Result<VerifyReport, StartError> {
+    let store = open_store(config)?;
+    let upstream = UpstreamClient::new(
+        config.upstream.clone(),
+        config.connect_timeout,
+        config.upstream_timeout,
+        config.index_ttl,
+        config.upstream_concurrency,
+        Arc::new(crate::metrics::Metrics::new()),
+    )?
+    .with_redirect_hosts(&config.upstream_redirect_hosts);
+    let report = verify_store(store.as_ref(), &upstream).await?;
+    for (key, why) in &report.bad {
+        println!("bad {key}: {why} (removed)");
+    }
+    for (key, why) in &report.unverifiable {
+        println!("unverifiable {key}: {why}");
+    }
+    Ok(report)
+}
 
 /// Crates checked at once.
 const CONCURRENCY: usize = 8;

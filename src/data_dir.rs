@@ -2,6 +2,7 @@
 //! dir of unfinished downloads, the sled database and the index store in it.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::blocking::off_async;
 use crate::index::store::IndexStore;
@@ -19,9 +20,10 @@ pub struct DataDir {
 
 impl DataDir {
     /// Prepares the temporary dir (removing what a previous run left), opens
-    /// sled and counts the stored index files. Blocking work runs off the
-    /// async threads.
-    pub async fn open(root: &Path) -> Result<Self, StartError> {
+    /// sled (writing to disk every `flush_interval`; zero: only when asked)
+    /// and counts the stored index files. Blocking work runs off the async
+    /// threads.
+    pub async fn open(root: &Path, flush_interval: Duration) -> Result<Self, StartError> {
         let root = root.to_path_buf();
         let tmp_dir = root.join("tmp");
         let dir_err = |path: &Path| {
@@ -40,9 +42,13 @@ impl DataDir {
         // sled keeps a page cache of 1 GiB by default; bound it, since the hot
         // index files are in the (separately bounded) moka cache anyway.
         let db = {
+            let flush_every = u64::try_from(flush_interval.as_millis())
+                .ok()
+                .filter(|ms| *ms > 0);
             let config = sled::Config::new()
                 .path(&db_path)
-                .cache_capacity(SLED_CACHE_BYTES);
+                .cache_capacity(SLED_CACHE_BYTES)
+                .flush_every_ms(flush_every);
             off_async(move || config.open()).await
         }
         .map_err(|source| StartError::Database {

@@ -101,7 +101,7 @@ pub struct AppState {
 
 impl AppState {
     pub async fn open(config: &Config) -> Result<Self, StartError> {
-        let data = DataDir::open(&config.data_dir).await?;
+        let data = DataDir::open(&config.data_dir, config.db_flush_interval).await?;
         let metrics = Arc::new(Metrics::new());
         let upstream = Arc::new(UpstreamClient::from_config(config, metrics.clone())?);
         let index = IndexCache::builder(

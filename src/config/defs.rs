@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use super::parse::{
     parse_base_url, parse_bool, parse_count, parse_count_u32, parse_data_dir, parse_hosts,
-    parse_listen, parse_log_format, parse_no_dev_dependencies, parse_path, parse_positive_seconds,
-    parse_seconds, parse_size, parse_storage, parse_text, parse_token_hashes, StorageLocation,
+    parse_listen, parse_log_format, parse_millis, parse_no_dev_dependencies, parse_path,
+    parse_positive_seconds, parse_seconds, parse_size, parse_storage, parse_text,
+    parse_token_hashes, StorageLocation,
 };
 use super::LogFormat;
 use crate::auth::TokenSet;
@@ -366,6 +367,17 @@ pub static SHUTDOWN_TIMEOUT: Setting<Duration> = Setting {
     parse: parse_seconds,
 };
 
+pub static DB_FLUSH_INTERVAL: Setting<Duration> = Setting {
+    about: About {
+        key: "db-flush-interval",
+        value_name: "MS",
+        fallback: Fallback::Value("500"),
+        help: "Milliseconds between writes of the database to disk; 0: only at shutdown (what a crash can lose of the cached index)",
+        kind: Kind::Value,
+    },
+    parse: parse_millis,
+};
+
 pub static PREFETCH: Setting<bool> = Setting {
     about: About {
         key: "prefetch",
@@ -569,6 +581,7 @@ pub static SETTINGS: &[&dyn AnySetting] = &[
     &MAX_CONNECTIONS,
     &UPSTREAM_CONCURRENCY,
     &SHUTDOWN_TIMEOUT,
+    &DB_FLUSH_INTERVAL,
     &PREFETCH,
     &PREFETCH_DEPTH,
     &PREFETCH_CONCURRENCY,

@@ -90,6 +90,8 @@ pub struct Config {
     pub max_connections: usize,
     pub upstream_concurrency: usize,
     pub shutdown_timeout: Duration,
+    /// Between sled's writes to disk; zero: only when asked (at shutdown).
+    pub db_flush_interval: Duration,
     /// Certificate chain and key files, when serving HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// `None` when prefetch is off.
@@ -174,6 +176,7 @@ impl RawSettings {
             max_connections: self.value(&MAX_CONNECTIONS)?,
             upstream_concurrency: self.value(&UPSTREAM_CONCURRENCY)?,
             shutdown_timeout: self.value(&SHUTDOWN_TIMEOUT)?,
+            db_flush_interval: self.value(&DB_FLUSH_INTERVAL)?,
             tls: self.tls()?,
             prefetch: self.prefetch()?,
         })

@@ -172,6 +172,14 @@ pub fn parse_seconds(value: &str) -> Result<Duration, String> {
         .map_err(|_| "expected a whole number of seconds".to_string())
 }
 
+pub fn parse_millis(value: &str) -> Result<Duration, String> {
+    value
+        .trim()
+        .parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|_| "expected a whole number of milliseconds".to_string())
+}
+
 pub fn parse_positive_seconds(value: &str) -> Result<Duration, String> {
     match parse_seconds(value)? {
         d if d.is_zero() => Err("must be at least 1 second".to_string()),

@@ -116,7 +116,9 @@ mod tests {
     #[tokio::test]
     async fn local_figures_come_from_the_counters() {
         let dir = tempfile::tempdir().unwrap();
-        let data = DataDir::open(dir.path()).await.unwrap();
+        let data = DataDir::open(dir.path(), std::time::Duration::ZERO)
+            .await
+            .unwrap();
         let config = StorageConfig::Local {
             max_bytes: Some(1000),
         };

@@ -649,102 +649,111 @@ fn report(
                 Kind::Resolve => "Resolve: `cargo generate-lockfile`",
                 Kind::Fetch => "Fetch: `cargo fetch --locked`",
             };
-            let header = |first: &str| {
-                let mut h = format!("| {first} |");
-                for w in workloads {
-                    h.push_str(&format!(" {w} |"));
+            // Workloads across, one row a scenario: the three tables below
+            // differ only in their row labels and cells (each ending " |").
+            let table =
+                |first: &str,
+                 rows: &[(String, &'static str)],
+                 cell: &dyn Fn(&'static str, &'static str) -> String| {
+                    let mut t = format!("| {first} |");
+                    for w in workloads {
+                        t.push_str(&format!(" {w} |"));
+                    }
+                    t.push_str("\n| --- |");
+                    for _ in workloads {
+                        t.push_str(" ---: |");
+                    }
+                    t.push('\n');
+                    for (label, row) in rows {
+                        t.push_str(&format!("| {label} |"));
+                        for &w in workloads {
+                            t.push_str(&cell(row, w));
+                        }
+                        t.push('\n');
+                    }
+                    t
+                };
+            let scenarios: Vec<(String, &'static str)> = rows
+                .iter()
+                .map(|row| (row_label(kind, row), *row))
+                .collect();
+            let time_cell = |row: &'static str, w: &'static str| {
+                let time = |row| {
+                    bench
+                        .samples
+                        .get(&(delay, w, kind, row))
+                        .map(|s| median(s.iter().map(|s| s.time).collect()))
+                };
+                match (time(row), time("direct")) {
+                    (Some(t), Some(direct)) if row != "direct" => format!(
+                        " {:.2} s ({:.2}x) |",
+                        t.as_secs_f64(),
+                        t.as_secs_f64() / direct.as_secs_f64()
+                    ),
+                    (Some(t), _) => format!(" **{:.2} s** |", t.as_secs_f64()),
+                    (None, _) => " – |".to_string(),
                 }
-                h.push_str("\n| --- |");
-                for _ in workloads {
-                    h.push_str(" ---: |");
-                }
-                h.push('\n');
-                h
             };
             out.push_str(&format!(
                 "\n### {title}: time (vs direct)\n\n{}",
-                header("scenario")
+                table("scenario", &scenarios, &time_cell)
             ));
-            for row in rows {
-                out.push_str(&format!("| {} |", row_label(kind, row)));
-                for &w in workloads {
-                    let time = |row| {
-                        bench
-                            .samples
-                            .get(&(delay, w, kind, row))
-                            .map(|s| median(s.iter().map(|s| s.time).collect()))
-                    };
-                    match (time(*row), time("direct")) {
-                        (Some(t), Some(direct)) if *row != "direct" => out.push_str(&format!(
-                            " {:.2} s ({:.2}x) |",
-                            t.as_secs_f64(),
-                            t.as_secs_f64() / direct.as_secs_f64()
-                        )),
-                        (Some(t), _) => out.push_str(&format!(" **{:.2} s** |", t.as_secs_f64())),
-                        (None, _) => out.push_str(" – |"),
-                    }
+            let requests_cell = |row: &'static str, w: &'static str| {
+                let Some(samples) = bench.samples.get(&(delay, w, kind, row)) else {
+                    return " – |".to_string();
+                };
+                let m = |f: fn(&Sample) -> u64| median(samples.iter().map(f).collect());
+                let after = m(|s| s.after_exit);
+                let mut cell = format!(
+                    " {} ({} × 304{}) / {} / {}",
+                    m(|s| s.upstream.index),
+                    m(|s| s.upstream.not_modified),
+                    if after > 0 {
+                        format!(", {after} after cargo exited")
+                    } else {
+                        String::new()
+                    },
+                    m(|s| s.upstream.downloads),
+                    m(|s| s.upstream.connections),
+                );
+                let (h1, h2) = (m(|s| s.mirror_http1), m(|s| s.mirror_http2));
+                if h1 + h2 > 0 {
+                    cell.push_str(&format!("; cargo→mirror: {h1} × 1.1, {h2} × 2"));
                 }
-                out.push('\n');
-            }
+                cell.push_str(" |");
+                cell
+            };
             out.push_str(&format!(
                 "\n{title}: upstream requests (index files, of which 304 / downloads / TLS connections to the upstream); cargo's requests to the mirror by HTTP version\n\n{}",
-                header("scenario")
+                table("scenario", &scenarios, &requests_cell)
             ));
-            for row in rows {
-                out.push_str(&format!("| {} |", row_label(kind, row)));
-                for &w in workloads {
-                    let Some(samples) = bench.samples.get(&(delay, w, kind, row)) else {
-                        out.push_str(" – |");
-                        continue;
-                    };
-                    let m = |f: fn(&Sample) -> u64| median(samples.iter().map(f).collect());
-                    let after = m(|s| s.after_exit);
-                    let mut cell = format!(
-                        " {} ({} × 304{}) / {} / {}",
-                        m(|s| s.upstream.index),
-                        m(|s| s.upstream.not_modified),
-                        if after > 0 {
-                            format!(", {after} after cargo exited")
-                        } else {
-                            String::new()
-                        },
-                        m(|s| s.upstream.downloads),
-                        m(|s| s.upstream.connections),
-                    );
-                    let (h1, h2) = (m(|s| s.mirror_http1), m(|s| s.mirror_http2));
-                    if h1 + h2 > 0 {
-                        cell.push_str(&format!("; cargo→mirror: {h1} × 1.1, {h2} × 2"));
-                    }
-                    out.push_str(&cell);
-                    out.push_str(" |");
-                }
-                out.push('\n');
-            }
             if kind == Kind::Resolve {
                 out.push_str("\nPrefetch during the cold resolves (all runs): started, useful (later asked for by cargo), useful ratio\n\n");
-                out.push_str(&header("mirror"));
-                for row in ["http cold", "https cold"] {
-                    out.push_str(&format!(
-                        "| `sparse+{}` |",
-                        row.split(' ').next().unwrap_or("")
-                    ));
-                    for &w in workloads {
-                        let sums = bench.samples.get(&(delay, w, kind, row)).map(|s| {
-                            s.iter()
-                                .filter_map(|s| s.prefetch)
-                                .fold((0, 0), |a, p| (a.0 + p.0, a.1 + p.1))
-                        });
-                        match sums {
-                            Some((started, useful)) if started > 0 => out.push_str(&format!(
-                                " {started}, {useful}, {:.2} |",
-                                useful as f64 / started as f64
-                            )),
-                            Some(_) => out.push_str(" 0 started |"),
-                            None => out.push_str(" – |"),
-                        }
+                let cold: Vec<(String, &'static str)> = ["http cold", "https cold"]
+                    .into_iter()
+                    .map(|row| {
+                        (
+                            format!("`sparse+{}`", row.split(' ').next().unwrap_or("")),
+                            row,
+                        )
+                    })
+                    .collect();
+                let prefetch_cell = |row: &'static str, w: &'static str| {
+                    let sums = bench.samples.get(&(delay, w, kind, row)).map(|s| {
+                        s.iter()
+                            .filter_map(|s| s.prefetch)
+                            .fold((0, 0), |a, p| (a.0 + p.0, a.1 + p.1))
+                    });
+                    match sums {
+                        Some((started, useful)) if started > 0 => format!(
+                            " {started}, {useful}, {:.2} |",
+                            useful as f64 / started as f64
+                        ),
+                        Some(_) => " 0 started |".to_string(),
+                        None => " – |".to_string(),
                     }
-                    out.push('\n');
-                }
+                };
+                out.push_str(&table("mirror", &cold, &prefetch_cell));
             }
         }
     }

@@ -38,6 +38,18 @@ struct Run {
     prefetch: Option<serde_json::Value>,
 }
 
+impl Run {
+    /// A run without prefetch figures (the cold, prefetching one adds them).
+    fn new(time: Duration, lockfile: String, upstream_index_requests: usize) -> Self {
+        Run {
+            time,
+            upstream_index_requests,
+            lockfile,
+            prefetch: None,
+        }
+    }
+}
+
 fn index_requests(upstream: &TestUpstream) -> usize {
     upstream.count_matching("/index/") - upstream.count("/index/config.json")
 }
@@ -108,24 +120,14 @@ fn main() -> ExitCode {
         let upstream = delayed_upstream(&specs);
         let (time, lockfile) = resolve(&upstream.url, &manifest);
         check(&lockfile, "direct");
-        direct.push(Run {
-            time,
-            upstream_index_requests: index_requests(&upstream),
-            lockfile,
-            prefetch: None,
-        });
+        direct.push(Run::new(time, lockfile, index_requests(&upstream)));
 
         let upstream = delayed_upstream(&specs);
         let mirror =
             start_mirror(release_mirror(&binary, &upstream.url).args(&["--prefetch", "off"]));
         let (time, lockfile) = resolve(&format!("{}/index/", mirror.url), &manifest);
         check(&lockfile, "cold, prefetch off");
-        cold_off.push(Run {
-            time,
-            upstream_index_requests: index_requests(&upstream),
-            lockfile,
-            prefetch: None,
-        });
+        cold_off.push(Run::new(time, lockfile, index_requests(&upstream)));
 
         let upstream = delayed_upstream(&specs);
         let depth = LEVELS.to_string();
@@ -138,22 +140,15 @@ fn main() -> ExitCode {
         // Let stragglers finish before counting.
         std::thread::sleep(Duration::from_millis(500));
         cold_on.push(Run {
-            time,
-            upstream_index_requests: index_requests(&upstream),
-            lockfile,
             prefetch: Some(stats(&mirror.url)["prefetch"].clone()),
+            ..Run::new(time, lockfile, index_requests(&upstream))
         });
 
         // Counted, not assumed: what the warm resolve itself asked upstream.
         let before = index_requests(&upstream);
         let (time, lockfile) = resolve(&index_url, &manifest);
         check(&lockfile, "warm");
-        warm.push(Run {
-            time,
-            upstream_index_requests: index_requests(&upstream) - before,
-            lockfile,
-            prefetch: None,
-        });
+        warm.push(Run::new(time, lockfile, index_requests(&upstream) - before));
     }
 
     let t = |runs: &[Run]| median(runs.iter().map(|r| r.time).collect());

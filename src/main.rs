@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use crate_mirror::commands::warm::WarmError;
 use crate_mirror::config::{ConfigError, LogFormat, SettingsArgs};
 
 #[derive(Parser)]
@@ -46,12 +47,21 @@ struct WarmArgs {
     /// Cargo.lock files whose registry packages to fetch (repeatable).
     #[arg(long, value_name = "PATH")]
     lockfile: Vec<PathBuf>,
-    /// Crates whose index files to fetch (repeatable).
+    /// Crates to fetch by name (repeatable): the index file and the newest
+    /// release's .crate (not yanked, not a prerelease).
     #[arg(long = "crate", value_name = "NAME")]
     crates: Vec<String>,
     /// Requests at a time.
     #[arg(long, default_value_t = 8)]
     jobs: usize,
+    /// PEM file of CA certificates to trust for an https mirror with a private
+    /// CA (SSL_CERT_FILE is honoured too).
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<PathBuf>,
+    /// Token for a private mirror (as cargo sends it); also from the
+    /// environment variable CRATE_MIRROR_TOKEN.
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
 }
 
 /// Sets up logging to stderr through a background writer thread, so a request
@@ -95,7 +105,11 @@ fn main() -> ExitCode {
         Err(err) => {
             // `{:#}`: the error and its causes on one line.
             eprintln!("crate-mirror: {err:#}");
-            if err.is::<ConfigError>() {
+            let usage = err.is::<ConfigError>()
+                || err
+                    .downcast_ref::<WarmError>()
+                    .is_some_and(WarmError::is_usage);
+            if usage {
                 ExitCode::from(ConfigError::EXIT_CODE)
             } else {
                 ExitCode::FAILURE
@@ -167,10 +181,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 plan.add_crate(name)?;
             }
             let runtime = tokio::runtime::Runtime::new()?;
+            let connection = crate_mirror::commands::warm::Connection {
+                cacert: args.cacert.clone(),
+                token: args
+                    .token
+                    .clone()
+                    .or_else(|| std::env::var(crate_mirror::config::WARM_TOKEN_ENV).ok()),
+            };
             let report = runtime.block_on(crate_mirror::commands::warm::warm(
                 &args.mirror,
                 &plan,
                 args.jobs,
+                &connection,
             ))?;
             for (what, why) in &report.failed {
                 println!("failed {what}: {why}");

@@ -24,7 +24,9 @@ fn private_home(index_url: &str) -> tempfile::TempDir {
     dir
 }
 
+/// `cargo SUBCOMMAND` in `project`, with `token` as the mirror's token or none.
 fn cargo_with_token(
+    subcommand: &str,
     home: &Path,
     project: &Path,
     target: &Path,
@@ -32,7 +34,7 @@ fn cargo_with_token(
 ) -> std::process::Output {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     command
-        .arg("generate-lockfile")
+        .arg(subcommand)
         .current_dir(project)
         .env("CARGO_HOME", home)
         .env("CARGO_TARGET_DIR", target)
@@ -56,31 +58,19 @@ async fn cargo_with_a_token_resolves_and_without_one_gets_nothing() {
         .start();
     let home = private_home(&mirror.index_url());
     let target = tempfile::tempdir().unwrap();
+    let cargo = |subcommand: &str, home: &Path, app: &Path, token: Option<&str>| {
+        cargo_with_token(subcommand, home, app, target.path(), token)
+    };
 
     let app = project(&graph_project_manifest());
-    let ok = cargo_with_token(home.path(), app.path(), target.path(), Some(&token));
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    let ok = cargo("generate-lockfile", home.path(), app.path(), Some(&token));
+    support::assert_success(&ok);
     assert!(std::fs::read_to_string(app.path().join("Cargo.lock"))
         .unwrap()
         .contains("MixedCase"));
     // The second configured token works too, for downloads as well.
-    let fetch = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .arg("fetch")
-        .current_dir(app.path())
-        .env("CARGO_HOME", home.path())
-        .env("CARGO_TARGET_DIR", target.path())
-        .env("CARGO_REGISTRIES_MIRROR_TOKEN", &other_token)
-        .output()
-        .unwrap();
-    assert!(
-        fetch.status.success(),
-        "{}",
-        String::from_utf8_lossy(&fetch.stderr)
-    );
+    let fetch = cargo("fetch", home.path(), app.path(), Some(&other_token));
+    support::assert_success(&fetch);
 
     // Without a token cargo does not ask at all; a wrong one is answered 401
     // (not 403), which cargo reports as a rejected token with the login hint.
@@ -94,7 +84,7 @@ async fn cargo_with_a_token_resolves_and_without_one_gets_nothing() {
     for (token, expected) in cases {
         let fresh_home = private_home(&mirror.index_url());
         let app = project(&graph_project_manifest());
-        let refused = cargo_with_token(fresh_home.path(), app.path(), target.path(), token);
+        let refused = cargo("generate-lockfile", fresh_home.path(), app.path(), token);
         let stderr = String::from_utf8_lossy(&refused.stderr);
         assert!(!refused.status.success(), "cargo succeeded with {token:?}");
         for line in expected {
@@ -179,24 +169,13 @@ async fn refusals_reveal_nothing_and_probes_stay_open() {
         .await;
     let dir = tempfile::tempdir().unwrap();
     let with_token = mirror.git_url().replace("://", &format!("://git:{token}@"));
-    let clone = Command::new("git")
-        .args(["clone", "--quiet", &with_token, "index"])
-        .current_dir(dir.path())
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .output()
-        .unwrap();
-    assert!(
-        clone.status.success(),
-        "{}",
-        String::from_utf8_lossy(&clone.stderr)
-    );
+    let clone = support::git(dir.path(), &["clone", "--quiet", &with_token, "index"]);
+    support::assert_success(&clone);
     assert!(dir.path().join("index/3/a/abc").exists());
-    let anonymous = Command::new("git")
-        .args(["clone", "--quiet", &mirror.git_url(), "anonymous"])
-        .current_dir(dir.path())
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .output()
-        .unwrap();
+    let anonymous = support::git(
+        dir.path(),
+        &["clone", "--quiet", &mirror.git_url(), "anonymous"],
+    );
     assert!(!anonymous.status.success());
 
     // Probes and the dashboard page stay open; metrics need the metrics token.
@@ -244,39 +223,35 @@ async fn refusals_reveal_nothing_and_probes_stay_open() {
     }
 }
 
-#[test]
-fn public_mirrors_need_no_token_and_tokens_are_hashes() {
-    let (_, hash) = new_token();
-    assert!(hash.starts_with("sha256:") && hash.len() == 7 + 64);
+/// `crate-mirror serve --auth-tokens TOKENS` (an upstream nothing listens
+/// on), which must refuse to start as a usage error (exit 2); its stderr.
+fn refused_serve(tokens: &str) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_crate-mirror"))
         .args([
             "serve",
             "--upstream",
             "http://127.0.0.1:9/",
             "--auth-tokens",
-            "not-a-hash",
+            tokens,
         ])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("`auth-tokens`"));
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn public_mirrors_need_no_token_and_tokens_are_hashes() {
+    let (_, hash) = new_token();
+    assert!(hash.starts_with("sha256:") && hash.len() == 7 + 64);
+    let stderr = refused_serve("not-a-hash");
+    assert!(stderr.contains("`auth-tokens`"), "{stderr}");
 }
 
 #[test]
 fn a_private_mirror_without_public_url_refuses_to_start() {
     let (_, hash) = new_token();
-    let output = Command::new(env!("CARGO_BIN_EXE_crate-mirror"))
-        .args([
-            "serve",
-            "--upstream",
-            "http://127.0.0.1:9/",
-            "--auth-tokens",
-            &hash,
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_serve(&hash);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("public-url"), "{stderr}");
 }
@@ -417,12 +392,10 @@ async fn percent_encoded_routes_stay_closed_without_a_token() {
     );
     // git itself, through an encoded path, gets nothing.
     let dir = tempfile::tempdir().unwrap();
-    let clone = Command::new("git")
-        .args(["clone", "--quiet", &format!("{url}/%67it/index"), "index"])
-        .current_dir(dir.path())
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .output()
-        .unwrap();
+    let clone = support::git(
+        dir.path(),
+        &["clone", "--quiet", &format!("{url}/%67it/index"), "index"],
+    );
     assert!(!clone.status.success());
     assert!(!dir.path().join("index/3/a/abc").exists());
 }
@@ -525,7 +498,7 @@ async fn client_headers_never_steer_the_dl_url() {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        request.send()
+        request
     };
 
     // No public-url, no trusted proxies: forwarding headers are ignored; the
@@ -540,6 +513,7 @@ async fn client_headers_never_steer_the_dl_url() {
             ("forwarded", "host=attacker.example;proto=https"),
         ],
     )
+    .send()
     .await
     .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -578,18 +552,14 @@ async fn client_headers_never_steer_the_dl_url() {
     let proxied = Mirror::builder(&upstream.url)
         .args(&["--trusted-proxies", "127.0.0.0/8"])
         .start();
-    let config: serde_json::Value = config_of(
+    let config = json_of(config_of(
         &proxied,
         &[(
             "forwarded",
             "for=192.0.2.1;host=mirror.example.com;proto=https",
         )],
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    ))
+    .await;
     assert_eq!(config["dl"], "https://mirror.example.com/api/v1/crates");
     let response = config_of(
         &proxied,
@@ -598,6 +568,7 @@ async fn client_headers_never_steer_the_dl_url() {
             ("x-forwarded-proto", "https"),
         ],
     )
+    .send()
     .await
     .unwrap();
     assert!(response.headers()["vary"]
@@ -610,7 +581,7 @@ async fn client_headers_never_steer_the_dl_url() {
         ("x-forwarded-proto", "javascript"),
         ("x-forwarded-host", "attacker.example/evil"),
     ] {
-        let response = config_of(&proxied, &[(name, value)]).await.unwrap();
+        let response = config_of(&proxied, &[(name, value)]).send().await.unwrap();
         assert_eq!(
             response.status(),
             StatusCode::BAD_REQUEST,
@@ -622,12 +593,11 @@ async fn client_headers_never_steer_the_dl_url() {
     let fixed = Mirror::builder(&upstream.url)
         .args(&["--public-url", "https://mirror.example.com"])
         .start();
-    let config: serde_json::Value = config_of(&fixed, &[("x-forwarded-host", "attacker.example")])
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let config = json_of(config_of(
+        &fixed,
+        &[("x-forwarded-host", "attacker.example")],
+    ))
+    .await;
     assert_eq!(config["dl"], "https://mirror.example.com/api/v1/crates");
 }
 

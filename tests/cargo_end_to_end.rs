@@ -21,12 +21,7 @@ fn cargo_resolves_and_builds_through_the_mirror_cold_warm_and_offline() {
     // Directly against the test upstream.
     let direct_home = CargoHome::new(&upstream.url);
     let direct = project(&graph_project_manifest());
-    run_ok(
-        &direct_home,
-        direct.path(),
-        target.path(),
-        &["generate-lockfile"],
-    );
+    direct_home.run_ok(direct.path(), target.path(), &["generate-lockfile"]);
     let direct_lock = std::fs::read_to_string(direct.path().join("Cargo.lock")).unwrap();
 
     // Through the mirror, cold.
@@ -69,20 +64,14 @@ fn cargo_resolves_and_builds_through_the_mirror_cold_warm_and_offline() {
     let offline_home = CargoHome::new(&mirror.index_url());
     let offline = project(&graph_project_manifest());
     let offline_target = tempfile::tempdir().unwrap();
-    run_ok(
-        &offline_home,
+    offline_home.run_ok(
         offline.path(),
         offline_target.path(),
         &["generate-lockfile"],
     );
     let offline_lock = std::fs::read_to_string(offline.path().join("Cargo.lock")).unwrap();
     assert_eq!(offline_lock, direct_lock);
-    run_ok(
-        &offline_home,
-        offline.path(),
-        offline_target.path(),
-        &["build"],
-    );
+    offline_home.run_ok(offline.path(), offline_target.path(), &["build"]);
     assert!(
         mirror.log().contains("serving stale index file"),
         "the offline resolve was not answered from stale copies"

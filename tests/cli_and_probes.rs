@@ -1,7 +1,6 @@
 //! The health probes and the HTTP worker threads (the settings' own tests are
 //! in settings.rs).
 
-use support::client;
 use support::mirror::Mirror;
 use support::registry::CrateSpec;
 use support::upstream::{DlStyle, TestUpstream};
@@ -10,17 +9,9 @@ use support::upstream::{DlStyle, TestUpstream};
 async fn health_and_readiness() {
     let mut upstream = TestUpstream::start(&[CrateSpec::new("a", "1.0.0")], DlStyle::Plain);
     let mirror = Mirror::builder(&upstream.url).start();
-    let health = client()
-        .get(format!("{}/health", mirror.url))
-        .send()
-        .await
-        .unwrap();
+    let health = mirror.get("/health").await;
     assert_eq!(health.status(), 200);
-    let ready = client()
-        .get(format!("{}/ready", mirror.url))
-        .send()
-        .await
-        .unwrap();
+    let ready = mirror.get("/ready").await;
     assert_eq!(ready.status(), 200);
     let report: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(report["ready"], true);
@@ -29,20 +20,8 @@ async fn health_and_readiness() {
     // A mirror that never reached the upstream's config.json is alive but not ready.
     upstream.stop();
     let orphan = Mirror::builder(&upstream.url).start();
-    assert_eq!(
-        client()
-            .get(format!("{}/health", orphan.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    let ready = client()
-        .get(format!("{}/ready", orphan.url))
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(orphan.get("/health").await.status(), 200);
+    let ready = orphan.get("/ready").await;
     assert_eq!(ready.status(), 503);
     let report: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(report["upstream_config_known"], false);

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use support::cargo::{project, run_ok, CargoHome};
+use support::cargo::{project, CargoHome};
 use support::client;
 use support::mirror::Mirror;
 use support::registry::{layered_graph, publish, CrateSpec, Published};
@@ -79,12 +79,7 @@ async fn kill_9_during_50_cold_downloads_leaves_nothing_bad() {
     }
     let app = project(&manifest);
     let target = tempfile::tempdir().unwrap();
-    run_ok(
-        &CargoHome::new(&restarted.index_url()),
-        app.path(),
-        target.path(),
-        &["fetch"],
-    );
+    CargoHome::new(&restarted.index_url()).run_ok(app.path(), target.path(), &["fetch"]);
     for p in &published {
         let stored = restarted.stored_files(&format!("/{}-1.0.0.crate", p.name));
         assert_eq!(stored.len(), 1, "{}", p.name);
@@ -106,25 +101,11 @@ async fn sigterm_finishes_in_flight_downloads_and_flushes_the_database() {
         .args(&["--shutdown-timeout", "20", "--db-flush-interval", "0"])
         .start();
     let http = client();
-    assert_eq!(
-        http.get(format!("{}in/de/indexed", mirror.index_url()))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(mirror.get("/index/in/de/indexed").await.status(), 200);
 
     // 64 chunks, 30 ms apart: about two seconds upstream.
     upstream.switches.chunk_delay_ms.store(30, Ordering::SeqCst);
-    let response = http
-        .get(format!(
-            "{}/api/v1/crates/slowpoke/1.0.0/download",
-            mirror.url
-        ))
-        .send()
-        .await
-        .unwrap();
+    let response = mirror.get("/api/v1/crates/slowpoke/1.0.0/download").await;
     assert_eq!(response.status(), 200);
     let mut stream = response.bytes_stream();
     let mut body = Vec::new();
@@ -161,11 +142,7 @@ async fn sigterm_finishes_in_flight_downloads_and_flushes_the_database() {
     let restarted = Mirror::builder("http://127.0.0.1:9/index/")
         .data_dir(&data)
         .start();
-    let index = http
-        .get(format!("{}in/de/indexed", restarted.index_url()))
-        .send()
-        .await
-        .unwrap();
+    let index = restarted.get("/index/in/de/indexed").await;
     assert_eq!(index.status(), 200);
     assert_eq!(index.headers()["x-cache"], "HIT");
 }
@@ -256,11 +233,7 @@ async fn after_sigterm_nothing_writes_to_the_data_dir() {
         "no git rebuild started"
     );
     // A client's request: prefetch walks the graph below it.
-    let root = client()
-        .get(format!("{}la/ye/layer0-crate000", mirror.index_url()))
-        .send()
-        .await
-        .unwrap();
+    let root = mirror.get("/index/la/ye/layer0-crate000").await;
     assert_eq!(root.status(), 200);
     let mut waited = 0;
     while upstream.count_matching("layer1-") == 0 && waited < 100 {

@@ -185,3 +185,55 @@ fn the_compose_file_wires_mirror_store_prometheus_and_grafana() {
         "the image must not run as root"
     );
 }
+
+/// The compose file's Garage set-up: its image has a shell (Garage's own has
+/// none), and its script, run with real Garage against a server that was
+/// not set up, leaves the bucket and key the mirror is configured with; run
+/// again (as a restarted stack would), it still succeeds.
+#[test]
+fn the_compose_garage_setup_runs_and_makes_the_mirrors_bucket() {
+    use support::s3::Garage;
+    let compose = &yaml_documents(&deploy("container/compose.yaml"))[0];
+    let setup = &compose["services"]["garage-setup"];
+    let dockerfile = setup["build"]["dockerfile_inline"].as_str().unwrap_or("");
+    assert!(
+        dockerfile.contains("FROM alpine") && dockerfile.contains("COPY --from=garage /garage"),
+        "the set-up image has no shell: {setup}"
+    );
+    assert_eq!(setup["entrypoint"][0], "/bin/sh");
+    // The mirror's key is the one the script imports.
+    let environment = &compose["services"]["mirror"]["environment"];
+    let key_id = environment["AWS_ACCESS_KEY_ID"].as_str().unwrap();
+    let secret = environment["AWS_SECRET_ACCESS_KEY"].as_str().unwrap();
+    let script = setup["command"][0].as_str().unwrap();
+    assert!(script.contains(key_id) && script.contains(secret));
+
+    let garage = Garage::start_bare();
+    // Compose's `$$` is a literal `$`; the paths are this machine's.
+    let script = script.replace("$$", "$").replace(
+        "/garage -c /etc/garage.toml",
+        &format!(
+            "{} -c {}",
+            Garage::binary().display(),
+            garage.config().display()
+        ),
+    );
+    for run in ["first", "second"] {
+        let output = Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .expect("sh");
+        assert!(
+            output.status.success(),
+            "{run} run: {}{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+            garage.log()
+        );
+    }
+    // The key the tests' S3 client uses is the compose file's one.
+    assert_eq!(key_id, "GK0123456789abcdef01234567");
+    garage
+        .bucket_ready()
+        .unwrap_or_else(|err| panic!("the bucket is not usable with the key: {err}"));
+}

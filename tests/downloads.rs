@@ -39,6 +39,17 @@ async fn fetch(url: &str) -> reqwest::Response {
     client().get(url).send().await.expect("request")
 }
 
+/// Downloads `name` `version` through `mirror`: a 200 with `expected` as its body.
+async fn assert_downloads(mirror: &Mirror, name: &str, version: &str, expected: &[u8]) {
+    let response = fetch(&download_url(mirror, name, version)).await;
+    assert_eq!(response.status(), StatusCode::OK, "{name} {version}");
+    assert_eq!(
+        response.bytes().await.unwrap(),
+        expected,
+        "{name} {version}"
+    );
+}
+
 #[tokio::test]
 async fn a_miss_is_fetched_verified_stored_and_then_served_from_storage() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
@@ -76,10 +87,8 @@ async fn a_miss_is_fetched_verified_stored_and_then_served_from_storage() {
 async fn dl_templates_with_markers_are_honoured() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Markers);
     let mirror = Mirror::builder(&upstream.url).start();
-    let response = fetch(&download_url(&mirror, "Inflector", "0.11.4")).await;
-    assert_eq!(response.status(), StatusCode::OK);
     let expected = tarball("Inflector", "0.11.4");
-    assert_eq!(response.bytes().await.unwrap(), expected);
+    assert_downloads(&mirror, "Inflector", "0.11.4", &expected).await;
     // {lowerprefix}/{crate}/{version}/{sha256-checksum}.crate, with the index's spelling.
     let path = format!(
         "/files/in/fl/Inflector/0.11.4/{}.crate",
@@ -94,9 +103,7 @@ async fn mixed_case_names_share_one_stored_file() {
     let mirror = Mirror::builder(&upstream.url).start();
     let expected = tarball("Inflector", "0.11.4");
     for name in ["Inflector", "inflector", "INFLECTOR"] {
-        let response = fetch(&download_url(&mirror, name, "0.11.4")).await;
-        assert_eq!(response.status(), StatusCode::OK, "{name}");
-        assert_eq!(response.bytes().await.unwrap(), expected);
+        assert_downloads(&mirror, name, "0.11.4", &expected).await;
     }
     assert_eq!(upstream.count_matching("/dl/"), 1);
     assert_eq!(upstream.count("/dl/Inflector/0.11.4/download"), 1);
@@ -109,9 +116,7 @@ async fn build_metadata_versions_work_encoded_and_plain() {
     let mirror = Mirror::builder(&upstream.url).start();
     let expected = tarball("buildmeta", "1.0.0+build.7");
     for version in ["1.0.0%2Bbuild.7", "1.0.0+build.7", "1.0.0%2bbuild.7"] {
-        let response = fetch(&download_url(&mirror, "buildmeta", version)).await;
-        assert_eq!(response.status(), StatusCode::OK, "{version}");
-        assert_eq!(response.bytes().await.unwrap(), expected);
+        assert_downloads(&mirror, "buildmeta", version, &expected).await;
     }
     assert_eq!(upstream.count_matching("/dl/buildmeta/"), 1);
 }
@@ -120,9 +125,7 @@ async fn build_metadata_versions_work_encoded_and_plain() {
 async fn yanked_versions_still_download() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
     let mirror = Mirror::builder(&upstream.url).start();
-    let response = fetch(&download_url(&mirror, "yanky", "1.0.1")).await;
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.bytes().await.unwrap(), tarball("yanky", "1.0.1"));
+    assert_downloads(&mirror, "yanky", "1.0.1", &tarball("yanky", "1.0.1")).await;
 }
 
 #[tokio::test]
@@ -146,17 +149,11 @@ async fn a_version_published_within_the_ttl_is_found_by_revalidating() {
     let mirror = Mirror::builder(&upstream.url)
         .args(&["--index-ttl", "600"])
         .start();
-    let index = client()
-        .get(format!("{}se/rd/serde-like", mirror.index_url()))
-        .send()
-        .await
-        .unwrap();
+    let index = mirror.get("/index/se/rd/serde-like").await;
     assert_eq!(index.status(), StatusCode::OK);
     let newer = publish(&CrateSpec::new("serde-like", "1.1.0"));
     upstream.add(&newer);
-    let response = fetch(&download_url(&mirror, "serde-like", "1.1.0")).await;
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.bytes().await.unwrap(), newer.tarball);
+    assert_downloads(&mirror, "serde-like", "1.1.0", &newer.tarball).await;
     assert_eq!(upstream.count("/index/se/rd/serde-like"), 2);
 }
 
@@ -194,14 +191,13 @@ async fn a_checksum_mismatch_is_never_stored_nor_served_whole() {
         status => assert_eq!(status, StatusCode::BAD_GATEWAY),
     }
     // The mirror counts the failure once it has cleaned up after it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while mirror.stats().await["crates"]["checksum_failures"] != 1 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no checksum failure counted"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let counted = &mirror;
+    support::wait_until(
+        Duration::from_secs(10),
+        "no checksum failure counted",
+        || async move { counted.stats().await["crates"]["checksum_failures"] == 1 },
+    )
+    .await;
     assert!(
         mirror.stored_files(".crate").is_empty(),
         "a corrupt crate was stored"
@@ -290,11 +286,7 @@ async fn an_upstream_error_on_a_miss_is_a_gateway_error_and_stores_nothing() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
     let mirror = Mirror::builder(&upstream.url).start();
     // Cache the index file, then break the upstream for the download.
-    let index = client()
-        .get(format!("{}se/rd/serde-like", mirror.index_url()))
-        .send()
-        .await
-        .unwrap();
+    let index = mirror.get("/index/se/rd/serde-like").await;
     assert_eq!(index.status(), StatusCode::OK);
     upstream.switches.fail_status.store(503, Ordering::SeqCst);
     let response = fetch(&download_url(&mirror, "serde-like", "1.0.0")).await;

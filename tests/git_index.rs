@@ -11,26 +11,7 @@ use support::cargo::{new_token, project, run, run_ok, run_with_env, CargoHome};
 use support::mirror::Mirror;
 use support::registry::{graph_project_manifest, graph_registry, CrateSpec};
 use support::upstream::{DlStyle, TestUpstream};
-use support::{client, json_of};
-
-fn git(dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .output()
-        .expect("run git")
-}
-
-fn git_ok(dir: &Path, args: &[&str]) -> String {
-    let output = git(dir, args);
-    assert!(
-        output.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
+use support::{client, git_ok, json_of};
 
 async fn get(url: &str) -> reqwest::Response {
     client().get(url).send().await.expect("request")
@@ -50,7 +31,8 @@ async fn a_clone_holds_the_cached_files_and_a_config_pointing_at_the_mirror() {
         .start();
     let mut sparse = Vec::new();
     for path in ["1/a", "3/a/abc", "in/fl/inflector"] {
-        let body = get(&format!("{}{path}", mirror.index_url()))
+        let body = mirror
+            .get(&format!("/index/{path}"))
             .await
             .bytes()
             .await
@@ -118,8 +100,7 @@ async fn cargo_resolves_and_builds_through_the_git_index_cached_or_warmed() {
         .args(&["--git-rebuild-delay", "0"])
         .start();
     let sparse_project = project(&graph_project_manifest());
-    run_ok(
-        &CargoHome::new(&cached.index_url()),
+    CargoHome::new(&cached.index_url()).run_ok(
         sparse_project.path(),
         target.path(),
         &["generate-lockfile"],
@@ -197,17 +178,7 @@ async fn a_crate_cached_later_reaches_git_clients_on_their_next_fetch() {
         ],
         DlStyle::Plain,
     );
-    let mirror = Mirror::builder(&upstream.url)
-        .git()
-        .args(&["--git-rebuild-delay", "1"])
-        .start();
-    assert_eq!(
-        get(&format!("{}fi/rs/first", mirror.index_url()))
-            .await
-            .status(),
-        200
-    );
-    mirror.wait_for_git_files(2).await;
+    let mirror = Mirror::start_git(&upstream.url, "1", "/index/fi/rs/first").await;
 
     let home = CargoHome::git(&mirror.git_url(), false);
     let target = tempfile::tempdir().unwrap();
@@ -225,12 +196,7 @@ async fn a_crate_cached_later_reaches_git_clients_on_their_next_fetch() {
     assert!(!missing.status.success());
 
     // Once cached (here by a sparse client), the rebuild after the delay adds it.
-    assert_eq!(
-        get(&format!("{}la/te/later", mirror.index_url()))
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(mirror.get("/index/la/te/later").await.status(), 200);
     mirror.wait_for_git_files(3).await;
     run_ok(&home, app.path(), target.path(), &["generate-lockfile"]);
     assert!(lockfile(app.path()).contains("name = \"later\""));
@@ -239,17 +205,7 @@ async fn a_crate_cached_later_reaches_git_clients_on_their_next_fetch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clones_and_fetches_during_rebuilds_never_fail() {
     let upstream = TestUpstream::start(&[CrateSpec::new("seed", "1.0.0")], DlStyle::Plain);
-    let mirror = Mirror::builder(&upstream.url)
-        .git()
-        .args(&["--git-rebuild-delay", "0"])
-        .start();
-    assert_eq!(
-        get(&format!("{}se/ed/seed", mirror.index_url()))
-            .await
-            .status(),
-        200
-    );
-    mirror.wait_for_git_files(2).await;
+    let mirror = Mirror::start_git(&upstream.url, "0", "/index/se/ed/seed").await;
 
     // Keep the index changing: new crates cached one after another.
     let index_url = mirror.index_url();

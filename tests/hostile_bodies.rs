@@ -5,14 +5,12 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::client;
 use support::mirror::Mirror;
 use support::registry::CrateSpec;
 use support::upstream::{DlStyle, TestUpstream};
+use support::{client, git_ok};
 
 /// The mirror's body timeout is 10 s; this leaves a generous margin for a
 /// loaded machine, and is far below the 40 s the issue saw.
@@ -91,18 +89,7 @@ fn post_declaring(base: &str, length: usize) -> TcpStream {
 
 /// A mirror with the git index holding one crate's index file.
 async fn git_mirror(upstream: &TestUpstream) -> Mirror {
-    let mirror = Mirror::builder(&upstream.url)
-        .git()
-        .args(&["--git-rebuild-delay", "0"])
-        .start();
-    let cached = client()
-        .get(format!("{}se/rd/serde", mirror.index_url()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(cached.status(), 200);
-    mirror.wait_for_git_files(2).await;
-    mirror
+    Mirror::start_git(&upstream.url, "0", "/index/se/rd/serde").await
 }
 
 fn upload_pack_path() -> &'static str {
@@ -168,11 +155,7 @@ async fn a_stalled_or_trickling_upload_pack_body_is_cut_off() {
     }
 
     // The mirror is fine afterwards.
-    let health = client()
-        .get(format!("{}/health", mirror.url))
-        .send()
-        .await
-        .unwrap();
+    let health = mirror.get("/health").await;
     assert_eq!(health.status(), 200);
 }
 
@@ -277,21 +260,6 @@ async fn routes_that_take_no_body_refuse_one_without_waiting_for_it() {
     }
 }
 
-fn git_ok(dir: &Path, args: &[&str]) -> String {
-    let output = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .output()
-        .expect("run git");
-    assert!(
-        output.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 #[tokio::test]
 async fn git_clones_and_fetches_still_work() {
     let upstream = TestUpstream::start(
@@ -317,11 +285,7 @@ async fn git_clones_and_fetches_still_work() {
     );
 
     // A fetch sends haves as well as wants.
-    let later = client()
-        .get(format!("{}la/te/later", mirror.index_url()))
-        .send()
-        .await
-        .unwrap();
+    let later = mirror.get("/index/la/te/later").await;
     assert_eq!(later.status(), 200);
     mirror.wait_for_git_files(3).await;
     let index = dir.path().join("index");

@@ -12,24 +12,13 @@ fn raw_status(base: &str, path: &[u8]) -> u16 {
     raw_request(base, b"GET", path)
 }
 
+/// `METHOD PATH HTTP/1.1` with the bytes as given; the status, as `raw_exchange`.
 fn raw_request(base: &str, method: &[u8], path: &[u8]) -> u16 {
-    let addr = base.strip_prefix("http://").unwrap();
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
-        .unwrap();
     let mut request = method.to_vec();
     request.push(b' ');
     request.extend_from_slice(path);
     request.extend_from_slice(b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(&request).unwrap();
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let text = String::from_utf8_lossy(&response);
-    text.split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+    raw_exchange(base, &request)
 }
 
 #[test]

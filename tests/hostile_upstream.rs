@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use reqwest::StatusCode;
-use support::client;
 use support::faults::{Chunking, Reply, ScriptedServer};
 use support::mirror::Mirror;
 use support::registry::{publish, CrateSpec, Published};
@@ -21,12 +20,7 @@ fn download_url(mirror: &Mirror, name: &str, version: &str) -> String {
 }
 
 async fn get(url: &str) -> reqwest::Response {
-    client()
-        .get(url)
-        .timeout(HANG_GUARD)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{url}: {e}"))
+    support::get_within(url, HANG_GUARD).await
 }
 
 /// Reads a body until it ends or fails: the bytes received, and whether it

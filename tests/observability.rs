@@ -8,8 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use support::cargo::{new_token, project, run_ok, CargoHome};
-use support::client;
+use support::cargo::{new_token, project, CargoHome};
 use support::mirror::Mirror;
 use support::parse_samples;
 use support::registry::{graph_project_manifest, graph_registry, publish};
@@ -46,14 +45,7 @@ fn promtool(args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
 }
 
 async fn metrics_text(mirror: &Mirror) -> String {
-    client()
-        .get(format!("{}/metrics", mirror.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    mirror.get("/metrics").await.text().await.unwrap()
 }
 
 #[tokio::test]
@@ -66,12 +58,7 @@ async fn metrics_after_a_cargo_run_match_what_happened() {
         .start();
     let target = tempfile::tempdir().unwrap();
     let app = project(&graph_project_manifest());
-    run_ok(
-        &CargoHome::new(&mirror.index_url()),
-        app.path(),
-        target.path(),
-        &["fetch"],
-    );
+    CargoHome::new(&mirror.index_url()).run_ok(app.path(), target.path(), &["fetch"]);
 
     let text = metrics_text(&mirror).await;
     let check = promtool(&["check", "metrics"], Some(text.as_bytes()));
@@ -178,12 +165,7 @@ async fn metrics_after_a_cargo_run_match_what_happened() {
         again.path().join("Cargo.lock"),
     )
     .unwrap();
-    run_ok(
-        &CargoHome::new(&mirror.index_url()),
-        again.path(),
-        target.path(),
-        &["fetch"],
-    );
+    CargoHome::new(&mirror.index_url()).run_ok(again.path(), target.path(), &["fetch"]);
     let samples = parse_samples(&metrics_text(&mirror).await);
     assert_eq!(
         sample(
@@ -205,11 +187,7 @@ async fn json_logs_have_one_line_per_request() {
     let mirror = Mirror::builder(&upstream.url)
         .args(&["--log-format", "json"])
         .start();
-    let response = client()
-        .get(format!("{}lo/gg/logged", mirror.index_url()))
-        .send()
-        .await
-        .unwrap();
+    let response = mirror.get("/index/lo/gg/logged").await;
     assert_eq!(response.status(), 200);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let log = mirror.log();
@@ -247,6 +225,20 @@ fn chromium(args: &[&str], url: &str) -> std::process::Output {
         .arg(url)
         .output()
         .expect("chromium (Debian's chromium package, installed by .ci/run)")
+}
+
+/// The page's DOM once chromium has run its script, and chromium's console
+/// output; fails the test if chromium failed or the page counted script errors.
+fn dump_dom(page: &str) -> (String, String) {
+    let dumped = chromium(&["--dump-dom"], page);
+    let dom = String::from_utf8_lossy(&dumped.stdout).into_owned();
+    let console = String::from_utf8_lossy(&dumped.stderr).into_owned();
+    assert!(dumped.status.success(), "{console}");
+    assert!(
+        dom.contains("data-errors=\"0\""),
+        "the page reported script errors:\n{console}"
+    );
+    (dom, console)
 }
 
 fn screenshot_dir() -> PathBuf {
@@ -296,11 +288,7 @@ async fn the_dashboard_renders_live_figures_in_chromium() {
     let mirror = Mirror::builder(&upstream.url).start();
     // Traffic: index files and downloads, some of them twice.
     // Fetching abc prefetches its dependency a; wait until that has happened.
-    client()
-        .get(format!("{}3/a/abc", mirror.index_url()))
-        .send()
-        .await
-        .unwrap();
+    mirror.get("/index/3/a/abc").await;
     for _ in 0..100 {
         let stats = mirror.stats().await;
         if stats["prefetch"]["started"].as_u64() >= Some(1) {
@@ -317,21 +305,11 @@ async fn the_dashboard_renders_live_figures_in_chromium() {
             ("1/a", "a", "1.0.0"),
             ("2/ab", "ab", "0.2.0"),
         ] {
-            let http = client();
-            let index = http
-                .get(format!("{}{path}", mirror.index_url()))
-                .send()
-                .await
-                .unwrap();
+            let index = mirror.get(&format!("/index/{path}")).await;
             received += index.bytes().await.unwrap().len() as u64;
-            let download = http
-                .get(format!(
-                    "{}/api/v1/crates/{name}/{version}/download",
-                    mirror.url
-                ))
-                .send()
-                .await
-                .unwrap();
+            let download = mirror
+                .get(&format!("/api/v1/crates/{name}/{version}/download"))
+                .await;
             assert_eq!(download.status(), 200);
             let body = download.bytes().await.unwrap();
             received += body.len() as u64;
@@ -339,14 +317,7 @@ async fn the_dashboard_renders_live_figures_in_chromium() {
         }
     }
     let page = format!("{}/", mirror.url);
-    let dumped = chromium(&["--dump-dom"], &page);
-    let dom = String::from_utf8_lossy(&dumped.stdout);
-    let console = String::from_utf8_lossy(&dumped.stderr);
-    assert!(dumped.status.success(), "{console}");
-    assert!(
-        dom.contains("data-errors=\"0\""),
-        "the page reported script errors:\n{console}"
-    );
+    let (dom, console) = dump_dom(&page);
     assert!(
         !dom.contains("data-loaded=\"0\""),
         "the page never loaded /api/stats"
@@ -420,22 +391,11 @@ async fn a_private_dashboard_asks_for_a_token_instead_of_showing_blank_cards() {
         ])
         .start();
     // What the page meets: /api/stats refuses it; the page itself is open.
-    let stats = client()
-        .get(format!("{}/api/stats", mirror.url))
-        .send()
-        .await
-        .unwrap();
+    let stats = mirror.get("/api/stats").await;
     assert_eq!(stats.status(), 401);
 
     let page = format!("{}/", mirror.url);
-    let dumped = chromium(&["--dump-dom"], &page);
-    let dom = String::from_utf8_lossy(&dumped.stdout);
-    let console = String::from_utf8_lossy(&dumped.stderr);
-    assert!(dumped.status.success(), "{console}");
-    assert!(
-        dom.contains("data-errors=\"0\""),
-        "the page reported script errors:\n{console}"
-    );
+    let (dom, console) = dump_dom(&page);
     assert!(!console.contains("Uncaught"), "{console}");
     // The prompt shows, with its form; the empty cards do not.
     assert!(!element_tag(&dom, "locked").contains("hidden"), "{dom}");
@@ -469,11 +429,7 @@ fn screenshot(page: &str, name: &str, size: &str) {
         ],
         page,
     );
-    assert!(
-        shot.status.success(),
-        "{}",
-        String::from_utf8_lossy(&shot.stderr)
-    );
+    support::assert_success(&shot);
     let png = std::fs::read(&path).expect("screenshot written");
     assert!(
         png.starts_with(b"\x89PNG") && png.len() > 10_000,
@@ -483,14 +439,29 @@ fn screenshot(page: &str, name: &str, size: &str) {
 
 #[test]
 fn shipped_prometheus_config_and_alert_rules_pass_promtool() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
+    // The shipped config names the scrape token's file where an operator puts
+    // it; promtool insists it exists, so the check runs on a copy naming a
+    // token file that does.
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "cmt_example\n").unwrap();
+    let config = std::fs::read_to_string(shipped.join("prometheus.yml"))
+        .unwrap()
+        .replace(
+            "/etc/prometheus/crate-mirror-metrics-token",
+            &token.to_string_lossy(),
+        );
+    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+    std::fs::copy(shipped.join("alerts.yml"), dir.path().join("alerts.yml")).unwrap();
+    let dir = dir.path();
     for args in [
         vec!["check", "config", "prometheus.yml"],
         vec!["check", "rules", "alerts.yml"],
     ] {
         let output = Command::new("promtool")
             .args(&args)
-            .current_dir(&dir)
+            .current_dir(dir)
             .output()
             .expect("promtool");
         assert!(

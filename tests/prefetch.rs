@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::cargo::{project, run_ok, CargoHome};
+use support::cargo::{project, CargoHome};
 use support::client;
 use support::mirror::Mirror;
 use support::registry::{layered_graph, CrateSpec, Dep};
@@ -21,14 +21,21 @@ async fn stats(mirror: &Mirror) -> serde_json::Value {
     mirror.stats().await
 }
 
+/// GETs index file `path` of `mirror`, failing the test unless it is
+/// answered within five seconds: a client kept waiting behind prefetches is
+/// what these tests look for.
+async fn index_file_within(mirror: &Mirror, path: &str) -> reqwest::Response {
+    let url = format!("{}{path}", mirror.index_url());
+    support::get_within(&url, Duration::from_secs(5)).await
+}
+
 #[tokio::test]
 async fn prefetch_keeps_the_lockfile_and_stays_within_budget_of_upstream_requests() {
     let (specs, manifest) = layered_graph(6, 12);
     let target = tempfile::tempdir().unwrap();
     let resolve = |mirror: &Mirror| {
         let app = project(&manifest);
-        run_ok(
-            &CargoHome::new(&mirror.index_url()),
+        CargoHome::new(&mirror.index_url()).run_ok(
             app.path(),
             target.path(),
             &["generate-lockfile"],
@@ -38,12 +45,7 @@ async fn prefetch_keeps_the_lockfile_and_stays_within_budget_of_upstream_request
 
     let direct_upstream = TestUpstream::start(&specs, DlStyle::Plain);
     let app = project(&manifest);
-    run_ok(
-        &CargoHome::new(&direct_upstream.url),
-        app.path(),
-        target.path(),
-        &["generate-lockfile"],
-    );
+    CargoHome::new(&direct_upstream.url).run_ok(app.path(), target.path(), &["generate-lockfile"]);
     let direct_lock = std::fs::read_to_string(app.path().join("Cargo.lock")).unwrap();
 
     let off_upstream = TestUpstream::start(&specs, DlStyle::Plain);
@@ -90,15 +92,7 @@ async fn clients_never_wait_behind_a_prefetch() {
     let mirror = Mirror::builder(&upstream.url)
         .args(&["--prefetch-concurrency", "20"])
         .start();
-    assert_eq!(
-        client()
-            .get(format!("{}/ready", mirror.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(mirror.get("/ready").await.status(), 200);
     // Every dependency of hub stalls upstream: prefetch fills all its slots.
     upstream
         .switches
@@ -107,13 +101,8 @@ async fn clients_never_wait_behind_a_prefetch() {
         .unwrap()
         .push("/index/he/ld/".to_string());
 
-    let http = client();
-    let hub_response = http
-        .get(format!("{}3/h/hub", mirror.index_url()))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .expect("hub waited behind its own prefetches");
+    // hub itself does not wait behind its own prefetches.
+    let hub_response = index_file_within(&mirror, "3/h/hub").await;
     assert_eq!(hub_response.status(), 200);
     // The prefetches are held upstream: wait until all of them have arrived
     // there (and no more than them).
@@ -128,12 +117,7 @@ async fn clients_never_wait_behind_a_prefetch() {
     );
 
     // An unrelated file is answered at once, with every prefetch slot stuck.
-    let unrelated = http
-        .get(format!("{}un/re/unrelated", mirror.index_url()))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .expect("a client waited behind prefetches");
+    let unrelated = index_file_within(&mirror, "un/re/unrelated").await;
     assert_eq!(unrelated.status(), 200);
 
     // A client asking for a file being prefetched (its request is already
@@ -208,12 +192,7 @@ async fn resolve_through_mirror(index: &Path, manifest: &str, args: &[&str]) -> 
     let mirror = Mirror::builder(&upstream.url).args(args).start();
     let app = project(manifest);
     let target = tempfile::tempdir().unwrap();
-    run_ok(
-        &CargoHome::new(&mirror.index_url()),
-        app.path(),
-        target.path(),
-        &["generate-lockfile"],
-    );
+    CargoHome::new(&mirror.index_url()).run_ok(app.path(), target.path(), &["generate-lockfile"]);
     settle(&upstream).await;
     Measured {
         lockfile: std::fs::read_to_string(app.path().join("Cargo.lock")).unwrap(),

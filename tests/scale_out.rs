@@ -30,7 +30,7 @@ fn start_nginx(backends: [u16; 2]) -> Nginx {
     )
     .unwrap();
     let config = shipped
-        .replace("127.0.0.1:8080", &format!("127.0.0.1:{listen}"))
+        .replace("listen 8080;", &format!("listen 127.0.0.1:{listen};"))
         .replace("127.0.0.1:8081", &format!("127.0.0.1:{}", backends[0]))
         .replace("127.0.0.1:8082", &format!("127.0.0.1:{}", backends[1]));
     assert_ne!(config, shipped);
@@ -107,14 +107,48 @@ fn two_mirrors_behind_nginx_survive_losing_one_mid_fetch() {
     // A fresh CARGO_HOME with one mirror down: resolves to the same lockfile and fetches.
     let fresh_home = CargoHome::new(&index_url);
     let fresh = project(&graph_project_manifest());
-    run_ok(
-        &fresh_home,
-        fresh.path(),
-        target.path(),
-        &["generate-lockfile"],
-    );
+    fresh_home.run_ok(fresh.path(), target.path(), &["generate-lockfile"]);
     assert_eq!(lockfile(fresh.path()), locked);
     run_ok(&fresh_home, fresh.path(), target.path(), &["fetch"]);
+    drop(nginx);
+}
+
+/// An upstream outage makes every node answer 503 for what it has not
+/// cached. Those answers must not mark the nodes down: cached files keep
+/// being served through nginx all along.
+#[test]
+fn an_upstream_outage_does_not_take_the_nodes_out_of_the_balancer() {
+    let upstream = TestUpstream::start(&graph_registry(), DlStyle::Plain);
+    let first = Mirror::builder(&upstream.url).start();
+    let second = Mirror::builder(&upstream.url).start();
+    let nginx = start_nginx([port_of(&first.url), port_of(&second.url)]);
+    let get = |path: &str| -> u16 {
+        futures_executor(async {
+            support::client()
+                .get(format!("{}/index/{path}", nginx.url))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        })
+    };
+    // Cached on both nodes (nginx alternates between them).
+    for _ in 0..4 {
+        assert_eq!(get("3/a/abc"), 200);
+    }
+    upstream.switches.fail_status.store(503, Ordering::SeqCst);
+    // More refusals than max_fails on each node, within fail_timeout.
+    for n in 0..8 {
+        let status = get(&format!("un/ca/uncached{n}"));
+        assert!([502, 503].contains(&status), "uncached{n}: {status}");
+    }
+    for _ in 0..4 {
+        assert_eq!(
+            get("3/a/abc"),
+            200,
+            "a cached file failed during the outage"
+        );
+    }
     drop(nginx);
 }
 

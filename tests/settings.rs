@@ -269,11 +269,7 @@ async fn listen_takes_a_host_name_or_a_bare_port_on_loopback() {
         assert!(mirror.url.starts_with(expected_prefix), "{}", mirror.url);
         let addr: std::net::SocketAddr = mirror.url["http://".len()..].parse().unwrap();
         assert!(addr.ip().is_loopback(), "{listen}: {addr}");
-        let health = client()
-            .get(format!("{}/health", mirror.url))
-            .send()
-            .await
-            .unwrap();
+        let health = mirror.get("/health").await;
         assert_eq!(health.status(), 200, "{listen}");
     }
 }

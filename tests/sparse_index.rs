@@ -26,6 +26,15 @@ async fn get(url: &str) -> reqwest::Response {
     client().get(url).send().await.expect("request")
 }
 
+/// GETs `url` with `headers` (conditional requests, `accept-encoding`).
+async fn get_with(url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut request = client().get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.expect("request")
+}
+
 async fn stats(mirror: &Mirror) -> serde_json::Value {
     mirror.stats().await
 }
@@ -36,11 +45,7 @@ async fn config_json_points_dl_at_the_public_url_or_the_host() {
     let public = Mirror::builder(&upstream.url)
         .args(&["--public-url", "https://mirror.example.com/"])
         .start();
-    let config: serde_json::Value = get(&format!("{}config.json", public.index_url()))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let config: serde_json::Value = public.get("/index/config.json").await.json().await.unwrap();
     assert_eq!(config["dl"], "https://mirror.example.com/api/v1/crates");
     assert!(config.get("auth-required").is_none());
 
@@ -68,7 +73,7 @@ async fn index_files_of_every_name_length_pass_through_byte_for_byte() {
         ("da/sh/dash-name", "dash-name"),
         ("un/de/under_name", "under_name"),
     ] {
-        let response = get(&format!("{}{path}", mirror.index_url())).await;
+        let response = mirror.get(&format!("/index/{path}")).await;
         assert_eq!(response.status(), StatusCode::OK, "{path}");
         let body = response.bytes().await.unwrap();
         assert_eq!(
@@ -77,7 +82,8 @@ async fn index_files_of_every_name_length_pass_through_byte_for_byte() {
             "{path}"
         );
     }
-    let body = get(&format!("{}in/fl/inflector", mirror.index_url()))
+    let body = mirror
+        .get("/index/in/fl/inflector")
         .await
         .text()
         .await
@@ -105,7 +111,8 @@ async fn new_style_features_and_many_versions_survive() {
     let mirror = Mirror::builder(&upstream.url).start();
     let expected = upstream.index_body("bigfile").unwrap();
     assert!(expected.len() > 300_000, "only {} bytes", expected.len());
-    let body = get(&format!("{}bi/gf/bigfile", mirror.index_url()))
+    let body = mirror
+        .get("/index/bi/gf/bigfile")
         .await
         .bytes()
         .await
@@ -125,7 +132,7 @@ async fn mismatched_prefixes_are_404_and_never_reach_the_upstream() {
         "ab/ce/abcd",
         "in/fl/x/inflector",
     ] {
-        let response = get(&format!("{}{path}", mirror.index_url())).await;
+        let response = mirror.get(&format!("/index/{path}")).await;
         assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
     }
     assert_eq!(
@@ -148,7 +155,7 @@ async fn missing_crates_pass_the_upstream_status_through_and_are_cached_briefly(
         ("le/ga/legal", StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS),
     ] {
         for _ in 0..3 {
-            let response = get(&format!("{}{path}", mirror.index_url())).await;
+            let response = mirror.get(&format!("/index/{path}")).await;
             assert_eq!(response.status(), status, "{path}");
         }
         assert_eq!(
@@ -182,47 +189,32 @@ async fn etag_and_last_modified_give_304s_and_head_works() {
     assert!(etag.starts_with('"') && etag.ends_with('"'));
     assert_eq!(first.headers()["vary"], "Accept-Encoding");
 
-    let conditional = client()
-        .get(&url)
-        .header("if-none-match", &etag)
-        .send()
-        .await
-        .unwrap();
+    let conditional = get_with(&url, &[("if-none-match", &etag)]).await;
     assert_eq!(conditional.status(), StatusCode::NOT_MODIFIED);
     assert_eq!(conditional.headers()["etag"].to_str().unwrap(), etag);
     assert!(conditional.bytes().await.unwrap().is_empty());
 
-    let other = client()
-        .get(&url)
-        .header("if-none-match", "\"other\"")
-        .send()
-        .await
-        .unwrap();
+    let other = get_with(&url, &[("if-none-match", "\"other\"")]).await;
     assert_eq!(other.status(), StatusCode::OK);
 
     // Cargo sends both; the ETag decides.
-    let both = client()
-        .get(&url)
-        .header("if-none-match", "\"other\"")
-        .header("if-modified-since", &last_modified)
-        .send()
-        .await
-        .unwrap();
+    let both = get_with(
+        &url,
+        &[
+            ("if-none-match", "\"other\""),
+            ("if-modified-since", &last_modified),
+        ],
+    )
+    .await;
     assert_eq!(both.status(), StatusCode::OK);
 
-    let since = client()
-        .get(&url)
-        .header("if-modified-since", &last_modified)
-        .send()
-        .await
-        .unwrap();
+    let since = get_with(&url, &[("if-modified-since", &last_modified)]).await;
     assert_eq!(since.status(), StatusCode::NOT_MODIFIED);
-    let older = client()
-        .get(&url)
-        .header("if-modified-since", "Mon, 01 Jan 2001 00:00:00 GMT")
-        .send()
-        .await
-        .unwrap();
+    let older = get_with(
+        &url,
+        &[("if-modified-since", "Mon, 01 Jan 2001 00:00:00 GMT")],
+    )
+    .await;
     assert_eq!(older.status(), StatusCode::OK);
 
     let head = client().head(&url).send().await.unwrap();
@@ -247,12 +239,7 @@ async fn gzip_is_served_to_clients_that_ask() {
     let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
     let mirror = Mirror::builder(&upstream.url).start();
     let url = format!("{}ab/cd/abcd", mirror.index_url());
-    let response = client()
-        .get(&url)
-        .header("accept-encoding", "gzip")
-        .send()
-        .await
-        .unwrap();
+    let response = get_with(&url, &[("accept-encoding", "gzip")]).await;
     assert_eq!(response.headers()["content-encoding"], "gzip");
     assert_eq!(response.headers()["vary"], "Accept-Encoding");
     let compressed = response.bytes().await.unwrap();
@@ -350,10 +337,7 @@ async fn stale_copies_are_served_when_the_upstream_fails() {
     let body = get(&url).await.bytes().await.unwrap();
     // A second mirror that has learnt config.json while the upstream was healthy.
     let fresh = Mirror::builder(&upstream.url).start();
-    assert_eq!(
-        get(&format!("{}/ready", fresh.url)).await.status(),
-        StatusCode::OK
-    );
+    assert_eq!(fresh.get("/ready").await.status(), StatusCode::OK);
 
     for status in [500, 503] {
         upstream
@@ -368,12 +352,12 @@ async fn stale_copies_are_served_when_the_upstream_fails() {
     }
     // Two revalidations of three attempts each opened the circuit: an uncached
     // file is refused at once (503) without asking the upstream.
-    let uncached = get(&format!("{}3/a/abc", mirror.index_url())).await;
+    let uncached = mirror.get("/index/3/a/abc").await;
     assert_eq!(uncached.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(upstream.count("/index/3/a/abc"), 0);
     // With the circuit still closed, nothing cached and the upstream failing is a
     // gateway error after the retries, not a hang.
-    let uncached = get(&format!("{}3/a/abc", fresh.index_url())).await;
+    let uncached = fresh.get("/index/3/a/abc").await;
     assert_eq!(uncached.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(upstream.count("/index/3/a/abc"), 3, "three attempts");
 
@@ -390,7 +374,7 @@ async fn stale_copies_are_served_when_the_upstream_fails() {
     );
     // Connection refused: 502 after the retries, or 503 once those failures
     // opened the circuit (this mirror already saw three).
-    let refused = get(&format!("{}1/a", fresh.index_url())).await;
+    let refused = fresh.get("/index/1/a").await;
     assert!(
         [StatusCode::BAD_GATEWAY, StatusCode::SERVICE_UNAVAILABLE].contains(&refused.status()),
         "{}",
@@ -405,10 +389,7 @@ async fn a_stalled_upstream_gives_504_within_the_timeout() {
         .args(&["--upstream-timeout", "1"])
         .start();
     // Let the mirror learn config.json first, then stall everything.
-    assert_eq!(
-        get(&format!("{}/ready", mirror.url)).await.status(),
-        StatusCode::OK
-    );
+    assert_eq!(mirror.get("/ready").await.status(), StatusCode::OK);
     upstream
         .switches
         .delay_ms
@@ -430,7 +411,8 @@ async fn cached_files_survive_a_restart_without_the_upstream() {
     let data = temp.path().join("data");
     let body = {
         let mut mirror = Mirror::builder(&upstream.url).data_dir(&data).start();
-        let body = get(&format!("{}in/fl/inflector", mirror.index_url()))
+        let body = mirror
+            .get("/index/in/fl/inflector")
             .await
             .bytes()
             .await
@@ -445,7 +427,7 @@ async fn cached_files_survive_a_restart_without_the_upstream() {
     };
     upstream.stop();
     let mirror = Mirror::builder(&upstream.url).data_dir(&data).start();
-    let response = get(&format!("{}in/fl/inflector", mirror.index_url())).await;
+    let response = mirror.get("/index/in/fl/inflector").await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.bytes().await.unwrap(), body);
     assert_eq!(stats(&mirror).await["index"]["store_loads"], 1);

@@ -113,11 +113,7 @@ async fn gc_evicts_offline_and_refuses_a_data_dir_in_use() {
 
     mirror.kill();
     let output = mirror.run_command("gc", &upstream.url, &["--max-storage", &quota]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    support::assert_success(&output);
     assert!(String::from_utf8_lossy(&output.stdout).contains("evicted 2 crates"));
     assert!(stored_bytes(&mirror) <= total * 6 / 10);
     // Oldest first: the first two downloads went.

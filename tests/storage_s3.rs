@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use support::cargo::{project, run_ok, CargoHome};
 use support::client;
 use support::mirror::Mirror;
-use support::registry::{graph_project_manifest, graph_registry, publish, CrateSpec};
+use support::registry::{graph_project_manifest, graph_registry, publish, CrateSpec, Published};
 use support::s3::Garage;
 use support::upstream::{DlStyle, TestUpstream};
 
@@ -38,6 +38,21 @@ fn locked_packages(lockfile: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A test upstream serving `p` alone.
+fn serving(p: &Published) -> TestUpstream {
+    let upstream = TestUpstream::start(&[], DlStyle::Plain);
+    upstream.add(p);
+    upstream
+}
+
+/// A mirror of `upstream` storing in `garage` under the usual prefix.
+fn s3_mirror(upstream: &TestUpstream, garage: &Garage) -> Mirror {
+    Mirror::builder(&upstream.url)
+        .args(&S3)
+        .envs(&garage.env())
+        .start()
+}
+
 #[tokio::test]
 async fn cargo_fills_the_bucket_and_a_fresh_mirror_serves_it_without_the_upstream() {
     let garage = Garage::start();
@@ -47,20 +62,12 @@ async fn cargo_fills_the_bucket_and_a_fresh_mirror_serves_it_without_the_upstrea
         .map(|s| (key_of(&s.name, &s.vers), publish(s).tarball))
         .collect();
     let mut upstream = TestUpstream::start(&specs, DlStyle::Plain);
-    let mirror = Mirror::builder(&upstream.url)
-        .args(&S3)
-        .envs(&garage.env())
-        .start();
+    let mirror = s3_mirror(&upstream, &garage);
 
     let home = CargoHome::new(&mirror.index_url());
     let workspace = project(&graph_project_manifest());
     let target = tempfile::tempdir().unwrap();
-    run_ok(
-        &home,
-        workspace.path(),
-        target.path(),
-        &["generate-lockfile"],
-    );
+    home.run_ok(workspace.path(), target.path(), &["generate-lockfile"]);
     run_ok(&home, workspace.path(), target.path(), &["fetch"]);
     let lockfile = std::fs::read_to_string(workspace.path().join("Cargo.lock")).unwrap();
     let locked = locked_packages(&lockfile);
@@ -93,19 +100,11 @@ async fn cargo_fills_the_bucket_and_a_fresh_mirror_serves_it_without_the_upstrea
 
     // A second mirror with an empty data dir, the upstream gone: all from the bucket.
     upstream.stop();
-    let fresh = Mirror::builder(&upstream.url)
-        .args(&S3)
-        .envs(&garage.env())
-        .start();
+    let fresh = s3_mirror(&upstream, &garage);
     for (name, version) in &locked {
-        let response = client()
-            .get(format!(
-                "{}/api/v1/crates/{name}/{version}/download",
-                fresh.url
-            ))
-            .send()
-            .await
-            .unwrap();
+        let response = fresh
+            .get(&format!("/api/v1/crates/{name}/{version}/download"))
+            .await;
         assert_eq!(response.status(), StatusCode::OK, "{name} {version}");
         assert_eq!(response.headers()["x-cache"], "HIT");
         assert_eq!(
@@ -119,12 +118,8 @@ async fn cargo_fills_the_bucket_and_a_fresh_mirror_serves_it_without_the_upstrea
 async fn bad_upstream_bodies_never_reach_a_final_key() {
     let garage = Garage::start();
     let big = publish(&CrateSpec::new("big", "1.0.0").padding(12 << 20));
-    let upstream = TestUpstream::start(&[], DlStyle::Plain);
-    upstream.add(&big);
-    let mirror = Mirror::builder(&upstream.url)
-        .args(&S3)
-        .envs(&garage.env())
-        .start();
+    let upstream = serving(&big);
+    let mirror = s3_mirror(&upstream, &garage);
     let url = format!("{}/api/v1/crates/big/1.0.0/download", mirror.url);
 
     for (failed, switch) in [
@@ -169,8 +164,7 @@ async fn bad_upstream_bodies_never_reach_a_final_key() {
 async fn hits_can_redirect_to_presigned_urls() {
     let garage = Garage::start();
     let p = publish(&CrateSpec::new("redirected", "0.1.0"));
-    let upstream = TestUpstream::start(&[], DlStyle::Plain);
-    upstream.add(&p);
+    let upstream = serving(&p);
     let mirror = Mirror::builder(&upstream.url)
         .args(&["--storage", "s3://crates/mirror-prefix", "--s3-redirect"])
         .envs(&garage.env())
@@ -205,12 +199,8 @@ async fn hits_can_redirect_to_presigned_urls() {
 async fn verify_removes_a_corrupted_object_and_it_is_fetched_again() {
     let garage = Garage::start();
     let p = publish(&CrateSpec::new("fragile", "2.0.0"));
-    let upstream = TestUpstream::start(&[], DlStyle::Plain);
-    upstream.add(&p);
-    let mirror = Mirror::builder(&upstream.url)
-        .args(&S3)
-        .envs(&garage.env())
-        .start();
+    let upstream = serving(&p);
+    let mirror = s3_mirror(&upstream, &garage);
     let url = format!("{}/api/v1/crates/fragile/2.0.0/download", mirror.url);
     assert_eq!(
         client()
@@ -363,10 +353,7 @@ async fn s3_with_a_wrong_secret_is_not_ready_and_says_why() {
     assert!(!reason.is_empty(), "{report}");
 
     // The right keys: ready.
-    let good = Mirror::builder(&upstream.url)
-        .args(&S3)
-        .envs(&garage.env())
-        .start();
+    let good = s3_mirror(&upstream, &garage);
     let (status, report) = ready_becomes(&good, StatusCode::OK, Duration::from_secs(10)).await;
     assert_eq!(status, StatusCode::OK, "{report}");
     assert_eq!(report["storage_ok"], true, "{report}");
@@ -377,10 +364,7 @@ async fn s3_with_a_wrong_secret_is_not_ready_and_says_why() {
 async fn s3_readiness_follows_the_bucket() {
     let mut garage = Garage::start();
     let upstream = TestUpstream::start(&[], DlStyle::Plain);
-    let mirror = Mirror::builder(&upstream.url)
-        .args(&S3)
-        .envs(&garage.env())
-        .start();
+    let mirror = s3_mirror(&upstream, &garage);
     let (status, report) = ready_becomes(&mirror, StatusCode::OK, Duration::from_secs(10)).await;
     assert_eq!(status, StatusCode::OK, "{report}");
 

@@ -14,16 +14,7 @@ fn cargo_over_https_with_a_test_ca_uses_http2() {
     let certs = tempfile::tempdir().unwrap();
     make_certificates(certs.path());
     let upstream = TestUpstream::start(&graph_registry(), DlStyle::Plain);
-    let cert = certs.path().join("server.pem");
-    let key = certs.path().join("server.key");
-    let mirror = Mirror::builder(&upstream.url)
-        .args(&[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ])
-        .start();
+    let mirror = Mirror::builder(&upstream.url).tls(certs.path()).start();
     assert!(mirror.url.starts_with("https://"), "{}", mirror.url);
 
     let home = CargoHome::new(&mirror.index_url());

@@ -38,12 +38,7 @@ fn setup() -> (TestUpstream, FaultProxy, Vec<Published>) {
 }
 
 async fn get(url: &str) -> reqwest::Response {
-    client()
-        .get(url)
-        .timeout(HANG_GUARD)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{url}: no answer within the bound: {e}"))
+    support::get_within(url, HANG_GUARD).await
 }
 
 async fn assert_healthy(mirror: &Mirror) {
@@ -199,22 +194,16 @@ async fn download_case(fault: Fault, recovers_by_retry: bool) {
     assert!(proxy.faulted() > 0, "{fault:?} was never injected");
     // Wait for the fetch's own end: stored when a retry recovered it, else
     // logged as failed (after its temp file was removed).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let ended = if recovers_by_retry {
-            !mirror.stored_files(".crate").is_empty()
+    let never_ended = format!("{fault:?}: the fetch never ended");
+    let fetching = &mirror;
+    support::wait_until(Duration::from_secs(10), &never_ended, || async move {
+        if recovers_by_retry {
+            !fetching.stored_files(".crate").is_empty()
         } else {
-            mirror.log().contains("crate download failed")
-        };
-        if ended {
-            break;
+            fetching.log().contains("crate download failed")
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{fault:?}: the fetch never ended"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     assert!(
         mirror.stored_files(".part").is_empty(),
         "{fault:?}: temp file left"

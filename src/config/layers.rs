@@ -160,6 +160,10 @@ impl RawSettings {
     }
 }
 
+/// The token `crate-mirror warm` sends to a private mirror when `--token` is
+/// not given: a client's token, not a setting of the server.
+pub const WARM_TOKEN_ENV: &str = "CRATE_MIRROR_TOKEN";
+
 /// One warning for each `CRATE_MIRROR_*` variable in `names` that is not a
 /// setting (a typo would otherwise be ignored without a word), naming the
 /// closest one.
@@ -169,6 +173,7 @@ pub fn unknown_env_vars(names: impl IntoIterator<Item = String>) -> Vec<String> 
         .map(|s| s.about())
         .chain([&CONFIG_FILE.about])
         .map(About::env_var)
+        .chain([WARM_TOKEN_ENV.to_string()])
         .collect();
     // Compared without the prefix, so `CRATE_MIRROR_AWS_REGION` finds `AWS_REGION`.
     let bare = |name: &str| name.strip_prefix(ENV_PREFIX).unwrap_or(name).to_string();

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 pub use cli::SettingsArgs;
 pub use defs::{About, AnySetting, Fallback, Kind, SETTINGS};
-pub use layers::{RawSettings, Source};
+pub use layers::{RawSettings, Source, WARM_TOKEN_ENV};
 pub use parse::parse_size;
 
 use crate::auth::TokenSet;

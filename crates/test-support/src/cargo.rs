@@ -33,6 +33,11 @@ impl CargoHome {
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+
+    /// `run_ok` with this home: `CargoHome::new(url).run_ok(..)` reads as one line.
+    pub fn run_ok(&self, project: &Path, target_dir: &Path, args: &[&str]) -> String {
+        run_ok(self, project, target_dir, args)
+    }
 }
 
 /// A project directory with `manifest` and an empty binary.

@@ -68,11 +68,7 @@ impl FaultProxy {
         });
         let serving = shared.clone();
         let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("proxy runtime");
+            let runtime = server_runtime(2, "proxy runtime");
             runtime.block_on(async move {
                 let listener = TcpListener::from_std(std_listener).expect("listener");
                 let client = reqwest::Client::builder()
@@ -313,11 +309,7 @@ impl ScriptedServer {
         let hits: Arc<Mutex<Vec<String>>> = Arc::default();
         let (serving_routes, serving_hits) = (routes.clone(), hits.clone());
         let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .expect("scripted runtime");
+            let runtime = server_runtime(1, "scripted runtime");
             runtime.block_on(async move {
                 let listener = TcpListener::from_std(std_listener).expect("listener");
                 loop {
@@ -409,4 +401,13 @@ async fn answer(
     tokio::time::sleep(chunking.tail_pause).await;
     socket.write_all(b"0\r\n\r\n").await?;
     socket.shutdown().await
+}
+
+/// The runtime a test server's thread runs on, with `workers` threads.
+fn server_runtime(workers: usize, what: &str) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .expect(what)
 }

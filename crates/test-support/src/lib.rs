@@ -36,6 +36,32 @@ pub async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
         .expect("JSON body")
 }
 
+/// GETs `url`, failing the test if no answer comes within `guard`: the
+/// client's guard against hangs, for tests whose answers must come well within it.
+pub async fn get_within(url: &str, guard: std::time::Duration) -> reqwest::Response {
+    client()
+        .get(url)
+        .timeout(guard)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{url}: no answer within {guard:?}: {e}"))
+}
+
+/// Polls `check` every 20 ms until it holds, failing the test with `what`
+/// if it still does not after `within`: for effects that land after the
+/// answer (a counter, a cleaned-up file), without guessing a sleep.
+pub async fn wait_until<F, Fut>(within: std::time::Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + within;
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Sample lines of the Prometheus exposition format: `name{labels}` → value.
 pub fn parse_samples(text: &str) -> std::collections::BTreeMap<String, f64> {
     text.lines()
@@ -63,4 +89,33 @@ pub fn workspace_root() -> PathBuf {
         .nth(2)
         .expect("the workspace root above crates/test-support")
         .to_path_buf()
+}
+
+/// Fails the test unless the command behind `output` succeeded, showing what
+/// it wrote to stderr and stdout; returns its stdout, for the tests that read it.
+pub fn assert_success(output: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{}: {}\n{stdout}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// Runs `git ARGS` in `dir`; it never prompts, so a refused credential fails
+/// the command instead of hanging the test.
+pub fn git(dir: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .expect("run git")
+}
+
+/// `git ARGS` in `dir`, which must succeed; its stdout.
+pub fn git_ok(dir: &Path, args: &[&str]) -> String {
+    assert_success(&git(dir, args))
 }

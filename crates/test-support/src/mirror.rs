@@ -81,6 +81,15 @@ impl MirrorBuilder {
         self
     }
 
+    /// Serves HTTPS with the server certificate and key that
+    /// `tls::make_certificates` wrote into `certs`.
+    pub fn tls(self, certs: &Path) -> Self {
+        let cert = certs.join("server.pem");
+        let key = certs.join("server.key");
+        let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
+        self.args(&["--tls-cert", &cert, "--tls-key", &key])
+    }
+
     /// Serves the git index (which needs a public URL).
     pub fn git(self) -> Self {
         self.args(&["--git-index", "on"]).public_url()
@@ -171,6 +180,19 @@ impl Mirror {
         }
     }
 
+    /// A mirror of `upstream` with the git index on, rebuilt `rebuild_delay`
+    /// seconds after a change, returned once index file `warm` (a path such
+    /// as `/index/se/rd/serde`) is cached and in the git index.
+    pub async fn start_git(upstream: &str, rebuild_delay: &str, warm: &str) -> Mirror {
+        let mirror = Mirror::builder(upstream)
+            .git()
+            .args(&["--git-rebuild-delay", rebuild_delay])
+            .start();
+        assert_eq!(mirror.get(warm).await.status(), 200, "GET {warm}");
+        mirror.wait_for_git_files(2).await;
+        mirror
+    }
+
     /// Waits until the git index holds at least `files` files (config.json included).
     pub async fn wait_for_git_files(&self, files: u64) {
         self.wait_for_git_files_authorized(files, None).await
@@ -213,6 +235,16 @@ impl Mirror {
             .await
             .expect("metrics body");
         crate::parse_samples(&text)
+    }
+
+    /// GETs `path` (`/health`, `/index/se/rd/serde`) from the mirror with
+    /// `client()`; a plain-HTTP mirror only (a TLS one wants its own client).
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        crate::client()
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
     pub fn git_url(&self) -> String {

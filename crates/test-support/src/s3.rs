@@ -61,7 +61,16 @@ fn s3_client(endpoint: &str) -> Arc<dyn ObjectStore> {
 }
 
 impl Garage {
+    /// A Garage with the layout, bucket and key the tests use.
     pub fn start() -> Garage {
+        let garage = Garage::start_bare();
+        garage.set_up(&garage.config());
+        garage
+    }
+
+    /// The server alone, not set up: for testing a set-up made elsewhere
+    /// (the compose file's), which must create the same bucket and key.
+    pub fn start_bare() -> Garage {
         let dir = tempfile::tempdir().expect("garage dir");
         let (s3_port, rpc_port) = (free_port(), free_port());
         let config = dir.path().join("garage.toml");
@@ -91,14 +100,27 @@ root_domain = ".s3.garage.localhost"
             });
         let endpoint = format!("http://127.0.0.1:{s3_port}");
         let client = s3_client(&endpoint);
-        let garage = Garage {
+        Garage {
             child,
             dir,
             endpoint,
             client,
-        };
-        garage.set_up(&config);
-        garage
+        }
+    }
+
+    /// The server's configuration file.
+    pub fn config(&self) -> std::path::PathBuf {
+        self.dir.path().join("garage.toml")
+    }
+
+    /// The `garage` command the server runs.
+    pub fn binary() -> PathBuf {
+        garage_binary()
+    }
+
+    /// Whether the bucket lists with the tests' key, within 10 s.
+    pub fn bucket_ready(&self) -> Result<(), String> {
+        self.wait_listing(100)
     }
 
     fn cli(&self, config: &std::path::Path, args: &[&str]) -> Output {

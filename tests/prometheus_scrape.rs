@@ -1,0 +1,122 @@
+//! The shipped Prometheus configuration scrapes a mirror whose `/metrics`
+//! needs a token: real Prometheus, the shipped scrape job with only its
+//! target and token file changed, and the target must come up (a scrape
+//! without the token would be a 401 and `CrateMirrorDown` would fire).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::cargo::new_token;
+use support::mirror::Mirror;
+use support::registry::CrateSpec;
+use support::upstream::{DlStyle, TestUpstream};
+use support::{client, free_port, json_of};
+
+struct Prometheus(Child);
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs Prometheus on the shipped config with the target and token file
+/// replaced, scraping every second; returns it and its API base URL.
+fn prometheus(dir: &Path, target: &str, token_file: &Path) -> (Prometheus, String) {
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/prometheus.yml"),
+    )
+    .unwrap();
+    let config = shipped
+        .replace("scrape_interval: 15s", "scrape_interval: 1s")
+        .replace(
+            "          - mirror-1.example.com:8080\n          - mirror-2.example.com:8080\n",
+            &format!("          - {target}\n"),
+        )
+        .replace(
+            "/etc/prometheus/crate-mirror-metrics-token",
+            &token_file.to_string_lossy(),
+        )
+        // The alert rules are checked by promtool elsewhere.
+        .replace("rule_files:\n  - alerts.yml\n", "");
+    assert!(config.contains(target), "the target was not replaced");
+    let path = dir.join("prometheus.yml");
+    std::fs::write(&path, config).unwrap();
+    let port = free_port();
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", path.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus (Debian's package, installed by .ci/run)");
+    (Prometheus(child), format!("http://127.0.0.1:{port}"))
+}
+
+/// The health of the one scrape target, once Prometheus has scraped it.
+async fn target_health(api: &str) -> Option<(String, String)> {
+    let targets = client()
+        .get(format!("{api}/api/v1/targets"))
+        .send()
+        .await
+        .ok()?
+        .json::<serde_json::Value>()
+        .await
+        .ok()?;
+    let target = &targets["data"]["activeTargets"][0];
+    let health = target["health"].as_str()?.to_string();
+    (health != "unknown").then(|| (health, target["lastError"].as_str().unwrap_or("").into()))
+}
+
+#[tokio::test]
+async fn the_shipped_scrape_job_reaches_a_mirror_whose_metrics_need_a_token() {
+    let (token, hash) = new_token();
+    let upstream = TestUpstream::start(&[CrateSpec::new("abc", "1.0.0")], DlStyle::Plain);
+    let mirror = Mirror::builder(&upstream.url)
+        .args(&["--metrics-tokens", &hash])
+        .start();
+    // Without the token the mirror refuses: what Prometheus would get.
+    let refused = client()
+        .get(format!("{}/metrics", mirror.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let target = mirror.url.trim_start_matches("http://").to_string();
+    let (_prometheus, api) = prometheus(dir.path(), &target, &token_file);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let health = loop {
+        if let Some(health) = target_health(&api).await {
+            break health;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never scraped the mirror"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(health.0, "up", "scrape failed: {}", health.1);
+    // And what it scraped is the mirror's: its build info is there.
+    let query =
+        json_of(client().get(format!("{api}/api/v1/query?query=crate_mirror_build_info"))).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut result = query["data"]["result"].clone();
+    while result.as_array().is_none_or(Vec::is_empty) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        result = json_of(client().get(format!("{api}/api/v1/query?query=crate_mirror_build_info")))
+            .await["data"]["result"]
+            .clone();
+    }
+    assert_eq!(result.as_array().map(Vec::len), Some(1), "{result}");
+}

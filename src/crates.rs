@@ -189,7 +189,8 @@ impl CrateService {
         };
         self.inner
             .metrics
-            .crate_downloads
+            .crates
+            .downloads
             .with_label_values(&[label])
             .inc();
         result
@@ -220,6 +221,7 @@ impl CrateService {
         if outcome == DownloadOutcome::Joined {
             inner
                 .metrics
+                .upstream
                 .coalesced_waits
                 .with_label_values(&["crate"])
                 .inc();
@@ -339,7 +341,7 @@ impl Inner {
                     // for the report).
                     tracing::warn!(krate = %record.name, version = %record.vers, error = %err, "crate download failed");
                     if matches!(err, CrateError::ChecksumMismatch) {
-                        inner.metrics.checksum_failures.inc();
+                        inner.metrics.crates.checksum_failures.inc();
                     }
                     tx.send_modify(|p| p.phase = Phase::Failed(err));
                 }
@@ -392,6 +394,7 @@ impl Inner {
             file.flush().await?;
             hasher.update(&chunk);
             self.metrics
+                .upstream
                 .fetched_bytes
                 .with_label_values(&["crate"])
                 .inc_by(chunk.len() as u64);

@@ -1,72 +1,90 @@
 //! Every metric the mirror exports, named once, in one Prometheus registry.
-//! Layers count into [`Metrics`]; `/metrics` encodes it and `/api/stats` (the
-//! dashboard's feed) reads the same numbers, so the two never disagree.
+//! Layers count into their own group of [`Metrics`] (`metrics.http`,
+//! `metrics.index`, ...); `/metrics` encodes the registry and `/api/stats`
+//! (the dashboard's feed, assembled in `snapshot`) reads the same numbers, so
+//! the two never disagree. What the dashboard shows beyond counters is kept
+//! in `activity`.
 //!
 //! Names follow Prometheus conventions: a `crate_mirror_` prefix, base units
 //! (`_seconds`, `_bytes`) and `_total` on counters.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+pub mod activity;
+mod snapshot;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use prometheus::core::Collector;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
-/// Crates tracked for "most requested"; beyond it the least requested are dropped.
-const TOP_CRATES_CAPACITY: usize = 4096;
-/// Errors kept for the dashboard.
-const RECENT_ERRORS: usize = 20;
+pub use activity::{Activity, ErrorRecord};
 
+/// The registry and the metrics of each layer.
 pub struct Metrics {
     registry: Registry,
-    pub http_requests: IntCounterVec,
-    /// Client connections accepted, by how they are served.
-    pub http_connections: IntCounterVec,
-    pub http_duration: HistogramVec,
-    pub index_lookups: IntCounterVec,
-    pub index_negative_hits: IntCounter,
-    pub index_store_loads: IntCounter,
-    pub index_not_modified: IntCounter,
-    pub coalesced_waits: IntCounterVec,
-    pub upstream_requests: IntCounterVec,
-    pub upstream_duration: HistogramVec,
-    pub upstream_retries: IntCounterVec,
-    pub upstream_circuit_open: IntGauge,
-    pub upstream_redirects_refused: IntCounterVec,
-    pub crate_downloads: IntCounterVec,
-    pub checksum_failures: IntCounter,
-    pub served_bytes: IntCounterVec,
-    pub fetched_bytes: IntCounterVec,
-    pub prefetch_started: IntCounter,
-    pub prefetch_useful: IntCounter,
-    pub prefetch_wasted: IntCounter,
-    pub prefetch_skipped: IntCounterVec,
-    pub storage_objects: IntGauge,
-    pub storage_bytes: IntGauge,
-    pub storage_quota_bytes: IntGauge,
-    pub crate_memory_bytes: IntGauge,
-    pub index_files: IntGauge,
-    activity: Mutex<Activity>,
+    pub http: HttpMetrics,
+    pub index: IndexMetrics,
+    pub upstream: UpstreamMetrics,
+    pub crates: CrateMetrics,
+    pub prefetch: PrefetchMetrics,
+    pub storage: StorageMetrics,
+    /// The dashboard's state beyond counters.
+    pub activity: Activity,
     started_ms: u64,
 }
 
-/// What the dashboard shows beyond counters.
-#[derive(Default)]
-struct Activity {
-    crate_requests: HashMap<String, u64>,
-    recent_errors: VecDeque<ErrorRecord>,
-    upstream_last_success_ms: u64,
-    upstream_last_failure_ms: u64,
+/// The HTTP surface: requests, connections, response times, bytes sent.
+pub struct HttpMetrics {
+    pub requests: IntCounterVec,
+    /// Client connections accepted, by how they are served.
+    pub connections: IntCounterVec,
+    pub duration: HistogramVec,
+    pub served_bytes: IntCounterVec,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ErrorRecord {
-    pub time_ms: u64,
-    pub what: String,
-    pub status: String,
+/// The index cache and its sled store.
+pub struct IndexMetrics {
+    pub lookups: IntCounterVec,
+    pub negative_hits: IntCounter,
+    pub store_loads: IntCounter,
+    pub not_modified: IntCounter,
+    /// Index files stored in sled (a gauge set from the store's counter).
+    pub files: IntGauge,
+}
+
+/// Exchanges with the upstream, for index files and crate downloads alike.
+pub struct UpstreamMetrics {
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub retries: IntCounterVec,
+    pub circuit_open: IntGauge,
+    pub redirects_refused: IntCounterVec,
+    pub fetched_bytes: IntCounterVec,
+    /// Requests that joined a fetch already under way, by kind.
+    pub coalesced_waits: IntCounterVec,
+}
+
+/// The download path.
+pub struct CrateMetrics {
+    pub downloads: IntCounterVec,
+    pub checksum_failures: IntCounter,
+}
+
+/// Index files fetched ahead of clients.
+pub struct PrefetchMetrics {
+    pub started: IntCounter,
+    pub useful: IntCounter,
+    pub wasted: IntCounter,
+    pub skipped: IntCounterVec,
+}
+
+/// Crate storage gauges, set from the stores' counters.
+pub struct StorageMetrics {
+    pub objects: IntGauge,
+    pub bytes: IntGauge,
+    pub quota_bytes: IntGauge,
+    pub memory_bytes: IntGauge,
 }
 
 pub fn now_ms() -> u64 {
@@ -113,6 +131,193 @@ fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -
     metric
 }
 
+impl HttpMetrics {
+    fn register(r: &Registry) -> Self {
+        Self {
+            requests: counter_vec(
+                r,
+                "crate_mirror_http_requests_total",
+                "HTTP requests answered, by route, method and status.",
+                &["route", "method", "status"],
+            ),
+            connections: counter_vec(
+                r,
+                "crate_mirror_http_connections_total",
+                "Client connections accepted on the plain listener, by protocol (http1, h2c-upgrade, h2c-prior-knowledge).",
+                &["protocol"],
+            ),
+            duration: histogram_vec(
+                r,
+                "crate_mirror_http_request_duration_seconds",
+                "Time to answer an HTTP request (to the response head), by route and status.",
+                &["route", "status"],
+            ),
+            served_bytes: counter_vec(
+                r,
+                "crate_mirror_served_bytes_total",
+                "Body bytes sent to clients, by route.",
+                &["route"],
+            ),
+        }
+    }
+}
+
+impl IndexMetrics {
+    fn register(r: &Registry) -> Self {
+        Self {
+            lookups: counter_vec(
+                r,
+                "crate_mirror_index_lookups_total",
+                "Index file lookups by result: hit, miss, revalidated, stale.",
+                &["result"],
+            ),
+            negative_hits: counter(
+                r,
+                "crate_mirror_index_negative_hits_total",
+                "Lookups answered from the negative cache (a remembered 404/410/451).",
+            ),
+            store_loads: counter(
+                r,
+                "crate_mirror_index_store_loads_total",
+                "Index files read from sled into memory.",
+            ),
+            not_modified: counter(
+                r,
+                "crate_mirror_index_upstream_not_modified_total",
+                "Revalidations the upstream answered with 304.",
+            ),
+            files: gauge(r, "crate_mirror_index_files", "Index files stored in sled."),
+        }
+    }
+}
+
+impl UpstreamMetrics {
+    fn register(r: &Registry) -> Self {
+        Self {
+            requests: counter_vec(
+                r,
+                "crate_mirror_upstream_requests_total",
+                "Requests to the upstream by kind (index, config, download) and status (code, timeout, error).",
+                &["kind", "status"],
+            ),
+            duration: histogram_vec(
+                r,
+                "crate_mirror_upstream_request_duration_seconds",
+                "Upstream response time (to the response head), by kind.",
+                &["kind"],
+            ),
+            retries: counter_vec(
+                r,
+                "crate_mirror_upstream_retries_total",
+                "Upstream requests retried after a failure, by kind.",
+                &["kind"],
+            ),
+            redirects_refused: counter_vec(
+                r,
+                "crate_mirror_upstream_redirects_refused_total",
+                "Upstream redirects not followed, by reason (host: not an upstream or listed host; too_many: over the limit).",
+                &["reason"],
+            ),
+            circuit_open: gauge(
+                r,
+                "crate_mirror_upstream_circuit_open",
+                "1 while the upstream circuit breaker is open (requests fail fast).",
+            ),
+            fetched_bytes: counter_vec(
+                r,
+                "crate_mirror_upstream_fetched_bytes_total",
+                "Body bytes received from the upstream, by kind.",
+                &["kind"],
+            ),
+            coalesced_waits: counter_vec(
+                r,
+                "crate_mirror_coalesced_waits_total",
+                "Requests that joined an upstream fetch already under way, by kind.",
+                &["kind"],
+            ),
+        }
+    }
+
+    /// Counts one exchange and its response time.
+    fn exchange(&self, kind: &str, status: &str, seconds: f64) {
+        self.requests.with_label_values(&[kind, status]).inc();
+        self.duration.with_label_values(&[kind]).observe(seconds);
+    }
+}
+
+impl CrateMetrics {
+    fn register(r: &Registry) -> Self {
+        Self {
+            downloads: counter_vec(
+                r,
+                "crate_mirror_crate_downloads_total",
+                "Crate downloads by result: hit, miss, joined, redirect, error.",
+                &["result"],
+            ),
+            checksum_failures: counter(
+                r,
+                "crate_mirror_checksum_failures_total",
+                "Upstream crate bodies whose sha256 did not match the index cksum.",
+            ),
+        }
+    }
+}
+
+impl PrefetchMetrics {
+    fn register(r: &Registry) -> Self {
+        Self {
+            started: counter(
+                r,
+                "crate_mirror_prefetch_started_total",
+                "Index files fetched ahead of clients, from the dependencies of fetched ones.",
+            ),
+            useful: counter(
+                r,
+                "crate_mirror_prefetch_useful_total",
+                "Prefetched index files that a client then asked for.",
+            ),
+            wasted: counter(
+                r,
+                "crate_mirror_prefetch_wasted_total",
+                "Prefetched index files that expired before any client asked for them.",
+            ),
+            skipped: counter_vec(
+                r,
+                "crate_mirror_prefetch_skipped_total",
+                "Prefetches not made, by reason (budget, depth).",
+                &["reason"],
+            ),
+        }
+    }
+}
+
+impl StorageMetrics {
+    fn register(r: &Registry) -> Self {
+        Self {
+            objects: gauge(
+                r,
+                "crate_mirror_storage_objects",
+                "Crate files in local storage.",
+            ),
+            bytes: gauge(
+                r,
+                "crate_mirror_storage_bytes",
+                "Bytes of crate files in local storage.",
+            ),
+            memory_bytes: gauge(
+                r,
+                "crate_mirror_crate_memory_bytes",
+                "Bytes of hot crate files held in memory.",
+            ),
+            quota_bytes: gauge(
+                r,
+                "crate_mirror_storage_quota_bytes",
+                "The local storage quota (0 when unbounded).",
+            ),
+        }
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -135,147 +340,16 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         Self {
-            http_requests: counter_vec(
-                &r,
-                "crate_mirror_http_requests_total",
-                "HTTP requests answered, by route, method and status.",
-                &["route", "method", "status"],
-            ),
-            http_connections: counter_vec(
-                &r,
-                "crate_mirror_http_connections_total",
-                "Client connections accepted on the plain listener, by protocol (http1, h2c-upgrade, h2c-prior-knowledge).",
-                &["protocol"],
-            ),
-            http_duration: histogram_vec(
-                &r,
-                "crate_mirror_http_request_duration_seconds",
-                "Time to answer an HTTP request (to the response head), by route and status.",
-                &["route", "status"],
-            ),
-            index_lookups: counter_vec(
-                &r,
-                "crate_mirror_index_lookups_total",
-                "Index file lookups by result: hit, miss, revalidated, stale.",
-                &["result"],
-            ),
-            index_negative_hits: counter(
-                &r,
-                "crate_mirror_index_negative_hits_total",
-                "Lookups answered from the negative cache (a remembered 404/410/451).",
-            ),
-            index_store_loads: counter(
-                &r,
-                "crate_mirror_index_store_loads_total",
-                "Index files read from sled into memory.",
-            ),
-            index_not_modified: counter(
-                &r,
-                "crate_mirror_index_upstream_not_modified_total",
-                "Revalidations the upstream answered with 304.",
-            ),
-            coalesced_waits: counter_vec(
-                &r,
-                "crate_mirror_coalesced_waits_total",
-                "Requests that joined an upstream fetch already under way, by kind.",
-                &["kind"],
-            ),
-            upstream_requests: counter_vec(
-                &r,
-                "crate_mirror_upstream_requests_total",
-                "Requests to the upstream by kind (index, config, download) and status (code, timeout, error).",
-                &["kind", "status"],
-            ),
-            upstream_duration: histogram_vec(
-                &r,
-                "crate_mirror_upstream_request_duration_seconds",
-                "Upstream response time (to the response head), by kind.",
-                &["kind"],
-            ),
-            upstream_retries: counter_vec(
-                &r,
-                "crate_mirror_upstream_retries_total",
-                "Upstream requests retried after a failure, by kind.",
-                &["kind"],
-            ),
-            upstream_redirects_refused: counter_vec(
-                &r,
-                "crate_mirror_upstream_redirects_refused_total",
-                "Upstream redirects not followed, by reason (host: not an upstream or listed host; too_many: over the limit).",
-                &["reason"],
-            ),
-            upstream_circuit_open: gauge(
-                &r,
-                "crate_mirror_upstream_circuit_open",
-                "1 while the upstream circuit breaker is open (requests fail fast).",
-            ),
-            crate_downloads: counter_vec(
-                &r,
-                "crate_mirror_crate_downloads_total",
-                "Crate downloads by result: hit, miss, joined, redirect, error.",
-                &["result"],
-            ),
-            checksum_failures: counter(
-                &r,
-                "crate_mirror_checksum_failures_total",
-                "Upstream crate bodies whose sha256 did not match the index cksum.",
-            ),
-            served_bytes: counter_vec(
-                &r,
-                "crate_mirror_served_bytes_total",
-                "Body bytes sent to clients, by route.",
-                &["route"],
-            ),
-            fetched_bytes: counter_vec(
-                &r,
-                "crate_mirror_upstream_fetched_bytes_total",
-                "Body bytes received from the upstream, by kind.",
-                &["kind"],
-            ),
-            prefetch_started: counter(
-                &r,
-                "crate_mirror_prefetch_started_total",
-                "Index files fetched ahead of clients, from the dependencies of fetched ones.",
-            ),
-            prefetch_useful: counter(
-                &r,
-                "crate_mirror_prefetch_useful_total",
-                "Prefetched index files that a client then asked for.",
-            ),
-            prefetch_wasted: counter(
-                &r,
-                "crate_mirror_prefetch_wasted_total",
-                "Prefetched index files that expired before any client asked for them.",
-            ),
-            prefetch_skipped: counter_vec(
-                &r,
-                "crate_mirror_prefetch_skipped_total",
-                "Prefetches not made, by reason (budget, depth).",
-                &["reason"],
-            ),
-            storage_objects: gauge(&r, "crate_mirror_storage_objects", "Crate files in local storage."),
-            storage_bytes: gauge(&r, "crate_mirror_storage_bytes", "Bytes of crate files in local storage."),
-            crate_memory_bytes: gauge(
-                &r,
-                "crate_mirror_crate_memory_bytes",
-                "Bytes of hot crate files held in memory.",
-            ),
-            storage_quota_bytes: gauge(
-                &r,
-                "crate_mirror_storage_quota_bytes",
-                "The local storage quota (0 when unbounded).",
-            ),
-            index_files: gauge(&r, "crate_mirror_index_files", "Index files stored in sled."),
+            http: HttpMetrics::register(&r),
+            index: IndexMetrics::register(&r),
+            upstream: UpstreamMetrics::register(&r),
+            crates: CrateMetrics::register(&r),
+            prefetch: PrefetchMetrics::register(&r),
+            storage: StorageMetrics::register(&r),
             registry: r,
-            activity: Mutex::new(Activity::default()),
+            activity: Activity::default(),
             started_ms: now_ms(),
         }
-    }
-
-    fn activity(&self) -> std::sync::MutexGuard<'_, Activity> {
-        self.activity
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The text exposition format.
@@ -288,167 +362,8 @@ impl Metrics {
 
     /// Counts one upstream exchange and remembers whether the upstream answered.
     pub fn upstream_exchange(&self, kind: &str, status: &str, seconds: f64, healthy: bool) {
-        self.upstream_requests
-            .with_label_values(&[kind, status])
-            .inc();
-        self.upstream_duration
-            .with_label_values(&[kind])
-            .observe(seconds);
-        let mut activity = self.activity();
-        if healthy {
-            activity.upstream_last_success_ms = now_ms();
-        } else {
-            activity.upstream_last_failure_ms = now_ms();
-        }
-    }
-
-    /// Counts a request for a crate (index file or download) for "most requested".
-    pub fn crate_requested(&self, name: &str) {
-        let mut activity = self.activity();
-        if let Some(count) = activity.crate_requests.get_mut(name) {
-            *count += 1;
-            return;
-        }
-        if activity.crate_requests.len() >= TOP_CRATES_CAPACITY {
-            // Drop the least requested half: bounded memory, the head survives.
-            let mut counts: Vec<u64> = activity.crate_requests.values().copied().collect();
-            counts.sort_unstable();
-            let cut = counts[counts.len() / 2];
-            activity.crate_requests.retain(|_, c| *c > cut);
-        }
-        activity.crate_requests.insert(name.to_string(), 1);
-    }
-
-    pub fn record_error(&self, what: String, status: String) {
-        let mut activity = self.activity();
-        if activity.recent_errors.len() == RECENT_ERRORS {
-            activity.recent_errors.pop_front();
-        }
-        activity.recent_errors.push_back(ErrorRecord {
-            time_ms: now_ms(),
-            what,
-            status,
-        });
-    }
-
-    fn sum(counter: &IntCounterVec, label: usize, value: Option<&str>) -> u64 {
-        let mut total = 0;
-        for family in counter.collect() {
-            for metric in family.get_metric() {
-                let matches = value.is_none_or(|v| {
-                    metric
-                        .get_label()
-                        .get(label)
-                        .is_some_and(|l| l.value() == v)
-                });
-                if matches {
-                    total += metric.get_counter().get_value() as u64;
-                }
-            }
-        }
-        total
-    }
-
-    fn histogram_totals(histogram: &HistogramVec) -> (f64, u64) {
-        let (mut sum, mut count) = (0.0, 0);
-        for family in histogram.collect() {
-            for metric in family.get_metric() {
-                sum += metric.get_histogram().get_sample_sum();
-                count += metric.get_histogram().get_sample_count();
-            }
-        }
-        (sum, count)
-    }
-
-    /// The dashboard's figures.
-    pub fn snapshot(&self) -> serde_json::Value {
-        let lookups = |result| Self::sum(&self.index_lookups, 0, Some(result));
-        let downloads = |result| Self::sum(&self.crate_downloads, 0, Some(result));
-        let index_hits = lookups("hit") + lookups("stale");
-        let index_total = index_hits + lookups("miss") + lookups("revalidated");
-        let crate_hits = downloads("hit") + downloads("redirect");
-        let crate_total = crate_hits + downloads("miss") + downloads("joined");
-        let ratio = |hits: u64, total: u64| {
-            if total == 0 {
-                serde_json::Value::Null
-            } else {
-                serde_json::json!(hits as f64 / total as f64)
-            }
-        };
-        let http_errors: u64 = ["500", "502", "503", "504"]
-            .iter()
-            .map(|s| Self::sum(&self.http_requests, 2, Some(s)))
-            .sum();
-        let upstream_total = Self::sum(&self.upstream_requests, 1, None);
-        let upstream_failures: u64 = ["timeout", "error", "500", "502", "503", "504", "429"]
-            .iter()
-            .map(|s| Self::sum(&self.upstream_requests, 1, Some(s)))
-            .sum();
-        let (latency_sum, latency_count) = Self::histogram_totals(&self.upstream_duration);
-        // What registry clients received (not the dashboard or probes).
-        let client_bytes: u64 = ["index", "config", "download", "git"]
-            .iter()
-            .map(|route| Self::sum(&self.served_bytes, 0, Some(route)))
-            .sum();
-        let activity = self.activity();
-        let mut top: Vec<(&String, &u64)> = activity.crate_requests.iter().collect();
-        top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-        let top: Vec<serde_json::Value> = top
-            .into_iter()
-            .take(10)
-            .map(|(name, count)| serde_json::json!({ "name": name, "requests": count }))
-            .collect();
-        serde_json::json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "uptime_seconds": now_ms().saturating_sub(self.started_ms) / 1000,
-            "requests": {
-                "total": Self::sum(&self.http_requests, 0, None),
-                "errors": http_errors,
-            },
-            "hit_ratio": ratio(index_hits + crate_hits, index_total + crate_total),
-            "index": {
-                "hits": index_hits,
-                "memory_hits": lookups("hit"),
-                "misses": lookups("miss"),
-                "revalidated": lookups("revalidated"),
-                "stale_served": lookups("stale"),
-                "store_loads": self.index_store_loads.get(),
-                "negative_hits": self.index_negative_hits.get(),
-                "upstream_fetches": Self::sum(&self.upstream_requests, 0, Some("index")),
-                "upstream_not_modified": self.index_not_modified.get(),
-                "coalesced_waits": Self::sum(&self.coalesced_waits, 0, Some("index")),
-                "hit_ratio": ratio(index_hits, index_total),
-            },
-            "crates": {
-                "hits": crate_hits,
-                "misses": downloads("miss"),
-                "joined": downloads("joined"),
-                "failures": downloads("error"),
-                "checksum_failures": self.checksum_failures.get(),
-                "hit_ratio": ratio(crate_hits, crate_total),
-            },
-            "bytes": {
-                "served": client_bytes,
-                "fetched": Self::sum(&self.fetched_bytes, 0, None),
-            },
-            "upstream": {
-                "requests": upstream_total,
-                "failures": upstream_failures,
-                "healthy": activity.upstream_last_success_ms >= activity.upstream_last_failure_ms,
-                "last_success_ms": activity.upstream_last_success_ms,
-                "last_failure_ms": activity.upstream_last_failure_ms,
-                "latency_seconds_sum": latency_sum,
-                "latency_count": latency_count,
-            },
-            "prefetch": {
-                "started": self.prefetch_started.get(),
-                "useful": self.prefetch_useful.get(),
-                "wasted": self.prefetch_wasted.get(),
-                "useful_ratio": ratio(self.prefetch_useful.get(), self.prefetch_started.get()),
-            },
-            "top_crates": top,
-            "recent_errors": activity.recent_errors.iter().rev().collect::<Vec<_>>(),
-        })
+        self.upstream.exchange(kind, status, seconds);
+        self.activity.upstream_answered(healthy);
     }
 }
 
@@ -459,39 +374,152 @@ mod tests {
     #[test]
     fn exposition_has_every_family_and_build_info() {
         let metrics = Metrics::new();
-        metrics.index_lookups.with_label_values(&["hit"]).inc_by(3);
+        metrics.index.lookups.with_label_values(&["hit"]).inc_by(3);
         metrics.upstream_exchange("index", "200", 0.01, true);
         let text = String::from_utf8(metrics.encode()).unwrap();
         assert!(text.contains("crate_mirror_build_info{version=\""));
         assert!(text.contains("crate_mirror_index_lookups_total{result=\"hit\"} 3"));
         assert!(text.contains("crate_mirror_upstream_request_duration_seconds_bucket"));
-        let snapshot = metrics.snapshot();
-        assert_eq!(snapshot["index"]["hits"], 3);
-        assert_eq!(snapshot["upstream"]["healthy"], true);
+        assert!(
+            text.contains("crate_mirror_upstream_requests_total{kind=\"index\",status=\"200\"} 1")
+        );
+        assert!(metrics.activity.upstream_health().last_success_ms > 0);
     }
 
+    /// Every family the mirror exports, with its type and labels: `/metrics`
+    /// is an interface (dashboards, alerts), so a rename must be deliberate.
     #[test]
-    fn most_requested_crates_stay_bounded() {
+    fn exported_families_are_unchanged() {
+        const FAMILIES: &[(&str, &str, &[&str])] = &[
+            ("crate_mirror_build_info", "gauge", &["version"]),
+            ("crate_mirror_checksum_failures_total", "counter", &[]),
+            ("crate_mirror_coalesced_waits_total", "counter", &["kind"]),
+            ("crate_mirror_crate_downloads_total", "counter", &["result"]),
+            ("crate_mirror_crate_memory_bytes", "gauge", &[]),
+            (
+                "crate_mirror_http_connections_total",
+                "counter",
+                &["protocol"],
+            ),
+            (
+                "crate_mirror_http_request_duration_seconds",
+                "histogram",
+                &["route", "status"],
+            ),
+            (
+                "crate_mirror_http_requests_total",
+                "counter",
+                &["route", "method", "status"],
+            ),
+            ("crate_mirror_index_files", "gauge", &[]),
+            ("crate_mirror_index_lookups_total", "counter", &["result"]),
+            ("crate_mirror_index_negative_hits_total", "counter", &[]),
+            ("crate_mirror_index_store_loads_total", "counter", &[]),
+            (
+                "crate_mirror_index_upstream_not_modified_total",
+                "counter",
+                &[],
+            ),
+            (
+                "crate_mirror_prefetch_skipped_total",
+                "counter",
+                &["reason"],
+            ),
+            ("crate_mirror_prefetch_started_total", "counter", &[]),
+            ("crate_mirror_prefetch_useful_total", "counter", &[]),
+            ("crate_mirror_prefetch_wasted_total", "counter", &[]),
+            ("crate_mirror_served_bytes_total", "counter", &["route"]),
+            ("crate_mirror_storage_bytes", "gauge", &[]),
+            ("crate_mirror_storage_objects", "gauge", &[]),
+            ("crate_mirror_storage_quota_bytes", "gauge", &[]),
+            ("crate_mirror_upstream_circuit_open", "gauge", &[]),
+            (
+                "crate_mirror_upstream_fetched_bytes_total",
+                "counter",
+                &["kind"],
+            ),
+            (
+                "crate_mirror_upstream_redirects_refused_total",
+                "counter",
+                &["reason"],
+            ),
+            (
+                "crate_mirror_upstream_request_duration_seconds",
+                "histogram",
+                &["kind"],
+            ),
+            (
+                "crate_mirror_upstream_requests_total",
+                "counter",
+                &["kind", "status"],
+            ),
+            ("crate_mirror_upstream_retries_total", "counter", &["kind"]),
+        ];
         let metrics = Metrics::new();
-        for _ in 0..5 {
-            metrics.crate_requested("popular");
+        // A label vector without samples is not encoded: give each one a sample.
+        for family in metrics.registry.gather() {
+            let name = family.name();
+            let Some((_, _, labels)) = FAMILIES.iter().find(|(n, _, _)| *n == name) else {
+                panic!("{name} is exported but not listed here");
+            };
+            assert!(
+                !labels.is_empty() || !family.get_metric().is_empty(),
+                "{name}"
+            );
         }
-        for n in 0..(TOP_CRATES_CAPACITY * 2) {
-            metrics.crate_requested(&format!("rare{n}"));
+        let http = &metrics.http;
+        http.requests.with_label_values(&["a", "b", "c"]).inc();
+        http.connections.with_label_values(&["a"]).inc();
+        http.duration.with_label_values(&["a", "b"]).observe(1.0);
+        http.served_bytes.with_label_values(&["a"]).inc();
+        metrics.index.lookups.with_label_values(&["a"]).inc();
+        let upstream = &metrics.upstream;
+        upstream.requests.with_label_values(&["a", "b"]).inc();
+        upstream.duration.with_label_values(&["a"]).observe(1.0);
+        upstream.retries.with_label_values(&["a"]).inc();
+        upstream.redirects_refused.with_label_values(&["a"]).inc();
+        upstream.fetched_bytes.with_label_values(&["a"]).inc();
+        upstream.coalesced_waits.with_label_values(&["a"]).inc();
+        metrics.crates.downloads.with_label_values(&["a"]).inc();
+        metrics.prefetch.skipped.with_label_values(&["a"]).inc();
+        let text = String::from_utf8(metrics.encode()).unwrap();
+        let mut exported = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                exported.push((name.to_string(), kind.to_string()));
+            } else if !line.starts_with('#') {
+                // A sample: its labels are the family's (histograms add `le`).
+                let (series, _) = line.rsplit_once(' ').unwrap();
+                let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+                let family = FAMILIES
+                    .iter()
+                    .find(|(n, kind, _)| {
+                        *n == name
+                            || (*kind == "histogram"
+                                && ["_bucket", "_sum", "_count"]
+                                    .iter()
+                                    .any(|s| name.strip_suffix(s) == Some(n)))
+                    })
+                    .unwrap_or_else(|| panic!("sample of an unlisted family: {line}"));
+                let mut names: Vec<&str> = labels
+                    .trim_end_matches('}')
+                    .split(',')
+                    .filter(|pair| !pair.is_empty())
+                    .map(|pair| pair.split_once('=').unwrap().0)
+                    .filter(|label| *label != "le")
+                    .collect();
+                // The encoder sorts labels by name.
+                names.sort_unstable();
+                let mut listed = family.2.to_vec();
+                listed.sort_unstable();
+                assert_eq!(names, listed, "labels of {line}");
+            }
         }
-        assert!(metrics.activity().crate_requests.len() <= TOP_CRATES_CAPACITY);
-        assert_eq!(metrics.snapshot()["top_crates"][0]["name"], "popular");
-    }
-
-    #[test]
-    fn recent_errors_keep_the_last_ones() {
-        let metrics = Metrics::new();
-        for n in 0..30 {
-            metrics.record_error(format!("GET /{n}"), "502".into());
-        }
-        let snapshot = metrics.snapshot();
-        let errors = snapshot["recent_errors"].as_array().unwrap();
-        assert_eq!(errors.len(), RECENT_ERRORS);
-        assert_eq!(errors[0]["what"], "GET /29");
+        let expected: Vec<(String, String)> = FAMILIES
+            .iter()
+            .map(|(name, kind, _)| (name.to_string(), kind.to_string()))
+            .collect();
+        assert_eq!(exported, expected);
     }
 }

@@ -355,7 +355,8 @@ impl Prefetcher {
 
     fn skipped(&self, reason: &str) {
         self.metrics
-            .prefetch_skipped
+            .prefetch
+            .skipped
             .with_label_values(&[reason])
             .inc();
     }

@@ -301,7 +301,8 @@ impl RedirectRules {
             return attempt.follow();
         };
         self.metrics
-            .upstream_redirects_refused
+            .upstream
+            .redirects_refused
             .with_label_values(&[reason])
             .inc();
         // The path only: a redirect's query may carry a signature.
@@ -338,6 +339,23 @@ pub struct UpstreamClient {
 }
 
 impl UpstreamClient {
+    /// The client the settings describe: their timeouts, concurrency and
+    /// redirect hosts; config.json is kept for the index TTL (at least 1s).
+    pub fn from_config(
+        config: &crate::config::Config,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, UpstreamError> {
+        Ok(Self::new(
+            config.upstream.clone(),
+            config.connect_timeout,
+            config.upstream_timeout,
+            config.index_ttl.max(Duration::from_secs(1)),
+            config.upstream_concurrency,
+            metrics,
+        )?
+        .with_redirect_hosts(&config.upstream_redirect_hosts))
+    }
+
     /// `base` is the index base URL ending in `/`; `timeout` bounds index fetches and
     /// each wait of a download (see `Limit`).
     pub fn new(
@@ -493,6 +511,7 @@ impl UpstreamClient {
                     .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
                 let raw = read_limited(response).await?;
                 self.metrics
+                    .upstream
                     .fetched_bytes
                     .with_label_values(&["index"])
                     .inc_by(raw.len() as u64);
@@ -608,7 +627,8 @@ impl UpstreamClient {
             }
             drop(permit);
             self.metrics
-                .upstream_retries
+                .upstream
+                .retries
                 .with_label_values(&[kind])
                 .inc();
             tokio::time::sleep(delay).await;

@@ -47,7 +47,7 @@ async fn gate<B: MessageBody>(route: Protected, req: ServiceRequest, next: Next<
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes());
-    let refusal = match state.access.decide(route, authorization) {
+    let refusal = match state.facing.access.decide(route, authorization) {
         Decision::Granted => return Ok(next.call(req).await?.map_into_left_body()),
         Decision::Challenge => HttpResponse::Unauthorized()
             .insert_header((header::WWW_AUTHENTICATE, challenge(route, state)))
@@ -64,7 +64,7 @@ async fn gate<B: MessageBody>(route: Protected, req: ServiceRequest, next: Next<
 /// hint (from `public-url`, which private mode requires, never from the
 /// request), git's Basic prompt, a bearer challenge for scrapers.
 fn challenge(route: Protected, state: &AppState) -> HeaderValue {
-    let text = match (route, &state.public_url) {
+    let text = match (route, &state.facing.public_url) {
         (Protected::Registry, Some(url)) => format!("Cargo login_url=\"{url}/\""),
         (Protected::Registry, None) => "Cargo".to_string(),
         (Protected::Git, _) => "Basic realm=\"crate-mirror\"".to_string(),

@@ -5,6 +5,7 @@ mod auth;
 mod body;
 mod dashboard;
 mod error;
+mod facing;
 mod git;
 pub mod h2c;
 mod origin;
@@ -19,6 +20,7 @@ use actix_web::{guard, web, HttpRequest, HttpResponse};
 
 pub use body::WRITE_BUFFER;
 pub use error::ApiError;
+pub use facing::ClientFacing;
 
 use crate::crates::CrateDownload;
 use crate::index::cache::{IndexEntry, IndexFile, IndexLookup};
@@ -88,7 +90,7 @@ async fn health() -> HttpResponse {
 }
 
 async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    let report = state.readiness().await;
+    let report = state.readiness.check().await;
     let status = if report.ready {
         actix_web::http::StatusCode::OK
     } else {
@@ -126,7 +128,7 @@ async fn index(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
     match parse_index_path(raw)? {
         IndexRequest::Config => config_json(&req, &state),
         IndexRequest::File(name) => {
-            state.metrics.crate_requested(name.key());
+            state.metrics.activity.crate_requested(name.key());
             let lookup = state.index.get(&name).await?;
             Ok(index_response(&req, lookup))
         }
@@ -136,7 +138,7 @@ async fn index(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
 fn config_json(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
     let origin = origin::public_base(req, state)?;
     let mut body = serde_json::json!({ "dl": format!("{}/api/v1/crates", origin.base) });
-    if state.access.is_private() {
+    if state.facing.access.is_private() {
         body["auth-required"] = true.into();
     }
     Ok(HttpResponse::Ok()
@@ -249,7 +251,7 @@ async fn download(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     };
     let name = CrateName::parse(&decode_segment(name)?)?;
     let version = CrateVersion::parse(&decode_segment(version)?)?;
-    state.metrics.crate_requested(name.key());
+    state.metrics.activity.crate_requested(name.key());
     let (len, body, outcome) = match state.crates.download(&name, &version).await? {
         CrateDownload::Redirect(url) => {
             return Ok(HttpResponse::TemporaryRedirect()
@@ -367,23 +369,28 @@ pub async fn record_request<B: MessageBody>(
         let route = route_of(path);
         let metrics = &state.metrics;
         metrics
-            .http_requests
+            .http
+            .requests
             .with_label_values(&[route, method.as_str(), status.as_str()])
             .inc();
         metrics
-            .http_duration
+            .http
+            .duration
             .with_label_values(&[route, status.as_str()])
             .observe(elapsed.as_secs_f64());
         if let BodySize::Sized(bytes) = response.response().body().size() {
             if method != Method::HEAD {
                 metrics
+                    .http
                     .served_bytes
                     .with_label_values(&[route])
                     .inc_by(bytes);
             }
         }
         if status.is_server_error() {
-            metrics.record_error(format!("{method} {path}"), status.as_str().to_string());
+            metrics
+                .activity
+                .record_error(format!("{method} {path}"), status.as_str().to_string());
         }
     }
     crate::access_log::log(&crate::access_log::AccessRecord {

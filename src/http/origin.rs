@@ -28,16 +28,16 @@ const VARY_FORWARDED: HeaderValue =
     HeaderValue::from_static("Host, Forwarded, X-Forwarded-Host, X-Forwarded-Proto");
 
 pub fn public_base(req: &HttpRequest, state: &AppState) -> Result<Origin, ApiError> {
-    if let Some(url) = &state.public_url {
+    if let Some(url) = &state.facing.public_url {
         return Ok(Origin {
             base: url.clone(),
             vary: VARY_NOTHING,
         });
     }
-    let trusted = !state.trusted_proxies.is_empty()
+    let trusted = !state.facing.trusted_proxies.is_empty()
         && req
             .peer_addr()
-            .is_some_and(|peer| state.trusted_proxies.trusts(peer.ip()));
+            .is_some_and(|peer| state.facing.trusted_proxies.trusts(peer.ip()));
     let headers = req.headers();
     let forwarded = if trusted {
         Forwarded::from_headers(headers)

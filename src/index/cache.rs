@@ -384,6 +384,17 @@ pub struct IndexPolicy {
     pub hot_cache_bytes: u64,
 }
 
+impl IndexPolicy {
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            ttl: config.index_ttl,
+            max_stale: config.index_max_stale,
+            negative_ttl: config.negative_ttl,
+            hot_cache_bytes: config.hot_cache_bytes,
+        }
+    }
+}
+
 /// The last forced revalidation of one crate: when it ended, and the ETag of
 /// the file it left (a different ETag means the file changed since).
 #[derive(Debug, Clone)]
@@ -602,14 +613,15 @@ impl IndexCache {
         };
         let metrics = &self.inner.metrics;
         if lookup.entry.take_prefetched() {
-            metrics.prefetch_useful.inc();
+            metrics.prefetch.useful.inc();
         }
         metrics
-            .index_lookups
+            .index
+            .lookups
             .with_label_values(&[lookup.outcome.label()])
             .inc();
         if !lookup.entry.is_found() && lookup.outcome == CacheOutcome::Hit {
-            metrics.index_negative_hits.inc();
+            metrics.index.negative_hits.inc();
         }
         Ok(lookup)
     }
@@ -664,6 +676,7 @@ impl IndexCache {
         if role == Role::Joined {
             self.inner
                 .metrics
+                .upstream
                 .coalesced_waits
                 .with_label_values(&["index"])
                 .inc();
@@ -700,7 +713,7 @@ impl Inner {
         })
         .await?;
         if entry.is_some() {
-            self.metrics.index_store_loads.inc();
+            self.metrics.index.store_loads.inc();
         }
         Ok(entry.map(Arc::new))
     }
@@ -753,7 +766,7 @@ impl Inner {
             }
         }
         if let Origin::Prefetch(_) = origin {
-            self.metrics.prefetch_started.inc();
+            self.metrics.prefetch.started.inc();
         }
         if current
             .as_ref()
@@ -761,7 +774,7 @@ impl Inner {
             .is_some_and(|file| file.prefetched.load(Ordering::Relaxed))
         {
             // Prefetched, never asked for, and now expired.
-            self.metrics.prefetch_wasted.inc();
+            self.metrics.prefetch.wasted.inc();
         }
         let result = self.fetch(name, current, origin).await;
         if force && !self.revalidate_interval.is_zero() {
@@ -869,7 +882,7 @@ impl Inner {
                     // A 304 to an unconditional request: the upstream is broken.
                     return Err(UpstreamError::Status(304).into());
                 };
-                self.metrics.index_not_modified.inc();
+                self.metrics.index.not_modified.inc();
                 let validators = if validators.is_empty() {
                     old.upstream.clone()
                 } else {

@@ -5,6 +5,7 @@
 pub mod local;
 pub mod memory;
 pub mod s3;
+pub mod stores;
 
 use std::path::Path;
 use std::pin::Pin;

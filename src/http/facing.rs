@@ -1,0 +1,29 @@
+//! How the mirror faces its clients: the URL it tells them (when set), which
+//! tokens open which routes, and which peers' forwarding headers it believes.
+
+use crate::auth::AccessPolicy;
+use crate::config::Config;
+use crate::proxies::TrustedProxies;
+
+/// The request-facing settings, read by the handlers and the access gates.
+pub struct ClientFacing {
+    /// `public-url`: the base clients are told, instead of one from each request.
+    pub public_url: Option<String>,
+    /// Which tokens open which routes.
+    pub access: AccessPolicy,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: TrustedProxies,
+}
+
+impl ClientFacing {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            public_url: config.public_url.clone(),
+            access: AccessPolicy {
+                clients: config.auth_tokens.clone(),
+                metrics: config.metrics_tokens.clone(),
+            },
+            trusted_proxies: config.trusted_proxies.clone(),
+        }
+    }
+}

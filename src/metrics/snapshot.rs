@@ -1,0 +1,198 @@
+//! The dashboard's figures (`/api/stats`) read from the metrics: sums over
+//! label values, ratios, and the activity state.
+
+use prometheus::core::Collector;
+use prometheus::{HistogramVec, IntCounterVec};
+
+use super::{now_ms, Metrics};
+
+/// The sum of a counter vector's series whose `label`-th label is `value`
+/// (all series when `value` is `None`).
+fn sum(counter: &IntCounterVec, label: usize, value: Option<&str>) -> u64 {
+    let mut total = 0;
+    for family in counter.collect() {
+        for metric in family.get_metric() {
+            let matches = value.is_none_or(|v| {
+                metric
+                    .get_label()
+                    .get(label)
+                    .is_some_and(|l| l.value() == v)
+            });
+            if matches {
+                total += metric.get_counter().get_value() as u64;
+            }
+        }
+    }
+    total
+}
+
+fn histogram_totals(histogram: &HistogramVec) -> (f64, u64) {
+    let (mut sum, mut count) = (0.0, 0);
+    for family in histogram.collect() {
+        for metric in family.get_metric() {
+            sum += metric.get_histogram().get_sample_sum();
+            count += metric.get_histogram().get_sample_count();
+        }
+    }
+    (sum, count)
+}
+
+impl Metrics {
+    /// The dashboard's figures.
+    pub fn snapshot(&self) -> serde_json::Value {
+        let (http, index, upstream, crates, prefetch) = (
+            &self.http,
+            &self.index,
+            &self.upstream,
+            &self.crates,
+            &self.prefetch,
+        );
+        let lookups = |result| sum(&index.lookups, 0, Some(result));
+        let downloads = |result| sum(&crates.downloads, 0, Some(result));
+        let index_hits = lookups("hit") + lookups("stale");
+        let index_total = index_hits + lookups("miss") + lookups("revalidated");
+        let crate_hits = downloads("hit") + downloads("redirect");
+        let crate_total = crate_hits + downloads("miss") + downloads("joined");
+        let ratio = |hits: u64, total: u64| {
+            if total == 0 {
+                serde_json::Value::Null
+            } else {
+                serde_json::json!(hits as f64 / total as f64)
+            }
+        };
+        let http_errors: u64 = ["500", "502", "503", "504"]
+            .iter()
+            .map(|s| sum(&http.requests, 2, Some(s)))
+            .sum();
+        let upstream_total = sum(&upstream.requests, 1, None);
+        let upstream_failures: u64 = ["timeout", "error", "500", "502", "503", "504", "429"]
+            .iter()
+            .map(|s| sum(&upstream.requests, 1, Some(s)))
+            .sum();
+        let (latency_sum, latency_count) = histogram_totals(&upstream.duration);
+        // What registry clients received (not the dashboard or probes).
+        let client_bytes: u64 = ["index", "config", "download", "git"]
+            .iter()
+            .map(|route| sum(&http.served_bytes, 0, Some(route)))
+            .sum();
+        let health = self.activity.upstream_health();
+        let top: Vec<serde_json::Value> = self
+            .activity
+            .top_crates()
+            .into_iter()
+            .map(|(name, count)| serde_json::json!({ "name": name, "requests": count }))
+            .collect();
+        serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_seconds": now_ms().saturating_sub(self.started_ms) / 1000,
+            "requests": {
+                "total": sum(&http.requests, 0, None),
+                "errors": http_errors,
+            },
+            "hit_ratio": ratio(index_hits + crate_hits, index_total + crate_total),
+            "index": {
+                "hits": index_hits,
+                "memory_hits": lookups("hit"),
+                "misses": lookups("miss"),
+                "revalidated": lookups("revalidated"),
+                "stale_served": lookups("stale"),
+                "store_loads": index.store_loads.get(),
+                "negative_hits": index.negative_hits.get(),
+                "upstream_fetches": sum(&upstream.requests, 0, Some("index")),
+                "upstream_not_modified": index.not_modified.get(),
+                "coalesced_waits": sum(&upstream.coalesced_waits, 0, Some("index")),
+                "hit_ratio": ratio(index_hits, index_total),
+            },
+            "crates": {
+                "hits": crate_hits,
+                "misses": downloads("miss"),
+                "joined": downloads("joined"),
+                "failures": downloads("error"),
+                "checksum_failures": crates.checksum_failures.get(),
+                "hit_ratio": ratio(crate_hits, crate_total),
+            },
+            "bytes": {
+                "served": client_bytes,
+                "fetched": sum(&upstream.fetched_bytes, 0, None),
+            },
+            "upstream": {
+                "requests": upstream_total,
+                "failures": upstream_failures,
+                "healthy": health.healthy(),
+                "last_success_ms": health.last_success_ms,
+                "last_failure_ms": health.last_failure_ms,
+                "latency_seconds_sum": latency_sum,
+                "latency_count": latency_count,
+            },
+            "prefetch": {
+                "started": prefetch.started.get(),
+                "useful": prefetch.useful.get(),
+                "wasted": prefetch.wasted.get(),
+                "useful_ratio": ratio(prefetch.useful.get(), prefetch.started.get()),
+            },
+            "top_crates": top,
+            "recent_errors": self.activity.recent_errors(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_sum_the_layers_counters() {
+        let metrics = Metrics::new();
+        metrics.index.lookups.with_label_values(&["hit"]).inc_by(3);
+        metrics.index.lookups.with_label_values(&["stale"]).inc();
+        metrics.index.lookups.with_label_values(&["miss"]).inc_by(4);
+        metrics
+            .crates
+            .downloads
+            .with_label_values(&["redirect"])
+            .inc_by(2);
+        metrics.upstream_exchange("index", "200", 0.5, true);
+        metrics.upstream_exchange("download", "502", 0.25, false);
+        metrics
+            .http
+            .requests
+            .with_label_values(&["index", "GET", "503"])
+            .inc();
+        metrics
+            .http
+            .served_bytes
+            .with_label_values(&["index"])
+            .inc_by(10);
+        metrics
+            .http
+            .served_bytes
+            .with_label_values(&["stats"])
+            .inc_by(99);
+        metrics.activity.crate_requested("popular");
+        metrics.activity.record_error("GET /x".into(), "503".into());
+        let snapshot = metrics.snapshot();
+        assert_eq!(snapshot["index"]["hits"], 4);
+        assert_eq!(snapshot["index"]["memory_hits"], 3);
+        assert_eq!(snapshot["index"]["hit_ratio"], 0.5);
+        assert_eq!(snapshot["index"]["upstream_fetches"], 1);
+        assert_eq!(snapshot["crates"]["hits"], 2);
+        assert_eq!(snapshot["crates"]["hit_ratio"], 1.0);
+        assert_eq!(snapshot["hit_ratio"], 0.6);
+        assert_eq!(snapshot["requests"]["errors"], 1);
+        assert_eq!(snapshot["upstream"]["requests"], 2);
+        assert_eq!(snapshot["upstream"]["failures"], 1);
+        let failed_at = metrics.activity.upstream_health().last_failure_ms;
+        assert!(failed_at > 0);
+        assert_eq!(snapshot["upstream"]["last_failure_ms"], failed_at);
+        assert_eq!(snapshot["upstream"]["latency_count"], 2);
+        assert_eq!(snapshot["upstream"]["latency_seconds_sum"], 0.75);
+        assert_eq!(snapshot["bytes"]["served"], 10);
+        assert_eq!(
+            snapshot["prefetch"]["useful_ratio"],
+            serde_json::Value::Null
+        );
+        assert_eq!(snapshot["top_crates"][0]["name"], "popular");
+        assert_eq!(snapshot["top_crates"][0]["requests"], 1);
+        assert_eq!(snapshot["recent_errors"][0]["what"], "GET /x");
+    }
+}

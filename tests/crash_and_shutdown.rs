@@ -100,7 +100,6 @@ async fn sigterm_finishes_in_flight_downloads_and_flushes_the_database() {
         .data_dir(&data)
         .args(&["--shutdown-timeout", "20", "--db-flush-interval", "0"])
         .start();
-    let http = client();
     assert_eq!(mirror.get("/index/in/de/indexed").await.status(), 200);
 
     // 64 chunks, 30 ms apart: about two seconds upstream.

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use support::bench::real_index::{
     crate_size, fixture_dir, Counts, CrateFiles, RealIndex, RealUpstream, TestCa,
 };
-use support::bench::{build_mirror_binary, fail, release_mirror, start_mirror, Flags};
+use support::bench::{
+    build_mirror_binary, code_measured, fail, release_mirror, start_mirror, Flags,
+};
 use support::cargo::{project, run_with_env, CargoHome};
 use support::mirror::Mirror;
 
@@ -624,6 +626,7 @@ fn report(
         elapsed.as_secs_f64() / 60.0,
         options.runs,
     );
+    out.push_str(&format!("{}\n\n", code_measured()));
     out.push_str(
         "**Setup.** A test upstream serves the real-index fixture (626 sparse-index files as a registry served them, `crates/test-support/src/bench/real_index.rs`) over HTTPS with HTTP/2 (ALPN), gzip'd index files with ETags, and adds a fixed delay to every request, 304s and downloads included, to model distance. Its `.crate` files are made up (real tarballs with a minimal manifest, padded with incompressible bytes to 10 KB – 3 MB, median about 40 KB, drawn per version; served from disk) and the served index carries their sha256 for the versions the workloads lock. Real `cargo` with an empty CARGO_HOME for every run, trusting the test CA, with the default registry replaced by the upstream (direct) or the release mirror (`sparse+http` or `sparse+https`, the mirror with `--tls-cert/--tls-key`; default prefetch). **Cold**: a new mirror data dir. **Warm**: the same mirror again, within `--index-ttl`. **Expired**: the same data dir, mirror restarted with `--index-ttl 2` and left 2 s, so every file is revalidated upstream (its in-memory cache starts empty too). **Offline**: `cargo generate-lockfile --offline` in the CARGO_HOME the direct run filled: cargo's own floor. Fetch is `cargo fetch --locked` from the resolved Cargo.lock (index files for the locked packages, then the downloads). Every resolve of a workload produced the same Cargo.lock.\n\n",
     );

@@ -164,20 +164,21 @@ pub fn parse_no_dev_dependencies(value: &str) -> Result<(), String> {
     }
 }
 
-pub fn parse_seconds(value: &str) -> Result<Duration, String> {
+/// A whole number of `unit`s (named in the error), made a duration by `make`.
+fn parse_whole(value: &str, make: fn(u64) -> Duration, unit: &str) -> Result<Duration, String> {
     value
         .trim()
         .parse::<u64>()
-        .map(Duration::from_secs)
-        .map_err(|_| "expected a whole number of seconds".to_string())
+        .map(make)
+        .map_err(|_| format!("expected a whole number of {unit}"))
+}
+
+pub fn parse_seconds(value: &str) -> Result<Duration, String> {
+    parse_whole(value, Duration::from_secs, "seconds")
 }
 
 pub fn parse_millis(value: &str) -> Result<Duration, String> {
-    value
-        .trim()
-        .parse::<u64>()
-        .map(Duration::from_millis)
-        .map_err(|_| "expected a whole number of milliseconds".to_string())
+    parse_whole(value, Duration::from_millis, "milliseconds")
 }
 
 pub fn parse_positive_seconds(value: &str) -> Result<Duration, String> {

@@ -18,6 +18,33 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+/// Who caused an upstream request (the `origin` label): a client waiting for
+/// it, the prefetcher, or a refresh of a copy already held (after the TTL, or
+/// forced by a download naming an unknown version).
+pub const UPSTREAM_ORIGINS: &[&str] = &["client", "prefetch", "revalidation"];
+
+// The label values each fixed-set family starts with at 0: a series that
+// appears only on first use has no earlier sample, so `rate()` and
+// `increase()` miss its first increments. Kept beside the code that counts
+// them in mind: a value missing here merely appears late again.
+const HTTP_ROUTES: &[&str] = &[
+    "config",
+    "health",
+    "ready",
+    "metrics",
+    "stats",
+    "dashboard",
+    "index",
+    "download",
+    "git",
+    "other",
+];
+const HTTP_CONNECTIONS: &[&str] = &["http1", "h2c-upgrade", "h2c-prior-knowledge"];
+const INDEX_RESULTS: &[&str] = &["hit", "miss", "revalidated", "stale", "updating"];
+const DOWNLOAD_RESULTS: &[&str] = &["hit", "miss", "joined", "redirect", "error"];
+const PREFETCH_SKIPS: &[&str] = &["budget", "depth"];
+const REDIRECT_REFUSALS: &[&str] = &["host", "too_many"];
+
 pub use activity::{Activity, ErrorRecord};
 
 /// The registry and the metrics of each layer.
@@ -83,7 +110,9 @@ pub struct PrefetchMetrics {
 pub struct StorageMetrics {
     pub objects: IntGauge,
     pub bytes: IntGauge,
-    pub quota_bytes: IntGauge,
+    /// Without labels, and without a sample while storage is unbounded: a
+    /// 0 would read as "no room at all" (set through `set_quota`).
+    quota_bytes: IntGaugeVec,
     pub memory_bytes: IntGauge,
 }
 
@@ -197,8 +226,8 @@ impl UpstreamMetrics {
             requests: counter_vec(
                 r,
                 "crate_mirror_upstream_requests_total",
-                "Requests to the upstream by kind (index, config, download) and status (code, timeout, error).",
-                &["kind", "status"],
+                "Requests to the upstream by kind (index, config, download), status (code, timeout, error) and origin (client, prefetch, revalidation).",
+                &["kind", "status", "origin"],
             ),
             duration: histogram_vec(
                 r,
@@ -239,8 +268,10 @@ impl UpstreamMetrics {
     }
 
     /// Counts one exchange and its response time.
-    fn exchange(&self, kind: &str, status: &str, seconds: f64) {
-        self.requests.with_label_values(&[kind, status]).inc();
+    fn exchange(&self, kind: &str, origin: &str, status: &str, seconds: f64) {
+        self.requests
+            .with_label_values(&[kind, status, origin])
+            .inc();
         self.duration.with_label_values(&[kind]).observe(seconds);
     }
 }
@@ -309,12 +340,38 @@ impl StorageMetrics {
                 "crate_mirror_crate_memory_bytes",
                 "Bytes of hot crate files held in memory.",
             ),
-            quota_bytes: gauge(
-                r,
-                "crate_mirror_storage_quota_bytes",
-                "The local storage quota (0 when unbounded).",
-            ),
+            quota_bytes: {
+                let name = "crate_mirror_storage_quota_bytes";
+                let metric = IntGaugeVec::new(
+                    Opts::new(name, "The local storage quota (absent when unbounded)."),
+                    &[],
+                )
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+                r.register(Box::new(metric.clone()))
+                    .unwrap_or_else(|e| panic!("register {name}: {e}"));
+                metric
+            },
         }
+    }
+
+    /// Exports the quota, or nothing when there is none.
+    pub fn set_quota(&self, quota: Option<u64>) {
+        match quota {
+            Some(bytes) => self
+                .quota_bytes
+                .with_label_values(&[] as &[&str])
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX)),
+            None => self.quota_bytes.reset(),
+        }
+    }
+
+    /// The exported quota, if any.
+    #[cfg(test)]
+    pub fn quota(&self) -> Option<i64> {
+        use prometheus::core::Collector;
+        let families = self.quota_bytes.collect();
+        let sample = families.first()?.get_metric().first()?;
+        Some(sample.get_gauge().get_value() as i64)
     }
 }
 
@@ -339,7 +396,14 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        Self {
+        // The process's CPU, memory, file descriptors and start time, read
+        // from /proc at each scrape (there is no /proc elsewhere).
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .unwrap_or_else(|e| panic!("register the process collector: {e}"));
+        let metrics = Self {
             http: HttpMetrics::register(&r),
             index: IndexMetrics::register(&r),
             upstream: UpstreamMetrics::register(&r),
@@ -349,6 +413,44 @@ impl Metrics {
             registry: r,
             activity: Activity::default(),
             started_ms: now_ms(),
+        };
+        metrics.initialise_labels();
+        metrics
+    }
+
+    /// Creates every series of a fixed label set at 0 (see `HTTP_ROUTES`).
+    /// Statuses are open-ended: only the usual success is created.
+    fn initialise_labels(&self) {
+        let single_label: [(&IntCounterVec, &[&str]); 6] = [
+            (&self.http.served_bytes, HTTP_ROUTES),
+            (&self.http.connections, HTTP_CONNECTIONS),
+            (&self.index.lookups, INDEX_RESULTS),
+            (&self.crates.downloads, DOWNLOAD_RESULTS),
+            (&self.prefetch.skipped, PREFETCH_SKIPS),
+            (&self.upstream.redirects_refused, REDIRECT_REFUSALS),
+        ];
+        for (family, values) in single_label {
+            for value in values {
+                family.with_label_values(&[value]);
+            }
+        }
+        let upstream = &self.upstream;
+        for kind in ["index", "config", "download"] {
+            upstream.retries.with_label_values(&[kind]);
+            // Only index files are fetched by the prefetcher or refreshed.
+            let origins = if kind == "index" {
+                UPSTREAM_ORIGINS
+            } else {
+                &["client"]
+            };
+            for origin in origins {
+                upstream.requests.with_label_values(&[kind, "200", origin]);
+            }
+        }
+        // Bytes and waits are counted as `index` and `crate`.
+        for kind in ["index", "crate"] {
+            upstream.fetched_bytes.with_label_values(&[kind]);
+            upstream.coalesced_waits.with_label_values(&[kind]);
         }
     }
 
@@ -361,8 +463,15 @@ impl Metrics {
     }
 
     /// Counts one upstream exchange and remembers whether the upstream answered.
-    pub fn upstream_exchange(&self, kind: &str, status: &str, seconds: f64, healthy: bool) {
-        self.upstream.exchange(kind, status, seconds);
+    pub fn upstream_exchange(
+        &self,
+        kind: &str,
+        origin: &str,
+        status: &str,
+        seconds: f64,
+        healthy: bool,
+    ) {
+        self.upstream.exchange(kind, origin, status, seconds);
         self.activity.upstream_answered(healthy);
     }
 }
@@ -375,15 +484,52 @@ mod tests {
     fn exposition_has_every_family_and_build_info() {
         let metrics = Metrics::new();
         metrics.index.lookups.with_label_values(&["hit"]).inc_by(3);
-        metrics.upstream_exchange("index", "200", 0.01, true);
+        metrics.upstream_exchange("index", "prefetch", "200", 0.01, true);
         let text = String::from_utf8(metrics.encode()).unwrap();
         assert!(text.contains("crate_mirror_build_info{version=\""));
         assert!(text.contains("crate_mirror_index_lookups_total{result=\"hit\"} 3"));
         assert!(text.contains("crate_mirror_upstream_request_duration_seconds_bucket"));
         assert!(
-            text.contains("crate_mirror_upstream_requests_total{kind=\"index\",status=\"200\"} 1")
+            text.contains("crate_mirror_upstream_requests_total{kind=\"index\",origin=\"prefetch\",status=\"200\"} 1")
         );
         assert!(metrics.activity.upstream_health().last_success_ms > 0);
+    }
+
+    /// Fixed label values are there from the start, at 0 (else `rate()`
+    /// misses the first increments); the quota only while there is one.
+    #[test]
+    fn fixed_label_values_start_at_zero_and_an_unbounded_quota_is_absent() {
+        let metrics = Metrics::new();
+        let text = String::from_utf8(metrics.encode()).unwrap();
+        for series in [
+            "crate_mirror_index_lookups_total{result=\"stale\"} 0",
+            "crate_mirror_crate_downloads_total{result=\"joined\"} 0",
+            "crate_mirror_http_connections_total{protocol=\"h2c-upgrade\"} 0",
+            "crate_mirror_served_bytes_total{route=\"download\"} 0",
+            "crate_mirror_prefetch_skipped_total{reason=\"budget\"} 0",
+            "crate_mirror_upstream_redirects_refused_total{reason=\"host\"} 0",
+            "crate_mirror_upstream_requests_total{kind=\"index\",origin=\"revalidation\",status=\"200\"} 0",
+            "crate_mirror_upstream_requests_total{kind=\"download\",origin=\"client\",status=\"200\"} 0",
+            "crate_mirror_coalesced_waits_total{kind=\"crate\"} 0",
+        ] {
+            assert!(text.contains(&format!("\n{series}\n")), "{series} in\n{text}");
+        }
+        assert!(
+            !text.contains("crate_mirror_storage_quota_bytes "),
+            "{text}"
+        );
+        #[cfg(target_os = "linux")]
+        assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
+
+        metrics.storage.set_quota(Some(4096));
+        let text = String::from_utf8(metrics.encode()).unwrap();
+        assert!(text.contains("\ncrate_mirror_storage_quota_bytes 4096\n"));
+        metrics.storage.set_quota(None);
+        let text = String::from_utf8(metrics.encode()).unwrap();
+        assert!(
+            !text.contains("crate_mirror_storage_quota_bytes "),
+            "{text}"
+        );
     }
 
     /// Every family the mirror exports, with its type and labels: `/metrics`
@@ -451,9 +597,17 @@ mod tests {
             (
                 "crate_mirror_upstream_requests_total",
                 "counter",
-                &["kind", "status"],
+                &["kind", "status", "origin"],
             ),
             ("crate_mirror_upstream_retries_total", "counter", &["kind"]),
+            // The prometheus crate's process collector (Linux only).
+            ("process_cpu_seconds_total", "counter", &[]),
+            ("process_max_fds", "gauge", &[]),
+            ("process_open_fds", "gauge", &[]),
+            ("process_resident_memory_bytes", "gauge", &[]),
+            ("process_start_time_seconds", "gauge", &[]),
+            ("process_threads", "gauge", &[]),
+            ("process_virtual_memory_bytes", "gauge", &[]),
         ];
         let metrics = Metrics::new();
         // A label vector without samples is not encoded: give each one a sample.
@@ -474,7 +628,7 @@ mod tests {
         http.served_bytes.with_label_values(&["a"]).inc();
         metrics.index.lookups.with_label_values(&["a"]).inc();
         let upstream = &metrics.upstream;
-        upstream.requests.with_label_values(&["a", "b"]).inc();
+        upstream.requests.with_label_values(&["a", "b", "c"]).inc();
         upstream.duration.with_label_values(&["a"]).observe(1.0);
         upstream.retries.with_label_values(&["a"]).inc();
         upstream.redirects_refused.with_label_values(&["a"]).inc();
@@ -482,6 +636,7 @@ mod tests {
         upstream.coalesced_waits.with_label_values(&["a"]).inc();
         metrics.crates.downloads.with_label_values(&["a"]).inc();
         metrics.prefetch.skipped.with_label_values(&["a"]).inc();
+        metrics.storage.set_quota(Some(1));
         let text = String::from_utf8(metrics.encode()).unwrap();
         let mut exported = Vec::new();
         for line in text.lines() {

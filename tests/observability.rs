@@ -84,14 +84,14 @@ async fn metrics_after_a_cargo_run_match_what_happened() {
     assert_eq!(
         sample(
             &samples,
-            "crate_mirror_upstream_requests_total{kind=\"download\",status=\"200\"}"
+            "crate_mirror_upstream_requests_total{kind=\"download\",origin=\"client\",status=\"200\"}"
         ),
         crates_fetched
     );
     assert_eq!(
         sample(
             &samples,
-            "crate_mirror_upstream_requests_total{kind=\"index\",status=\"200\"}"
+            "crate_mirror_upstream_requests_total{kind=\"index\",origin=\"client\",status=\"200\"}"
         ),
         index_fetched
     );

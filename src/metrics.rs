@@ -495,6 +495,117 @@ mod tests {
         assert!(metrics.activity.upstream_health().last_success_ms > 0);
     }
 
+    /// Every family the mirror exports, with its type and labels, by name.
+    const FAMILIES: &[(&str, &str, &[&str])] = &[
+        ("crate_mirror_build_info", "gauge", &["version"]),
+        ("crate_mirror_checksum_failures_total", "counter", &[]),
+        ("crate_mirror_coalesced_waits_total", "counter", &["kind"]),
+        ("crate_mirror_crate_downloads_total", "counter", &["result"]),
+        ("crate_mirror_crate_memory_bytes", "gauge", &[]),
+        (
+            "crate_mirror_http_connections_total",
+            "counter",
+            &["protocol"],
+        ),
+        (
+            "crate_mirror_http_request_duration_seconds",
+            "histogram",
+            &["route", "status"],
+        ),
+        (
+            "crate_mirror_http_requests_total",
+            "counter",
+            &["route", "method", "status"],
+        ),
+        ("crate_mirror_index_files", "gauge", &[]),
+        ("crate_mirror_index_lookups_total", "counter", &["result"]),
+        ("crate_mirror_index_negative_hits_total", "counter", &[]),
+        ("crate_mirror_index_store_loads_total", "counter", &[]),
+        (
+            "crate_mirror_index_upstream_not_modified_total",
+            "counter",
+            &[],
+        ),
+        (
+            "crate_mirror_prefetch_skipped_total",
+            "counter",
+            &["reason"],
+        ),
+        ("crate_mirror_prefetch_started_total", "counter", &[]),
+        ("crate_mirror_prefetch_useful_total", "counter", &[]),
+        ("crate_mirror_prefetch_wasted_total", "counter", &[]),
+        ("crate_mirror_served_bytes_total", "counter", &["route"]),
+        ("crate_mirror_storage_bytes", "gauge", &[]),
+        ("crate_mirror_storage_objects", "gauge", &[]),
+        ("crate_mirror_storage_quota_bytes", "gauge", &[]),
+        ("crate_mirror_upstream_circuit_open", "gauge", &[]),
+        (
+            "crate_mirror_upstream_fetched_bytes_total",
+            "counter",
+            &["kind"],
+        ),
+        (
+            "crate_mirror_upstream_redirects_refused_total",
+            "counter",
+            &["reason"],
+        ),
+        (
+            "crate_mirror_upstream_request_duration_seconds",
+            "histogram",
+            &["kind"],
+        ),
+        (
+            "crate_mirror_upstream_requests_total",
+            "counter",
+            &["kind", "status", "origin"],
+        ),
+        ("crate_mirror_upstream_retries_total", "counter", &["kind"]),
+        // The prometheus crate's process collector (Linux only).
+        ("process_cpu_seconds_total", "counter", &[]),
+        ("process_max_fds", "gauge", &[]),
+        ("process_open_fds", "gauge", &[]),
+        ("process_resident_memory_bytes", "gauge", &[]),
+        ("process_start_time_seconds", "gauge", &[]),
+        ("process_threads", "gauge", &[]),
+        ("process_virtual_memory_bytes", "gauge", &[]),
+    ];
+
+    /// The README's metrics table lists every exported family once, with
+    /// its labels: operators write their queries from it.
+    #[test]
+    fn the_readme_lists_every_family_once_with_its_labels() {
+        let readme = include_str!("../README.md");
+        let rows: Vec<&str> = readme
+            .lines()
+            .skip_while(|line| !line.starts_with("**Metrics**"))
+            .skip_while(|line| !line.starts_with("| metric |"))
+            .take_while(|line| line.starts_with('|'))
+            .collect();
+        for (name, _, labels) in FAMILIES {
+            let short = name.strip_prefix("crate_mirror_").unwrap_or(name);
+            let listed = format!("`{short}`");
+            let found: Vec<&&str> = rows.iter().filter(|row| row.contains(&listed)).collect();
+            assert_eq!(found.len(), 1, "{short} in the README's metrics table");
+            let label_column = found[0].split('|').nth(2).unwrap();
+            for label in *labels {
+                assert!(label_column.contains(label), "{short}: label {label}");
+            }
+        }
+        // And nothing that is not exported.
+        for row in rows.iter().skip(2) {
+            let names = row.split('|').nth(1).unwrap();
+            for listed in names.split('`').skip(1).step_by(2) {
+                assert!(
+                    FAMILIES.iter().any(|(name, _, _)| name
+                        .strip_prefix("crate_mirror_")
+                        .unwrap_or(name)
+                        == listed),
+                    "{listed} is in the README but not exported"
+                );
+            }
+        }
+    }
+
     /// Fixed label values are there from the start, at 0 (else `rate()`
     /// misses the first increments); the quota only while there is one.
     #[test]
@@ -536,79 +647,6 @@ mod tests {
     /// is an interface (dashboards, alerts), so a rename must be deliberate.
     #[test]
     fn exported_families_are_unchanged() {
-        const FAMILIES: &[(&str, &str, &[&str])] = &[
-            ("crate_mirror_build_info", "gauge", &["version"]),
-            ("crate_mirror_checksum_failures_total", "counter", &[]),
-            ("crate_mirror_coalesced_waits_total", "counter", &["kind"]),
-            ("crate_mirror_crate_downloads_total", "counter", &["result"]),
-            ("crate_mirror_crate_memory_bytes", "gauge", &[]),
-            (
-                "crate_mirror_http_connections_total",
-                "counter",
-                &["protocol"],
-            ),
-            (
-                "crate_mirror_http_request_duration_seconds",
-                "histogram",
-                &["route", "status"],
-            ),
-            (
-                "crate_mirror_http_requests_total",
-                "counter",
-                &["route", "method", "status"],
-            ),
-            ("crate_mirror_index_files", "gauge", &[]),
-            ("crate_mirror_index_lookups_total", "counter", &["result"]),
-            ("crate_mirror_index_negative_hits_total", "counter", &[]),
-            ("crate_mirror_index_store_loads_total", "counter", &[]),
-            (
-                "crate_mirror_index_upstream_not_modified_total",
-                "counter",
-                &[],
-            ),
-            (
-                "crate_mirror_prefetch_skipped_total",
-                "counter",
-                &["reason"],
-            ),
-            ("crate_mirror_prefetch_started_total", "counter", &[]),
-            ("crate_mirror_prefetch_useful_total", "counter", &[]),
-            ("crate_mirror_prefetch_wasted_total", "counter", &[]),
-            ("crate_mirror_served_bytes_total", "counter", &["route"]),
-            ("crate_mirror_storage_bytes", "gauge", &[]),
-            ("crate_mirror_storage_objects", "gauge", &[]),
-            ("crate_mirror_storage_quota_bytes", "gauge", &[]),
-            ("crate_mirror_upstream_circuit_open", "gauge", &[]),
-            (
-                "crate_mirror_upstream_fetched_bytes_total",
-                "counter",
-                &["kind"],
-            ),
-            (
-                "crate_mirror_upstream_redirects_refused_total",
-                "counter",
-                &["reason"],
-            ),
-            (
-                "crate_mirror_upstream_request_duration_seconds",
-                "histogram",
-                &["kind"],
-            ),
-            (
-                "crate_mirror_upstream_requests_total",
-                "counter",
-                &["kind", "status", "origin"],
-            ),
-            ("crate_mirror_upstream_retries_total", "counter", &["kind"]),
-            // The prometheus crate's process collector (Linux only).
-            ("process_cpu_seconds_total", "counter", &[]),
-            ("process_max_fds", "gauge", &[]),
-            ("process_open_fds", "gauge", &[]),
-            ("process_resident_memory_bytes", "gauge", &[]),
-            ("process_start_time_seconds", "gauge", &[]),
-            ("process_threads", "gauge", &[]),
-            ("process_virtual_memory_bytes", "gauge", &[]),
-        ];
         let metrics = Metrics::new();
         // A label vector without samples is not encoded: give each one a sample.
         for family in metrics.registry.gather() {

@@ -18,6 +18,33 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+/// Who caused an upstream request (the `origin` label): a client waiting for
+/// it, the prefetcher, or a refresh of a copy already held (after the TTL, or
+/// forced by a download naming an unknown version).
+pub const UPSTREAM_ORIGINS: &[&str] = &["client", "prefetch", "revalidation"];
+
+// The label values each fixed-set family starts with at 0: a series that
+// appears only on first use has no earlier sample, so `rate()` and
+// `increase()` miss its first increments. Kept beside the code that counts
+// them in mind: a value missing here merely appears late again.
+const HTTP_ROUTES: &[&str] = &[
+    "config",
+    "health",
+    "ready",
+    "metrics",
+    "stats",
+    "dashboard",
+    "index",
+    "download",
+    "git",
+    "other",
+];
+const HTTP_CONNECTIONS: &[&str] = &["http1", "h2c-upgrade", "h2c-prior-knowledge"];
+const INDEX_RESULTS: &[&str] = &["hit", "miss", "revalidated", "stale", "updating"];
+const DOWNLOAD_RESULTS: &[&str] = &["hit", "miss", "joined", "redirect", "error"];
+const PREFETCH_SKIPS: &[&str] = &["budget", "depth"];
+const REDIRECT_REFUSALS: &[&str] = &["host", "too_many"];
+
 pub use activity::{Activity, ErrorRecord};
 
 /// The registry and the metrics of each layer.
@@ -83,7 +110,9 @@ pub struct PrefetchMetrics {
 pub struct StorageMetrics {
     pub objects: IntGauge,
     pub bytes: IntGauge,
-    pub quota_bytes: IntGauge,
+    /// Without labels, and without a sample while storage is unbounded: a
+    /// 0 would read as "no room at all" (set through `set_quota`).
+    quota_bytes: IntGaugeVec,
     pub memory_bytes: IntGauge,
 }
 
@@ -197,8 +226,8 @@ impl UpstreamMetrics {
             requests: counter_vec(
                 r,
                 "crate_mirror_upstream_requests_total",
-                "Requests to the upstream by kind (index, config, download) and status (code, timeout, error).",
-                &["kind", "status"],
+                "Requests to the upstream by kind (index, config, download), status (code, timeout, error) and origin (client, prefetch, revalidation).",
+                &["kind", "status", "origin"],
             ),
             duration: histogram_vec(
                 r,
@@ -239,8 +268,10 @@ impl UpstreamMetrics {
     }
 
     /// Counts one exchange and its response time.
-    fn exchange(&self, kind: &str, status: &str, seconds: f64) {
-        self.requests.with_label_values(&[kind, status]).inc();
+    fn exchange(&self, kind: &str, origin: &str, status: &str, seconds: f64) {
+        self.requests
+            .with_label_values(&[kind, status, origin])
+            .inc();
         self.duration.with_label_values(&[kind]).observe(seconds);
     }
 }
@@ -309,12 +340,38 @@ impl StorageMetrics {
                 "crate_mirror_crate_memory_bytes",
                 "Bytes of hot crate files held in memory.",
             ),
-            quota_bytes: gauge(
-                r,
-                "crate_mirror_storage_quota_bytes",
-                "The local storage quota (0 when unbounded).",
-            ),
+            quota_bytes: {
+                let name = "crate_mirror_storage_quota_bytes";
+                let metric = IntGaugeVec::new(
+                    Opts::new(name, "The local storage quota (absent when unbounded)."),
+                    &[],
+                )
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+                r.register(Box::new(metric.clone()))
+                    .unwrap_or_else(|e| panic!("register {name}: {e}"));
+                metric
+            },
         }
+    }
+
+    /// Exports the quota, or nothing when there is none.
+    pub fn set_quota(&self, quota: Option<u64>) {
+        match quota {
+            Some(bytes) => self
+                .quota_bytes
+                .with_label_values(&[] as &[&str])
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX)),
+            None => self.quota_bytes.reset(),
+        }
+    }
+
+    /// The exported quota, if any.
+    #[cfg(test)]
+    pub fn quota(&self) -> Option<i64> {
+        use prometheus::core::Collector;
+        let families = self.quota_bytes.collect();
+        let sample = families.first()?.get_metric().first()?;
+        Some(sample.get_gauge().get_value() as i64)
     }
 }
 
@@ -339,7 +396,14 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        Self {
+        // The process's CPU, memory, file descriptors and start time, read
+        // from /proc at each scrape (there is no /proc elsewhere).
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .unwrap_or_else(|e| panic!("register the process collector: {e}"));
+        let metrics = Self {
             http: HttpMetrics::register(&r),
             index: IndexMetrics::register(&r),
             upstream: UpstreamMetrics::register(&r),
@@ -349,6 +413,44 @@ impl Metrics {
             registry: r,
             activity: Activity::default(),
             started_ms: now_ms(),
+        };
+        metrics.initialise_labels();
+        metrics
+    }
+
+    /// Creates every series of a fixed label set at 0 (see `HTTP_ROUTES`).
+    /// Statuses are open-ended: only the usual success is created.
+    fn initialise_labels(&self) {
+        let single_label: [(&IntCounterVec, &[&str]); 6] = [
+            (&self.http.served_bytes, HTTP_ROUTES),
+            (&self.http.connections, HTTP_CONNECTIONS),
+            (&self.index.lookups, INDEX_RESULTS),
+            (&self.crates.downloads, DOWNLOAD_RESULTS),
+            (&self.prefetch.skipped, PREFETCH_SKIPS),
+            (&self.upstream.redirects_refused, REDIRECT_REFUSALS),
+        ];
+        for (family, values) in single_label {
+            for value in values {
+                family.with_label_values(&[value]);
+            }
+        }
+        let upstream = &self.upstream;
+        for kind in ["index", "config", "download"] {
+            upstream.retries.with_label_values(&[kind]);
+            // Only index files are fetched by the prefetcher or refreshed.
+            let origins = if kind == "index" {
+                UPSTREAM_ORIGINS
+            } else {
+                &["client"]
+            };
+            for origin in origins {
+                upstream.requests.with_label_values(&[kind, "200", origin]);
+            }
+        }
+        // Bytes and waits are counted as `index` and `crate`.
+        for kind in ["index", "crate"] {
+            upstream.fetched_bytes.with_label_values(&[kind]);
+            upstream.coalesced_waits.with_label_values(&[kind]);
         }
     }
 
@@ -361,8 +463,15 @@ impl Metrics {
     }
 
     /// Counts one upstream exchange and remembers whether the upstream answered.
-    pub fn upstream_exchange(&self, kind: &str, status: &str, seconds: f64, healthy: bool) {
-        self.upstream.exchange(kind, status, seconds);
+    pub fn upstream_exchange(
+        &self,
+        kind: &str,
+        origin: &str,
+        status: &str,
+        seconds: f64,
+        healthy: bool,
+    ) {
+        self.upstream.exchange(kind, origin, status, seconds);
         self.activity.upstream_answered(healthy);
     }
 }
@@ -375,86 +484,169 @@ mod tests {
     fn exposition_has_every_family_and_build_info() {
         let metrics = Metrics::new();
         metrics.index.lookups.with_label_values(&["hit"]).inc_by(3);
-        metrics.upstream_exchange("index", "200", 0.01, true);
+        metrics.upstream_exchange("index", "prefetch", "200", 0.01, true);
         let text = String::from_utf8(metrics.encode()).unwrap();
         assert!(text.contains("crate_mirror_build_info{version=\""));
         assert!(text.contains("crate_mirror_index_lookups_total{result=\"hit\"} 3"));
         assert!(text.contains("crate_mirror_upstream_request_duration_seconds_bucket"));
         assert!(
-            text.contains("crate_mirror_upstream_requests_total{kind=\"index\",status=\"200\"} 1")
+            text.contains("crate_mirror_upstream_requests_total{kind=\"index\",origin=\"prefetch\",status=\"200\"} 1")
         );
         assert!(metrics.activity.upstream_health().last_success_ms > 0);
+    }
+
+    /// Every family the mirror exports, with its type and labels, by name.
+    const FAMILIES: &[(&str, &str, &[&str])] = &[
+        ("crate_mirror_build_info", "gauge", &["version"]),
+        ("crate_mirror_checksum_failures_total", "counter", &[]),
+        ("crate_mirror_coalesced_waits_total", "counter", &["kind"]),
+        ("crate_mirror_crate_downloads_total", "counter", &["result"]),
+        ("crate_mirror_crate_memory_bytes", "gauge", &[]),
+        (
+            "crate_mirror_http_connections_total",
+            "counter",
+            &["protocol"],
+        ),
+        (
+            "crate_mirror_http_request_duration_seconds",
+            "histogram",
+            &["route", "status"],
+        ),
+        (
+            "crate_mirror_http_requests_total",
+            "counter",
+            &["route", "method", "status"],
+        ),
+        ("crate_mirror_index_files", "gauge", &[]),
+        ("crate_mirror_index_lookups_total", "counter", &["result"]),
+        ("crate_mirror_index_negative_hits_total", "counter", &[]),
+        ("crate_mirror_index_store_loads_total", "counter", &[]),
+        (
+            "crate_mirror_index_upstream_not_modified_total",
+            "counter",
+            &[],
+        ),
+        (
+            "crate_mirror_prefetch_skipped_total",
+            "counter",
+            &["reason"],
+        ),
+        ("crate_mirror_prefetch_started_total", "counter", &[]),
+        ("crate_mirror_prefetch_useful_total", "counter", &[]),
+        ("crate_mirror_prefetch_wasted_total", "counter", &[]),
+        ("crate_mirror_served_bytes_total", "counter", &["route"]),
+        ("crate_mirror_storage_bytes", "gauge", &[]),
+        ("crate_mirror_storage_objects", "gauge", &[]),
+        ("crate_mirror_storage_quota_bytes", "gauge", &[]),
+        ("crate_mirror_upstream_circuit_open", "gauge", &[]),
+        (
+            "crate_mirror_upstream_fetched_bytes_total",
+            "counter",
+            &["kind"],
+        ),
+        (
+            "crate_mirror_upstream_redirects_refused_total",
+            "counter",
+            &["reason"],
+        ),
+        (
+            "crate_mirror_upstream_request_duration_seconds",
+            "histogram",
+            &["kind"],
+        ),
+        (
+            "crate_mirror_upstream_requests_total",
+            "counter",
+            &["kind", "status", "origin"],
+        ),
+        ("crate_mirror_upstream_retries_total", "counter", &["kind"]),
+        // The prometheus crate's process collector (Linux only).
+        ("process_cpu_seconds_total", "counter", &[]),
+        ("process_max_fds", "gauge", &[]),
+        ("process_open_fds", "gauge", &[]),
+        ("process_resident_memory_bytes", "gauge", &[]),
+        ("process_start_time_seconds", "gauge", &[]),
+        ("process_threads", "gauge", &[]),
+        ("process_virtual_memory_bytes", "gauge", &[]),
+    ];
+
+    /// The README's metrics table lists every exported family once, with
+    /// its labels: operators write their queries from it.
+    #[test]
+    fn the_readme_lists_every_family_once_with_its_labels() {
+        let readme = include_str!("../README.md");
+        let rows: Vec<&str> = readme
+            .lines()
+            .skip_while(|line| !line.starts_with("**Metrics**"))
+            .skip_while(|line| !line.starts_with("| metric |"))
+            .take_while(|line| line.starts_with('|'))
+            .collect();
+        for (name, _, labels) in FAMILIES {
+            let short = name.strip_prefix("crate_mirror_").unwrap_or(name);
+            let listed = format!("`{short}`");
+            let found: Vec<&&str> = rows.iter().filter(|row| row.contains(&listed)).collect();
+            assert_eq!(found.len(), 1, "{short} in the README's metrics table");
+            let label_column = found[0].split('|').nth(2).unwrap();
+            for label in *labels {
+                assert!(label_column.contains(label), "{short}: label {label}");
+            }
+        }
+        // And nothing that is not exported.
+        for row in rows.iter().skip(2) {
+            let names = row.split('|').nth(1).unwrap();
+            for listed in names.split('`').skip(1).step_by(2) {
+                assert!(
+                    FAMILIES.iter().any(|(name, _, _)| name
+                        .strip_prefix("crate_mirror_")
+                        .unwrap_or(name)
+                        == listed),
+                    "{listed} is in the README but not exported"
+                );
+            }
+        }
+    }
+
+    /// Fixed label values are there from the start, at 0 (else `rate()`
+    /// misses the first increments); the quota only while there is one.
+    #[test]
+    fn fixed_label_values_start_at_zero_and_an_unbounded_quota_is_absent() {
+        let metrics = Metrics::new();
+        let text = String::from_utf8(metrics.encode()).unwrap();
+        for series in [
+            "crate_mirror_index_lookups_total{result=\"stale\"} 0",
+            "crate_mirror_crate_downloads_total{result=\"joined\"} 0",
+            "crate_mirror_http_connections_total{protocol=\"h2c-upgrade\"} 0",
+            "crate_mirror_served_bytes_total{route=\"download\"} 0",
+            "crate_mirror_prefetch_skipped_total{reason=\"budget\"} 0",
+            "crate_mirror_upstream_redirects_refused_total{reason=\"host\"} 0",
+            "crate_mirror_upstream_requests_total{kind=\"index\",origin=\"revalidation\",status=\"200\"} 0",
+            "crate_mirror_upstream_requests_total{kind=\"download\",origin=\"client\",status=\"200\"} 0",
+            "crate_mirror_coalesced_waits_total{kind=\"crate\"} 0",
+        ] {
+            assert!(text.contains(&format!("\n{series}\n")), "{series} in\n{text}");
+        }
+        assert!(
+            !text.contains("crate_mirror_storage_quota_bytes "),
+            "{text}"
+        );
+        #[cfg(target_os = "linux")]
+        assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
+
+        metrics.storage.set_quota(Some(4096));
+        let text = String::from_utf8(metrics.encode()).unwrap();
+        assert!(text.contains("\ncrate_mirror_storage_quota_bytes 4096\n"));
+        metrics.storage.set_quota(None);
+        let text = String::from_utf8(metrics.encode()).unwrap();
+        assert!(
+            !text.contains("crate_mirror_storage_quota_bytes "),
+            "{text}"
+        );
     }
 
     /// Every family the mirror exports, with its type and labels: `/metrics`
     /// is an interface (dashboards, alerts), so a rename must be deliberate.
     #[test]
     fn exported_families_are_unchanged() {
-        const FAMILIES: &[(&str, &str, &[&str])] = &[
-            ("crate_mirror_build_info", "gauge", &["version"]),
-            ("crate_mirror_checksum_failures_total", "counter", &[]),
-            ("crate_mirror_coalesced_waits_total", "counter", &["kind"]),
-            ("crate_mirror_crate_downloads_total", "counter", &["result"]),
-            ("crate_mirror_crate_memory_bytes", "gauge", &[]),
-            (
-                "crate_mirror_http_connections_total",
-                "counter",
-                &["protocol"],
-            ),
-            (
-                "crate_mirror_http_request_duration_seconds",
-                "histogram",
-                &["route", "status"],
-            ),
-            (
-                "crate_mirror_http_requests_total",
-                "counter",
-                &["route", "method", "status"],
-            ),
-            ("crate_mirror_index_files", "gauge", &[]),
-            ("crate_mirror_index_lookups_total", "counter", &["result"]),
-            ("crate_mirror_index_negative_hits_total", "counter", &[]),
-            ("crate_mirror_index_store_loads_total", "counter", &[]),
-            (
-                "crate_mirror_index_upstream_not_modified_total",
-                "counter",
-                &[],
-            ),
-            (
-                "crate_mirror_prefetch_skipped_total",
-                "counter",
-                &["reason"],
-            ),
-            ("crate_mirror_prefetch_started_total", "counter", &[]),
-            ("crate_mirror_prefetch_useful_total", "counter", &[]),
-            ("crate_mirror_prefetch_wasted_total", "counter", &[]),
-            ("crate_mirror_served_bytes_total", "counter", &["route"]),
-            ("crate_mirror_storage_bytes", "gauge", &[]),
-            ("crate_mirror_storage_objects", "gauge", &[]),
-            ("crate_mirror_storage_quota_bytes", "gauge", &[]),
-            ("crate_mirror_upstream_circuit_open", "gauge", &[]),
-            (
-                "crate_mirror_upstream_fetched_bytes_total",
-                "counter",
-                &["kind"],
-            ),
-            (
-                "crate_mirror_upstream_redirects_refused_total",
-                "counter",
-                &["reason"],
-            ),
-            (
-                "crate_mirror_upstream_request_duration_seconds",
-                "histogram",
-                &["kind"],
-            ),
-            (
-                "crate_mirror_upstream_requests_total",
-                "counter",
-                &["kind", "status"],
-            ),
-            ("crate_mirror_upstream_retries_total", "counter", &["kind"]),
-        ];
         let metrics = Metrics::new();
         // A label vector without samples is not encoded: give each one a sample.
         for family in metrics.registry.gather() {
@@ -474,7 +666,7 @@ mod tests {
         http.served_bytes.with_label_values(&["a"]).inc();
         metrics.index.lookups.with_label_values(&["a"]).inc();
         let upstream = &metrics.upstream;
-        upstream.requests.with_label_values(&["a", "b"]).inc();
+        upstream.requests.with_label_values(&["a", "b", "c"]).inc();
         upstream.duration.with_label_values(&["a"]).observe(1.0);
         upstream.retries.with_label_values(&["a"]).inc();
         upstream.redirects_refused.with_label_values(&["a"]).inc();
@@ -482,6 +674,7 @@ mod tests {
         upstream.coalesced_waits.with_label_values(&["a"]).inc();
         metrics.crates.downloads.with_label_values(&["a"]).inc();
         metrics.prefetch.skipped.with_label_values(&["a"]).inc();
+        metrics.storage.set_quota(Some(1));
         let text = String::from_utf8(metrics.encode()).unwrap();
         let mut exported = Vec::new();
         for line in text.lines() {

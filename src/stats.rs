@@ -40,9 +40,7 @@ pub fn refresh_gauges(metrics: &Metrics, sources: &Sources) {
         let gauges = &metrics.storage;
         gauges.bytes.set(to_i64(storage.bytes.unwrap_or(0)));
         gauges.objects.set(to_i64(storage.objects.unwrap_or(0)));
-        gauges
-            .quota_bytes
-            .set(to_i64(storage.quota_bytes.unwrap_or(0)));
+        gauges.set_quota(storage.quota_bytes);
     }
 }
 
@@ -96,7 +94,7 @@ mod tests {
         assert_eq!(metrics.upstream.circuit_open.get(), 1);
         assert_eq!(metrics.storage.bytes.get(), 300);
         assert_eq!(metrics.storage.objects.get(), 2);
-        assert_eq!(metrics.storage.quota_bytes.get(), 0);
+        assert_eq!(metrics.storage.quota(), None);
         assert_eq!(metrics.storage.memory_bytes.get(), 100);
         let text = String::from_utf8(metrics.encode()).unwrap();
         assert!(

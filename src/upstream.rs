@@ -483,14 +483,16 @@ impl UpstreamClient {
 
     /// Fetches one index file (`path` relative to the base, e.g. `se/rd/serde`),
     /// conditionally when validators are known.
+    /// `origin` labels the request in the metrics (see `UPSTREAM_ORIGINS`).
     pub async fn fetch_index(
         &self,
         path: &str,
         validators: &Validators,
+        origin: &str,
     ) -> Result<IndexFetch, UpstreamError> {
         let url = format!("{}{}", self.base, path);
         let (response, _permit) = self
-            .send("index", Limit::WholeRequest, || {
+            .send_as("index", origin, Limit::WholeRequest, || {
                 let mut request = self.http.get(&url).header(ACCEPT_ENCODING, "gzip");
                 if let Some(etag) = &validators.etag {
                     request = request.header(IF_NONE_MATCH, etag);
@@ -546,10 +548,22 @@ impl UpstreamClient {
     /// for a permit of the concurrency bound, retries connection failures, 5xx
     /// and 429 with backoff and jitter (or the upstream's `Retry-After`) while
     /// time remains, and counts every exchange. The permit comes back with the
-    /// response so that it is held until the body has been read.
+    /// response so that it is held until the body has been read. Counted as a
+    /// client's request.
     async fn send(
         &self,
         kind: &str,
+        limit: Limit,
+        make: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<(reqwest::Response, OwnedSemaphorePermit), UpstreamError> {
+        self.send_as(kind, "client", limit, make).await
+    }
+
+    /// `send`, counted under `origin`.
+    async fn send_as(
+        &self,
+        kind: &str,
+        origin: &str,
         limit: Limit,
         make: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<(reqwest::Response, OwnedSemaphorePermit), UpstreamError> {
@@ -558,7 +572,7 @@ impl UpstreamClient {
         loop {
             if self.breaker.is_open() {
                 self.metrics
-                    .upstream_exchange(kind, "circuit_open", 0.0, false);
+                    .upstream_exchange(kind, origin, "circuit_open", 0.0, false);
                 return Err(UpstreamError::CircuitOpen);
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -587,7 +601,7 @@ impl UpstreamClient {
                     let failed =
                         status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
                     self.metrics
-                        .upstream_exchange(kind, status.as_str(), seconds, !failed);
+                        .upstream_exchange(kind, origin, status.as_str(), seconds, !failed);
                     let retry_after = response
                         .headers()
                         .get(RETRY_AFTER)
@@ -601,7 +615,8 @@ impl UpstreamClient {
                         UpstreamError::RedirectRefused(_) => "redirect_refused",
                         _ => "error",
                     };
-                    self.metrics.upstream_exchange(kind, label, seconds, false);
+                    self.metrics
+                        .upstream_exchange(kind, origin, label, seconds, false);
                     (true, None)
                 }
             };

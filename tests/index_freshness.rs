@@ -1,7 +1,8 @@
 //! The index cache's phases with a clock the test moves instead of sleeping
 //! through TTLs: fresh, expired and served while one refresh runs, past
 //! `index-max-stale`, negative entries, stale copies when the upstream fails,
-//! and the revalidate interval. The cache runs in-process against the test
+//! and the revalidate interval (with the origin each upstream request is
+//! counted under). The cache runs in-process against the test
 //! upstream on loopback.
 
 use std::sync::atomic::Ordering;
@@ -23,6 +24,7 @@ struct Fixture {
     upstream: TestUpstream,
     cache: IndexCache,
     clock: Clock,
+    metrics: Arc<Metrics>,
     _dir: tempfile::TempDir,
 }
 
@@ -51,13 +53,14 @@ impl Fixture {
             hot_cache_bytes: 16 << 20,
         };
         let clock = Clock::movable();
-        let cache = IndexCache::builder(store, Arc::new(client), policy, metrics)
+        let cache = IndexCache::builder(store, Arc::new(client), policy, metrics.clone())
             .clock(clock.clone())
             .build();
         Fixture {
             upstream,
             cache,
             clock,
+            metrics,
             _dir: dir,
         }
     }
@@ -65,6 +68,25 @@ impl Fixture {
     async fn get(&self, name: &str) -> IndexLookup {
         let name = CrateName::parse(name).expect("a valid name");
         self.cache.get(&name).await.expect("an answer")
+    }
+
+    /// The upstream index requests counted under `origin`, whatever their status.
+    fn counted(&self, origin: &str) -> u64 {
+        use prometheus::core::Collector;
+        let requests = &self.metrics.upstream.requests;
+        let families = requests.collect();
+        let has = |metric: &prometheus::proto::Metric, name: &str, value: &str| {
+            metric
+                .get_label()
+                .iter()
+                .any(|l| l.name() == name && l.value() == value)
+        };
+        families[0]
+            .get_metric()
+            .iter()
+            .filter(|m| has(m, "kind", "index") && has(m, "origin", origin))
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
     }
 
     /// The upstream requests for `abc`'s index file so far.
@@ -129,6 +151,9 @@ async fn within_the_ttl_the_copy_is_served_and_past_it_one_refresh_runs_behind_i
         body(&refreshed)
     );
     assert_eq!(fixture.asked(), 2);
+    // The refresh behind the expired copy is nobody's wait: a revalidation.
+    assert_eq!(fixture.counted("client"), 1);
+    assert_eq!(fixture.counted("revalidation"), 1);
 }
 
 #[tokio::test]
@@ -220,6 +245,8 @@ async fn forced_revalidations_of_an_unchanged_file_are_once_per_interval() {
     let again = fixture.cache.revalidate(&name).await.unwrap();
     assert_eq!(again.outcome, CacheOutcome::Revalidated);
     assert_eq!(fixture.asked(), 3);
+    assert_eq!(fixture.counted("client"), 1);
+    assert_eq!(fixture.counted("revalidation"), 2);
 }
 
 #[tokio::test]

@@ -84,14 +84,14 @@ async fn metrics_after_a_cargo_run_match_what_happened() {
     assert_eq!(
         sample(
             &samples,
-            "crate_mirror_upstream_requests_total{kind=\"download\",status=\"200\"}"
+            "crate_mirror_upstream_requests_total{kind=\"download\",origin=\"client\",status=\"200\"}"
         ),
         crates_fetched
     );
     assert_eq!(
         sample(
             &samples,
-            "crate_mirror_upstream_requests_total{kind=\"index\",status=\"200\"}"
+            "crate_mirror_upstream_requests_total{kind=\"index\",origin=\"client\",status=\"200\"}"
         ),
         index_fetched
     );
@@ -176,6 +176,61 @@ async fn metrics_after_a_cargo_run_match_what_happened() {
     );
     assert_eq!(upstream.count_matching("/dl/") as f64, crates_fetched);
     assert!(sample(&samples, "crate_mirror_index_lookups_total{result=\"hit\"}") >= index_fetched);
+}
+
+/// A fresh mirror already exports each fixed label value at 0 (so `rate()`
+/// sees the first increments), the process's figures, and no quota while
+/// storage is unbounded; a client's fetch and the prefetch it causes are
+/// told apart by `origin`.
+#[tokio::test]
+async fn fresh_metrics_have_the_fixed_series_and_upstream_requests_by_origin() {
+    let upstream = TestUpstream::start(&graph_registry(), DlStyle::Plain);
+    let mirror = Mirror::builder(&upstream.url).start();
+    let text = metrics_text(&mirror).await;
+    let samples = parse_samples(&text);
+    for series in [
+        "crate_mirror_index_lookups_total{result=\"stale\"}",
+        "crate_mirror_crate_downloads_total{result=\"joined\"}",
+        "crate_mirror_upstream_requests_total{kind=\"index\",origin=\"prefetch\",status=\"200\"}",
+    ] {
+        assert_eq!(sample(&samples, series), 0.0, "{series}");
+    }
+    assert!(sample(&samples, "process_resident_memory_bytes") > 0.0);
+    assert!(sample(&samples, "process_start_time_seconds") > 0.0);
+    assert!(
+        !text.contains("crate_mirror_storage_quota_bytes"),
+        "a quota is exported while storage is unbounded:\n{text}"
+    );
+
+    // `abc` depends on `a`, which the prefetcher fetches after the answer.
+    assert_eq!(mirror.get("/index/3/a/abc").await.status(), 200);
+    let by_origin = |origin: &str| {
+        format!(
+            "crate_mirror_upstream_requests_total{{kind=\"index\",origin=\"{origin}\",status=\"200\"}}"
+        )
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let samples = mirror.metrics().await;
+        if sample(&samples, &by_origin("prefetch")) >= 1.0 {
+            assert_eq!(sample(&samples, &by_origin("client")), 1.0);
+            assert_eq!(sample(&samples, &by_origin("revalidation")), 0.0);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no prefetch request counted: {samples:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let bounded = Mirror::builder(&upstream.url)
+        .args(&["--max-storage", "1000000"])
+        .start();
+    assert_eq!(
+        sample(&bounded.metrics().await, "crate_mirror_storage_quota_bytes"),
+        1_000_000.0
+    );
 }
 
 #[tokio::test]

@@ -123,7 +123,7 @@ async fn verify_crate(
         return Ok(unverifiable("invalid crate name".to_string()));
     };
     let body = match upstream
-        .fetch_index(&crate_name.index_path(), &Validators::default())
+        .fetch_index(&crate_name.index_path(), &Validators::default(), "client")
         .await
     {
         Ok(IndexFetch::Modified { body, .. }) => match body.decode() {

@@ -426,6 +426,20 @@ pub enum Origin {
     Client,
     /// A prefetch this many dependency steps away from a client's request.
     Prefetch(u32),
+    /// A refresh of a copy already held that no client waits for (in the
+    /// background after the TTL), or forced by a download.
+    Revalidation,
+}
+
+impl Origin {
+    /// The `origin` label of the upstream requests it causes.
+    fn label(self) -> &'static str {
+        match self {
+            Origin::Client => "client",
+            Origin::Prefetch(_) => "prefetch",
+            Origin::Revalidation => "revalidation",
+        }
+    }
 }
 
 /// An index file that just came from the upstream (with a body, or confirmed unchanged by a 304).
@@ -639,7 +653,7 @@ impl IndexCache {
             // Short-lived: it only waits for the single flight, which runs as
             // its own task and ends with the upstream's timeout at the latest.
             tokio::spawn(async move {
-                if let Err(err) = this.refresh(&name, false, Origin::Client).await {
+                if let Err(err) = this.refresh(&name, false, Origin::Revalidation).await {
                     tracing::warn!(krate = name.key(), error = %err, "background refresh failed");
                 }
             });
@@ -656,7 +670,7 @@ impl IndexCache {
     /// changed since: then the cached copy is the answer (outcome `Hit`), so a
     /// version still missing is remembered as missing, like a negative entry.
     pub async fn revalidate(&self, name: &CrateName) -> Result<IndexLookup, IndexError> {
-        self.refresh(name, true, Origin::Client).await
+        self.refresh(name, true, Origin::Revalidation).await
     }
 
     async fn refresh(
@@ -797,7 +811,7 @@ impl Inner {
     fn announce(&self, name: &CrateName, body: Bytes, origin: Origin) {
         if let Some(fetched) = self.fetched.get() {
             let depth = match origin {
-                Origin::Client => 0,
+                Origin::Client | Origin::Revalidation => 0,
                 Origin::Prefetch(depth) => depth,
             };
             let _ = fetched.send(FetchedIndex {
@@ -840,7 +854,7 @@ impl Inner {
         let now = clock.system_now();
         let fetched = match self
             .upstream
-            .fetch_index(&name.index_path(), &validators)
+            .fetch_index(&name.index_path(), &validators, origin.label())
             .await
         {
             Ok(IndexFetch::Modified { body, validators }) => {
@@ -869,7 +883,7 @@ impl Inner {
                 let freshness = Freshness::since(validators, now, ttl, clock);
                 let file = IndexFile::new(body.clone(), gzip, etag, changed_at, freshness);
                 file.prefetched
-                    .store(origin != Origin::Client, Ordering::Relaxed);
+                    .store(matches!(origin, Origin::Prefetch(_)), Ordering::Relaxed);
                 let lookup = self.keep(key, file, outcome).await?;
                 if changed {
                     self.changed.notify_one();

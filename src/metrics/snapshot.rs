@@ -6,17 +6,18 @@ use prometheus::{HistogramVec, IntCounterVec};
 
 use super::{now_ms, Metrics};
 
-/// The sum of a counter vector's series whose `label`-th label is `value`
-/// (all series when `value` is `None`).
-fn sum(counter: &IntCounterVec, label: usize, value: Option<&str>) -> u64 {
+/// The sum of a counter vector's series whose `label` is `value` (all series
+/// when `value` is `None`). By name: the encoder sorts labels by name, so a
+/// position would shift when a label is added.
+fn sum(counter: &IntCounterVec, label: &str, value: Option<&str>) -> u64 {
     let mut total = 0;
     for family in counter.collect() {
         for metric in family.get_metric() {
             let matches = value.is_none_or(|v| {
                 metric
                     .get_label()
-                    .get(label)
-                    .is_some_and(|l| l.value() == v)
+                    .iter()
+                    .any(|l| l.name() == label && l.value() == v)
             });
             if matches {
                 total += metric.get_counter().get_value() as u64;
@@ -47,8 +48,8 @@ impl Metrics {
             &self.crates,
             &self.prefetch,
         );
-        let lookups = |result| sum(&index.lookups, 0, Some(result));
-        let downloads = |result| sum(&crates.downloads, 0, Some(result));
+        let lookups = |result| sum(&index.lookups, "result", Some(result));
+        let downloads = |result| sum(&crates.downloads, "result", Some(result));
         let index_hits = lookups("hit") + lookups("stale");
         let index_total = index_hits + lookups("miss") + lookups("revalidated");
         let crate_hits = downloads("hit") + downloads("redirect");
@@ -62,18 +63,18 @@ impl Metrics {
         };
         let http_errors: u64 = ["500", "502", "503", "504"]
             .iter()
-            .map(|s| sum(&http.requests, 2, Some(s)))
+            .map(|s| sum(&http.requests, "status", Some(s)))
             .sum();
-        let upstream_total = sum(&upstream.requests, 1, None);
+        let upstream_total = sum(&upstream.requests, "status", None);
         let upstream_failures: u64 = ["timeout", "error", "500", "502", "503", "504", "429"]
             .iter()
-            .map(|s| sum(&upstream.requests, 1, Some(s)))
+            .map(|s| sum(&upstream.requests, "status", Some(s)))
             .sum();
         let (latency_sum, latency_count) = histogram_totals(&upstream.duration);
         // What registry clients received (not the dashboard or probes).
         let client_bytes: u64 = ["index", "config", "download", "git"]
             .iter()
-            .map(|route| sum(&http.served_bytes, 0, Some(route)))
+            .map(|route| sum(&http.served_bytes, "route", Some(route)))
             .sum();
         let health = self.activity.upstream_health();
         let top: Vec<serde_json::Value> = self
@@ -86,7 +87,7 @@ impl Metrics {
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_seconds": now_ms().saturating_sub(self.started_ms) / 1000,
             "requests": {
-                "total": sum(&http.requests, 0, None),
+                "total": sum(&http.requests, "status", None),
                 "errors": http_errors,
             },
             "hit_ratio": ratio(index_hits + crate_hits, index_total + crate_total),
@@ -98,9 +99,9 @@ impl Metrics {
                 "stale_served": lookups("stale"),
                 "store_loads": index.store_loads.get(),
                 "negative_hits": index.negative_hits.get(),
-                "upstream_fetches": sum(&upstream.requests, 0, Some("index")),
+                "upstream_fetches": sum(&upstream.requests, "kind", Some("index")),
                 "upstream_not_modified": index.not_modified.get(),
-                "coalesced_waits": sum(&upstream.coalesced_waits, 0, Some("index")),
+                "coalesced_waits": sum(&upstream.coalesced_waits, "kind", Some("index")),
                 "hit_ratio": ratio(index_hits, index_total),
             },
             "crates": {
@@ -113,7 +114,7 @@ impl Metrics {
             },
             "bytes": {
                 "served": client_bytes,
-                "fetched": sum(&upstream.fetched_bytes, 0, None),
+                "fetched": sum(&upstream.fetched_bytes, "kind", None),
             },
             "upstream": {
                 "requests": upstream_total,
@@ -151,8 +152,8 @@ mod tests {
             .downloads
             .with_label_values(&["redirect"])
             .inc_by(2);
-        metrics.upstream_exchange("index", "200", 0.5, true);
-        metrics.upstream_exchange("download", "502", 0.25, false);
+        metrics.upstream_exchange("index", "client", "200", 0.5, true);
+        metrics.upstream_exchange("download", "client", "502", 0.25, false);
         metrics
             .http
             .requests

@@ -824,6 +824,52 @@ mod tests {
         reqwest::Url::parse(text).unwrap()
     }
 
+    /// A client on `base` keeping its config.json in `tree` (nothing is fetched).
+    fn kept_in(tree: &sled::Tree, base: &str) -> UpstreamClient {
+        let second = Duration::from_secs(1);
+        UpstreamClient::new(
+            base.into(),
+            second,
+            second,
+            second,
+            1,
+            Arc::new(Metrics::new()),
+        )
+        .unwrap()
+        .with_config_store(tree.clone())
+    }
+
+    #[tokio::test]
+    async fn a_kept_config_json_is_restored_for_its_own_upstream_only() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("upstream").unwrap();
+        let base = "http://127.0.0.1:9/index/";
+        let client = kept_in(&tree, base);
+        client.restore_config().await;
+        assert!(!client.config_known(), "nothing kept yet");
+
+        let kept = serde_json::to_vec(&config("http://files.example.com/dl")).unwrap();
+        tree.insert(client.config_key(), kept).unwrap();
+        let client = kept_in(&tree, base);
+        client.restore_config().await;
+        assert!(client.config_known());
+        assert_eq!(client.config_fetch_ok(), None, "restored, not fetched");
+        // Redirects may reach the kept `dl` host, as after a fetch.
+        assert!(client.redirects.admits(&url("http://files.example.com/x")));
+
+        // Another upstream on the same data dir does not take it.
+        let other = kept_in(&tree, "http://127.0.0.2:9/index/");
+        other.restore_config().await;
+        assert!(!other.config_known());
+
+        // A kept `dl` that would not be accepted from the upstream is ignored.
+        let bad = serde_json::to_vec(&config("ftp://files.example.com/dl")).unwrap();
+        tree.insert(client.config_key(), bad).unwrap();
+        let client = kept_in(&tree, base);
+        client.restore_config().await;
+        assert!(!client.config_known());
+    }
+
     #[test]
     fn redirect_hosts_match_host_and_port() {
         let any_port = AllowedHost::from_setting("files.example.com").unwrap();

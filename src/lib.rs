@@ -103,7 +103,13 @@ impl AppState {
     pub async fn open(config: &Config) -> Result<Self, StartError> {
         let data = DataDir::open(&config.data_dir, config.db_flush_interval).await?;
         let metrics = Arc::new(Metrics::new());
-        let upstream = Arc::new(UpstreamClient::from_config(config, metrics.clone())?);
+        let upstream = Arc::new(
+            UpstreamClient::from_config(config, metrics.clone())?
+                .with_config_store(data.tree("upstream")?),
+        );
+        // The last config.json a previous run fetched: downloads know the `dl`
+        // template even when the upstream is down at start.
+        upstream.restore_config().await;
         let index = IndexCache::builder(
             data.index_store().clone(),
             upstream.clone(),
@@ -193,7 +199,7 @@ pub async fn serve(
     let state = web::Data::new(AppState::open(&config).await?);
     let mut background = background::Background::new();
     {
-        // Learn the upstream's `dl` early; /ready reports it.
+        // Learn (or refresh the restored) upstream `dl` early; /ready reports it.
         let state = state.clone();
         let stop = background.token();
         background.spawn("upstream config", async move {

@@ -1,5 +1,7 @@
-//! `/ready`: whether the mirror can serve, from probes of what it depends on
-//! (the data dir, the database, the upstream's config.json, the crate store).
+//! `/ready`: whether this node can serve from its cache, from probes of what
+//! it depends on (the data dir, the database, the crate store). The upstream
+//! is reported but never gates readiness: a pod restarted during an upstream
+//! outage must still take traffic, since that is when its cache matters most.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,7 +10,10 @@ use std::time::Duration;
 use crate::storage::s3::S3Store;
 use crate::upstream::UpstreamClient;
 
-/// How long `/ready` waits for the upstream's config.json when it is not known yet.
+/// How long `/ready` waits for the upstream's config.json when it is not known
+/// yet (never known nor kept from a previous run): only for the report, and
+/// alongside the S3 check (at most 3 s), so the probe stays within the 3 s
+/// timeout of deploy/kubernetes/deployment.yaml.
 const READY_UPSTREAM_WAIT: Duration = Duration::from_secs(2);
 
 /// The answer of `/ready`.
@@ -17,7 +22,15 @@ pub struct Readiness {
     pub ready: bool,
     pub data_dir_writable: bool,
     pub database_open: bool,
+    /// Information only: a config.json (fetched now or kept from a previous
+    /// run) gives the download template.
     pub upstream_config_known: bool,
+    /// Information only: whether the last config.json fetch succeeded (`null`
+    /// before the first).
+    pub upstream_config_fetch_ok: Option<bool>,
+    /// Information only: the upstream's circuit breaker is open (recent
+    /// requests failed).
+    pub upstream_circuit_open: bool,
     /// The crate store answers (always true for local storage, whose data dir
     /// is checked above; for S3, a bounded list request on the bucket).
     pub storage_ok: bool,
@@ -26,19 +39,30 @@ pub struct Readiness {
     pub storage_error: Option<String>,
 }
 
+/// What `/ready` reports of the upstream, without gating on it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UpstreamReport {
+    pub config_known: bool,
+    pub config_fetch_ok: Option<bool>,
+    pub circuit_open: bool,
+}
+
 impl Readiness {
-    /// Ready when every probe passed.
+    /// Ready when the node's own probes passed (the data dir, the database,
+    /// the store); the upstream is only reported.
     pub fn from_probes(
         data_dir_writable: bool,
         database_open: bool,
-        upstream_config_known: bool,
+        upstream: UpstreamReport,
         storage: Result<(), String>,
     ) -> Self {
         Self {
-            ready: data_dir_writable && database_open && upstream_config_known && storage.is_ok(),
+            ready: data_dir_writable && database_open && storage.is_ok(),
             data_dir_writable,
             database_open,
-            upstream_config_known,
+            upstream_config_known: upstream.config_known,
+            upstream_config_fetch_ok: upstream.config_fetch_ok,
+            upstream_circuit_open: upstream.circuit_open,
             storage_ok: storage.is_ok(),
             storage_error: storage.err(),
         }
@@ -73,21 +97,28 @@ impl ReadinessProbe {
     pub async fn check(&self) -> Readiness {
         let data_dir_writable = writable(&self.tmp_dir).await;
         let database_open = database_answers(self.db.clone()).await;
-        // Bounded, so a probe never hangs on a stalled upstream.
-        let upstream_config_known = self.upstream.config_known()
-            || tokio::time::timeout(READY_UPSTREAM_WAIT, self.upstream.config())
-                .await
-                .is_ok_and(|config| config.is_ok());
-        let storage = match &self.s3 {
-            Some(s3) => s3.check().await,
-            None => Ok(()),
+        // Both bounded and run together, so the probe's time is the longer
+        // of the two, not their sum; the upstream is reported, not required.
+        let (config_known, storage) = tokio::join!(
+            async {
+                self.upstream.config_known()
+                    || tokio::time::timeout(READY_UPSTREAM_WAIT, self.upstream.config())
+                        .await
+                        .is_ok_and(|config| config.is_ok())
+            },
+            async {
+                match &self.s3 {
+                    Some(s3) => s3.check().await,
+                    None => Ok(()),
+                }
+            }
+        );
+        let upstream = UpstreamReport {
+            config_known,
+            config_fetch_ok: self.upstream.config_fetch_ok(),
+            circuit_open: self.upstream.circuit_open(),
         };
-        Readiness::from_probes(
-            data_dir_writable,
-            database_open,
-            upstream_config_known,
-            storage,
-        )
+        Readiness::from_probes(data_dir_writable, database_open, upstream, storage)
     }
 }
 
@@ -108,20 +139,22 @@ async fn database_answers(db: sled::Db) -> bool {
 mod tests {
     use super::*;
 
+    const UP: UpstreamReport = UpstreamReport {
+        config_known: true,
+        config_fetch_ok: Some(true),
+        circuit_open: false,
+    };
+
     #[test]
-    fn ready_only_when_every_probe_passes() {
-        let all = Readiness::from_probes(true, true, true, Ok(()));
+    fn ready_only_when_every_node_probe_passes() {
+        let all = Readiness::from_probes(true, true, UP, Ok(()));
         assert!(all.ready && all.storage_ok && all.storage_error.is_none());
-        for (dir, db, upstream) in [
-            (false, true, true),
-            (true, false, true),
-            (true, true, false),
-        ] {
-            let report = Readiness::from_probes(dir, db, upstream, Ok(()));
+        for (dir, db) in [(false, true), (true, false)] {
+            let report = Readiness::from_probes(dir, db, UP, Ok(()));
             assert!(!report.ready, "{report:?}");
             assert!(report.storage_ok);
         }
-        let bucket = Readiness::from_probes(true, true, true, Err("no bucket".into()));
+        let bucket = Readiness::from_probes(true, true, UP, Err("no bucket".into()));
         assert!(!bucket.ready && !bucket.storage_ok);
         assert_eq!(bucket.storage_error.as_deref(), Some("no bucket"));
         // The reason is only in the answer when there is one.
@@ -131,6 +164,33 @@ mod tests {
             serde_json::to_value(&bucket).unwrap()["storage_error"],
             "no bucket"
         );
+    }
+
+    /// An unreachable upstream, known or not, is reported but leaves the node ready.
+    #[test]
+    fn the_upstream_is_reported_not_required() {
+        for upstream in [
+            UpstreamReport::default(),
+            UpstreamReport {
+                config_known: true,
+                config_fetch_ok: Some(false),
+                circuit_open: true,
+            },
+        ] {
+            let report = Readiness::from_probes(true, true, upstream, Ok(()));
+            assert!(report.ready, "{report:?}");
+            let json = serde_json::to_value(&report).unwrap();
+            assert_eq!(json["upstream_config_known"], upstream.config_known);
+            assert_eq!(json["upstream_circuit_open"], upstream.circuit_open);
+        }
+        let never = serde_json::to_value(Readiness::from_probes(
+            true,
+            true,
+            UpstreamReport::default(),
+            Ok(()),
+        ))
+        .unwrap();
+        assert!(never["upstream_config_fetch_ok"].is_null());
     }
 
     #[tokio::test]

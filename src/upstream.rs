@@ -9,7 +9,7 @@
 //! can reach, the mirror's own network included.
 
 use std::io::Read;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -20,9 +20,10 @@ use reqwest::header::{
     IF_NONE_MATCH, LAST_MODIFIED, RETRY_AFTER,
 };
 use reqwest::StatusCode;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
+use crate::blocking::off_async;
 use crate::resilience::{backoff_delay, parse_retry_after, CircuitBreaker};
 
 use crate::index::path::prefix;
@@ -182,8 +183,14 @@ pub enum DownloadStart {
     Missing,
 }
 
-/// The parts of the upstream's `config.json` the mirror uses.
-#[derive(Debug, Clone, Deserialize)]
+/// `UpstreamClient::config_fetch`: no fetch yet, the last succeeded, it failed.
+const CONFIG_FETCH_NEVER: u8 = 0;
+const CONFIG_FETCH_OK: u8 = 1;
+const CONFIG_FETCH_FAILED: u8 = 2;
+
+/// The parts of the upstream's `config.json` the mirror uses (also what is
+/// kept of it in sled, see `UpstreamClient::restore_config`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct UpstreamConfig {
     pub dl: String,
 }
@@ -329,9 +336,17 @@ pub struct UpstreamClient {
     /// download, the wait for its head and each wait for more of its body.
     timeout: Duration,
     config_ttl: Duration,
-    config: Mutex<Option<(Arc<UpstreamConfig>, Instant)>>,
-    /// Set once config.json has been read, readable without waiting for a refresh.
+    /// The config and when it was fetched (`None`: restored from sled, so due
+    /// for a refresh at first use).
+    config: Mutex<Option<(Arc<UpstreamConfig>, Option<Instant>)>>,
+    /// Set once a config.json is known (fetched or restored), readable without
+    /// waiting for a refresh.
     config_known: AtomicBool,
+    /// How the last config.json fetch went: `CONFIG_FETCH_*`.
+    config_fetch: AtomicU8,
+    /// Where the last good config.json is kept, so a restart during an
+    /// upstream outage still knows the `dl` template.
+    config_store: Option<sled::Tree>,
     metrics: Arc<Metrics>,
     /// Bounds concurrent upstream requests (held until a body is fully read).
     permits: Arc<Semaphore>,
@@ -396,6 +411,8 @@ impl UpstreamClient {
             config_ttl,
             config: Mutex::new(None),
             config_known: AtomicBool::new(false),
+            config_fetch: AtomicU8::new(CONFIG_FETCH_NEVER),
+            config_store: None,
             metrics,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             breaker: CircuitBreaker::default(),
@@ -426,25 +443,73 @@ impl UpstreamClient {
         &self.base
     }
 
+    /// Keeps each config.json fetched in `tree` (see `restore_config`).
+    pub fn with_config_store(mut self, tree: sled::Tree) -> Self {
+        self.config_store = Some(tree);
+        self
+    }
+
+    /// Takes the config.json a previous run kept, if any (and valid), as the
+    /// current one: downloads then work from its `dl` while the upstream is
+    /// unreachable. It is refreshed at first use, as an expired copy is.
+    pub async fn restore_config(&self) {
+        let Some(tree) = self.config_store.clone() else {
+            return;
+        };
+        let key = self.config_key();
+        let stored = off_async(move || tree.get(key)).await;
+        let config = match stored {
+            Ok(Some(bytes)) => serde_json::from_slice::<UpstreamConfig>(&bytes)
+                .map_err(|e| UpstreamError::InvalidConfig(e.to_string()))
+                .and_then(|config| self.accept_config(config)),
+            Ok(None) => return,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the stored upstream config.json");
+                return;
+            }
+        };
+        match config {
+            Ok(config) => {
+                *self.config.lock().await = Some((Arc::new(config), None));
+                self.config_known.store(true, Ordering::Relaxed);
+            }
+            Err(err) => tracing::warn!(error = %err, "ignoring the stored upstream config.json"),
+        }
+    }
+
     /// The upstream's config.json, fetched on first use and refreshed after the
-    /// TTL; a failed refresh keeps the previous copy.
+    /// TTL; a failed refresh keeps the previous copy for another TTL.
     pub async fn config(&self) -> Result<Arc<UpstreamConfig>, UpstreamError> {
         let mut slot = self.config.lock().await;
-        if let Some((config, at)) = slot.as_ref() {
+        if let Some((config, Some(at))) = slot.as_ref() {
             if at.elapsed() < self.config_ttl {
                 return Ok(config.clone());
             }
         }
-        match self.fetch_config().await {
+        let fetched = self.fetch_config().await;
+        self.config_fetch.store(
+            if fetched.is_ok() {
+                CONFIG_FETCH_OK
+            } else {
+                CONFIG_FETCH_FAILED
+            },
+            Ordering::Relaxed,
+        );
+        match fetched {
             Ok(config) => {
                 let config = Arc::new(config);
-                *slot = Some((config.clone(), Instant::now()));
+                *slot = Some((config.clone(), Some(Instant::now())));
                 self.config_known.store(true, Ordering::Relaxed);
+                self.keep_config(&config).await;
                 Ok(config)
             }
-            Err(err) => match slot.as_ref() {
-                Some((config, _)) => {
+            Err(err) => match slot.as_mut() {
+                Some((config, at)) => {
                     tracing::warn!(error = %err, "upstream config.json refresh failed; keeping the previous copy");
+                    // The copy serves for another TTL before the next try, so
+                    // downloads during an outage neither wait for a failing
+                    // fetch each nor open the circuit with its failures.
+                    *at = Some(Instant::now());
                     Ok(config.clone())
                 }
                 None => Err(err),
@@ -452,9 +517,39 @@ impl UpstreamClient {
         }
     }
 
-    /// Whether config.json has been read at least once (never waits).
+    /// Whether a config.json is known, fetched or restored (never waits).
     pub fn config_known(&self) -> bool {
         self.config_known.load(Ordering::Relaxed)
+    }
+
+    /// Whether the last config.json fetch succeeded; `None` before the first.
+    pub fn config_fetch_ok(&self) -> Option<bool> {
+        match self.config_fetch.load(Ordering::Relaxed) {
+            CONFIG_FETCH_OK => Some(true),
+            CONFIG_FETCH_FAILED => Some(false),
+            _ => None,
+        }
+    }
+
+    /// The key of the kept config.json: per upstream, so a data dir moved to
+    /// another upstream never downloads from the old one's `dl`.
+    fn config_key(&self) -> Vec<u8> {
+        format!("config.json {}", self.base).into_bytes()
+    }
+
+    /// Writes `config` to the store (off the async threads: sled blocks). A
+    /// failure only costs the copy for the next start, so it is logged.
+    async fn keep_config(&self, config: &UpstreamConfig) {
+        let Some(tree) = self.config_store.clone() else {
+            return;
+        };
+        let Ok(bytes) = serde_json::to_vec(config) else {
+            return;
+        };
+        let key = self.config_key();
+        if let Err(err) = off_async(move || tree.insert(key, bytes)).await {
+            tracing::warn!(error = %err, "cannot keep the upstream config.json");
+        }
     }
 
     async fn fetch_config(&self) -> Result<UpstreamConfig, UpstreamError> {
@@ -468,6 +563,12 @@ impl UpstreamClient {
         let body = read_limited(response).await?;
         let config: UpstreamConfig = serde_json::from_slice(&body)
             .map_err(|e| UpstreamError::InvalidConfig(e.to_string()))?;
+        self.accept_config(config)
+    }
+
+    /// Checks the `dl` template of a fetched or restored config and lets
+    /// redirects reach its host.
+    fn accept_config(&self, config: UpstreamConfig) -> Result<UpstreamConfig, UpstreamError> {
         let dl = reqwest::Url::parse(&config.dl.replace(['{', '}'], ""))
             .map_err(|e| UpstreamError::InvalidConfig(format!("dl: {e}")))?;
         if !matches!(dl.scheme(), "http" | "https") {
@@ -736,6 +837,52 @@ mod tests {
 
     fn url(text: &str) -> reqwest::Url {
         reqwest::Url::parse(text).unwrap()
+    }
+
+    /// A client on `base` keeping its config.json in `tree` (nothing is fetched).
+    fn kept_in(tree: &sled::Tree, base: &str) -> UpstreamClient {
+        let second = Duration::from_secs(1);
+        UpstreamClient::new(
+            base.into(),
+            second,
+            second,
+            second,
+            1,
+            Arc::new(Metrics::new()),
+        )
+        .unwrap()
+        .with_config_store(tree.clone())
+    }
+
+    #[tokio::test]
+    async fn a_kept_config_json_is_restored_for_its_own_upstream_only() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("upstream").unwrap();
+        let base = "http://127.0.0.1:9/index/";
+        let client = kept_in(&tree, base);
+        client.restore_config().await;
+        assert!(!client.config_known(), "nothing kept yet");
+
+        let kept = serde_json::to_vec(&config("http://files.example.com/dl")).unwrap();
+        tree.insert(client.config_key(), kept).unwrap();
+        let client = kept_in(&tree, base);
+        client.restore_config().await;
+        assert!(client.config_known());
+        assert_eq!(client.config_fetch_ok(), None, "restored, not fetched");
+        // Redirects may reach the kept `dl` host, as after a fetch.
+        assert!(client.redirects.admits(&url("http://files.example.com/x")));
+
+        // Another upstream on the same data dir does not take it.
+        let other = kept_in(&tree, "http://127.0.0.2:9/index/");
+        other.restore_config().await;
+        assert!(!other.config_known());
+
+        // A kept `dl` that would not be accepted from the upstream is ignored.
+        let bad = serde_json::to_vec(&config("ftp://files.example.com/dl")).unwrap();
+        tree.insert(client.config_key(), bad).unwrap();
+        let client = kept_in(&tree, base);
+        client.restore_config().await;
+        assert!(!client.config_known());
     }
 
     #[test]

@@ -1,8 +1,13 @@
-//! The health probes and the HTTP worker threads (the settings' own tests are
-//! in settings.rs).
+//! The health probes (readiness without the upstream; a restart during an
+//! upstream outage serving what the previous run cached, downloads included,
+//! from the config.json it kept) and the HTTP worker threads (the settings'
+//! own tests are in settings.rs).
 
+use std::time::Duration;
+
+use support::faults::{Fault, FaultProxy};
 use support::mirror::Mirror;
-use support::registry::CrateSpec;
+use support::registry::{publish, CrateSpec};
 use support::upstream::{DlStyle, TestUpstream};
 
 #[tokio::test]
@@ -16,17 +21,117 @@ async fn health_and_readiness() {
     let report: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(report["ready"], true);
     assert_eq!(report["upstream_config_known"], true);
+    assert_eq!(report["upstream_config_fetch_ok"], true);
+    assert_eq!(report["upstream_circuit_open"], false);
 
-    // A mirror that never reached the upstream's config.json is alive but not ready.
+    // A node that never reached the upstream is ready too: readiness is about
+    // the node (data dir, database, storage), and an upstream outage is the
+    // same for every replica, so holding this one back would help no client.
+    // The report says what is missing.
     upstream.stop();
     let orphan = Mirror::builder(&upstream.url).start();
     assert_eq!(orphan.get("/health").await.status(), 200);
     let ready = orphan.get("/ready").await;
-    assert_eq!(ready.status(), 503);
+    assert_eq!(ready.status(), 200);
     let report: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(report["ready"], true);
     assert_eq!(report["upstream_config_known"], false);
     assert_eq!(report["data_dir_writable"], true);
     assert_eq!(report["database_open"], true);
+    // The failed fetch is reported once it has been tried.
+    let report = report_becomes(&orphan, |r| r["upstream_config_fetch_ok"] == false).await;
+    assert_eq!(report["upstream_config_fetch_ok"], false, "{report}");
+    assert_eq!(report["ready"], true, "{report}");
+}
+
+/// `/ready` until its JSON satisfies `want` (bounded); the last report.
+async fn report_becomes(
+    mirror: &Mirror,
+    want: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let report: serde_json::Value = mirror.get("/ready").await.json().await.unwrap();
+        if want(&report) || std::time::Instant::now() > deadline {
+            return report;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A mirror restarted while the upstream is down is ready and serves what it
+/// cached: the index file and the crate.
+#[tokio::test]
+async fn restarted_during_an_upstream_outage_it_is_ready_and_serves_its_cache() {
+    let mut upstream = TestUpstream::start(&[CrateSpec::new("a", "1.0.0")], DlStyle::Plain);
+    let data = tempfile::tempdir().unwrap();
+    let index_path = "/index/1/a";
+    let download_path = "/api/v1/crates/a/1.0.0/download";
+    let mirror = Mirror::builder(&upstream.url).data_dir(data.path()).start();
+    let index = mirror.get(index_path).await;
+    assert_eq!(index.status(), 200);
+    let index = index.bytes().await.unwrap();
+    let download = mirror.get(download_path).await;
+    assert_eq!(download.status(), 200);
+    let download = download.bytes().await.unwrap();
+    mirror.stop();
+    upstream.stop();
+
+    let restarted = Mirror::builder(&upstream.url).data_dir(data.path()).start();
+    let ready = restarted.get("/ready").await;
+    assert_eq!(ready.status(), 200);
+    let report: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(report["ready"], true, "{report}");
+    // The config.json kept by the first run.
+    assert_eq!(report["upstream_config_known"], true, "{report}");
+    // The start-up refresh of it fails, and says so.
+    let report = report_becomes(&restarted, |r| r["upstream_config_fetch_ok"] == false).await;
+    assert_eq!(report["upstream_config_fetch_ok"], false, "{report}");
+    assert_eq!(report["ready"], true, "{report}");
+
+    let served = restarted.get(index_path).await;
+    assert_eq!(served.status(), 200);
+    assert_eq!(served.bytes().await.unwrap(), index);
+    let served = restarted.get(download_path).await;
+    assert_eq!(served.status(), 200);
+    assert_eq!(served.bytes().await.unwrap(), download);
+}
+
+/// The kept config.json gives the `dl` template at start: with the upstream's
+/// config.json failing, a crate not downloaded before is still fetched.
+#[tokio::test]
+async fn a_kept_config_json_serves_downloads_while_the_upstreams_fails() {
+    let published = publish(&CrateSpec::new("abc", "1.0.0"));
+    let upstream = TestUpstream::start(&[], DlStyle::Plain);
+    upstream.add(&published);
+    let proxy = FaultProxy::start(&upstream.url);
+    let data = tempfile::tempdir().unwrap();
+    let start = || {
+        Mirror::builder(&proxy.url)
+            .data_dir(data.path())
+            .args(&["--index-ttl", "600"])
+            .start()
+    };
+    let mirror = start();
+    // Learns config.json (kept in sled) and the index file; no download yet.
+    assert_eq!(mirror.get("/index/3/a/abc").await.status(), 200);
+    let report = report_becomes(&mirror, |r| r["upstream_config_known"] == true).await;
+    assert_eq!(report["upstream_config_known"], true, "{report}");
+    mirror.stop();
+
+    proxy.set(
+        Fault::Status {
+            status: 503,
+            retry_after: None,
+            times: usize::MAX,
+        },
+        "config.json",
+    );
+    let restarted = start();
+    let download = restarted.get("/api/v1/crates/abc/1.0.0/download").await;
+    assert_eq!(download.status(), 200);
+    assert_eq!(download.bytes().await.unwrap(), published.tarball);
+    assert!(proxy.faulted() > 0, "config.json was asked for and failed");
 }
 
 /// `workers` sets how many threads serve HTTP (actix names them `actix-rt|system…`).

@@ -377,8 +377,12 @@ async fn s3_readiness_follows_the_bucket() {
     )
     .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{report}");
+    assert_eq!(report["ready"], false, "{report}");
     assert_eq!(report["storage_ok"], false, "{report}");
     assert!(report["storage_error"].as_str().is_some(), "{report}");
+    // The node's own probes decide: the upstream answers all along.
+    assert_eq!(report["upstream_config_known"], true, "{report}");
+    assert_eq!(report["data_dir_writable"], true, "{report}");
     // Each probe is bounded: a dead bucket does not hang /ready.
     assert!(started.elapsed() < Duration::from_secs(20));
 

@@ -873,7 +873,7 @@ mod tests {
         assert!(client.redirects.admits(&url("http://files.example.com/x")));
 
         // Another upstream on the same data dir does not take it.
-        let other = kept_in(&tree, "http://127.0.0.2:9/index/");
+        let other = kept_in(&tree, "http://127.0.0.1:10/index/");
         other.restore_config().await;
         assert!(!other.config_known());
 

@@ -80,8 +80,10 @@ pub fn log(record: &AccessRecord<'_>) {
     });
 }
 
+/// Milliseconds to two decimals (10 µs): `2.53`, not `2.5320080000000003`,
+/// which is noise to a reader and bytes in every line.
 fn latency_ms(latency: Duration) -> f64 {
-    latency.as_secs_f64() * 1000.0
+    (latency.as_secs_f64() * 100_000.0).round() / 100.0
 }
 
 /// Writes the line, newline included. Writing to a `String` cannot fail.
@@ -184,6 +186,20 @@ mod tests {
         format_line(&mut line, LogFormat::Text, &record());
         assert!(line.contains(" INFO crate_mirror::access: method=GET path=/index/se/rd/"));
         assert!(line.ends_with("version=HTTP/1.1 status=200 latency_ms=1.25 cache=HIT\n"));
+    }
+
+    #[test]
+    fn latency_is_rounded_to_hundredths_of_a_millisecond() {
+        let mut odd = record();
+        odd.latency = Duration::from_nanos(2_532_008);
+        let mut text = String::new();
+        format_line(&mut text, LogFormat::Text, &odd);
+        assert!(text.contains(" latency_ms=2.53 "), "{text}");
+        let mut json = String::new();
+        format_line(&mut json, LogFormat::Json, &odd);
+        assert!(json.contains("\"latency_ms\":2.53,"), "{json}");
+        odd.latency = Duration::from_nanos(999);
+        assert_eq!(latency_ms(odd.latency), 0.0);
     }
 
     #[test]

@@ -139,11 +139,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 "http"
             };
+            // What an operator checks first, in one line (no secrets: tokens
+            // are counted, S3 keys are not shown).
+            let started = (
+                config.upstream.clone(),
+                config
+                    .public_url
+                    .clone()
+                    .unwrap_or_else(|| "(from each request's Host)".into()),
+                config.data_dir.display().to_string(),
+                config.storage.to_string(),
+                if config.auth_tokens.is_empty() {
+                    "public"
+                } else {
+                    "private"
+                },
+            );
             actix_web::rt::System::new().block_on(crate_mirror::serve(config, |addr| {
                 // The first line on stdout: scripts and tests read the bound port here.
                 println!("crate-mirror listening on {scheme}://{addr}");
                 let _ = std::io::stdout().flush();
-                tracing::info!(%addr, "listening");
+                let (upstream, public_url, data_dir, storage, mode) = started;
+                tracing::info!(
+                    version = env!("CARGO_PKG_VERSION"),
+                    listen = %format!("{scheme}://{addr}"),
+                    upstream,
+                    public_url,
+                    data_dir,
+                    storage,
+                    mode,
+                    "crate-mirror started"
+                );
             }))?;
             Ok(ExitCode::SUCCESS)
         }

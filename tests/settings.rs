@@ -273,3 +273,43 @@ async fn listen_takes_a_host_name_or_a_bare_port_on_loopback() {
         assert_eq!(health.status(), 200, "{listen}");
     }
 }
+
+/// The first thing an operator reads: one log line naming the version, the
+/// address, the upstream, the public URL, the data dir, the storage and the
+/// mode, and no secret.
+#[test]
+fn one_start_line_says_what_is_running() {
+    let (token, hash) = support::cargo::new_token();
+    let upstream = TestUpstream::start(&[CrateSpec::new("abc", "1.0.0")], DlStyle::Plain);
+    let mirror = Mirror::builder(&upstream.url)
+        .public_url()
+        .args(&["--max-storage", "1GiB", "--auth-tokens", &hash])
+        .start();
+    // The line is written once the socket listens; the log writer is
+    // asynchronous, so wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let line = loop {
+        if let Some(line) = mirror
+            .log()
+            .lines()
+            .find(|l| l.contains("crate-mirror started"))
+        {
+            break line.to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", mirror.log());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    for part in [
+        format!("version=\"{}\"", env!("CARGO_PKG_VERSION")),
+        format!("listen={}", mirror.url),
+        format!("upstream=\"{}\"", upstream.url),
+        format!("public_url=\"{}\"", mirror.url),
+        format!("data_dir=\"{}\"", mirror.data_dir.display()),
+        "storage=\"local, quota 1073741824 bytes\"".to_string(),
+        "mode=\"private\"".to_string(),
+    ] {
+        assert!(line.contains(&part), "{part} not in {line}");
+    }
+    assert!(!line.contains(&token) && !line.contains(&hash), "{line}");
+    assert_eq!(mirror.log().matches("crate-mirror started").count(), 1);
+}

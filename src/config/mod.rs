@@ -108,6 +108,21 @@ pub enum StorageConfig {
     S3(S3Config),
 }
 
+impl std::fmt::Display for StorageConfig {
+    /// As an operator reads it in the start line: `local`, `local, quota N
+    /// bytes`, `s3://BUCKET/PREFIX` (no credentials).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StorageConfig::Local { max_bytes: None } => write!(f, "local"),
+            StorageConfig::Local {
+                max_bytes: Some(max),
+            } => write!(f, "local, quota {max} bytes"),
+            StorageConfig::S3(s3) if s3.prefix.is_empty() => write!(f, "s3://{}", s3.bucket),
+            StorageConfig::S3(s3) => write!(f, "s3://{}/{}", s3.bucket, s3.prefix),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Config {
     pub bucket: String,

@@ -32,15 +32,7 @@ fn open_store(config: &Config) -> Result<Arc<dyn CrateStore>, StartError> {
 /// Verifies every stored crate, printing each bad or unverifiable one.
 pub async fn run(config: &Config) -> Result<VerifyReport, StartError> {
     let store = open_store(config)?;
-    let upstream = UpstreamClient::new(
-        config.upstream.clone(),
-        config.connect_timeout,
-        config.upstream_timeout,
-        config.index_ttl,
-        config.upstream_concurrency,
-        Arc::new(crate::metrics::Metrics::new()),
-    )?
-    .with_redirect_hosts(&config.upstream_redirect_hosts);
+    let upstream = UpstreamClient::from_config(config, Arc::new(crate::metrics::Metrics::new()))?;
     let report = verify_store(store.as_ref(), &upstream).await?;
     for (key, why) in &report.bad {
         println!("bad {key}: {why} (removed)");

@@ -673,6 +673,9 @@ impl IndexCache {
         self.refresh(name, true, Origin::Revalidation).await
     }
 
+    /// The one way to a new answer for `name`: the copy held when it is fresh
+    /// (and, when forced, revalidated recently enough), else the upstream's.
+    /// Runs once per crate however many ask at once; the others join it.
     async fn refresh(
         &self,
         name: &CrateName,
@@ -680,11 +683,31 @@ impl IndexCache {
         origin: Origin,
     ) -> Result<IndexLookup, IndexError> {
         let inner = self.inner.clone();
-        let task_name = name.clone();
+        let name = name.clone();
         let (result, role) = self
             .flights
             .run(name.key().to_string(), move || async move {
-                inner.refresh(&task_name, force, origin).await
+                let key = name.key();
+                let current = inner.current(key).await?;
+                if let Some(held) = inner.held_answer(key, current.as_ref(), force).await {
+                    return Ok(held);
+                }
+                if let Origin::Prefetch(_) = origin {
+                    inner.metrics.prefetch.started.inc();
+                }
+                if current
+                    .as_ref()
+                    .and_then(|entry| entry.file())
+                    .is_some_and(|file| file.prefetched.load(Ordering::Relaxed))
+                {
+                    // Prefetched, never asked for, and now expired.
+                    inner.metrics.prefetch.wasted.inc();
+                }
+                let result = inner.fetch(&name, current, origin).await;
+                if force {
+                    inner.note_forced(key, &result).await;
+                }
+                result
             })
             .await;
         if role == Role::Joined {
@@ -760,51 +783,42 @@ impl Inner {
         IndexLookup { entry, outcome }
     }
 
-    async fn refresh(
+    /// The copy held, as the answer, when it is fresh and either not forced
+    /// or forced again too soon (see `recently_forced`); it is put back in
+    /// memory, since it may have come from sled.
+    async fn held_answer(
         &self,
-        name: &CrateName,
+        key: &str,
+        current: Option<&Arc<IndexEntry>>,
         force: bool,
-        origin: Origin,
-    ) -> Result<IndexLookup, IndexError> {
-        let key = name.key();
-        let current = self.current(key).await?;
-        if let Some(entry) = &current {
-            let fresh = entry.is_fresh(&self.clock);
-            let throttled = force && fresh && self.recently_forced(key, entry).await;
-            if (!force || throttled) && fresh {
-                self.hot.insert(key.to_string(), entry.clone()).await;
-                return Ok(IndexLookup {
-                    entry: entry.clone(),
-                    outcome: CacheOutcome::Hit,
-                });
-            }
+    ) -> Option<IndexLookup> {
+        let entry = current?;
+        if !entry.is_fresh(&self.clock) || (force && !self.recently_forced(key, entry).await) {
+            return None;
         }
-        if let Origin::Prefetch(_) = origin {
-            self.metrics.prefetch.started.inc();
+        self.hot.insert(key.to_string(), entry.clone()).await;
+        Some(IndexLookup {
+            entry: entry.clone(),
+            outcome: CacheOutcome::Hit,
+        })
+    }
+
+    /// Remembers a forced revalidation of `key` and the file it left, whatever
+    /// its outcome: an upstream that fails must not be asked again by every
+    /// request either.
+    async fn note_forced(&self, key: &str, result: &Result<IndexLookup, IndexError>) {
+        if self.revalidate_interval.is_zero() {
+            return;
         }
-        if current
-            .as_ref()
-            .and_then(|entry| entry.file())
-            .is_some_and(|file| file.prefetched.load(Ordering::Relaxed))
-        {
-            // Prefetched, never asked for, and now expired.
-            self.metrics.prefetch.wasted.inc();
-        }
-        let result = self.fetch(name, current, origin).await;
-        if force && !self.revalidate_interval.is_zero() {
-            // Remembered whatever the outcome: an upstream that fails must not be
-            // asked again by every request either.
-            let etag = match &result {
-                Ok(lookup) => lookup.entry.file().map(|file| file.etag.clone()),
-                Err(_) => None,
-            };
-            let forced = Forced {
-                at: self.clock.now(),
-                etag,
-            };
-            self.forced.insert(key.to_string(), forced).await;
-        }
-        result
+        let etag = match result {
+            Ok(lookup) => lookup.entry.file().map(|file| file.etag.clone()),
+            Err(_) => None,
+        };
+        let forced = Forced {
+            at: self.clock.now(),
+            etag,
+        };
+        self.forced.insert(key.to_string(), forced).await;
     }
 
     /// Tells the prefetcher (if any) that `name` just came from the upstream.

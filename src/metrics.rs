@@ -13,6 +13,7 @@ mod snapshot;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -123,41 +124,56 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let metric = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+/// Registers `made` (a metric just built, or why it could not be) under
+/// `name`. Names and labels are constants, so a failure is a mistake here,
+/// and panics in every test.
+fn registered<M>(registry: &Registry, name: &str, made: prometheus::Result<M>) -> M
+where
+    M: Collector + Clone + 'static,
+{
+    let metric = made.unwrap_or_else(|e| panic!("metric {name}: {e}"));
     registry
         .register(Box::new(metric.clone()))
         .unwrap_or_else(|e| panic!("register {name}: {e}"));
     metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    registered(registry, name, IntCounter::new(name, help))
+}
+
+/// A metric with `labels`, made by `new` (`IntCounterVec::new`, ...).
+fn labelled<M>(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    new: fn(Opts, &[&str]) -> prometheus::Result<M>,
+) -> M
+where
+    M: Collector + Clone + 'static,
+{
+    registered(registry, name, new(Opts::new(name, help), labels))
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let metric = IntCounterVec::new(Opts::new(name, help), labels)
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    registry
-        .register(Box::new(metric.clone()))
-        .unwrap_or_else(|e| panic!("register {name}: {e}"));
-    metric
+    labelled(registry, name, help, labels, IntCounterVec::new)
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let metric = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    registry
-        .register(Box::new(metric.clone()))
-        .unwrap_or_else(|e| panic!("register {name}: {e}"));
-    metric
+    registered(registry, name, IntGauge::new(name, help))
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    labelled(registry, name, help, labels, IntGaugeVec::new)
 }
 
 fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     let buckets = vec![
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     ];
-    let metric = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    registry
-        .register(Box::new(metric.clone()))
-        .unwrap_or_else(|e| panic!("register {name}: {e}"));
-    metric
+    let opts = HistogramOpts::new(name, help).buckets(buckets);
+    registered(registry, name, HistogramVec::new(opts, labels))
 }
 
 impl HttpMetrics {
@@ -340,17 +356,12 @@ impl StorageMetrics {
                 "crate_mirror_crate_memory_bytes",
                 "Bytes of hot crate files held in memory.",
             ),
-            quota_bytes: {
-                let name = "crate_mirror_storage_quota_bytes";
-                let metric = IntGaugeVec::new(
-                    Opts::new(name, "The local storage quota (absent when unbounded)."),
-                    &[],
-                )
-                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-                r.register(Box::new(metric.clone()))
-                    .unwrap_or_else(|e| panic!("register {name}: {e}"));
-                metric
-            },
+            quota_bytes: gauge_vec(
+                r,
+                "crate_mirror_storage_quota_bytes",
+                "The local storage quota (absent when unbounded).",
+                &[],
+            ),
         }
     }
 
@@ -368,7 +379,6 @@ impl StorageMetrics {
     /// The exported quota, if any.
     #[cfg(test)]
     pub fn quota(&self) -> Option<i64> {
-        use prometheus::core::Collector;
         let families = self.quota_bytes.collect();
         let sample = families.first()?.get_metric().first()?;
         Some(sample.get_gauge().get_value() as i64)
@@ -386,13 +396,12 @@ impl Metrics {
     /// cannot fail at run time; a mistake here panics in every test.
     pub fn new() -> Self {
         let r = Registry::new();
-        let build_info = IntGaugeVec::new(
-            Opts::new("crate_mirror_build_info", "Build information; always 1."),
+        let build_info = gauge_vec(
+            &r,
+            "crate_mirror_build_info",
+            "Build information; always 1.",
             &["version"],
-        )
-        .unwrap_or_else(|e| panic!("build_info: {e}"));
-        r.register(Box::new(build_info.clone()))
-            .unwrap_or_else(|e| panic!("register build_info: {e}"));
+        );
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);

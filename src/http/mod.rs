@@ -76,13 +76,17 @@ async fn fallback() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound)
 }
 
-/// Registry routes answer GET and HEAD only.
-fn read_only(req: &HttpRequest) -> Result<(), ApiError> {
-    if req.method() == Method::GET || req.method() == Method::HEAD {
-        Ok(())
-    } else {
-        Err(ApiError::MethodNotAllowed)
+/// The raw path below `prefix` of a registry request. Registry routes answer
+/// GET and HEAD only; the raw path is read, not actix's decoded one, so
+/// encoded separators never become separators.
+fn registry_path<'a>(req: &'a HttpRequest, prefix: &str) -> Result<&'a str, ApiError> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Err(ApiError::MethodNotAllowed);
     }
+    req.uri()
+        .path()
+        .strip_prefix(prefix)
+        .ok_or(ApiError::NotFound)
 }
 
 async fn health() -> HttpResponse {
@@ -116,16 +120,9 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .body(state.metrics.encode())
 }
 
-/// `GET /index/config.json` and `GET /index/{prefix}/{name}`. The raw path is
-/// parsed, not actix's decoded one, so encoded separators never become separators.
+/// `GET /index/config.json` and `GET /index/{prefix}/{name}`.
 async fn index(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    read_only(&req)?;
-    let raw = req
-        .uri()
-        .path()
-        .strip_prefix("/index/")
-        .ok_or(ApiError::NotFound)?;
-    match parse_index_path(raw)? {
+    match parse_index_path(registry_path(&req, "/index/")?)? {
         IndexRequest::Config => config_json(&req, &state),
         IndexRequest::File(name) => {
             state.metrics.activity.crate_requested(name.key());
@@ -239,12 +236,7 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
 
 /// `GET /api/v1/crates/{name}/{version}/download`.
 async fn download(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    read_only(&req)?;
-    let raw = req
-        .uri()
-        .path()
-        .strip_prefix("/api/v1/crates/")
-        .ok_or(ApiError::NotFound)?;
+    let raw = registry_path(&req, "/api/v1/crates/")?;
     let segments: Vec<&str> = raw.split('/').collect();
     let [name, version, "download"] = segments[..] else {
         return Err(ApiError::NotFound);

@@ -13,6 +13,7 @@ pub mod nginx;
 pub mod procfs;
 pub mod registry;
 pub mod s3;
+pub mod server;
 pub mod tls;
 pub mod upstream;
 
@@ -80,6 +81,28 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
+}
+
+/// Every file below `dir` (not the directories), in no particular order;
+/// for fixtures, so a directory that cannot be read fails the test.
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries =
+            std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display()));
+        for entry in entries {
+            let path = entry
+                .unwrap_or_else(|e| panic!("an entry of {}: {e}", dir.display()))
+                .path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
 }
 
 /// The root package's directory (this crate lives in `crates/test-support`).

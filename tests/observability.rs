@@ -514,16 +514,9 @@ fn shipped_prometheus_config_and_alert_rules_pass_promtool() {
         vec!["check", "config", "prometheus.yml"],
         vec!["check", "rules", "alerts.yml"],
     ] {
-        let output = Command::new("promtool")
-            .args(&args)
-            .current_dir(dir)
-            .output()
-            .expect("promtool");
-        assert!(
-            output.status.success(),
-            "promtool {args:?}: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
+        support::run_ok(
+            Command::new("promtool").args(&args).current_dir(dir),
+            String::new,
         );
     }
     // The Grafana dashboard is valid JSON whose queries use only exported metrics.

@@ -117,14 +117,31 @@ pub fn workspace_root() -> PathBuf {
 /// Fails the test unless the command behind `output` succeeded, showing what
 /// it wrote to stderr and stdout; returns its stdout, for the tests that read it.
 pub fn assert_success(output: &std::process::Output) -> String {
+    assert_success_with(output, String::new)
+}
+
+/// `assert_success`, with `context()` (made only on failure) shown after
+/// what the command wrote: the command line, or a log that explains it.
+fn assert_success_with(output: &std::process::Output, context: impl FnOnce() -> String) -> String {
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
-        "{}: {}\n{stdout}",
+        "{}: {}\n{stdout}\n{}",
         output.status,
-        String::from_utf8_lossy(&output.stderr)
+        String::from_utf8_lossy(&output.stderr),
+        context()
     );
     stdout
+}
+
+/// Runs `command` to the end, failing the test unless it succeeds; the
+/// failure shows the command line, what it wrote, and `context()` (say, the
+/// log of a server it talked to). Returns its stdout.
+pub fn run_ok(command: &mut std::process::Command, context: impl FnOnce() -> String) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("run {command:?}: {e}"));
+    assert_success_with(&output, || format!("{command:?}\n{}", context()))
 }
 
 /// Runs `git ARGS` in `dir`; it never prompts, so a refused credential fails

@@ -26,6 +26,17 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
+/// A test upstream serving `specs` (with a plain `dl`), and a mirror of it
+/// started with `args`: the set-up most tests begin with.
+pub fn upstream_and_mirror(
+    specs: &[registry::CrateSpec],
+    args: &[&str],
+) -> (upstream::TestUpstream, mirror::Mirror) {
+    let upstream = upstream::TestUpstream::start(specs, upstream::DlStyle::Plain);
+    let mirror = mirror::Mirror::builder(&upstream.url).args(args).start();
+    (upstream, mirror)
+}
+
 /// Sends `request` and reads its body as JSON, failing the test on any error.
 pub async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
     request

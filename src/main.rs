@@ -143,6 +143,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // are counted, S3 keys are not shown).
             let started = (
                 config.upstream.clone(),
+                crate_mirror::upstream::proxy_in_use(&config.upstream),
                 config
                     .public_url
                     .clone()
@@ -159,11 +160,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 // The first line on stdout: scripts and tests read the bound port here.
                 println!("crate-mirror listening on {scheme}://{addr}");
                 let _ = std::io::stdout().flush();
-                let (upstream, public_url, data_dir, storage, mode) = started;
+                let (upstream, proxy, public_url, data_dir, storage, mode) = started;
                 tracing::info!(
                     version = env!("CARGO_PKG_VERSION"),
                     listen = %format!("{scheme}://{addr}"),
                     upstream,
+                    proxy,
                     public_url,
                     data_dir,
                     storage,

@@ -156,6 +156,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "private"
                 },
             );
+            // Every interface and no tokens: anyone who can reach the port can
+            // use the mirror and its upstream bandwidth. Often meant (an internal
+            // network), sometimes not (a cloud VM with a public address).
+            let open_to_all = config.listen.ip().is_unspecified() && config.auth_tokens.is_empty();
             actix_web::rt::System::new().block_on(crate_mirror::serve(config, |addr| {
                 // The first line on stdout: scripts and tests read the bound port here.
                 println!("crate-mirror listening on {scheme}://{addr}");
@@ -172,6 +176,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     mode,
                     "crate-mirror started"
                 );
+                if open_to_all {
+                    tracing::warn!(
+                        listen = %addr,
+                        "listening on every interface in public mode: anyone who can reach \
+                         this port can use the mirror; firewall it, listen on an internal \
+                         address, or set auth-tokens (see the README, Private mirrors)"
+                    );
+                }
             }))?;
             Ok(ExitCode::SUCCESS)
         }

@@ -232,7 +232,10 @@ pub async fn serve(
         });
     }
     if let Some(local) = state.stores.local().cloned() {
-        background.spawn("storage eviction", local.run_eviction(background.token()));
+        background.spawn(
+            "storage eviction",
+            local.run_eviction(background.token(), state.metrics.clone()),
+        );
     }
     if let Some(policy) = config.prefetch {
         if let Some(fetched) = state.index.subscribe_fetches() {

@@ -115,6 +115,12 @@ pub struct StorageMetrics {
     /// 0 would read as "no room at all" (set through `set_quota`).
     quota_bytes: IntGaugeVec,
     pub memory_bytes: IntGauge,
+    /// Crates evicted to keep under the quota, their bytes, and eviction
+    /// passes that failed: what to alert on (a cache near its quota is
+    /// healthy; one that cannot evict, or evicts what it just fetched, is not).
+    pub evicted: IntCounter,
+    pub evicted_bytes: IntCounter,
+    pub eviction_failures: IntCounter,
 }
 
 pub fn now_ms() -> u64 {
@@ -356,6 +362,21 @@ impl StorageMetrics {
                 "crate_mirror_crate_memory_bytes",
                 "Bytes of hot crate files held in memory.",
             ),
+            evicted: counter(
+                r,
+                "crate_mirror_storage_evicted_total",
+                "Crate files evicted to keep local storage under its quota.",
+            ),
+            evicted_bytes: counter(
+                r,
+                "crate_mirror_storage_evicted_bytes_total",
+                "Bytes of crate files evicted to keep local storage under its quota.",
+            ),
+            eviction_failures: counter(
+                r,
+                "crate_mirror_storage_eviction_failures_total",
+                "Eviction passes that failed (a file or the database could not be changed).",
+            ),
             quota_bytes: gauge_vec(
                 r,
                 "crate_mirror_storage_quota_bytes",
@@ -545,6 +566,13 @@ mod tests {
         ("crate_mirror_prefetch_wasted_total", "counter", &[]),
         ("crate_mirror_served_bytes_total", "counter", &["route"]),
         ("crate_mirror_storage_bytes", "gauge", &[]),
+        ("crate_mirror_storage_evicted_bytes_total", "counter", &[]),
+        ("crate_mirror_storage_evicted_total", "counter", &[]),
+        (
+            "crate_mirror_storage_eviction_failures_total",
+            "counter",
+            &[],
+        ),
         ("crate_mirror_storage_objects", "gauge", &[]),
         ("crate_mirror_storage_quota_bytes", "gauge", &[]),
         ("crate_mirror_upstream_circuit_open", "gauge", &[]),

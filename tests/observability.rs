@@ -437,13 +437,8 @@ async fn a_private_dashboard_asks_for_a_token_instead_of_showing_blank_cards() {
     let (_, client_hash) = new_token();
     let (_, metrics_hash) = new_token();
     let mirror = Mirror::builder(&upstream.url)
-        .public_url()
-        .args(&[
-            "--auth-tokens",
-            &client_hash,
-            "--metrics-tokens",
-            &metrics_hash,
-        ])
+        .private(&client_hash)
+        .args(&["--metrics-tokens", &metrics_hash])
         .start();
     // What the page meets: /api/stats refuses it; the page itself is open.
     let stats = mirror.get("/api/stats").await;

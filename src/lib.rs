@@ -10,6 +10,7 @@ pub mod access_log;
 pub mod auth;
 pub mod background;
 mod blocking;
+pub mod bundle;
 pub mod clock;
 pub mod commands;
 pub mod config;
@@ -184,6 +185,7 @@ impl AppState {
         stats::Sources {
             index_files: self.data.index_store().len(),
             circuit_open: self.upstream.circuit_open(),
+            offline: self.upstream.is_offline(),
             storage: self.stores.figures(),
             git: self.git.as_ref().map(|g| g.stats()),
         }
@@ -202,6 +204,17 @@ impl AppState {
     /// Writes what sled holds in memory to disk.
     pub fn flush(&self) -> Result<(), sled::Error> {
         self.data.flush()
+    }
+
+    /// The stored index files (for `export` and `import`, which work on a
+    /// data dir no mirror is serving).
+    pub fn index_store(&self) -> &index::store::IndexStore {
+        self.data.index_store()
+    }
+
+    /// The data dir's temp dir, on the same filesystem as local storage.
+    pub fn tmp_dir(&self) -> std::path::PathBuf {
+        self.data.tmp_dir()
     }
 }
 

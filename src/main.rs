@@ -142,7 +142,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // What an operator checks first, in one line (no secrets: tokens
             // are counted, S3 keys are not shown).
             let started = (
-                config.upstream.clone(),
+                if config.upstream.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    config.upstream.clone()
+                },
                 crate_mirror::upstream::proxy_in_use(&config.upstream),
                 config
                     .public_url
@@ -150,10 +154,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .unwrap_or_else(|| "(from each request's Host)".into()),
                 config.data_dir.display().to_string(),
                 config.storage.to_string(),
-                if config.auth_tokens.is_empty() {
-                    "public"
-                } else {
-                    "private"
+                match (config.auth_tokens.is_empty(), config.offline) {
+                    (true, false) => "public",
+                    (false, false) => "private",
+                    (true, true) => "public, offline",
+                    (false, true) => "private, offline",
                 },
             );
             // Every interface and no tokens: anyone who can reach the port can

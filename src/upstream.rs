@@ -58,6 +58,9 @@ pub enum UpstreamError {
     InvalidIndex(String),
     #[error("upstream redirect refused: {0}")]
     RedirectRefused(String),
+    /// The mirror runs `--offline`: nothing is asked of any upstream.
+    #[error("this mirror is offline: it serves only what it has cached or imported")]
+    Offline,
 }
 
 impl UpstreamError {
@@ -351,6 +354,8 @@ pub struct UpstreamClient {
     /// Bounds concurrent upstream requests (held until a body is fully read).
     permits: Arc<Semaphore>,
     breaker: CircuitBreaker,
+    /// `--offline`: every request fails with `Offline` before it is made.
+    offline: bool,
 }
 
 impl UpstreamClient {
@@ -360,7 +365,7 @@ impl UpstreamClient {
         config: &crate::config::Config,
         metrics: Arc<Metrics>,
     ) -> Result<Self, UpstreamError> {
-        Ok(Self::new(
+        let mut client = Self::new(
             config.upstream.clone(),
             config.connect_timeout,
             config.upstream_timeout,
@@ -368,7 +373,9 @@ impl UpstreamClient {
             config.upstream_concurrency,
             metrics,
         )?
-        .with_redirect_hosts(&config.upstream_redirect_hosts))
+        .with_redirect_hosts(&config.upstream_redirect_hosts);
+        client.offline = config.offline;
+        Ok(client)
     }
 
     /// `base` is the index base URL ending in `/`; `timeout` bounds index fetches and
@@ -416,6 +423,7 @@ impl UpstreamClient {
             metrics,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             breaker: CircuitBreaker::default(),
+            offline: false,
         })
     }
 
@@ -481,6 +489,13 @@ impl UpstreamClient {
     /// TTL; a failed refresh keeps the previous copy for another TTL.
     pub async fn config(&self) -> Result<Arc<UpstreamConfig>, UpstreamError> {
         let mut slot = self.config.lock().await;
+        if self.offline {
+            // A copy kept by an earlier, online run is all there is.
+            return match slot.as_ref() {
+                Some((config, _)) => Ok(config.clone()),
+                None => Err(UpstreamError::Offline),
+            };
+        }
         if let Some((config, Some(at))) = slot.as_ref() {
             if at.elapsed() < self.config_ttl {
                 return Ok(config.clone());
@@ -515,6 +530,11 @@ impl UpstreamClient {
                 None => Err(err),
             },
         }
+    }
+
+    /// Whether this client never asks the upstream (`--offline`).
+    pub fn is_offline(&self) -> bool {
+        self.offline
     }
 
     /// Whether a config.json is known, fetched or restored (never waits).
@@ -668,6 +688,9 @@ impl UpstreamClient {
         limit: Limit,
         make: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<(reqwest::Response, OwnedSemaphorePermit), UpstreamError> {
+        if self.offline {
+            return Err(UpstreamError::Offline);
+        }
         let deadline = Instant::now() + self.timeout;
         let mut attempt = 0;
         loop {

@@ -45,6 +45,9 @@ fn upstream_status(err: &UpstreamError) -> StatusCode {
     match err {
         UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
         UpstreamError::CircuitOpen => StatusCode::SERVICE_UNAVAILABLE,
+        // Nothing to fetch from: what is not cached does not exist here, and
+        // cargo says "no matching package" instead of retrying a 5xx.
+        UpstreamError::Offline => StatusCode::NOT_FOUND,
         _ => StatusCode::BAD_GATEWAY,
     }
 }

@@ -512,7 +512,11 @@ impl Metrics {
         healthy: bool,
     ) {
         self.upstream.exchange(kind, origin, status, seconds);
-        self.activity.upstream_answered(healthy);
+        // The dashboard's upstream health is the registry's: the web API is
+        // another service (with a circuit of its own).
+        if kind != "api" {
+            self.activity.upstream_answered(healthy);
+        }
     }
 }
 

@@ -51,10 +51,7 @@ impl DataDir {
                 .flush_every_ms(flush_every);
             off_async(move || config.open()).await
         }
-        .map_err(|source| StartError::Database {
-            path: db_path.clone(),
-            source,
-        })?;
+        .map_err(|source| StartError::database(db_path.clone(), source))?;
         // Counts the stored index files: a one-time walk of the tree.
         let index_db = db.clone();
         let index_store = off_async(move || IndexStore::open(&index_db))
@@ -91,10 +88,7 @@ impl DataDir {
     pub fn tree(&self, name: &str) -> Result<sled::Tree, StartError> {
         self.db
             .open_tree(name)
-            .map_err(|source| StartError::Database {
-                path: self.root.join("sled"),
-                source,
-            })
+            .map_err(|source| StartError::database(self.root.join("sled"), source))
     }
 
     /// Writes what sled holds in memory to disk.

@@ -56,8 +56,13 @@ pub enum StartError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot open the database in {path} (is a mirror already running on this data dir?)")]
+    #[error("cannot open the database in {path}")]
     Database { path: PathBuf, source: sled::Error },
+    #[error(
+        "the database in {path} is in use by another process: a mirror is already running on \
+         this data dir (stop it first, or give another --data-dir)"
+    )]
+    DatabaseInUse { path: PathBuf },
     #[error("cannot open the index store in {path}")]
     IndexStore {
         path: PathBuf,
@@ -78,6 +83,21 @@ pub enum StartError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+}
+
+impl StartError {
+    /// A failure to open the database at `path`. sled reports a lock held by
+    /// another process as a plain I/O error whose text carries Rust debug
+    /// output (`Os { code: 11, .. }`), so that case is told apart here and
+    /// said in words.
+    pub fn database(path: PathBuf, source: sled::Error) -> Self {
+        match &source {
+            sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock") => {
+                StartError::DatabaseInUse { path }
+            }
+            _ => StartError::Database { path, source },
+        }
+    }
 }
 
 /// A client must send its request head within this; slow-loris guard.

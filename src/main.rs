@@ -143,6 +143,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // are counted, S3 keys are not shown).
             let started = (
                 config.upstream.clone(),
+                crate_mirror::upstream::proxy_in_use(&config.upstream),
                 config
                     .public_url
                     .clone()
@@ -155,21 +156,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "private"
                 },
             );
+            // Every interface and no tokens: anyone who can reach the port can
+            // use the mirror and its upstream bandwidth. Often meant (an internal
+            // network), sometimes not (a cloud VM with a public address).
+            let open_to_all = config.listen.ip().is_unspecified() && config.auth_tokens.is_empty();
             actix_web::rt::System::new().block_on(crate_mirror::serve(config, |addr| {
                 // The first line on stdout: scripts and tests read the bound port here.
                 println!("crate-mirror listening on {scheme}://{addr}");
                 let _ = std::io::stdout().flush();
-                let (upstream, public_url, data_dir, storage, mode) = started;
+                let (upstream, proxy, public_url, data_dir, storage, mode) = started;
                 tracing::info!(
                     version = env!("CARGO_PKG_VERSION"),
                     listen = %format!("{scheme}://{addr}"),
                     upstream,
+                    proxy,
                     public_url,
                     data_dir,
                     storage,
                     mode,
                     "crate-mirror started"
                 );
+                if open_to_all {
+                    tracing::warn!(
+                        listen = %addr,
+                        "listening on every interface in public mode: anyone who can reach \
+                         this port can use the mirror; firewall it, listen on an internal \
+                         address, or set auth-tokens (see the README, Private mirrors)"
+                    );
+                }
             }))?;
             Ok(ExitCode::SUCCESS)
         }

@@ -938,8 +938,69 @@ async fn read_limited(response: reqwest::Response, max: usize) -> Result<Bytes, 
     Ok(body.freeze())
 }
 
+/// Which forward proxy upstream traffic takes, for the start line: the
+/// variables reqwest reads (`HTTPS_PROXY` or `HTTP_PROXY` by the upstream's
+/// scheme, then `ALL_PROXY`; upper case first, as curl does), with any
+/// password masked, and `NO_PROXY` as given. "none" when no proxy is set.
+pub fn proxy_in_use(upstream: &str) -> String {
+    let scheme_var = if upstream.starts_with("https:") {
+        ["HTTPS_PROXY", "https_proxy"]
+    } else {
+        ["HTTP_PROXY", "http_proxy"]
+    };
+    let read = |names: &[&'static str]| {
+        names.iter().find_map(|name| {
+            std::env::var(name)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .map(|v| (*name, v))
+        })
+    };
+    let Some((name, proxy)) = read(&scheme_var).or_else(|| read(&["ALL_PROXY", "all_proxy"]))
+    else {
+        return "none".into();
+    };
+    let mut described = format!("{} ({name})", mask_password(&proxy));
+    if let Some((_, hosts)) = read(&["NO_PROXY", "no_proxy"]) {
+        described.push_str(&format!(", except NO_PROXY={hosts}"));
+    }
+    described
+}
+
+/// `http://user:secret@proxy:3128` as `http://user:***@proxy:3128` (the
+/// scheme is optional: reqwest takes a bare `host:port` as HTTP).
+fn mask_password(proxy: &str) -> String {
+    let (scheme, rest) = match proxy.split_once("://") {
+        Some((scheme, rest)) => (&proxy[..scheme.len() + 3], rest),
+        None => ("", proxy),
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}{user}:***@{host}")
+        }
+        None => proxy.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn proxy_passwords_are_masked() {
+        assert_eq!(
+            super::mask_password("http://ops:s3cret@proxy.example.com:3128"),
+            "http://ops:***@proxy.example.com:3128"
+        );
+        assert_eq!(
+            super::mask_password("http://proxy.example.com:3128"),
+            "http://proxy.example.com:3128"
+        );
+        assert_eq!(
+            super::mask_password("ops:s3cret@proxy:3128"),
+            "ops:***@proxy:3128"
+        );
+    }
+
     use super::*;
 
     fn config(dl: &str) -> UpstreamConfig {

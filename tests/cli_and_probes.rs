@@ -157,3 +157,90 @@ async fn workers_sets_the_number_of_http_threads() {
         );
     }
 }
+
+/// What `crate-mirror ARGS` printed on stderr and its exit code, run with
+/// `RUST_BACKTRACE=1` (an operator's shell often has it) and the default log
+/// filter. `command` is split on spaces (the paths in it have none).
+fn run_mirror(command: &str) -> (String, Option<i32>) {
+    let output = std::process::Command::new(support::mirror::bin())
+        .args(command.split(' '))
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run crate-mirror");
+    (
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+        output.status.code(),
+    )
+}
+
+/// The error line of a failed start: the one line that begins with
+/// `crate-mirror:`, and nothing that looks like Rust's debug output or a
+/// backtrace anywhere on stderr.
+fn one_error_line(stderr: &str) -> String {
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("crate-mirror:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line: {stderr}");
+    for noise in ["Os {", "kind:", "backtrace", "panicked", "Caused by"] {
+        assert!(!stderr.contains(noise), "`{noise}` on stderr: {stderr}");
+    }
+    errors[0].to_string()
+}
+
+#[tokio::test]
+async fn start_failures_are_one_line_naming_the_cause() {
+    let upstream = "http://127.0.0.1:9/index/";
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = |listen: &str, data: &std::path::Path| {
+        format!(
+            "serve --upstream {upstream} --listen {listen} --data-dir {}",
+            data.display()
+        )
+    };
+
+    // A port in use.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let (stderr, code) = run_mirror(&serve(&listen, &data));
+    let line = one_error_line(&stderr);
+    assert!(
+        line.contains(&format!("cannot listen on {listen}")) && line.contains("in use"),
+        "{line}"
+    );
+    assert_eq!(code, Some(1));
+
+    // A data dir that cannot be made (its parent is a file: the tests run as
+    // root, for whom permissions would not stop anything).
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let below_file = file.join("data");
+    let (stderr, code) = run_mirror(&serve("127.0.0.1:0", &below_file));
+    let line = one_error_line(&stderr);
+    assert!(
+        line.contains(&format!("data dir {}", below_file.display()))
+            && line.contains("Not a directory"),
+        "{line}"
+    );
+    assert_eq!(code, Some(1));
+
+    // `gc` and a second `serve` beside a running mirror: said in words.
+    let mirror = Mirror::builder(upstream).data_dir(&data).start();
+    let gc = format!(
+        "gc --upstream {upstream} --data-dir {} --max-storage 1MiB",
+        data.display()
+    );
+    for command in [gc, serve("127.0.0.1:0", &data)] {
+        let (stderr, code) = run_mirror(&command);
+        let line = one_error_line(&stderr);
+        assert!(
+            line.contains("in use by another process")
+                && line.contains("a mirror is already running on this data dir"),
+            "{command}: {line}"
+        );
+        assert_eq!(code, Some(1), "{command}");
+    }
+    drop(mirror);
+}

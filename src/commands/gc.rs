@@ -18,16 +18,11 @@ pub fn gc(data_dir: &Path, storage: &StorageConfig) -> Result<EvictionReport, St
         return Err(StartError::Unsupported("gc needs --max-storage".into()));
     }
     let db_path = data_dir.join("sled");
-    let db = sled::open(&db_path).map_err(|source| StartError::Database {
-        path: db_path.clone(),
-        source,
-    })?;
+    let db =
+        sled::open(&db_path).map_err(|source| StartError::database(db_path.clone(), source))?;
     let tree = db
         .open_tree("crate_access")
-        .map_err(|source| StartError::Database {
-            path: db_path,
-            source,
-        })?;
+        .map_err(|source| StartError::database(db_path, source))?;
     let store = LocalStore::with_accounting(data_dir, tree, *max_bytes)?;
     store.reconcile()?;
     let report = store.evict()?;

@@ -11,6 +11,7 @@ pub mod faults;
 pub mod mirror;
 pub mod nginx;
 pub mod procfs;
+pub mod proxy;
 pub mod registry;
 pub mod s3;
 pub mod tls;
@@ -80,6 +81,32 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
+}
+
+/// Waits until something accepts connections on `127.0.0.1:port`, for at most
+/// `within`, watching `child` (the server, called `what`) so that a crash is
+/// told at once; on a timeout the child is killed. The error says which.
+pub fn wait_listening(
+    child: &mut std::process::Child,
+    what: &str,
+    port: u16,
+    within: std::time::Duration,
+) -> Result<(), String> {
+    use std::time::{Duration, Instant};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let started = Instant::now();
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("{what} exited ({status})"));
+        }
+        if started.elapsed() > within {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{what} did not listen within {within:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 /// The root package's directory (this crate lives in `crates/test-support`).

@@ -128,6 +128,14 @@ impl MirrorBuilder {
             .arg(&data_dir)
             .args(&self.args)
             .env("RUST_LOG", "info")
+            // Hermetic: a proxy set on the machine running the tests must not
+            // carry the mirror's loopback traffic; tests that want one say so.
+            .env_remove("HTTP_PROXY")
+            .env_remove("http_proxy")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .env_remove("ALL_PROXY")
+            .env_remove("all_proxy")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

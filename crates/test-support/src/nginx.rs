@@ -3,7 +3,6 @@
 //! nginx's `proxy_cache`; stopped, workers and all, when dropped.
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -47,29 +46,18 @@ impl Nginx {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot run nginx (Debian's nginx package): {e}"))?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let started = Instant::now();
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                let mut stderr = String::new();
-                if let Some(mut pipe) = child.stderr.take() {
-                    let _ = pipe.read_to_string(&mut stderr);
-                }
-                return Err(format!(
-                    "nginx exited ({status}): {stderr}\n{}",
-                    tail(&prefix.path().join("error.log"), 20)
-                ));
+        if let Err(why) = crate::wait_listening(&mut child, "nginx", port, Duration::from_secs(10))
+        {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                let _ = pipe.read_to_string(&mut stderr);
             }
-            if started.elapsed() > Duration::from_secs(10) {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err("nginx did not start listening within 10 s".to_string());
-            }
-            std::thread::sleep(Duration::from_millis(50));
+            let log = tail(&prefix.path().join("error.log"), 20);
+            return Err(format!("{why}: {stderr}\n{log}"));
         }
         Ok(Nginx {
             child,
-            url: format!("http://{addr}"),
+            url: format!("http://127.0.0.1:{port}"),
             prefix,
         })
     }

@@ -25,6 +25,7 @@ pub mod names;
 pub mod prefetch;
 pub mod proxies;
 pub mod readiness;
+pub mod registry_api;
 pub mod resilience;
 pub mod single_flight;
 pub mod stats;
@@ -43,6 +44,7 @@ use data_dir::DataDir;
 use index::cache::{IndexCache, IndexPolicy};
 use metrics::Metrics;
 use readiness::ReadinessProbe;
+use registry_api::RegistryApi;
 use storage::stores::Stores;
 use upstream::UpstreamClient;
 
@@ -109,6 +111,8 @@ const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(5);
 pub struct AppState {
     pub index: IndexCache,
     pub crates: CrateService,
+    /// Search and crate metadata, passed through to the upstream's web API.
+    pub registry_api: RegistryApi,
     pub upstream: Arc<UpstreamClient>,
     /// The git index, when enabled.
     pub git: Option<Arc<git::GitIndex>>,
@@ -170,6 +174,7 @@ impl AppState {
         Ok(Self {
             index,
             crates,
+            registry_api: RegistryApi::new(upstream.clone(), metrics.clone()),
             upstream,
             git,
             metrics,

@@ -10,6 +10,7 @@ pub mod access_log;
 pub mod auth;
 pub mod background;
 mod blocking;
+pub mod bundle;
 pub mod clock;
 pub mod commands;
 pub mod config;
@@ -24,6 +25,7 @@ pub mod names;
 pub mod prefetch;
 pub mod proxies;
 pub mod readiness;
+pub mod registry_api;
 pub mod resilience;
 pub mod single_flight;
 pub mod stats;
@@ -42,6 +44,7 @@ use data_dir::DataDir;
 use index::cache::{IndexCache, IndexPolicy};
 use metrics::Metrics;
 use readiness::ReadinessProbe;
+use registry_api::RegistryApi;
 use storage::stores::Stores;
 use upstream::UpstreamClient;
 
@@ -108,6 +111,8 @@ const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(5);
 pub struct AppState {
     pub index: IndexCache,
     pub crates: CrateService,
+    /// Search and crate metadata, passed through to the upstream's web API.
+    pub registry_api: RegistryApi,
     pub upstream: Arc<UpstreamClient>,
     /// The git index, when enabled.
     pub git: Option<Arc<git::GitIndex>>,
@@ -169,6 +174,7 @@ impl AppState {
         Ok(Self {
             index,
             crates,
+            registry_api: RegistryApi::new(upstream.clone(), metrics.clone()),
             upstream,
             git,
             metrics,
@@ -184,6 +190,7 @@ impl AppState {
         stats::Sources {
             index_files: self.data.index_store().len(),
             circuit_open: self.upstream.circuit_open(),
+            offline: self.upstream.is_offline(),
             storage: self.stores.figures(),
             git: self.git.as_ref().map(|g| g.stats()),
         }
@@ -202,6 +209,17 @@ impl AppState {
     /// Writes what sled holds in memory to disk.
     pub fn flush(&self) -> Result<(), sled::Error> {
         self.data.flush()
+    }
+
+    /// The stored index files (for `export` and `import`, which work on a
+    /// data dir no mirror is serving).
+    pub fn index_store(&self) -> &index::store::IndexStore {
+        self.data.index_store()
+    }
+
+    /// The data dir's temp dir, on the same filesystem as local storage.
+    pub fn tmp_dir(&self) -> std::path::PathBuf {
+        self.data.tmp_dir()
     }
 }
 

@@ -9,6 +9,7 @@ mod facing;
 mod git;
 pub mod h2c;
 mod origin;
+mod registry_api;
 
 use std::time::{Instant, UNIX_EPOCH};
 
@@ -60,6 +61,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             web::scope("/api/v1/crates")
                 .wrap(from_fn(auth::registry))
+                .configure(registry_api::routes)
                 .default_service(web::to(download)),
         )
         .service(
@@ -123,7 +125,7 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 /// `GET /index/config.json` and `GET /index/{prefix}/{name}`.
 async fn index(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     match parse_index_path(registry_path(&req, "/index/")?)? {
-        IndexRequest::Config => config_json(&req, &state),
+        IndexRequest::Config => config_json(&req, &state).await,
         IndexRequest::File(name) => {
             state.metrics.activity.crate_requested(name.key());
             let lookup = state.index.get(&name).await?;
@@ -132,9 +134,19 @@ async fn index(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
     }
 }
 
-fn config_json(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
+/// How long `config.json` waits for the upstream's when none is known yet (the
+/// first start on a new data dir): only to know whether to announce `api`.
+const CONFIG_UPSTREAM_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Our `config.json`: `dl` is the mirror, and so is `api` when the upstream
+/// has a web API to pass searches to.
+async fn config_json(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
     let origin = origin::public_base(req, state)?;
     let mut body = serde_json::json!({ "dl": format!("{}/api/v1/crates", origin.base) });
+    let upstream = state.upstream.config_within(CONFIG_UPSTREAM_WAIT).await;
+    if upstream.is_some_and(|config| config.api.is_some()) {
+        body["api"] = origin.base.clone().into();
+    }
     if state.facing.access.is_private() {
         body["auth-required"] = true.into();
     }
@@ -317,7 +329,9 @@ fn route_of(path: &str) -> &'static str {
         "/api/stats" => "stats",
         "/" => "dashboard",
         _ if path.starts_with("/index/") => "index",
-        _ if path.starts_with("/api/v1/crates/") => "download",
+        "/api/v1/crates" => "api",
+        _ if path.starts_with("/api/v1/crates/") && path.ends_with("/download") => "download",
+        _ if path.starts_with("/api/v1/crates/") => "api",
         _ if path.starts_with("/git/") => "git",
         _ if path.starts_with("/static/") => "dashboard",
         _ => "other",

@@ -311,19 +311,10 @@ fn element_text<'a>(dom: &'a str, id: &str) -> &'a str {
     &dom[open_end..close]
 }
 
-/// A byte count as the dashboard writes it (`bytes()` in static/app.js).
+/// A byte count as the dashboard writes it (`bytes()` in static/app.js): the
+/// form the mirror's commands print sizes in too.
 fn dashboard_bytes(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let (mut value, mut i) = (n as f64, 0);
-    while value >= 1024.0 && i < units.len() - 1 {
-        value /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", units[i])
-    }
+    crate_mirror::bundle::human_bytes(n)
 }
 
 /// The dashboard's byte figure back in bytes (to the shown precision).

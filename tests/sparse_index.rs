@@ -26,6 +26,10 @@ async fn get(url: &str) -> reqwest::Response {
     client().get(url).send().await.expect("request")
 }
 
+async fn head_request(url: &str) -> reqwest::Response {
+    client().head(url).send().await.expect("request")
+}
+
 /// GETs `url` with `headers` (conditional requests, `accept-encoding`).
 async fn get_with(url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
     let mut request = client().get(url);
@@ -213,7 +217,7 @@ async fn etag_and_last_modified_give_304s_and_head_works() {
     .await;
     assert_eq!(older.status(), StatusCode::OK);
 
-    let head = client().head(&url).send().await.unwrap();
+    let head = head_request(&url).await;
     assert_eq!(head.status(), StatusCode::OK);
     assert_eq!(head.headers()["etag"].to_str().unwrap(), etag);
     let expected_len = upstream.index_body("abc").unwrap().len().to_string();
@@ -222,11 +226,7 @@ async fn etag_and_last_modified_give_304s_and_head_works() {
         expected_len
     );
     assert!(head.bytes().await.unwrap().is_empty());
-    let head_config = client()
-        .head(format!("{}config.json", mirror.index_url()))
-        .send()
-        .await
-        .unwrap();
+    let head_config = head_request(&format!("{}config.json", mirror.index_url())).await;
     assert_eq!(head_config.status(), StatusCode::OK);
 }
 

@@ -191,6 +191,7 @@ impl AppState {
             index_files: self.data.index_store().len(),
             circuit_open: self.upstream.circuit_open(),
             offline: self.upstream.is_offline(),
+            index_memory: self.index.memory(),
             storage: self.stores.figures(),
             git: self.git.as_ref().map(|g| g.stats()),
         }

@@ -92,6 +92,10 @@ pub struct IndexMetrics {
     pub not_modified: IntCounter,
     /// Index files stored in sled (a gauge set from the store's counter).
     pub files: IntGauge,
+    /// The hot cache: bytes held (the gzip bodies, what `hot-cache-size`
+    /// bounds) and what those files are plain (gauges set from its counters).
+    pub memory_bytes: IntGauge,
+    pub memory_plain_bytes: IntGauge,
 }
 
 /// Exchanges with the upstream, for index files and crate downloads alike.
@@ -258,6 +262,16 @@ impl IndexMetrics {
                 "Revalidations the upstream answered with 304.",
             ),
             files: gauge(r, "crate_mirror_index_files", "Index files stored in sled."),
+            memory_bytes: gauge(
+                r,
+                "crate_mirror_index_memory_bytes",
+                "Bytes of index files held in memory, gzip'd as they are served (what hot-cache-size bounds).",
+            ),
+            memory_plain_bytes: gauge(
+                r,
+                "crate_mirror_index_memory_plain_bytes",
+                "What the index files held in memory are uncompressed.",
+            ),
         }
     }
 }
@@ -598,6 +612,8 @@ mod tests {
         ),
         ("crate_mirror_index_files", "gauge", &[]),
         ("crate_mirror_index_lookups_total", "counter", &["result"]),
+        ("crate_mirror_index_memory_bytes", "gauge", &[]),
+        ("crate_mirror_index_memory_plain_bytes", "gauge", &[]),
         ("crate_mirror_index_negative_hits_total", "counter", &[]),
         ("crate_mirror_index_store_loads_total", "counter", &[]),
         (

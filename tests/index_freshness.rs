@@ -102,7 +102,8 @@ impl Fixture {
 
 fn body(lookup: &IndexLookup) -> String {
     let file = lookup.entry.file().expect("a found file");
-    String::from_utf8(file.body.to_vec()).expect("utf-8 index file")
+    let plain = file.decompress().expect("a whole gzip body");
+    String::from_utf8(plain.to_vec()).expect("utf-8 index file")
 }
 
 /// Asks until `done` holds for an answer, for at most 10 s: a background

@@ -129,7 +129,14 @@ async fn index(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
         IndexRequest::File(name) => {
             state.metrics.activity.crate_requested(name.key());
             let lookup = state.index.get(&name).await?;
-            Ok(index_response(&req, lookup))
+            // The plain body only for a client that does not take gzip: it
+            // is made from the compressed copy (or a recent one reused).
+            let plain = if accepts_gzip(req.headers()) {
+                None
+            } else {
+                Some(state.index.plain(&lookup.entry).await?)
+            };
+            Ok(index_response(&req, lookup, plain))
         }
     }
 }
@@ -157,7 +164,13 @@ async fn config_json(req: &HttpRequest, state: &AppState) -> Result<HttpResponse
 }
 
 /// The response for an index lookup (public for the hot-path benchmarks).
-pub fn index_response(req: &HttpRequest, lookup: IndexLookup) -> HttpResponse {
+/// `plain` is the plain body, which only a client that does not accept gzip
+/// needs (see `accepts_gzip`); without it such a client gets a 500.
+pub fn index_response(
+    req: &HttpRequest,
+    lookup: IndexLookup,
+    plain: Option<bytes::Bytes>,
+) -> HttpResponse {
     let cache = (X_CACHE, HeaderValue::from_static(lookup.outcome.as_str()));
     let entry = match &*lookup.entry {
         IndexEntry::Found(file) => file,
@@ -190,7 +203,10 @@ pub fn index_response(req: &HttpRequest, lookup: IndexLookup) -> HttpResponse {
             .insert_header((header::CONTENT_ENCODING, HeaderValue::from_static("gzip")))
             .body(body::SlicedBody::new(entry.gzip_body().clone()))
     } else {
-        response.body(body::SlicedBody::new(entry.body.clone()))
+        match plain {
+            Some(plain) => response.body(body::SlicedBody::new(plain)),
+            None => HttpResponse::InternalServerError().finish(),
+        }
     }
 }
 

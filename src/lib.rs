@@ -10,6 +10,7 @@ pub mod access_log;
 pub mod auth;
 pub mod background;
 mod blocking;
+pub mod client_config;
 pub mod clock;
 pub mod commands;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod index;
 mod listen;
 pub mod metrics;
 pub mod names;
+pub mod operator;
 pub mod prefetch;
 pub mod proxies;
 pub mod readiness;
@@ -116,6 +118,8 @@ pub struct AppState {
     pub facing: http::ClientFacing,
     pub stores: Stores,
     pub readiness: ReadinessProbe,
+    /// The upstream, mode and settings the dashboard shows.
+    pub operator: operator::OperatorInfo,
     data: DataDir,
 }
 
@@ -175,6 +179,7 @@ impl AppState {
             facing: http::ClientFacing::from_config(config),
             stores,
             readiness,
+            operator: operator::OperatorInfo::from_config(config),
             data,
         })
     }

@@ -7,6 +7,7 @@ mod cli;
 pub mod defs;
 mod layers;
 mod parse;
+mod shown;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ pub use cli::SettingsArgs;
 pub use defs::{About, AnySetting, Fallback, Kind, SETTINGS};
 pub use layers::{RawSettings, Source, WARM_TOKEN_ENV};
 pub use parse::parse_size;
+pub use shown::{mask_userinfo, ShownSetting, HIDDEN};
 
 use crate::auth::TokenSet;
 use crate::prefetch::PrefetchPolicy;
@@ -96,6 +98,8 @@ pub struct Config {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// `None` when prefetch is off.
     pub prefetch: Option<PrefetchPolicy>,
+    /// Every setting as an operator may see it (secrets hidden).
+    pub shown: Vec<ShownSetting>,
 }
 
 /// Where crate files are kept.
@@ -194,6 +198,7 @@ impl RawSettings {
             db_flush_interval: self.value(&DB_FLUSH_INTERVAL)?,
             tls: self.tls()?,
             prefetch: self.prefetch()?,
+            shown: self.shown(),
         })
     }
 

@@ -7,6 +7,7 @@ use crate::crates::CrateError;
 use crate::git::GitError;
 use crate::index::cache::IndexError;
 use crate::index::path::PathError;
+use crate::storage::StorageError;
 use crate::upstream::UpstreamError;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,9 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error(transparent)]
     Git(#[from] GitError),
+    /// Listing the stored crates failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
     /// The request's Host (or a trusted proxy's forwarded host or scheme) cannot
     /// be put into a URL.
     #[error("{0}")]
@@ -73,7 +77,7 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Git(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Git(_) | ApiError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Index(err) => index_status(err),
             ApiError::Crate(err) => match err {
                 CrateError::NotFound => StatusCode::NOT_FOUND,

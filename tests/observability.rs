@@ -594,7 +594,7 @@ async fn the_dashboard_renders_live_figures_in_chromium() {
 
     for (name, size) in [
         ("dashboard-desktop.png", (1280, 1800)),
-        ("dashboard-phone.png", (375, 2400)),
+        ("dashboard-phone.png", (375, 4200)),
     ] {
         screenshot(&page, name, size);
     }

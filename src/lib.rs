@@ -10,6 +10,7 @@ pub mod access_log;
 pub mod auth;
 pub mod background;
 mod blocking;
+pub mod bundle;
 pub mod client_config;
 pub mod clock;
 pub mod commands;
@@ -26,6 +27,7 @@ pub mod operator;
 pub mod prefetch;
 pub mod proxies;
 pub mod readiness;
+pub mod registry_api;
 pub mod resilience;
 pub mod single_flight;
 pub mod stats;
@@ -44,6 +46,7 @@ use data_dir::DataDir;
 use index::cache::{IndexCache, IndexPolicy};
 use metrics::Metrics;
 use readiness::ReadinessProbe;
+use registry_api::RegistryApi;
 use storage::stores::Stores;
 use upstream::UpstreamClient;
 
@@ -110,6 +113,8 @@ const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(5);
 pub struct AppState {
     pub index: IndexCache,
     pub crates: CrateService,
+    /// Search and crate metadata, passed through to the upstream's web API.
+    pub registry_api: RegistryApi,
     pub upstream: Arc<UpstreamClient>,
     /// The git index, when enabled.
     pub git: Option<Arc<git::GitIndex>>,
@@ -173,6 +178,7 @@ impl AppState {
         Ok(Self {
             index,
             crates,
+            registry_api: RegistryApi::new(upstream.clone(), metrics.clone()),
             upstream,
             git,
             metrics,
@@ -189,6 +195,7 @@ impl AppState {
         stats::Sources {
             index_files: self.data.index_store().len(),
             circuit_open: self.upstream.circuit_open(),
+            offline: self.upstream.is_offline(),
             storage: self.stores.figures(),
             git: self.git.as_ref().map(|g| g.stats()),
         }
@@ -207,6 +214,17 @@ impl AppState {
     /// Writes what sled holds in memory to disk.
     pub fn flush(&self) -> Result<(), sled::Error> {
         self.data.flush()
+    }
+
+    /// The stored index files (for `export` and `import`, which work on a
+    /// data dir no mirror is serving).
+    pub fn index_store(&self) -> &index::store::IndexStore {
+        self.data.index_store()
+    }
+
+    /// The data dir's temp dir, on the same filesystem as local storage.
+    pub fn tmp_dir(&self) -> std::path::PathBuf {
+        self.data.tmp_dir()
     }
 }
 
@@ -237,7 +255,10 @@ pub async fn serve(
         });
     }
     if let Some(local) = state.stores.local().cloned() {
-        background.spawn("storage eviction", local.run_eviction(background.token()));
+        background.spawn(
+            "storage eviction",
+            local.run_eviction(background.token(), state.metrics.clone()),
+        );
     }
     if let Some(policy) = config.prefetch {
         if let Some(fetched) = state.index.subscribe_fetches() {

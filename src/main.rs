@@ -142,7 +142,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // What an operator checks first, in one line (no secrets: tokens
             // are counted, S3 keys are not shown, URL user info is masked).
             let started = (
-                crate_mirror::config::mask_userinfo(&config.upstream),
+                if config.upstream.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    crate_mirror::config::mask_userinfo(&config.upstream)
+                },
                 crate_mirror::upstream::proxy_in_use(&config.upstream),
                 config
                     .public_url
@@ -150,12 +154,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .unwrap_or_else(|| "(from each request's Host)".into()),
                 config.data_dir.display().to_string(),
                 config.storage.to_string(),
-                if config.auth_tokens.is_empty() {
-                    "public"
-                } else {
-                    "private"
+                match (config.auth_tokens.is_empty(), config.offline) {
+                    (true, false) => "public",
+                    (false, false) => "private",
+                    (true, true) => "public, offline",
+                    (false, true) => "private, offline",
                 },
             );
+            // Every interface and no tokens: anyone who can reach the port can
+            // use the mirror and its upstream bandwidth. Often meant (an internal
+            // network), sometimes not (a cloud VM with a public address).
+            let open_to_all = config.listen.ip().is_unspecified() && config.auth_tokens.is_empty();
             actix_web::rt::System::new().block_on(crate_mirror::serve(config, |addr| {
                 // The first line on stdout: scripts and tests read the bound port here.
                 println!("crate-mirror listening on {scheme}://{addr}");
@@ -172,6 +181,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     mode,
                     "crate-mirror started"
                 );
+                if open_to_all {
+                    tracing::warn!(
+                        listen = %addr,
+                        "listening on every interface in public mode: anyone who can reach \
+                         this port can use the mirror; firewall it, listen on an internal \
+                         address, or set auth-tokens (see the README, Private mirrors)"
+                    );
+                }
             }))?;
             Ok(ExitCode::SUCCESS)
         }

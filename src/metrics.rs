@@ -34,6 +34,17 @@ const INDEX_RESULTS: &[&str] = &["hit", "miss", "revalidated", "stale", "updatin
 const DOWNLOAD_RESULTS: &[&str] = &["hit", "miss", "joined", "redirect", "error"];
 const PREFETCH_SKIPS: &[&str] = &["budget", "depth"];
 const REDIRECT_REFUSALS: &[&str] = &["host", "too_many"];
+/// The `endpoint` and `result` pairs of API pass-through requests that can occur.
+const API_RESULTS: &[(&str, &[&str])] = &[
+    ("search", &["hit", "miss", "error", "bad_request"]),
+    (
+        "crate",
+        &["hit", "miss", "not_found", "error", "bad_request"],
+    ),
+    ("write", &["refused"]),
+];
+/// What the upstream is asked for (the `kind` label of its requests).
+const UPSTREAM_KINDS: &[&str] = &["index", "config", "download", "api"];
 
 pub use activity::{Activity, ErrorKind, ErrorRecord};
 pub use route::Route;
@@ -47,6 +58,7 @@ pub struct Metrics {
     pub crates: CrateMetrics,
     pub prefetch: PrefetchMetrics,
     pub storage: StorageMetrics,
+    pub api: ApiMetrics,
     /// The dashboard's state beyond counters.
     pub activity: Activity,
     started_ms: u64,
@@ -97,6 +109,13 @@ pub struct PrefetchMetrics {
     pub skipped: IntCounterVec,
 }
 
+/// The registry web API passed through to the upstream (`registry_api`).
+pub struct ApiMetrics {
+    /// By endpoint (search, crate, write) and result (hit, miss, not_found,
+    /// error, bad_request, refused).
+    pub requests: IntCounterVec,
+}
+
 /// Crate storage gauges, set from the stores' counters.
 pub struct StorageMetrics {
     pub objects: IntGauge,
@@ -105,6 +124,12 @@ pub struct StorageMetrics {
     /// 0 would read as "no room at all" (set through `set_quota`).
     quota_bytes: IntGaugeVec,
     pub memory_bytes: IntGauge,
+    /// Crates evicted to keep under the quota, their bytes, and eviction
+    /// passes that failed: what to alert on (a cache near its quota is
+    /// healthy; one that cannot evict, or evicts what it just fetched, is not).
+    pub evicted: IntCounter,
+    pub evicted_bytes: IntCounter,
+    pub eviction_failures: IntCounter,
 }
 
 pub fn now_ms() -> u64 {
@@ -217,7 +242,7 @@ impl UpstreamMetrics {
             requests: counter_vec(
                 r,
                 "crate_mirror_upstream_requests_total",
-                "Requests to the upstream by kind (index, config, download), status (code, timeout, error) and origin (client, prefetch, revalidation).",
+                "Requests to the upstream by kind (index, config, download, api), status (code, timeout, error) and origin (client, prefetch, revalidation).",
                 &["kind", "status", "origin"],
             ),
             duration: histogram_vec(
@@ -313,6 +338,19 @@ impl PrefetchMetrics {
     }
 }
 
+impl ApiMetrics {
+    fn register(r: &Registry) -> Self {
+        Self {
+            requests: counter_vec(
+                r,
+                "crate_mirror_api_requests_total",
+                "Registry web API requests, by endpoint (search, crate, write) and result (hit, miss, not_found, error, bad_request, refused).",
+                &["endpoint", "result"],
+            ),
+        }
+    }
+}
+
 impl StorageMetrics {
     fn register(r: &Registry) -> Self {
         Self {
@@ -330,6 +368,21 @@ impl StorageMetrics {
                 r,
                 "crate_mirror_crate_memory_bytes",
                 "Bytes of hot crate files held in memory.",
+            ),
+            evicted: counter(
+                r,
+                "crate_mirror_storage_evicted_total",
+                "Crate files evicted to keep local storage under its quota.",
+            ),
+            evicted_bytes: counter(
+                r,
+                "crate_mirror_storage_evicted_bytes_total",
+                "Bytes of crate files evicted to keep local storage under its quota.",
+            ),
+            eviction_failures: counter(
+                r,
+                "crate_mirror_storage_eviction_failures_total",
+                "Eviction passes that failed (a file or the database could not be changed).",
             ),
             quota_bytes: {
                 let name = "crate_mirror_storage_quota_bytes";
@@ -401,6 +454,7 @@ impl Metrics {
             crates: CrateMetrics::register(&r),
             prefetch: PrefetchMetrics::register(&r),
             storage: StorageMetrics::register(&r),
+            api: ApiMetrics::register(&r),
             registry: r,
             activity: Activity::default(),
             started_ms: now_ms(),
@@ -426,11 +480,16 @@ impl Metrics {
                 family.with_label_values(&[value]);
             }
         }
+        for (endpoint, results) in API_RESULTS {
+            for result in *results {
+                self.api.requests.with_label_values(&[endpoint, result]);
+            }
+        }
         let upstream = &self.upstream;
-        for kind in ["index", "config", "download"] {
+        for kind in UPSTREAM_KINDS {
             upstream.retries.with_label_values(&[kind]);
             // Only index files are fetched by the prefetcher or refreshed.
-            let origins = if kind == "index" {
+            let origins = if *kind == "index" {
                 UPSTREAM_ORIGINS
             } else {
                 &["client"]
@@ -439,11 +498,12 @@ impl Metrics {
                 upstream.requests.with_label_values(&[kind, "200", origin]);
             }
         }
-        // Bytes and waits are counted as `index` and `crate`.
+        // Bytes and waits are counted as `index` and `crate`; API bytes too.
         for kind in ["index", "crate"] {
             upstream.fetched_bytes.with_label_values(&[kind]);
             upstream.coalesced_waits.with_label_values(&[kind]);
         }
+        upstream.fetched_bytes.with_label_values(&["api"]);
     }
 
     /// The text exposition format.
@@ -464,7 +524,11 @@ impl Metrics {
         healthy: bool,
     ) {
         self.upstream.exchange(kind, origin, status, seconds);
-        self.activity.upstream_answered(healthy);
+        // The dashboard's upstream health is the registry's: the web API is
+        // another service (with a circuit of its own).
+        if kind != "api" {
+            self.activity.upstream_answered(healthy);
+        }
     }
 }
 
@@ -489,6 +553,11 @@ mod tests {
 
     /// Every family the mirror exports, with its type and labels, by name.
     const FAMILIES: &[(&str, &str, &[&str])] = &[
+        (
+            "crate_mirror_api_requests_total",
+            "counter",
+            &["endpoint", "result"],
+        ),
         ("crate_mirror_build_info", "gauge", &["version"]),
         ("crate_mirror_checksum_failures_total", "counter", &[]),
         ("crate_mirror_coalesced_waits_total", "counter", &["kind"]),
@@ -528,6 +597,13 @@ mod tests {
         ("crate_mirror_prefetch_wasted_total", "counter", &[]),
         ("crate_mirror_served_bytes_total", "counter", &["route"]),
         ("crate_mirror_storage_bytes", "gauge", &[]),
+        ("crate_mirror_storage_evicted_bytes_total", "counter", &[]),
+        ("crate_mirror_storage_evicted_total", "counter", &[]),
+        (
+            "crate_mirror_storage_eviction_failures_total",
+            "counter",
+            &[],
+        ),
         ("crate_mirror_storage_objects", "gauge", &[]),
         ("crate_mirror_storage_quota_bytes", "gauge", &[]),
         ("crate_mirror_upstream_circuit_open", "gauge", &[]),
@@ -614,6 +690,10 @@ mod tests {
             "crate_mirror_upstream_requests_total{kind=\"index\",origin=\"revalidation\",status=\"200\"} 0",
             "crate_mirror_upstream_requests_total{kind=\"download\",origin=\"client\",status=\"200\"} 0",
             "crate_mirror_coalesced_waits_total{kind=\"crate\"} 0",
+            "crate_mirror_api_requests_total{endpoint=\"search\",result=\"hit\"} 0",
+            "crate_mirror_api_requests_total{endpoint=\"write\",result=\"refused\"} 0",
+            "crate_mirror_upstream_requests_total{kind=\"api\",origin=\"client\",status=\"200\"} 0",
+            "crate_mirror_served_bytes_total{route=\"api\"} 0",
         ] {
             assert!(text.contains(&format!("\n{series}\n")), "{series} in\n{text}");
         }
@@ -666,6 +746,7 @@ mod tests {
         upstream.coalesced_waits.with_label_values(&["a"]).inc();
         metrics.crates.downloads.with_label_values(&["a"]).inc();
         metrics.prefetch.skipped.with_label_values(&["a"]).inc();
+        metrics.api.requests.with_label_values(&["a", "b"]).inc();
         metrics.storage.set_quota(Some(1));
         let text = String::from_utf8(metrics.encode()).unwrap();
         let mut exported = Vec::new();

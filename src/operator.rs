@@ -16,7 +16,11 @@ pub struct OperatorInfo {
 impl OperatorInfo {
     pub fn from_config(config: &Config) -> Self {
         Self {
-            upstream: mask_userinfo(&config.upstream),
+            upstream: if config.offline {
+                "none (offline)".to_string()
+            } else {
+                mask_userinfo(&config.upstream)
+            },
             public_url: config.public_url.as_deref().map(mask_userinfo),
             private: !config.auth_tokens.is_empty(),
             storage: config.storage.to_string(),

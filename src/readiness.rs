@@ -101,10 +101,10 @@ impl ReadinessProbe {
         // of the two, not their sum; the upstream is reported, not required.
         let (config_known, storage) = tokio::join!(
             async {
-                self.upstream.config_known()
-                    || tokio::time::timeout(READY_UPSTREAM_WAIT, self.upstream.config())
-                        .await
-                        .is_ok_and(|config| config.is_ok())
+                self.upstream
+                    .config_within(READY_UPSTREAM_WAIT)
+                    .await
+                    .is_some()
             },
             async {
                 match &self.s3 {

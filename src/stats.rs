@@ -11,6 +11,8 @@ use crate::storage::stores::StorageFigures;
 pub struct Sources {
     pub index_files: usize,
     pub circuit_open: bool,
+    /// Running `--offline` (the dashboard says so).
+    pub offline: bool,
     pub storage: StorageFigures,
     /// The git index's figures, when it is enabled.
     pub git: Option<serde_json::Value>,
@@ -61,6 +63,7 @@ pub fn stats(metrics: &Metrics, sources: &Sources) -> serde_json::Value {
         "memory_bytes": storage.memory_bytes,
     });
     stats["git"] = sources.git.clone().into();
+    stats["offline"] = sources.offline.into();
     stats
 }
 
@@ -72,6 +75,7 @@ mod tests {
         Sources {
             index_files: 7,
             circuit_open: true,
+            offline: false,
             storage,
             git: None,
         }

@@ -1,15 +1,16 @@
 //! `UpstreamClient`: everything the mirror asks of the upstream registry goes
-//! through here — its `config.json` (for the `dl` template), conditional index
-//! fetches and streamed `.crate` downloads — so timeouts live in one place.
+//! through here — its `config.json` (for the `dl` template and the `api` base),
+//! conditional index fetches, streamed `.crate` downloads and read-only web API
+//! calls — so timeouts live in one place.
 //!
-//! Redirects are followed only to the upstream's own hosts (the index base URL
-//! and the `dl` template) and to hosts the operator listed, at most
+//! Redirects are followed only to the upstream's own hosts (the index base URL,
+//! the `dl` template and the `api` base) and to hosts the operator listed, at most
 //! `MAX_REDIRECTS` of them: anything else would let the upstream (or whoever
 //! controls a redirect) make the mirror fetch from, and serve, any server it
 //! can reach, the mirror's own network included.
 
 use std::io::Read;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,9 @@ use crate::metrics::Metrics;
 const MAX_ATTEMPTS: u32 = 3;
 /// The largest index file accepted from the upstream; real ones are a few hundred KB.
 const MAX_INDEX_BYTES: usize = 32 << 20;
+/// The largest web API answer accepted from the upstream: one crate's
+/// metadata lists every version, a few MB for the crates with thousands.
+const MAX_API_BYTES: usize = 8 << 20;
 /// Redirects followed per request; more is refused like a redirect elsewhere.
 pub const MAX_REDIRECTS: usize = 5;
 
@@ -50,14 +54,17 @@ pub enum UpstreamError {
     Body(String),
     #[error("upstream sent an invalid config.json: {0}")]
     InvalidConfig(String),
-    #[error("upstream index file larger than {MAX_INDEX_BYTES} bytes")]
-    TooLarge,
+    #[error("upstream body larger than {0} bytes")]
+    TooLarge(usize),
     #[error("upstream circuit open after repeated failures; not asking it for a while")]
     CircuitOpen,
     #[error("upstream sent an invalid index file: {0}")]
     InvalidIndex(String),
     #[error("upstream redirect refused: {0}")]
     RedirectRefused(String),
+    /// The mirror runs `--offline`: nothing is asked of any upstream.
+    #[error("this mirror is offline: it serves only what it has cached or imported")]
+    Offline,
 }
 
 impl UpstreamError {
@@ -140,7 +147,7 @@ impl IndexBody {
             .read_to_end(&mut plain)
             .map_err(|e| UpstreamError::InvalidIndex(format!("gzip: {e}")))?;
         if read > MAX_INDEX_BYTES {
-            return Err(UpstreamError::TooLarge);
+            return Err(UpstreamError::TooLarge(MAX_INDEX_BYTES));
         }
         // Bytes after the first gzip member (a second member, or junk) are
         // not passed on: a client's decoder might read them differently.
@@ -193,6 +200,21 @@ const CONFIG_FETCH_FAILED: u8 = 2;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct UpstreamConfig {
     pub dl: String,
+    /// The base of the upstream's web API, when it has one (copies kept by
+    /// earlier versions have none: they are refreshed at first use anyway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
+}
+
+/// What a read-only web API request got back.
+#[derive(Debug)]
+pub enum ApiFetch {
+    /// 200, with the body as sent (at most `MAX_API_BYTES`).
+    Found(Bytes),
+    /// 404: no such crate.
+    Missing,
+    /// The upstream's config.json names no `api`: there is nothing to ask.
+    NoApi,
 }
 
 const MARKERS: [&str; 5] = [
@@ -268,8 +290,9 @@ impl AllowedHost {
 struct RedirectRules {
     /// The index base URL's host.
     base: Option<AllowedHost>,
-    /// The host of the `dl` template, once config.json has been read.
-    dl: RwLock<Option<AllowedHost>>,
+    /// The hosts of the `dl` template and of the `api` base, once config.json
+    /// has been read.
+    config_hosts: RwLock<Vec<AllowedHost>>,
     /// Hosts the operator listed.
     listed: RwLock<Vec<AllowedHost>>,
     metrics: Arc<Metrics>,
@@ -279,7 +302,7 @@ impl RedirectRules {
     fn admits(&self, url: &reqwest::Url) -> bool {
         self.base.iter().any(|h| h.admits(url))
             || self
-                .dl
+                .config_hosts
                 .read()
                 .unwrap_or_else(PoisonError::into_inner)
                 .iter()
@@ -339,9 +362,9 @@ pub struct UpstreamClient {
     /// The config and when it was fetched (`None`: restored from sled, so due
     /// for a refresh at first use).
     config: Mutex<Option<(Arc<UpstreamConfig>, Option<Instant>)>>,
-    /// Set once a config.json is known (fetched or restored), readable without
-    /// waiting for a refresh.
-    config_known: AtomicBool,
+    /// The config in `config`, once one is known (fetched or restored),
+    /// readable without waiting for a refresh under way.
+    latest: RwLock<Option<Arc<UpstreamConfig>>>,
     /// How the last config.json fetch went: `CONFIG_FETCH_*`.
     config_fetch: AtomicU8,
     /// Where the last good config.json is kept, so a restart during an
@@ -350,7 +373,13 @@ pub struct UpstreamClient {
     metrics: Arc<Metrics>,
     /// Bounds concurrent upstream requests (held until a body is fully read).
     permits: Arc<Semaphore>,
+    /// For the registry: config.json, index files, downloads.
     breaker: CircuitBreaker,
+    /// For the web API alone: it is another service (often another host),
+    /// and a failing search must not make index requests fail fast.
+    api_breaker: CircuitBreaker,
+    /// `--offline`: every request fails with `Offline` before it is made.
+    offline: bool,
 }
 
 impl UpstreamClient {
@@ -360,7 +389,7 @@ impl UpstreamClient {
         config: &crate::config::Config,
         metrics: Arc<Metrics>,
     ) -> Result<Self, UpstreamError> {
-        Ok(Self::new(
+        let mut client = Self::new(
             config.upstream.clone(),
             config.connect_timeout,
             config.upstream_timeout,
@@ -368,7 +397,9 @@ impl UpstreamClient {
             config.upstream_concurrency,
             metrics,
         )?
-        .with_redirect_hosts(&config.upstream_redirect_hosts))
+        .with_redirect_hosts(&config.upstream_redirect_hosts);
+        client.offline = config.offline;
+        Ok(client)
     }
 
     /// `base` is the index base URL ending in `/`; `timeout` bounds index fetches and
@@ -386,7 +417,7 @@ impl UpstreamClient {
             base: reqwest::Url::parse(&base)
                 .ok()
                 .and_then(|url| AllowedHost::of_url(&url)),
-            dl: RwLock::new(None),
+            config_hosts: RwLock::new(Vec::new()),
             listed: RwLock::new(Vec::new()),
             metrics: metrics.clone(),
         });
@@ -410,12 +441,14 @@ impl UpstreamClient {
             timeout,
             config_ttl,
             config: Mutex::new(None),
-            config_known: AtomicBool::new(false),
+            latest: RwLock::new(None),
             config_fetch: AtomicU8::new(CONFIG_FETCH_NEVER),
             config_store: None,
             metrics,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             breaker: CircuitBreaker::default(),
+            api_breaker: CircuitBreaker::default(),
+            offline: false,
         })
     }
 
@@ -470,8 +503,9 @@ impl UpstreamClient {
         };
         match config {
             Ok(config) => {
-                *self.config.lock().await = Some((Arc::new(config), None));
-                self.config_known.store(true, Ordering::Relaxed);
+                let config = Arc::new(config);
+                *self.config.lock().await = Some((config.clone(), None));
+                self.set_latest(config);
             }
             Err(err) => tracing::warn!(error = %err, "ignoring the stored upstream config.json"),
         }
@@ -481,6 +515,13 @@ impl UpstreamClient {
     /// TTL; a failed refresh keeps the previous copy for another TTL.
     pub async fn config(&self) -> Result<Arc<UpstreamConfig>, UpstreamError> {
         let mut slot = self.config.lock().await;
+        if self.offline {
+            // A copy kept by an earlier, online run is all there is.
+            return match slot.as_ref() {
+                Some((config, _)) => Ok(config.clone()),
+                None => Err(UpstreamError::Offline),
+            };
+        }
         if let Some((config, Some(at))) = slot.as_ref() {
             if at.elapsed() < self.config_ttl {
                 return Ok(config.clone());
@@ -499,7 +540,7 @@ impl UpstreamClient {
             Ok(config) => {
                 let config = Arc::new(config);
                 *slot = Some((config.clone(), Some(Instant::now())));
-                self.config_known.store(true, Ordering::Relaxed);
+                self.set_latest(config.clone());
                 self.keep_config(&config).await;
                 Ok(config)
             }
@@ -517,9 +558,39 @@ impl UpstreamClient {
         }
     }
 
+    /// Whether this client never asks the upstream (`--offline`).
+    pub fn is_offline(&self) -> bool {
+        self.offline
+    }
+
+    fn set_latest(&self, config: Arc<UpstreamConfig>) {
+        *self.latest.write().unwrap_or_else(PoisonError::into_inner) = Some(config);
+    }
+
+    /// The config.json known now, fetched or restored, however old (never waits).
+    pub fn known_config(&self) -> Option<Arc<UpstreamConfig>> {
+        self.latest
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Whether a config.json is known, fetched or restored (never waits).
     pub fn config_known(&self) -> bool {
-        self.config_known.load(Ordering::Relaxed)
+        self.known_config().is_some()
+    }
+
+    /// The known config.json at once; when none is known yet (a new data dir
+    /// whose first fetch has not answered), a fetch given at most `wait`, for
+    /// answers that may go without it but had better not at first start.
+    pub async fn config_within(&self, wait: Duration) -> Option<Arc<UpstreamConfig>> {
+        if let Some(config) = self.known_config() {
+            return Some(config);
+        }
+        tokio::time::timeout(wait, self.config())
+            .await
+            .ok()
+            .and_then(Result::ok)
     }
 
     /// Whether the last config.json fetch succeeded; `None` before the first.
@@ -560,25 +631,40 @@ impl UpstreamClient {
         if !response.status().is_success() {
             return Err(UpstreamError::Status(response.status().as_u16()));
         }
-        let body = read_limited(response).await?;
+        let body = read_limited(response, MAX_INDEX_BYTES).await?;
         let config: UpstreamConfig = serde_json::from_slice(&body)
             .map_err(|e| UpstreamError::InvalidConfig(e.to_string()))?;
         self.accept_config(config)
     }
 
-    /// Checks the `dl` template of a fetched or restored config and lets
-    /// redirects reach its host.
-    fn accept_config(&self, config: UpstreamConfig) -> Result<UpstreamConfig, UpstreamError> {
+    /// Checks the `dl` template and the `api` base of a fetched or restored
+    /// config and lets redirects reach their hosts. An `api` that is no
+    /// http(s) URL is dropped (search then is not offered), not the config:
+    /// downloads need only `dl`.
+    fn accept_config(&self, mut config: UpstreamConfig) -> Result<UpstreamConfig, UpstreamError> {
         let dl = reqwest::Url::parse(&config.dl.replace(['{', '}'], ""))
             .map_err(|e| UpstreamError::InvalidConfig(format!("dl: {e}")))?;
         if !matches!(dl.scheme(), "http" | "https") {
             return Err(UpstreamError::InvalidConfig("dl is not http(s)".into()));
         }
+        let api = match config.api.as_deref().map(reqwest::Url::parse) {
+            None => None,
+            Some(Ok(api)) if matches!(api.scheme(), "http" | "https") => Some(api),
+            Some(_) => {
+                tracing::warn!(api = ?config.api, "ignoring the upstream's api: not an http(s) URL");
+                config.api = None;
+                None
+            }
+        };
         *self
             .redirects
-            .dl
+            .config_hosts
             .write()
-            .unwrap_or_else(PoisonError::into_inner) = AllowedHost::of_url(&dl);
+            .unwrap_or_else(PoisonError::into_inner) = [Some(&dl), api.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(AllowedHost::of_url)
+            .collect();
         Ok(config)
     }
 
@@ -612,12 +698,9 @@ impl UpstreamClient {
                     .headers()
                     .get(CONTENT_ENCODING)
                     .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
-                let raw = read_limited(response).await?;
-                self.metrics
-                    .upstream
-                    .fetched_bytes
-                    .with_label_values(&["index"])
-                    .inc_by(raw.len() as u64);
+                let raw = self
+                    .read_counted(response, MAX_INDEX_BYTES, "index")
+                    .await?;
                 let body = match encoding.as_deref() {
                     None | Some("identity") => IndexBody::Plain(raw),
                     Some("gzip" | "x-gzip") => IndexBody::Gzip(raw),
@@ -645,7 +728,8 @@ impl UpstreamClient {
     }
 
     /// Sends an idempotent GET built by `make`, within the upstream timeout
-    /// (applied as `limit` says): fails fast while the circuit is open, waits
+    /// (applied as `limit` says): fails fast while the circuit is open (for
+    /// `api` requests the web API's own circuit), waits
     /// for a permit of the concurrency bound, retries connection failures, 5xx
     /// and 429 with backoff and jitter (or the upstream's `Retry-After`) while
     /// time remains, and counts every exchange. The permit comes back with the
@@ -668,10 +752,18 @@ impl UpstreamClient {
         limit: Limit,
         make: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<(reqwest::Response, OwnedSemaphorePermit), UpstreamError> {
+        if self.offline {
+            return Err(UpstreamError::Offline);
+        }
         let deadline = Instant::now() + self.timeout;
         let mut attempt = 0;
+        let breaker = if kind == "api" {
+            &self.api_breaker
+        } else {
+            &self.breaker
+        };
         loop {
-            if self.breaker.is_open() {
+            if breaker.is_open() {
                 self.metrics
                     .upstream_exchange(kind, origin, "circuit_open", 0.0, false);
                 return Err(UpstreamError::CircuitOpen);
@@ -727,11 +819,11 @@ impl UpstreamClient {
                 return result.map(|response| (response, permit));
             }
             if !failed {
-                self.breaker.record_success();
+                breaker.record_success();
                 return result.map(|response| (response, permit));
             }
-            if self.breaker.record_failure() {
-                tracing::warn!("upstream circuit opened after repeated failures");
+            if breaker.record_failure() {
+                tracing::warn!(kind, "upstream circuit opened after repeated failures");
             }
             attempt += 1;
             let delay = retry_after.unwrap_or_else(|| backoff_delay(attempt));
@@ -749,6 +841,48 @@ impl UpstreamClient {
                 .inc();
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// GETs `path` (`/api/v1/...`, with its query, made by the caller from
+    /// checked input) below the `api` base of the upstream's config.json: the
+    /// host is always the upstream's own, never one a client named.
+    pub async fn fetch_api(&self, path: &str) -> Result<ApiFetch, UpstreamError> {
+        let config = self.config().await?;
+        let Some(api) = &config.api else {
+            return Ok(ApiFetch::NoApi);
+        };
+        let url = format!("{}{path}", api.trim_end_matches('/'));
+        let (response, _permit) = self
+            .send("api", Limit::WholeRequest, || {
+                self.http
+                    .get(&url)
+                    .header(reqwest::header::ACCEPT, "application/json")
+            })
+            .await?;
+        match response.status() {
+            StatusCode::OK => {
+                let body = self.read_counted(response, MAX_API_BYTES, "api").await?;
+                Ok(ApiFetch::Found(body))
+            }
+            StatusCode::NOT_FOUND => Ok(ApiFetch::Missing),
+            other => Err(UpstreamError::Status(other.as_u16())),
+        }
+    }
+
+    /// `read_limited`, counting the bytes received as `kind`.
+    async fn read_counted(
+        &self,
+        response: reqwest::Response,
+        max: usize,
+        kind: &str,
+    ) -> Result<Bytes, UpstreamError> {
+        let body = read_limited(response, max).await?;
+        self.metrics
+            .upstream
+            .fetched_bytes
+            .with_label_values(&[kind])
+            .inc_by(body.len() as u64);
+        Ok(body)
     }
 
     /// Whether the circuit is open (the upstream is treated as down).
@@ -807,20 +941,20 @@ fn idle_limited(
     ))
 }
 
-/// Reads a whole (small) body, refusing anything larger than `MAX_INDEX_BYTES`.
-async fn read_limited(response: reqwest::Response) -> Result<Bytes, UpstreamError> {
+/// Reads a whole (small) body, refusing anything larger than `max` bytes.
+async fn read_limited(response: reqwest::Response, max: usize) -> Result<Bytes, UpstreamError> {
     if response
         .content_length()
-        .is_some_and(|len| len > MAX_INDEX_BYTES as u64)
+        .is_some_and(|len| len > max as u64)
     {
-        return Err(UpstreamError::TooLarge);
+        return Err(UpstreamError::TooLarge(max));
     }
     let mut body = BytesMut::new();
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(UpstreamError::from_reqwest)?;
-        if body.len() + chunk.len() > MAX_INDEX_BYTES {
-            return Err(UpstreamError::TooLarge);
+        if body.len() + chunk.len() > max {
+            return Err(UpstreamError::TooLarge(max));
         }
         body.extend_from_slice(&chunk);
     }
@@ -893,7 +1027,10 @@ mod tests {
     use super::*;
 
     fn config(dl: &str) -> UpstreamConfig {
-        UpstreamConfig { dl: dl.to_string() }
+        UpstreamConfig {
+            dl: dl.to_string(),
+            api: None,
+        }
     }
 
     fn url(text: &str) -> reqwest::Url {
@@ -944,6 +1081,54 @@ mod tests {
         let client = kept_in(&tree, base);
         client.restore_config().await;
         assert!(!client.config_known());
+    }
+
+    #[tokio::test]
+    async fn the_api_base_is_kept_and_checked_like_dl() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("upstream").unwrap();
+        let base = "http://127.0.0.1:9/index/";
+        let kept = |api: Option<&str>| {
+            let mut config = config("http://files.example.com/dl");
+            config.api = api.map(str::to_string);
+            serde_json::to_vec(&config).unwrap()
+        };
+        let client = kept_in(&tree, base);
+        tree.insert(
+            client.config_key(),
+            kept(Some("http://api.example.com:8080")),
+        )
+        .unwrap();
+        client.restore_config().await;
+        let known = client.known_config().unwrap();
+        assert_eq!(known.api.as_deref(), Some("http://api.example.com:8080"));
+        // Redirects may reach the API's host (and port) as they may `dl`'s.
+        assert!(client
+            .redirects
+            .admits(&url("http://api.example.com:8080/x")));
+        assert!(!client
+            .redirects
+            .admits(&url("http://api.example.com:8081/x")));
+        assert!(client.redirects.admits(&url("http://files.example.com/x")));
+
+        // An `api` that is not http(s) is dropped; the config (and `dl`) stays.
+        let client = kept_in(&tree, base);
+        tree.insert(client.config_key(), kept(Some("file:///etc/passwd")))
+            .unwrap();
+        client.restore_config().await;
+        let known = client.known_config().unwrap();
+        assert_eq!(known.api, None);
+        assert_eq!(known.dl, "http://files.example.com/dl");
+
+        // A copy kept by a version that knew no `api` reads as none.
+        tree.insert(
+            client.config_key(),
+            &br#"{"dl":"http://files.example.com/dl"}"#[..],
+        )
+        .unwrap();
+        let client = kept_in(&tree, base);
+        client.restore_config().await;
+        assert_eq!(client.known_config().unwrap().api, None);
     }
 
     #[test]

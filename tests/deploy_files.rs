@@ -38,11 +38,30 @@ fn known_env(name: &str) -> bool {
     SETTINGS.iter().any(|s| s.about().env_var() == name)
 }
 
-#[test]
-fn the_systemd_unit_passes_systemd_analyze_verify() {
+/// Runs `systemd-analyze verify` on `units` (name and text each, written
+/// side by side so that they may name each other) and fails the test on any
+/// message.
+fn systemd_verify(units: &[(&str, &str)]) {
     let dir = tempfile::tempdir().unwrap();
-    // Point the unit at this build's binary and the shipped environment file.
-    let unit = std::fs::read_to_string(deploy("systemd/crate-mirror.service"))
+    let mut command = Command::new("systemd-analyze");
+    command.arg("verify");
+    for (name, text) in units {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        command.arg(path);
+    }
+    let output = command.output().expect("systemd-analyze");
+    let messages = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && messages.trim().is_empty(),
+        "{messages}"
+    );
+}
+
+/// The shipped unit, pointed at this build's binary and the shipped
+/// environment file.
+fn mirror_unit() -> String {
+    std::fs::read_to_string(deploy("systemd/crate-mirror.service"))
         .unwrap()
         .replace(
             "/usr/local/bin/crate-mirror",
@@ -51,7 +70,19 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
         .replace(
             "/etc/crate-mirror/crate-mirror.env",
             deploy("systemd/crate-mirror.env").to_str().unwrap(),
-        );
+        )
+}
+
+/// The values of `key=` lines in a unit.
+fn directive<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
+    unit.lines()
+        .filter_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+        .collect()
+}
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let unit = mirror_unit();
     for directive in [
         "DynamicUser=yes",
         "ProtectSystem=strict",
@@ -60,18 +91,7 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
     ] {
         assert!(unit.contains(directive), "the unit lacks {directive}");
     }
-    let path = dir.path().join("crate-mirror.service");
-    std::fs::write(&path, unit).unwrap();
-    let output = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&path)
-        .output()
-        .expect("systemd-analyze");
-    let messages = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && messages.trim().is_empty(),
-        "{messages}"
-    );
+    systemd_verify(&[("crate-mirror.service", &unit)]);
     for line in std::fs::read_to_string(deploy("systemd/crate-mirror.env"))
         .unwrap()
         .lines()
@@ -85,6 +105,37 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
     }
 }
 
+/// The git daemon's unit shares the mirror's state directory: with
+/// `DynamicUser=yes` that works only when both name the same user (units
+/// naming one user share its dynamic UID); otherwise each start of one
+/// would chown the directory away from the other.
+#[test]
+fn the_git_daemon_unit_shares_the_mirrors_user_and_state_directory() {
+    let mirror = mirror_unit();
+    let daemon =
+        std::fs::read_to_string(deploy("git-daemon/crate-mirror-git-daemon.service")).unwrap();
+    for key in ["DynamicUser", "User", "Group", "StateDirectory"] {
+        let ours = directive(&mirror, key);
+        assert_eq!(ours.len(), 1, "crate-mirror.service sets {key} once");
+        assert_eq!(directive(&daemon, key), ours, "{key}");
+    }
+    assert_eq!(
+        directive(&daemon, "ReadOnlyPaths"),
+        ["/var/lib/crate-mirror"]
+    );
+    let exec = directive(&daemon, "ExecStart");
+    assert!(
+        exec.len() == 1 && exec[0].contains("git daemon") && !exec[0].contains("receive-pack"),
+        "{exec:?}"
+    );
+    systemd_verify(&[
+        ("crate-mirror.service", &mirror),
+        ("crate-mirror-git-daemon.service", &daemon),
+    ]);
+    let readme = std::fs::read_to_string(deploy("git-daemon/README.md")).unwrap();
+    assert!(readme.contains("crate-mirror-git-daemon.service"));
+}
+
 #[test]
 fn kubernetes_manifests_run_two_probed_replicas_on_s3() {
     let mut objects = Vec::new();
@@ -94,11 +145,12 @@ fn kubernetes_manifests_run_two_probed_replicas_on_s3() {
         "deployment.yaml",
         "service.yaml",
         "pdb.yaml",
+        "ingress.yaml",
     ] {
         objects.extend(yaml_documents(&deploy(&format!("kubernetes/{file}"))));
     }
     let kustomization = &yaml_documents(&deploy("kubernetes/kustomization.yaml"))[0];
-    assert_eq!(kustomization["resources"].as_array().unwrap().len(), 5);
+    assert_eq!(kustomization["resources"].as_array().unwrap().len(), 6);
     let find = |kind: &str| {
         objects
             .iter()
@@ -151,6 +203,27 @@ fn kubernetes_manifests_run_two_probed_replicas_on_s3() {
     let pdb = find("PodDisruptionBudget");
     assert_eq!(&pdb["spec"]["selector"]["matchLabels"], labels);
     assert!(pdb["spec"]["minAvailable"].as_u64().unwrap() >= 1);
+
+    // The Ingress terminates TLS for the host cargo is told to use, and
+    // sends it to the Service's named port.
+    let public_url = config_map["data"]["CRATE_MIRROR_PUBLIC_URL"]
+        .as_str()
+        .unwrap();
+    let host = public_url
+        .strip_prefix("https://")
+        .expect("an https public URL behind the Ingress");
+    let ingress = find("Ingress");
+    assert_eq!(ingress["spec"]["tls"][0]["hosts"][0], host);
+    assert!(ingress["spec"]["tls"][0]["secretName"].is_string());
+    let rule = &ingress["spec"]["rules"][0];
+    assert_eq!(rule["host"], host);
+    let backend = &rule["http"]["paths"][0]["backend"]["service"];
+    assert_eq!(backend["name"], service["metadata"]["name"]);
+    assert_eq!(backend["port"]["name"], service["spec"]["ports"][0]["name"]);
+    assert_eq!(
+        ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-buffering"], "off",
+        "downloads are streamed, not spooled"
+    );
 }
 
 #[test]

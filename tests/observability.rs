@@ -829,11 +829,17 @@ fn shipped_prometheus_config_and_alert_rules_pass_promtool() {
             &token.to_string_lossy(),
         );
     std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
-    std::fs::copy(shipped.join("alerts.yml"), dir.path().join("alerts.yml")).unwrap();
+    for file in ["alerts.yml", "alerts.test.yml"] {
+        std::fs::copy(shipped.join(file), dir.path().join(file)).unwrap();
+    }
     let dir = dir.path();
+    // `test rules`: the shipped unit tests of the alerts (a full cache that
+    // eviction keeps near its quota raises nothing; failing eviction, storage
+    // stuck over the quota and churn do).
     for args in [
         vec!["check", "config", "prometheus.yml"],
         vec!["check", "rules", "alerts.yml"],
+        vec!["test", "rules", "alerts.test.yml"],
     ] {
         let output = Command::new("promtool")
             .args(&args)
@@ -858,9 +864,43 @@ fn shipped_prometheus_config_and_alert_rules_pass_promtool() {
     // Every metric is named once, in src/metrics.rs (label vectors without samples
     // are absent from /metrics, so the source is the complete list).
     let defined = include_str!("../src/metrics.rs");
+    // Job and instance variables, and every query limited to them: a
+    // dashboard over several nodes must not add one node's gauges to
+    // another's (a sum of quotas is no node's quota).
+    let variables: Vec<&str> = grafana["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert!(variables.contains(&"job") && variables.contains(&"instance"));
+    let titles: Vec<&str> = grafana["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["title"].as_str())
+        .collect();
+    for wanted in ["Prefetch", "circuit breaker", "Eviction"] {
+        assert!(
+            titles.iter().any(|t| t.contains(wanted)),
+            "no {wanted} panel"
+        );
+    }
     for panel in grafana["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().unwrap() {
             let expr = target["expr"].as_str().unwrap();
+            let selectors = expr.matches('{').count();
+            assert_eq!(
+                expr.matches("job=~\"$job\",instance=~\"$instance\"")
+                    .count(),
+                selectors,
+                "every selector limited to $job and $instance: {expr}"
+            );
+            assert!(selectors > 0, "{expr}");
+            assert!(
+                !expr.starts_with("sum(crate_mirror_storage"),
+                "per-node gauges are not summed: {expr}"
+            );
             for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
                 if let Some(base) = word.strip_prefix("crate_mirror_") {
                     let family = ["_bucket", "_sum", "_count"]

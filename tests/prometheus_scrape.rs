@@ -22,9 +22,9 @@ impl Drop for Prometheus {
     }
 }
 
-/// Runs Prometheus on the shipped config with the target and token file
+/// Runs Prometheus on the shipped config with the targets and token file
 /// replaced, scraping every second; returns it and its API base URL.
-fn prometheus(dir: &Path, target: &str, token_file: &Path) -> (Prometheus, String) {
+fn prometheus(dir: &Path, targets: &[&str], token_file: &Path) -> (Prometheus, String) {
     let shipped = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/prometheus.yml"),
     )
@@ -33,7 +33,10 @@ fn prometheus(dir: &Path, target: &str, token_file: &Path) -> (Prometheus, Strin
         .replace("scrape_interval: 15s", "scrape_interval: 1s")
         .replace(
             "          - mirror-1.example.com:8080\n          - mirror-2.example.com:8080\n",
-            &format!("          - {target}\n"),
+            &targets
+                .iter()
+                .map(|target| format!("          - {target}\n"))
+                .collect::<String>(),
         )
         .replace(
             "/etc/prometheus/crate-mirror-metrics-token",
@@ -41,7 +44,10 @@ fn prometheus(dir: &Path, target: &str, token_file: &Path) -> (Prometheus, Strin
         )
         // The alert rules are checked by promtool elsewhere.
         .replace("rule_files:\n  - alerts.yml\n", "");
-    assert!(config.contains(target), "the target was not replaced");
+    assert!(
+        targets.iter().all(|t| config.contains(t)),
+        "the targets were not replaced"
+    );
     let path = dir.join("prometheus.yml");
     std::fs::write(&path, config).unwrap();
     let port = free_port();
@@ -59,7 +65,7 @@ fn prometheus(dir: &Path, target: &str, token_file: &Path) -> (Prometheus, Strin
     (Prometheus(child), format!("http://127.0.0.1:{port}"))
 }
 
-/// The health of the one scrape target, once Prometheus has scraped it.
+/// The health of the first scrape target, once Prometheus has scraped it.
 async fn target_health(api: &str) -> Option<(String, String)> {
     let targets = client()
         .get(format!("{api}/api/v1/targets"))
@@ -93,7 +99,7 @@ async fn the_shipped_scrape_job_reaches_a_mirror_whose_metrics_need_a_token() {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
     let target = mirror.url.trim_start_matches("http://").to_string();
-    let (_prometheus, api) = prometheus(dir.path(), &target, &token_file);
+    let (_prometheus, api) = prometheus(dir.path(), &[&target], &token_file);
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let health = loop {
@@ -119,4 +125,103 @@ async fn the_shipped_scrape_job_reaches_a_mirror_whose_metrics_need_a_token() {
             .clone();
     }
     assert_eq!(result.as_array().map(Vec::len), Some(1), "{result}");
+}
+
+/// An instant query's result vector (empty on any failure, which the caller
+/// asserts about); panics when Prometheus rejects the query itself.
+async fn query(api: &str, expr: &str) -> Vec<serde_json::Value> {
+    let answer = json_of(
+        client()
+            .get(format!("{api}/api/v1/query"))
+            .query(&[("query", expr)]),
+    )
+    .await;
+    assert_eq!(answer["status"], "success", "{expr}: {answer}");
+    answer["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Every query of the shipped Grafana dashboard, with its `$job` and
+/// `$instance` variables filled in as Grafana would, runs on real Prometheus
+/// scraping two mirrors with different quotas; the per-node panels keep the
+/// nodes apart (the storage panel shows each quota, not their sum), and one
+/// chosen instance narrows them to that node.
+#[tokio::test]
+async fn the_grafana_queries_run_per_instance_on_real_prometheus() {
+    let upstream = TestUpstream::start(&[CrateSpec::new("abc", "1.0.0")], DlStyle::Plain);
+    let one = Mirror::builder(&upstream.url)
+        .args(&["--max-storage", "1GiB"])
+        .start();
+    let two = Mirror::builder(&upstream.url)
+        .args(&["--max-storage", "2GiB"])
+        .start();
+    for mirror in [&one, &two] {
+        assert_eq!(mirror.get("/index/3/a/abc").await.status(), 200);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "unused\n").unwrap();
+    let instances: Vec<String> = [&one, &two]
+        .iter()
+        .map(|m| m.url.trim_start_matches("http://").to_string())
+        .collect();
+    let targets: Vec<&str> = instances.iter().map(String::as_str).collect();
+    let (_prometheus, api) = prometheus(dir.path(), &targets, &token_file);
+
+    // Grafana's variable queries: the job, then its instances.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = query(&api, "crate_mirror_build_info{job=~\"crate-mirror\"}").await;
+        if found.len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "both mirrors scraped: {found:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let grafana: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/crate-mirror.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let fill = |expr: &str, instance: &str| {
+        expr.replace("$job", "crate-mirror")
+            .replace("$instance", instance)
+    };
+    let mut storage_panel = None;
+    for panel in grafana["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            // `.*` is the instance variable's "All".
+            query(&api, &fill(expr, ".*")).await;
+            if expr.starts_with("crate_mirror_storage_quota_bytes") {
+                storage_panel = Some(expr.to_string());
+            }
+        }
+    }
+    let quota = storage_panel.expect("the storage panel shows the quota");
+    let mut quotas: Vec<(String, String)> = query(&api, &fill(&quota, ".*"))
+        .await
+        .iter()
+        .map(|sample| {
+            (
+                sample["metric"]["instance"].as_str().unwrap().to_string(),
+                sample["value"][1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    quotas.sort();
+    let mut expected = vec![
+        (instances[0].clone(), "1073741824".to_string()),
+        (instances[1].clone(), "2147483648".to_string()),
+    ];
+    expected.sort();
+    assert_eq!(quotas, expected, "one quota per node, never their sum");
+    let narrowed = query(&api, &fill(&quota, &instances[1])).await;
+    assert_eq!(narrowed.len(), 1);
+    assert_eq!(narrowed[0]["value"][1], "2147483648");
 }

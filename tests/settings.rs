@@ -285,20 +285,7 @@ fn one_start_line_says_what_is_running() {
         .public_url()
         .args(&["--max-storage", "1GiB", "--auth-tokens", &hash])
         .start();
-    // The line is written once the socket listens; the log writer is
-    // asynchronous, so wait for it.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let line = loop {
-        if let Some(line) = mirror
-            .log()
-            .lines()
-            .find(|l| l.contains("crate-mirror started"))
-        {
-            break line.to_string();
-        }
-        assert!(std::time::Instant::now() < deadline, "{}", mirror.log());
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let line = start_line(&mirror);
     for part in [
         format!("version=\"{}\"", env!("CARGO_PKG_VERSION")),
         format!("listen={}", mirror.url),
@@ -307,9 +294,59 @@ fn one_start_line_says_what_is_running() {
         format!("data_dir=\"{}\"", mirror.data_dir.display()),
         "storage=\"local, quota 1073741824 bytes\"".to_string(),
         "mode=\"private\"".to_string(),
+        "proxy=\"none\"".to_string(),
     ] {
         assert!(line.contains(&part), "{part} not in {line}");
     }
     assert!(!line.contains(&token) && !line.contains(&hash), "{line}");
     assert_eq!(mirror.log().matches("crate-mirror started").count(), 1);
+}
+
+/// The mirror's start line. It is written once the socket listens, and the
+/// log writer is asynchronous, so this waits for it (bounded).
+fn start_line(mirror: &Mirror) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(line) = mirror
+            .log()
+            .lines()
+            .find(|l| l.contains("crate-mirror started"))
+        {
+            return line.to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", mirror.log());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Every interface with no tokens is said at start (a cloud VM's public
+/// address makes the mirror everyone's); loopback or private mode is not.
+#[test]
+fn every_interface_in_public_mode_is_warned_about_at_start() {
+    let (_, hash) = support::cargo::new_token();
+    for (listen, tokens, warned) in [
+        ("0.0.0.0:0", "", true),
+        ("127.0.0.1:0", "", false),
+        ("0.0.0.0:0", hash.as_str(), false),
+    ] {
+        let mut args = vec!["--listen", listen];
+        if !tokens.is_empty() {
+            args.extend([
+                "--auth-tokens",
+                tokens,
+                "--public-url",
+                "http://127.0.0.1:9",
+            ]);
+        }
+        let mirror = Mirror::builder(NO_UPSTREAM).args(&args).start();
+        start_line(&mirror);
+        // The warning follows the start line in the same callback.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let log = mirror.log();
+        assert_eq!(
+            log.contains("listening on every interface in public mode"),
+            warned,
+            "{listen} tokens={tokens:?}: {log}"
+        );
+    }
 }

@@ -89,6 +89,26 @@ async fn the_least_recently_used_crates_are_evicted_to_stay_under_the_quota() {
         stored_bytes(&mirror)
     );
     assert_eq!(stats["storage_quota_bytes"].as_u64().unwrap(), quota);
+    // What the alerts watch: one crate evicted, its bytes, no failed pass.
+    let evicted = |metrics: &std::collections::BTreeMap<String, f64>, name: &str| {
+        metrics.get(name).copied().unwrap_or(-1.0)
+    };
+    support::wait_until(Duration::from_secs(10), "eviction counted", || async {
+        evicted(
+            &mirror.metrics().await,
+            "crate_mirror_storage_evicted_total",
+        ) == 1.0
+    })
+    .await;
+    let metrics = mirror.metrics().await;
+    assert_eq!(
+        evicted(&metrics, "crate_mirror_storage_evicted_bytes_total"),
+        sizes[1] as f64
+    );
+    assert_eq!(
+        evicted(&metrics, "crate_mirror_storage_eviction_failures_total"),
+        0.0
+    );
 
     // An evicted crate is simply fetched again.
     assert_eq!(download(&mirror, &crates[1]).await, "MISS");

@@ -5,11 +5,11 @@
 //! with bounded concurrency and progress on stderr.
 
 use std::collections::BTreeSet;
-use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use futures_util::StreamExt;
 
+use super::progress::{Progress, Unit};
 use crate::names::{CrateName, CrateVersion};
 
 /// Connection failures in a row after which the mirror is taken to be down.
@@ -143,7 +143,8 @@ enum Outcome {
     Unreachable(String),
 }
 
-fn client(connection: &Connection) -> Result<reqwest::Client, WarmError> {
+/// The HTTP client for a mirror (`export --from` uses it too).
+pub(crate) fn client(connection: &Connection) -> Result<reqwest::Client, WarmError> {
     let mut builder = reqwest::Client::builder()
         .user_agent(concat!("crate-mirror-warm/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = &connection.cacert {
@@ -185,7 +186,11 @@ pub async fn warm(
     }
     let client = client(connection)?;
     let base = mirror.trim_end_matches('/');
-    let mut progress = Progress::new(plan.index_files.len() + plan.crates.len());
+    let mut progress = Progress::new(
+        "warm",
+        (plan.index_files.len() + plan.crates.len()) as u64,
+        Unit::Items,
+    );
     let mut report = WarmReport::default();
     // Index files before crates: a download needs its index line.
     let index_targets: Vec<Target> = plan
@@ -276,7 +281,7 @@ async fn run(
         })
         .buffer_unordered(jobs.max(1));
     while let Some((target, outcome)) = results.next().await {
-        progress.step();
+        progress.step(1);
         let body = match outcome {
             Outcome::Unreachable(reason) => {
                 unreachable_in_a_row += 1;
@@ -353,59 +358,6 @@ async fn fetch(client: &reqwest::Client, url: &str, keep_body: bool) -> Outcome 
 /// prerelease.
 fn newest_release(body: &[u8]) -> Option<String> {
     crate::prefetch::choose_release(body, &semver::VersionReq::STAR).map(|release| release.vers)
-}
-
-/// Progress on stderr: a bar redrawn in place at a terminal; elsewhere (a CI
-/// log, a file) a line at every tenth, so a log gets ten lines, not a
-/// carriage return per file.
-struct Progress {
-    done: usize,
-    total: usize,
-    terminal: bool,
-    last_tenth: usize,
-}
-
-impl Progress {
-    fn new(total: usize) -> Self {
-        Self {
-            done: 0,
-            total,
-            terminal: std::io::stderr().is_terminal(),
-            last_tenth: 0,
-        }
-    }
-
-    fn step(&mut self) {
-        self.done += 1;
-        let total = self.total.max(1);
-        let mut stderr = std::io::stderr();
-        if self.terminal {
-            const WIDTH: usize = 30;
-            let filled = (WIDTH * self.done / total).min(WIDTH);
-            let _ = write!(
-                stderr,
-                "\r[{}{}] {}/{}",
-                "#".repeat(filled),
-                " ".repeat(WIDTH - filled),
-                self.done,
-                self.total
-            );
-            let _ = stderr.flush();
-        } else {
-            let tenth = (10 * self.done / total).min(10);
-            if tenth > self.last_tenth {
-                self.last_tenth = tenth;
-                let percent = (100 * self.done / total).min(100);
-                let _ = writeln!(stderr, "warm: {}/{} ({percent}%)", self.done, self.total);
-            }
-        }
-    }
-
-    fn finish(&self) {
-        if self.terminal && self.done > 0 {
-            eprintln!();
-        }
-    }
 }
 
 #[cfg(test)]

@@ -142,6 +142,18 @@ pub static UPSTREAM: Setting<String> = Setting {
     parse: parse_base_url,
 };
 
+pub static OFFLINE: Setting<bool> = Setting {
+    about: About {
+        key: "offline",
+        value_name: "BOOL",
+        fallback: Fallback::Value("false"),
+        help: "Serve only what is cached or imported and never ask an upstream (--upstream not needed)",
+        kind: Kind::Value,
+        secret: false,
+    },
+    parse: parse_bool,
+};
+
 pub static DATA_DIR: Setting<PathBuf> = Setting {
     about: About {
         key: "data-dir",
@@ -604,6 +616,7 @@ pub static S3_INSTANCE_CREDENTIALS: Setting<bool> = Setting {
 pub static SETTINGS: &[&dyn AnySetting] = &[
     &LISTEN,
     &UPSTREAM,
+    &OFFLINE,
     &DATA_DIR,
     &PUBLIC_URL,
     &INDEX_TTL,

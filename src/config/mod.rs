@@ -59,8 +59,12 @@ impl ConfigError {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
-    /// Base URL of the upstream sparse index, always ending in `/`.
+    /// Base URL of the upstream sparse index, always ending in `/`; empty
+    /// when offline without one.
     pub upstream: String,
+    /// Never ask the upstream: serve what is cached or imported (air-gapped
+    /// sites); a miss is a 404 that says so.
+    pub offline: bool,
     pub data_dir: PathBuf,
     /// Without a trailing slash.
     pub public_url: Option<String>,
@@ -152,7 +156,21 @@ pub enum LogFormat {
 impl RawSettings {
     /// Builds the validated configuration.
     pub fn build(&self) -> Result<Config, ConfigError> {
-        let upstream = self.value(&UPSTREAM)?;
+        self.build_as(self.value(&OFFLINE)?)
+    }
+
+    /// The configuration with the upstream never asked, whatever `offline`
+    /// says: for commands that only read and write the data dir (`import`).
+    pub fn build_offline(&self) -> Result<Config, ConfigError> {
+        self.build_as(true)
+    }
+
+    fn build_as(&self, offline: bool) -> Result<Config, ConfigError> {
+        let upstream = if offline {
+            self.get(&UPSTREAM)?.unwrap_or_default()
+        } else {
+            self.value(&UPSTREAM)?
+        };
         let public_url = self
             .get(&PUBLIC_URL)?
             .map(|url| url.trim_end_matches('/').to_string());
@@ -173,6 +191,7 @@ impl RawSettings {
         Ok(Config {
             listen: self.value(&LISTEN)?,
             upstream,
+            offline,
             data_dir: self.data_dir()?,
             public_url,
             index_ttl: self.value(&INDEX_TTL)?,
@@ -197,7 +216,8 @@ impl RawSettings {
             shutdown_timeout: self.value(&SHUTDOWN_TIMEOUT)?,
             db_flush_interval: self.value(&DB_FLUSH_INTERVAL)?,
             tls: self.tls()?,
-            prefetch: self.prefetch()?,
+            // Nothing to prefetch from offline.
+            prefetch: if offline { None } else { self.prefetch()? },
             shown: self.shown(),
         })
     }

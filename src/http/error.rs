@@ -1,4 +1,5 @@
-//! The one place where errors of every layer become HTTP statuses.
+//! The one place where errors of every layer become HTTP statuses (and, for
+//! the registry web API, cargo's JSON error format).
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
@@ -7,6 +8,7 @@ use crate::crates::CrateError;
 use crate::git::GitError;
 use crate::index::cache::IndexError;
 use crate::index::path::PathError;
+use crate::registry_api::RegistryApiError;
 use crate::storage::StorageError;
 use crate::upstream::UpstreamError;
 
@@ -33,6 +35,9 @@ pub enum ApiError {
     /// Listing the stored crates failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// Search, crate metadata and refused writes: answered as JSON.
+    #[error(transparent)]
+    Registry(#[from] RegistryApiError),
     /// The request's Host (or a trusted proxy's forwarded host or scheme) cannot
     /// be put into a URL.
     #[error("{0}")]
@@ -45,10 +50,19 @@ impl From<crate::names::NameError> for ApiError {
     }
 }
 
+/// A write on the read-only mirror. 403, not 405: the method is one the
+/// registry API has, refused for the mirror's sake, whatever the method
+/// (`GET .../owners` too); cargo prints either as `(status N ...)` followed
+/// by the detail.
+const READ_ONLY_STATUS: StatusCode = StatusCode::FORBIDDEN;
+
 fn upstream_status(err: &UpstreamError) -> StatusCode {
     match err {
         UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
         UpstreamError::CircuitOpen => StatusCode::SERVICE_UNAVAILABLE,
+        // Nothing to fetch from: what is not cached does not exist here, and
+        // cargo says "no matching package" instead of retrying a 5xx.
+        UpstreamError::Offline => StatusCode::NOT_FOUND,
         _ => StatusCode::BAD_GATEWAY,
     }
 }
@@ -78,6 +92,15 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Git(_) | ApiError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Registry(err) => match err {
+                RegistryApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+                RegistryApiError::ReadOnly => READ_ONLY_STATUS,
+                RegistryApiError::NoApi | RegistryApiError::CrateNotFound(_) => {
+                    StatusCode::NOT_FOUND
+                }
+                RegistryApiError::Upstream(err) => upstream_status(err),
+                RegistryApiError::NotJson => StatusCode::BAD_GATEWAY,
+            },
             ApiError::Index(err) => index_status(err),
             ApiError::Crate(err) => match err {
                 CrateError::NotFound => StatusCode::NOT_FOUND,
@@ -95,6 +118,11 @@ impl ResponseError for ApiError {
         let status = self.status_code();
         if status.is_server_error() {
             tracing::warn!(status = status.as_u16(), error = %self, "request failed");
+        }
+        if let ApiError::Registry(_) = self {
+            // What cargo reads from an API error and prints after the status.
+            let body = serde_json::json!({ "errors": [{ "detail": self.to_string() }] });
+            return HttpResponse::build(status).json(body);
         }
         HttpResponse::build(status)
             .content_type("text/plain; charset=utf-8")

@@ -10,6 +10,7 @@ mod git;
 pub mod h2c;
 mod operator;
 mod origin;
+mod registry_api;
 
 use std::time::{Instant, UNIX_EPOCH};
 
@@ -72,6 +73,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::scope("/api/v1/crates")
             .app_data(Route::Download)
             .wrap(from_fn(auth::registry))
+            .configure(registry_api::routes)
             .default_service(web::to(download)),
     )
     .service(
@@ -158,7 +160,7 @@ async fn index(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
         IndexRequest::Config => {
             // Its own label, though it shares the index's scope.
             req.extensions_mut().insert(Route::Config);
-            config_json(&req, &state)
+            config_json(&req, &state).await
         }
         IndexRequest::File(name) => {
             state.metrics.activity.crate_requested(name.key());
@@ -168,9 +170,19 @@ async fn index(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
     }
 }
 
-fn config_json(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
+/// How long `config.json` waits for the upstream's when none is known yet (the
+/// first start on a new data dir): only to know whether to announce `api`.
+const CONFIG_UPSTREAM_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Our `config.json`: `dl` is the mirror, and so is `api` when the upstream
+/// has a web API to pass searches to.
+async fn config_json(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
     let origin = origin::public_base(req, state)?;
     let mut body = serde_json::json!({ "dl": format!("{}/api/v1/crates", origin.base) });
+    let upstream = state.upstream.config_within(CONFIG_UPSTREAM_WAIT).await;
+    if upstream.is_some_and(|config| config.api.is_some()) {
+        body["api"] = origin.base.clone().into();
+    }
     if state.facing.access.is_private() {
         body["auth-required"] = true.into();
     }

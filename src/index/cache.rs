@@ -320,6 +320,24 @@ fn from_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
+/// A stored record of `plain`, a body that arrived other than from the
+/// upstream (an imported bundle): our ETag and gzip made as for a fetched
+/// one, no upstream validators, confirmed now. CPU work: off the async threads.
+pub fn record_of(plain: Bytes) -> crate::index::store::StoredIndex {
+    let now = to_ms(SystemTime::now());
+    crate::index::store::StoredIndex {
+        header: crate::index::store::StoredHeader {
+            upstream: Validators::default(),
+            etag: etag_of(&plain),
+            changed_at_ms: now,
+            fetched_at_ms: now,
+            gzip: false,
+        },
+        gzip: Some(gzip(&plain)),
+        body: plain,
+    }
+}
+
 /// Our ETag of a body.
 fn etag_of(body: &[u8]) -> String {
     let digest = Sha256::digest(body);
@@ -386,8 +404,15 @@ pub struct IndexPolicy {
 
 impl IndexPolicy {
     pub fn from_config(config: &crate::config::Config) -> Self {
+        // Offline, what is stored is all there is: it never expires (an expired
+        // file would only be served as stale after a failed refresh).
+        const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
         Self {
-            ttl: config.index_ttl,
+            ttl: if config.offline {
+                FOREVER
+            } else {
+                config.index_ttl
+            },
             max_stale: config.index_max_stale,
             negative_ttl: config.negative_ttl,
             hot_cache_bytes: config.hot_cache_bytes,

@@ -13,6 +13,9 @@ pub enum Route {
     Index,
     /// A crate download under `/api/v1/crates/`.
     Download,
+    /// The registry web API beside downloads: search, crate metadata,
+    /// refused writes.
+    Api,
     /// The git index under `/git/`.
     Git,
     Health,
@@ -28,7 +31,7 @@ pub enum Route {
 
 impl Route {
     /// Every value, in the order the metrics create their series.
-    pub const ALL: [Route; 10] = [
+    pub const ALL: [Route; 11] = [
         Route::Config,
         Route::Health,
         Route::Ready,
@@ -37,6 +40,7 @@ impl Route {
         Route::Dashboard,
         Route::Index,
         Route::Download,
+        Route::Api,
         Route::Git,
         Route::Other,
     ];
@@ -46,6 +50,7 @@ impl Route {
             Route::Config => "config",
             Route::Index => "index",
             Route::Download => "download",
+            Route::Api => "api",
             Route::Git => "git",
             Route::Health => "health",
             Route::Ready => "ready",
@@ -61,7 +66,7 @@ impl Route {
     pub fn is_registry(self) -> bool {
         matches!(
             self,
-            Route::Config | Route::Index | Route::Download | Route::Git
+            Route::Config | Route::Index | Route::Download | Route::Api | Route::Git
         )
     }
 
@@ -86,7 +91,7 @@ mod tests {
         assert_eq!(labels.len(), Route::ALL.len());
         assert_eq!(
             Route::registry_labels().collect::<Vec<_>>(),
-            ["config", "index", "download", "git"]
+            ["config", "index", "download", "api", "git"]
         );
     }
 }

@@ -245,7 +245,11 @@ impl LocalStore {
     /// Keeps the store under its quota: reconciles once, then evicts whenever a
     /// commit goes over the quota, and periodically, until `stop` is
     /// cancelled.
-    pub async fn run_eviction(self: Arc<Self>, stop: CancellationToken) {
+    pub async fn run_eviction(
+        self: Arc<Self>,
+        stop: CancellationToken,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) {
         let Some(accounting) = &self.accounting else {
             return;
         };
@@ -263,16 +267,27 @@ impl LocalStore {
         }
         while !stop.is_cancelled() {
             let (store, passes) = (self.clone(), stop.clone());
+            let storage = &metrics.storage;
             match tokio::task::spawn_blocking(move || store.evict_until(&passes)).await {
-                Ok(Ok(report)) if report.evicted > 0 => tracing::info!(
-                    evicted = report.evicted,
-                    freed_bytes = report.freed_bytes,
-                    remaining_bytes = report.remaining_bytes,
-                    "evicted least recently used crates"
-                ),
+                Ok(Ok(report)) if report.evicted > 0 => {
+                    storage.evicted.inc_by(report.evicted);
+                    storage.evicted_bytes.inc_by(report.freed_bytes);
+                    tracing::info!(
+                        evicted = report.evicted,
+                        freed_bytes = report.freed_bytes,
+                        remaining_bytes = report.remaining_bytes,
+                        "evicted least recently used crates"
+                    )
+                }
                 Ok(Ok(_)) => {}
-                Ok(Err(err)) => tracing::error!(error = %err, "eviction failed"),
-                Err(err) => tracing::error!(error = %err, "eviction panicked"),
+                Ok(Err(err)) => {
+                    storage.eviction_failures.inc();
+                    tracing::error!(error = %err, "eviction failed")
+                }
+                Err(err) => {
+                    storage.eviction_failures.inc();
+                    tracing::error!(error = %err, "eviction panicked")
+                }
             }
             tokio::select! {
                 () = stop.cancelled() => return,

@@ -1,6 +1,6 @@
 //! A test upstream: a local sparse registry serving generated index files and
-//! `.crate` files, with switches to slow it, fail it, stop it and count what it
-//! was asked.
+//! `.crate` files (and, when asked, the read-only part of a registry web API),
+//! with switches to slow it, fail it, stop it and count what it was asked.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
@@ -25,6 +25,8 @@ pub enum DlStyle {
 #[derive(Clone, Debug)]
 pub struct Seen {
     pub path: String,
+    /// The raw query string (empty when none).
+    pub query: String,
     pub if_none_match: Option<String>,
     pub if_modified_since: Option<String>,
 }
@@ -53,6 +55,9 @@ pub struct Switches {
     /// Index files answered with exactly these bytes and this
     /// `Content-Encoding`, by lowercased name (a broken gzip, say).
     pub raw_index: Mutex<HashMap<String, (String, Bytes)>>,
+    /// Answer web API requests (`/api/v1/crates...`, downloads aside) with
+    /// this status (0 = behave), the rest of the registry unaffected.
+    pub api_fail_status: AtomicU16,
 }
 
 /// How the test upstream gzips an index body: best compression and a file
@@ -70,6 +75,8 @@ pub fn gzip_of(body: &[u8]) -> Vec<u8> {
 struct State {
     base: String,
     dl_style: Mutex<DlStyle>,
+    /// config.json announces `api` and the web API is answered.
+    api: bool,
     /// lowercased name -> (status, body)
     index: Mutex<HashMap<String, (u16, String)>>,
     /// (lowercased name, version) -> tarball
@@ -86,15 +93,57 @@ pub struct TestUpstream {
     pub url: String,
 }
 
+/// How to start a test upstream: `TestUpstream::builder(specs)`, then what
+/// differs from a plain `dl` and no web API.
+pub struct TestUpstreamBuilder {
+    specs: Vec<CrateSpec>,
+    dl_style: DlStyle,
+    api: bool,
+}
+
+impl TestUpstreamBuilder {
+    pub fn dl_style(mut self, dl_style: DlStyle) -> Self {
+        self.dl_style = dl_style;
+        self
+    }
+
+    /// Announces `api` (the upstream's own base URL) in config.json and
+    /// answers search (`/api/v1/crates?q=`) and crate metadata
+    /// (`/api/v1/crates/{name}`) in the public registry's JSON shape, from
+    /// the published index files: a search finds the names containing `q`.
+    pub fn api(mut self) -> Self {
+        self.api = true;
+        self
+    }
+
+    pub fn start(self) -> TestUpstream {
+        TestUpstream::start_with(self)
+    }
+}
+
 impl TestUpstream {
+    /// A test upstream with a plain `dl` and no web API; see `TestUpstreamBuilder`.
+    pub fn builder(specs: &[CrateSpec]) -> TestUpstreamBuilder {
+        TestUpstreamBuilder {
+            specs: specs.to_vec(),
+            dl_style: DlStyle::Plain,
+            api: false,
+        }
+    }
+
     pub fn start(specs: &[CrateSpec], dl_style: DlStyle) -> Self {
+        Self::builder(specs).dl_style(dl_style).start()
+    }
+
+    fn start_with(options: TestUpstreamBuilder) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind test upstream");
         let addr = listener.local_addr().expect("local addr");
         let base = format!("http://{addr}");
         let switches = Arc::new(Switches::default());
         let state = Arc::new(State {
             base: base.clone(),
-            dl_style: Mutex::new(dl_style),
+            dl_style: Mutex::new(options.dl_style),
+            api: options.api,
             index: Mutex::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
             seen: Mutex::new(Vec::new()),
@@ -128,7 +177,7 @@ impl TestUpstream {
             thread: Some(thread),
             url: format!("{base}/index/"),
         };
-        upstream.publish_all(specs);
+        upstream.publish_all(&options.specs);
         upstream
     }
 
@@ -246,6 +295,7 @@ async fn handle(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
     };
     state.seen.lock().unwrap().push(Seen {
         path: path.clone(),
+        query: req.query_string().to_string(),
         if_none_match: header("if-none-match"),
         if_modified_since: header("if-modified-since"),
     });
@@ -280,7 +330,14 @@ async fn handle(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
                 state.base
             ),
         };
-        return HttpResponse::Ok().json(serde_json::json!({ "dl": dl }));
+        let mut config = serde_json::json!({ "dl": dl });
+        if state.api {
+            config["api"] = state.base.clone().into();
+        }
+        return HttpResponse::Ok().json(config);
+    }
+    if let Some(answer) = web_api(&req, &state) {
+        return answer;
     }
     if let Some(rest) = path.strip_prefix("/index/") {
         let name = rest.rsplit('/').next().unwrap_or("").to_ascii_lowercase();
@@ -383,6 +440,102 @@ async fn handle(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
         .content_type("application/gzip")
         .no_chunking(len)
         .streaming(stream)
+}
+
+/// The web API's answer to `req`, when it is a web API request and the
+/// upstream serves the API; `None` for everything else.
+fn web_api(req: &HttpRequest, state: &State) -> Option<HttpResponse> {
+    let rest = req.uri().path().strip_prefix("/api/v1/crates")?;
+    if !rest.is_empty() && !rest.starts_with('/') {
+        return None;
+    }
+    let segments: Vec<&str> = rest.split('/').skip(1).collect();
+    let name = match segments.as_slice() {
+        [] => None,
+        [name] => Some(name.to_ascii_lowercase()),
+        _ => return None,
+    };
+    if !state.api {
+        return Some(HttpResponse::NotFound().body("no web API here"));
+    }
+    let fail = state.switches.api_fail_status.load(Ordering::SeqCst);
+    if fail != 0 {
+        let status = actix_web::http::StatusCode::from_u16(fail).unwrap();
+        return Some(HttpResponse::build(status).body("test upstream API failing on purpose"));
+    }
+    let index = state.index.lock().unwrap();
+    let summary = |name: &str| {
+        let (status, body) = index.get(name)?;
+        (*status == 200).then(|| crate_summary(body))?
+    };
+    match name {
+        Some(name) => Some(match summary(&name) {
+            Some(krate) => HttpResponse::Ok().json(serde_json::json!({
+                "crate": krate,
+                "versions": [],
+                "keywords": [],
+                "categories": [],
+            })),
+            None => HttpResponse::NotFound().json(serde_json::json!({
+                "errors": [{ "detail": format!("crate `{name}` does not exist") }]
+            })),
+        }),
+        None => {
+            let params: HashMap<String, String> =
+                web::Query::<HashMap<String, String>>::from_query(req.query_string())
+                    .map(web::Query::into_inner)
+                    .unwrap_or_default();
+            let q = params.get("q").cloned().unwrap_or_default().to_lowercase();
+            let per_page: usize = params
+                .get("per_page")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(10);
+            let mut names: Vec<&String> = index.keys().filter(|name| name.contains(&q)).collect();
+            names.sort();
+            let crates: Vec<serde_json::Value> = names
+                .iter()
+                .filter_map(|name| summary(name))
+                .take(per_page)
+                .collect();
+            Some(HttpResponse::Ok().json(serde_json::json!({
+                "crates": crates,
+                "meta": { "total": names.len(), "next_page": null, "prev_page": null },
+            })))
+        }
+    }
+}
+
+/// A crate as the web API describes it, from its index file: its name as
+/// published, its highest version that is not yanked, a description made
+/// from its name.
+fn crate_summary(index_file: &str) -> Option<serde_json::Value> {
+    let lines: Vec<serde_json::Value> = index_file
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let release = |line: &serde_json::Value| {
+        let vers = line["vers"].as_str().unwrap_or("0.0.0");
+        let core = vers.split(['-', '+']).next().unwrap_or("");
+        let numbers: Vec<u64> = core.split('.').filter_map(|n| n.parse().ok()).collect();
+        numbers
+    };
+    let newest = lines
+        .iter()
+        .filter(|line| line["yanked"] != true)
+        .max_by_key(|line| release(line))?;
+    let name = newest["name"].as_str()?;
+    let version = newest["vers"].as_str()?;
+    Some(serde_json::json!({
+        "id": name,
+        "name": name,
+        "max_version": version,
+        "newest_version": version,
+        "max_stable_version": version,
+        "description": format!("the {name} crate of the test upstream"),
+        "downloads": 0,
+        "recent_downloads": 0,
+        "exact_match": false,
+    }))
 }
 
 impl TestUpstream {

@@ -1,7 +1,8 @@
 //! Operations: /metrics after a real cargo run (validated by promtool and matched
 //! against what happened), JSON access logs, the dashboard in headless Chromium
-//! (public, and private where it asks for a token), and the shipped Prometheus
-//! configuration and alert rules.
+//! at desktop and phone widths (public, idle, and private where it asks for a
+//! token), its private-mode snippet pasted into real cargo, and the shipped
+//! Prometheus configuration and alert rules.
 
 use std::collections::BTreeMap;
 use std::io::Write;

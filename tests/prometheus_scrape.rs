@@ -51,7 +51,7 @@ fn prometheus(dir: &Path, targets: &[&str], token_file: &Path) -> (Prometheus, S
     let path = dir.join("prometheus.yml");
     std::fs::write(&path, config).unwrap();
     let port = free_port();
-    let child = Command::new("prometheus")
+    let mut child = Command::new("prometheus")
         .arg(format!("--config.file={}", path.display()))
         .arg(format!(
             "--storage.tsdb.path={}",
@@ -62,6 +62,9 @@ fn prometheus(dir: &Path, targets: &[&str], token_file: &Path) -> (Prometheus, S
         .stderr(Stdio::null())
         .spawn()
         .expect("prometheus (Debian's package, installed by .ci/run)");
+    // Its API answers only once it listens: callers query it at once.
+    support::wait_listening(&mut child, "prometheus", port, Duration::from_secs(30))
+        .unwrap_or_else(|why| panic!("{why}"));
     (Prometheus(child), format!("http://127.0.0.1:{port}"))
 }
 

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use crate_mirror::commands::export::ExportError;
 use crate_mirror::commands::warm::WarmError;
 use crate_mirror::config::{ConfigError, LogFormat, SettingsArgs};
 
@@ -37,6 +38,59 @@ enum Command {
     /// Fill a running mirror's cache: the index file of every package named
     /// and the .crate of every locked version.
     Warm(WarmArgs),
+    /// Write a bundle (index files and verified .crate files, one file) for a
+    /// site with no route to the upstream: from this data dir, or from a
+    /// running mirror with --from. What is missing is fetched first.
+    Export(ExportArgs),
+    /// Read a bundle into this data dir and storage: every file checked
+    /// against the manifest and every crate against its index cksum before
+    /// anything is written; merges with what is there; safe to repeat.
+    Import(ImportArgs),
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// The bundle to write (a gzip'd tar).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Cargo.lock files whose registry packages to bundle (repeatable).
+    #[arg(long, value_name = "PATH")]
+    lockfile: Vec<PathBuf>,
+    /// A crate to bundle (repeatable): NAME for its newest release, NAME@REQ
+    /// for the newest release matching REQ (e.g. serde@1.0).
+    #[arg(long = "crate", value_name = "NAME[@REQ]")]
+    crates: Vec<String>,
+    /// Everything the data dir holds.
+    #[arg(long)]
+    all_cached: bool,
+    /// Index files hold only the lines of bundled versions, so a resolve on
+    /// the far side picks only what travelled.
+    #[arg(long)]
+    prune_index: bool,
+    /// An earlier bundle (or its manifest.json): leave out what it holds.
+    #[arg(long, value_name = "FILE")]
+    since: Option<PathBuf>,
+    /// Read from this running mirror over HTTP instead of a data dir.
+    #[arg(long, value_name = "URL")]
+    from: Option<String>,
+    /// Token for a private mirror given with --from; also from the
+    /// environment variable CRATE_MIRROR_TOKEN.
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
+    /// PEM file of CA certificates to trust for --from over https.
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<PathBuf>,
+    #[command(flatten)]
+    settings: SettingsArgs,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// The bundle to read.
+    #[arg(value_name = "FILE")]
+    bundle: PathBuf,
+    #[command(flatten)]
+    settings: SettingsArgs,
 }
 
 #[derive(Args)]
@@ -108,7 +162,10 @@ fn main() -> ExitCode {
             let usage = err.is::<ConfigError>()
                 || err
                     .downcast_ref::<WarmError>()
-                    .is_some_and(WarmError::is_usage);
+                    .is_some_and(WarmError::is_usage)
+                || err
+                    .downcast_ref::<ExportError>()
+                    .is_some_and(ExportError::is_usage);
             if usage {
                 ExitCode::from(ConfigError::EXIT_CODE)
             } else {
@@ -226,13 +283,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 plan.add_crate(name)?;
             }
             let runtime = tokio::runtime::Runtime::new()?;
-            let connection = crate_mirror::commands::warm::Connection {
-                cacert: args.cacert.clone(),
-                token: args
-                    .token
-                    .clone()
-                    .or_else(|| std::env::var(crate_mirror::config::WARM_TOKEN_ENV).ok()),
-            };
+            let connection = connection(&args.cacert, &args.token);
             let report = runtime.block_on(crate_mirror::commands::warm::warm(
                 &args.mirror,
                 &plan,
@@ -254,6 +305,53 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Command::Export(args) => {
+            use crate_mirror::commands::export::{export, ExportRequest, Source};
+            let request = ExportRequest {
+                lockfiles: args.lockfile.clone(),
+                crates: args.crates.clone(),
+                all_cached: args.all_cached,
+                prune_index: args.prune_index,
+                since: args.since.clone(),
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            let report = match &args.from {
+                Some(url) => {
+                    let source = Source::remote(url, &connection(&args.cacert, &args.token))?;
+                    let staging = tempfile_dir(&args.out)?;
+                    runtime.block_on(export(&source, &request, &args.out, staging.path()))?
+                }
+                None => {
+                    warn_about_environment();
+                    let config = args.settings.config()?;
+                    let _logging = init_logging(config.log_format);
+                    runtime.block_on(async {
+                        let state = crate_mirror::AppState::open(&config).await?;
+                        let staging = tempfile_dir(&state.tmp_dir())?;
+                        let source = Source::Local(Box::new(state));
+                        let report = export(&source, &request, &args.out, staging.path()).await;
+                        if let Source::Local(state) = &source {
+                            state.flush()?;
+                        }
+                        anyhow::Ok(report?)
+                    })?
+                }
+            };
+            println!("{report} to {}", args.out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Import(args) => {
+            warn_about_environment();
+            let config = args.settings.raw()?.build_offline()?;
+            let _logging = init_logging(config.log_format);
+            let runtime = tokio::runtime::Runtime::new()?;
+            let report = runtime.block_on(async {
+                let state = crate_mirror::AppState::open(&config).await?;
+                anyhow::Ok(crate_mirror::commands::import::import(&state, &args.bundle).await?)
+            })?;
+            println!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Gc(args) => {
             warn_about_environment();
             let raw = args.raw()?;
@@ -267,6 +365,55 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// How `warm` and `export --from` reach a mirror: the CA file given, and the
+/// token given or else from the environment.
+fn connection(
+    cacert: &Option<PathBuf>,
+    token: &Option<String>,
+) -> crate_mirror::commands::warm::Connection {
+    crate_mirror::commands::warm::Connection {
+        cacert: cacert.clone(),
+        token: token
+            .clone()
+            .or_else(|| std::env::var(crate_mirror::config::WARM_TOKEN_ENV).ok()),
+    }
+}
+
+/// A temp dir for staged `.crate` files beside `near` (the bundle, or the
+/// data dir's temp dir), removed when dropped.
+fn tempfile_dir(near: &std::path::Path) -> std::io::Result<TempDir> {
+    let parent = if near.is_dir() {
+        near.to_path_buf()
+    } else {
+        near.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
+    };
+    TempDir::new_in(&parent)
+}
+
+/// A directory removed with everything in it when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new_in(parent: &std::path::Path) -> std::io::Result<Self> {
+        let dir = parent.join(format!(".crate-mirror-export-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(TempDir(dir))
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

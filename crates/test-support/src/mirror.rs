@@ -123,7 +123,13 @@ impl MirrorBuilder {
         let mut child = Command::new(&binary)
             .arg("serve")
             .args(&listen)
-            .args(["--upstream", &self.upstream])
+            // An offline mirror is started with an empty upstream: none is given.
+            .args(
+                Some(["--upstream", self.upstream.as_str()])
+                    .filter(|_| !self.upstream.is_empty())
+                    .into_iter()
+                    .flatten(),
+            )
             .arg("--data-dir")
             .arg(&data_dir)
             .args(&self.args)

@@ -207,12 +207,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "http"
             };
             // What an operator checks first, in one line (no secrets: tokens
-            // are counted, S3 keys are not shown).
+            // are counted, S3 keys are not shown, URL user info is masked).
             let started = (
                 if config.upstream.is_empty() {
                     "(none)".to_string()
                 } else {
-                    config.upstream.clone()
+                    crate_mirror::config::mask_userinfo(&config.upstream)
                 },
                 crate_mirror::upstream::proxy_in_use(&config.upstream),
                 config

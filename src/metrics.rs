@@ -9,6 +9,7 @@
 //! (`_seconds`, `_bytes`) and `_total` on counters.
 
 pub mod activity;
+pub mod route;
 mod snapshot;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -27,20 +28,8 @@ pub const UPSTREAM_ORIGINS: &[&str] = &["client", "prefetch", "revalidation"];
 // The label values each fixed-set family starts with at 0: a series that
 // appears only on first use has no earlier sample, so `rate()` and
 // `increase()` miss its first increments. Kept beside the code that counts
-// them in mind: a value missing here merely appears late again.
-const HTTP_ROUTES: &[&str] = &[
-    "config",
-    "health",
-    "ready",
-    "metrics",
-    "stats",
-    "dashboard",
-    "index",
-    "download",
-    "api",
-    "git",
-    "other",
-];
+// them in mind: a value missing here merely appears late again. (Routes are
+// `Route::ALL`.)
 const HTTP_CONNECTIONS: &[&str] = &["http1", "h2c-upgrade", "h2c-prior-knowledge"];
 const INDEX_RESULTS: &[&str] = &["hit", "miss", "revalidated", "stale", "updating"];
 const DOWNLOAD_RESULTS: &[&str] = &["hit", "miss", "joined", "redirect", "error"];
@@ -58,7 +47,8 @@ const API_RESULTS: &[(&str, &[&str])] = &[
 /// What the upstream is asked for (the `kind` label of its requests).
 const UPSTREAM_KINDS: &[&str] = &["index", "config", "download", "api"];
 
-pub use activity::{Activity, ErrorRecord};
+pub use activity::{Activity, ErrorKind, ErrorRecord};
+pub use route::Route;
 
 /// The registry and the metrics of each layer.
 pub struct Metrics {
@@ -496,11 +486,12 @@ impl Metrics {
         metrics
     }
 
-    /// Creates every series of a fixed label set at 0 (see `HTTP_ROUTES`).
+    /// Creates every series of a fixed label set at 0 (see `HTTP_CONNECTIONS`).
     /// Statuses are open-ended: only the usual success is created.
     fn initialise_labels(&self) {
+        let routes: Vec<&str> = Route::ALL.iter().map(|r| r.as_str()).collect();
         let single_label: [(&IntCounterVec, &[&str]); 6] = [
-            (&self.http.served_bytes, HTTP_ROUTES),
+            (&self.http.served_bytes, &routes),
             (&self.http.connections, HTTP_CONNECTIONS),
             (&self.index.lookups, INDEX_RESULTS),
             (&self.crates.downloads, DOWNLOAD_RESULTS),

@@ -1,11 +1,12 @@
 //! What crate-mirror's integration tests and benches share: a generated
 //! registry, a test upstream serving it, the mirror binary, nginx, a cargo
-//! driver, and (in `bench`) the benches' own plumbing. A crate of its own so
+//! driver, a headless browser, and (in `bench`) the benches' own plumbing. A crate of its own so
 //! that each test and bench links one copy instead of including the files.
 
 use std::path::{Path, PathBuf};
 
 pub mod bench;
+pub mod browser;
 pub mod cargo;
 pub mod faults;
 pub mod mirror;

@@ -35,9 +35,12 @@ const STALE_RETRY: Duration = Duration::from_secs(5);
 pub const DEFAULT_REVALIDATE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Bytes of recent plain bodies kept besides the compressed hot cache (see
-/// `Inner::plain_bodies`): a few hundred average files, enough for the
-/// prefetcher to read what was just fetched without decompressing it.
-const PLAIN_CACHE_BYTES: u64 = 32 << 20;
+/// `Inner::plain_bodies`): about a hundred average files, what one resolve's
+/// prefetching re-reads; small, and let go of when idle, so that memory is
+/// the compressed copies once a burst is over.
+const PLAIN_CACHE_BYTES: u64 = 8 << 20;
+/// How long an unused plain body is kept.
+const PLAIN_CACHE_IDLE: Duration = Duration::from_secs(30);
 
 /// Crates whose last forced revalidation is remembered; beyond it the oldest
 /// are forgotten, which at worst allows one more forced fetch of those.
@@ -362,9 +365,21 @@ const MAX_PLAIN_BYTES: usize = 32 << 20;
 /// Runs CPU or disk work (decompressing, validating, hashing, compressing,
 /// sled) on tokio's blocking pool: on the async threads it would delay every
 /// other request and the upstream connection's own I/O.
+///
+/// At most one such job per CPU runs at once (the rest wait for a permit, not
+/// for a thread): more would not finish sooner, and every extra thread of
+/// tokio's blocking pool keeps its own allocator heap of the bodies it
+/// handled, which measured as most of the process's memory after a burst of
+/// misses.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, IndexError> + Send + 'static,
 ) -> Result<T, IndexError> {
+    static PERMITS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    let permits = PERMITS.get_or_init(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, usize::from))
+    });
+    // Never closed, so acquiring cannot fail; if it did, run unbounded.
+    let _permit = permits.acquire().await.ok();
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| IndexError::Background(Arc::new(e)))?
@@ -620,6 +635,7 @@ impl IndexCacheBuilder {
             .build();
         let plain_bodies = Cache::builder()
             .max_capacity(PLAIN_CACHE_BYTES)
+            .time_to_idle(PLAIN_CACHE_IDLE)
             .weigher(|etag: &String, body: &Bytes| {
                 u32::try_from(body.len() + etag.len()).unwrap_or(u32::MAX)
             })

@@ -51,6 +51,7 @@ fn warm_cache(
                 changed_at_ms: now_ms(),
                 fetched_at_ms: now_ms(),
                 gzip: false,
+                plain_len: None,
             },
             body,
             gzip: None,
@@ -121,6 +122,9 @@ fn response_building(c: &mut Criterion) {
     let name = CrateName::parse("serde").unwrap();
     let lookup = runtime.block_on(cache.get(&name)).unwrap();
     let etag = lookup.entry.file().expect("serde is found").etag.clone();
+    // What the handler hands over for a client without gzip (from the cache
+    // of recent plain bodies).
+    let plain = runtime.block_on(cache.plain(&lookup.entry)).unwrap();
     let mut group = c.benchmark_group("index_response");
     let cases = [
         ("plain_200", TestRequest::default().to_http_request()),
@@ -139,7 +143,9 @@ fn response_building(c: &mut Criterion) {
     ];
     for (label, request) in &cases {
         group.bench_function(*label, |b| {
-            b.iter(|| crate_mirror::http::index_response(request, lookup.clone()))
+            b.iter(|| {
+                crate_mirror::http::index_response(request, lookup.clone(), Some(plain.clone()))
+            })
         });
     }
     group.finish();

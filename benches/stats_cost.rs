@@ -56,6 +56,7 @@ fn fill(data: &Path, files: u64) {
                 changed_at_ms: now_ms,
                 fetched_at_ms: now_ms,
                 gzip: true,
+                plain_len: None,
             },
             gzip: Some(gzip(&body)),
             body,

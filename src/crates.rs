@@ -23,7 +23,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use crate::index::cache::{CacheOutcome, IndexCache, IndexError, IndexLookup};
-use crate::index::lines::{find_version, is_sha256_hex, VersionRecord};
+use crate::index::lines::{is_sha256_hex, VersionRecord};
 use crate::metrics::Metrics;
 use crate::names::{CrateName, CrateVersion};
 use crate::storage::{crate_key, ByteStream, CrateStore, StorageError};
@@ -257,26 +257,33 @@ impl CrateService {
     ) -> Result<VersionRecord, CrateError> {
         let index = &self.inner.index;
         let lookup = index.get(name).await?;
-        if let Some(record) = checked_record(&lookup, version)? {
+        if let Some(record) = checked_record(&lookup, version).await? {
             return Ok(record);
         }
         if lookup.outcome != CacheOutcome::Hit || !lookup.entry.is_found() {
             return Err(CrateError::NotFound);
         }
         let lookup = index.revalidate(name).await?;
-        checked_record(&lookup, version)?.ok_or(CrateError::NotFound)
+        checked_record(&lookup, version)
+            .await?
+            .ok_or(CrateError::NotFound)
     }
 }
 
 /// The index line of `version` in `lookup`, when there is one.
-fn checked_record(
+/// Read from the compressed body as it is decompressed, on a blocking thread.
+async fn checked_record(
     lookup: &IndexLookup,
     version: &CrateVersion,
 ) -> Result<Option<VersionRecord>, CrateError> {
-    let Some(file) = lookup.entry.file() else {
+    if !lookup.entry.is_found() {
         return Ok(None);
-    };
-    match find_version(&file.body, version.as_str()) {
+    }
+    let (entry, vers) = (lookup.entry.clone(), version.as_str().to_string());
+    let found =
+        crate::blocking::off_async(move || entry.file().and_then(|file| file.find_version(&vers)))
+            .await;
+    match found {
         Some(record) if !is_sha256_hex(&record.cksum) => Err(CrateError::BadIndexLine),
         found => Ok(found),
     }

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod background;
 mod blocking;
 pub mod bundle;
+pub mod client_config;
 pub mod clock;
 pub mod commands;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod index;
 mod listen;
 pub mod metrics;
 pub mod names;
+pub mod operator;
 pub mod prefetch;
 pub mod proxies;
 pub mod readiness;
@@ -121,6 +123,8 @@ pub struct AppState {
     pub facing: http::ClientFacing,
     pub stores: Stores,
     pub readiness: ReadinessProbe,
+    /// The upstream, mode and settings the dashboard shows.
+    pub operator: operator::OperatorInfo,
     data: DataDir,
 }
 
@@ -181,6 +185,7 @@ impl AppState {
             facing: http::ClientFacing::from_config(config),
             stores,
             readiness,
+            operator: operator::OperatorInfo::from_config(config),
             data,
         })
     }
@@ -191,6 +196,7 @@ impl AppState {
             index_files: self.data.index_store().len(),
             circuit_open: self.upstream.circuit_open(),
             offline: self.upstream.is_offline(),
+            index_memory: self.index.memory(),
             storage: self.stores.figures(),
             git: self.git.as_ref().map(|g| g.stats()),
         }

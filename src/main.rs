@@ -183,6 +183,16 @@ fn warn_about_environment() {
     }
 }
 
+/// The exit code of a command that reports what it found wrong: 0 when
+/// nothing, else 1, so that scripts can tell without reading the report.
+fn found_nothing_wrong(nothing_wrong: bool) -> ExitCode {
+    if nothing_wrong {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
 /// The chosen subcommand; its exit code, returned (not `process::exit`) so the
 /// log writer is flushed on the way out.
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -197,12 +207,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "http"
             };
             // What an operator checks first, in one line (no secrets: tokens
-            // are counted, S3 keys are not shown).
+            // are counted, S3 keys are not shown, URL user info is masked).
             let started = (
                 if config.upstream.is_empty() {
                     "(none)".to_string()
                 } else {
-                    config.upstream.clone()
+                    crate_mirror::config::mask_userinfo(&config.upstream)
                 },
                 crate_mirror::upstream::proxy_in_use(&config.upstream),
                 config
@@ -262,11 +272,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 report.bad.len(),
                 report.unverifiable.len()
             );
-            Ok(if report.bad.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            Ok(found_nothing_wrong(report.bad.is_empty()))
         }
         Command::Token => {
             let (token, hash) = crate_mirror::auth::new_token()?;
@@ -299,11 +305,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 report.cached.len(),
                 report.failed.len()
             );
-            Ok(if report.failed.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            Ok(found_nothing_wrong(report.failed.is_empty()))
         }
         Command::Export(args) => {
             use crate_mirror::commands::export::{export, ExportRequest, Source};

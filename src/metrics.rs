@@ -9,10 +9,12 @@
 //! (`_seconds`, `_bytes`) and `_total` on counters.
 
 pub mod activity;
+pub mod route;
 mod snapshot;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -26,20 +28,8 @@ pub const UPSTREAM_ORIGINS: &[&str] = &["client", "prefetch", "revalidation"];
 // The label values each fixed-set family starts with at 0: a series that
 // appears only on first use has no earlier sample, so `rate()` and
 // `increase()` miss its first increments. Kept beside the code that counts
-// them in mind: a value missing here merely appears late again.
-const HTTP_ROUTES: &[&str] = &[
-    "config",
-    "health",
-    "ready",
-    "metrics",
-    "stats",
-    "dashboard",
-    "index",
-    "download",
-    "api",
-    "git",
-    "other",
-];
+// them in mind: a value missing here merely appears late again. (Routes are
+// `Route::ALL`.)
 const HTTP_CONNECTIONS: &[&str] = &["http1", "h2c-upgrade", "h2c-prior-knowledge"];
 const INDEX_RESULTS: &[&str] = &["hit", "miss", "revalidated", "stale", "updating"];
 const DOWNLOAD_RESULTS: &[&str] = &["hit", "miss", "joined", "redirect", "error"];
@@ -57,7 +47,8 @@ const API_RESULTS: &[(&str, &[&str])] = &[
 /// What the upstream is asked for (the `kind` label of its requests).
 const UPSTREAM_KINDS: &[&str] = &["index", "config", "download", "api"];
 
-pub use activity::{Activity, ErrorRecord};
+pub use activity::{Activity, ErrorKind, ErrorRecord};
+pub use route::Route;
 
 /// The registry and the metrics of each layer.
 pub struct Metrics {
@@ -91,6 +82,10 @@ pub struct IndexMetrics {
     pub not_modified: IntCounter,
     /// Index files stored in sled (a gauge set from the store's counter).
     pub files: IntGauge,
+    /// The hot cache: bytes held (the gzip bodies, what `hot-cache-size`
+    /// bounds) and what those files are plain (gauges set from its counters).
+    pub memory_bytes: IntGauge,
+    pub memory_plain_bytes: IntGauge,
 }
 
 /// Exchanges with the upstream, for index files and crate downloads alike.
@@ -149,41 +144,56 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let metric = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+/// Registers `made` (a metric just built, or why it could not be) under
+/// `name`. Names and labels are constants, so a failure is a mistake here,
+/// and panics in every test.
+fn registered<M>(registry: &Registry, name: &str, made: prometheus::Result<M>) -> M
+where
+    M: Collector + Clone + 'static,
+{
+    let metric = made.unwrap_or_else(|e| panic!("metric {name}: {e}"));
     registry
         .register(Box::new(metric.clone()))
         .unwrap_or_else(|e| panic!("register {name}: {e}"));
     metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    registered(registry, name, IntCounter::new(name, help))
+}
+
+/// A metric with `labels`, made by `new` (`IntCounterVec::new`, ...).
+fn labelled<M>(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    new: fn(Opts, &[&str]) -> prometheus::Result<M>,
+) -> M
+where
+    M: Collector + Clone + 'static,
+{
+    registered(registry, name, new(Opts::new(name, help), labels))
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let metric = IntCounterVec::new(Opts::new(name, help), labels)
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    registry
-        .register(Box::new(metric.clone()))
-        .unwrap_or_else(|e| panic!("register {name}: {e}"));
-    metric
+    labelled(registry, name, help, labels, IntCounterVec::new)
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let metric = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    registry
-        .register(Box::new(metric.clone()))
-        .unwrap_or_else(|e| panic!("register {name}: {e}"));
-    metric
+    registered(registry, name, IntGauge::new(name, help))
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    labelled(registry, name, help, labels, IntGaugeVec::new)
 }
 
 fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     let buckets = vec![
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     ];
-    let metric = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    registry
-        .register(Box::new(metric.clone()))
-        .unwrap_or_else(|e| panic!("register {name}: {e}"));
-    metric
+    let opts = HistogramOpts::new(name, help).buckets(buckets);
+    registered(registry, name, HistogramVec::new(opts, labels))
 }
 
 impl HttpMetrics {
@@ -242,6 +252,16 @@ impl IndexMetrics {
                 "Revalidations the upstream answered with 304.",
             ),
             files: gauge(r, "crate_mirror_index_files", "Index files stored in sled."),
+            memory_bytes: gauge(
+                r,
+                "crate_mirror_index_memory_bytes",
+                "Bytes of index files held in memory, gzip'd as they are served (what hot-cache-size bounds).",
+            ),
+            memory_plain_bytes: gauge(
+                r,
+                "crate_mirror_index_memory_plain_bytes",
+                "What the index files held in memory are uncompressed.",
+            ),
         }
     }
 }
@@ -394,17 +414,12 @@ impl StorageMetrics {
                 "crate_mirror_storage_eviction_failures_total",
                 "Eviction passes that failed (a file or the database could not be changed).",
             ),
-            quota_bytes: {
-                let name = "crate_mirror_storage_quota_bytes";
-                let metric = IntGaugeVec::new(
-                    Opts::new(name, "The local storage quota (absent when unbounded)."),
-                    &[],
-                )
-                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-                r.register(Box::new(metric.clone()))
-                    .unwrap_or_else(|e| panic!("register {name}: {e}"));
-                metric
-            },
+            quota_bytes: gauge_vec(
+                r,
+                "crate_mirror_storage_quota_bytes",
+                "The local storage quota (absent when unbounded).",
+                &[],
+            ),
         }
     }
 
@@ -422,7 +437,6 @@ impl StorageMetrics {
     /// The exported quota, if any.
     #[cfg(test)]
     pub fn quota(&self) -> Option<i64> {
-        use prometheus::core::Collector;
         let families = self.quota_bytes.collect();
         let sample = families.first()?.get_metric().first()?;
         Some(sample.get_gauge().get_value() as i64)
@@ -440,13 +454,12 @@ impl Metrics {
     /// cannot fail at run time; a mistake here panics in every test.
     pub fn new() -> Self {
         let r = Registry::new();
-        let build_info = IntGaugeVec::new(
-            Opts::new("crate_mirror_build_info", "Build information; always 1."),
+        let build_info = gauge_vec(
+            &r,
+            "crate_mirror_build_info",
+            "Build information; always 1.",
             &["version"],
-        )
-        .unwrap_or_else(|e| panic!("build_info: {e}"));
-        r.register(Box::new(build_info.clone()))
-            .unwrap_or_else(|e| panic!("register build_info: {e}"));
+        );
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -473,11 +486,12 @@ impl Metrics {
         metrics
     }
 
-    /// Creates every series of a fixed label set at 0 (see `HTTP_ROUTES`).
+    /// Creates every series of a fixed label set at 0 (see `HTTP_CONNECTIONS`).
     /// Statuses are open-ended: only the usual success is created.
     fn initialise_labels(&self) {
+        let routes: Vec<&str> = Route::ALL.iter().map(|r| r.as_str()).collect();
         let single_label: [(&IntCounterVec, &[&str]); 6] = [
-            (&self.http.served_bytes, HTTP_ROUTES),
+            (&self.http.served_bytes, &routes),
             (&self.http.connections, HTTP_CONNECTIONS),
             (&self.index.lookups, INDEX_RESULTS),
             (&self.crates.downloads, DOWNLOAD_RESULTS),
@@ -589,6 +603,8 @@ mod tests {
         ),
         ("crate_mirror_index_files", "gauge", &[]),
         ("crate_mirror_index_lookups_total", "counter", &["result"]),
+        ("crate_mirror_index_memory_bytes", "gauge", &[]),
+        ("crate_mirror_index_memory_plain_bytes", "gauge", &[]),
         ("crate_mirror_index_negative_hits_total", "counter", &[]),
         ("crate_mirror_index_store_loads_total", "counter", &[]),
         (

@@ -13,6 +13,8 @@ pub struct Sources {
     pub circuit_open: bool,
     /// Running `--offline` (the dashboard says so).
     pub offline: bool,
+    /// The hot cache: bytes held (gzip bodies) and their plain size.
+    pub index_memory: (u64, u64),
     pub storage: StorageFigures,
     /// The git index's figures, when it is enabled.
     pub git: Option<serde_json::Value>,
@@ -33,6 +35,9 @@ pub fn refresh_gauges(metrics: &Metrics, sources: &Sources) {
         .upstream
         .circuit_open
         .set(i64::from(sources.circuit_open));
+    let (held, plain) = sources.index_memory;
+    metrics.index.memory_bytes.set(to_i64(held));
+    metrics.index.memory_plain_bytes.set(to_i64(plain));
     let storage = &sources.storage;
     if let Some(bytes) = storage.memory_bytes {
         metrics.storage.memory_bytes.set(to_i64(bytes));
@@ -64,6 +69,11 @@ pub fn stats(metrics: &Metrics, sources: &Sources) -> serde_json::Value {
     });
     stats["git"] = sources.git.clone().into();
     stats["offline"] = sources.offline.into();
+    let (held, plain) = sources.index_memory;
+    stats["index_memory"] = serde_json::json!({
+        "bytes": held,
+        "plain_bytes": plain,
+    });
     stats
 }
 
@@ -76,6 +86,7 @@ mod tests {
             index_files: 7,
             circuit_open: true,
             offline: false,
+            index_memory: (1000, 15000),
             storage,
             git: None,
         }

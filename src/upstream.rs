@@ -298,21 +298,22 @@ struct RedirectRules {
     metrics: Arc<Metrics>,
 }
 
+/// Whether a host held in `hosts` admits `url`. A poisoned lock is read all
+/// the same: its hosts are only ever replaced whole.
+fn any_admits<H>(hosts: &RwLock<H>, url: &reqwest::Url) -> bool
+where
+    for<'a> &'a H: IntoIterator<Item = &'a AllowedHost>,
+{
+    (&*hosts.read().unwrap_or_else(PoisonError::into_inner))
+        .into_iter()
+        .any(|h| h.admits(url))
+}
+
 impl RedirectRules {
     fn admits(&self, url: &reqwest::Url) -> bool {
         self.base.iter().any(|h| h.admits(url))
-            || self
-                .config_hosts
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .iter()
-                .any(|h| h.admits(url))
-            || self
-                .listed
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .iter()
-                .any(|h| h.admits(url))
+            || any_admits(&self.config_hosts, url)
+            || any_admits(&self.listed, url)
     }
 
     /// The decision on one redirect; refusals are counted and logged.

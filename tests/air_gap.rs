@@ -115,6 +115,23 @@ async fn a_bundle_carries_a_project_across_the_gap_and_cargo_builds_there() {
     assert_eq!(far.get("/ready").await.status(), 200);
     let stats: serde_json::Value = far.get("/api/stats").await.json().await.unwrap();
     assert_eq!(stats["offline"], true);
+    // The dashboard says so, in Chromium.
+    let url = format!("{}/", far.url);
+    let pill = tokio::task::spawn_blocking(move || {
+        let mut browser = support::browser::Browser::open(&url, 1280, 900);
+        browser.wait_until(
+            "document.getElementById('upstream-pill').textContent.includes('offline')",
+            std::time::Duration::from_secs(15),
+            "the dashboard's upstream pill says offline",
+        );
+        browser.eval("document.getElementById('about-upstream').textContent")
+    })
+    .await
+    .unwrap();
+    assert!(
+        pill.as_str().unwrap_or_default().contains("offline"),
+        "{pill}"
+    );
     let miss = far.get("/index/no/t-/not-bundled").await;
     assert_eq!(miss.status(), 404);
     assert!(miss.text().await.unwrap().contains("offline"));

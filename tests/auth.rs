@@ -52,10 +52,7 @@ async fn cargo_with_a_token_resolves_and_without_one_gets_nothing() {
     assert_ne!(token, other_token);
     let upstream = TestUpstream::start(&graph_registry(), DlStyle::Plain);
     let tokens = format!("{hash},{other_hash}");
-    let mirror = Mirror::builder(&upstream.url)
-        .public_url()
-        .args(&["--auth-tokens", &tokens])
-        .start();
+    let mirror = Mirror::builder(&upstream.url).private(&tokens).start();
     let home = private_home(&mirror.index_url());
     let target = tempfile::tempdir().unwrap();
     let cargo = |subcommand: &str, home: &Path, app: &Path, token: Option<&str>| {
@@ -312,9 +309,8 @@ async fn fortress() -> Fortress {
     let upstream = TestUpstream::start(&graph_registry(), DlStyle::Plain);
     let mirror = Mirror::builder(&upstream.url)
         .git()
+        .private(&hash)
         .args(&[
-            "--auth-tokens",
-            &hash,
             "--metrics-tokens",
             &metrics_hash,
             "--git-rebuild-delay",
@@ -613,10 +609,7 @@ fn raw_exchange_with_host(base: &str, host: &str) -> (u16, String) {
 async fn private_without_metrics_tokens_opens_metrics_and_stats_to_clients_only() {
     let (token, hash) = new_token();
     let upstream = TestUpstream::start(&graph_registry(), DlStyle::Plain);
-    let mirror = Mirror::builder(&upstream.url)
-        .public_url()
-        .args(&["--auth-tokens", &hash])
-        .start();
+    let mirror = Mirror::builder(&upstream.url).private(&hash).start();
     for route in ["/metrics", "/api/stats"] {
         let (status, body) = raw_exchange(&mirror.url, "GET", route, None);
         assert_eq!(status, 401, "{route}");

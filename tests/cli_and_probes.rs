@@ -16,9 +16,7 @@ async fn health_and_readiness() {
     let mirror = Mirror::builder(&upstream.url).start();
     let health = mirror.get("/health").await;
     assert_eq!(health.status(), 200);
-    let ready = mirror.get("/ready").await;
-    assert_eq!(ready.status(), 200);
-    let report: serde_json::Value = ready.json().await.unwrap();
+    let report = ready_report(&mirror).await;
     assert_eq!(report["ready"], true);
     assert_eq!(report["upstream_config_known"], true);
     assert_eq!(report["upstream_config_fetch_ok"], true);
@@ -31,9 +29,7 @@ async fn health_and_readiness() {
     upstream.stop();
     let orphan = Mirror::builder(&upstream.url).start();
     assert_eq!(orphan.get("/health").await.status(), 200);
-    let ready = orphan.get("/ready").await;
-    assert_eq!(ready.status(), 200);
-    let report: serde_json::Value = ready.json().await.unwrap();
+    let report = ready_report(&orphan).await;
     assert_eq!(report["ready"], true);
     assert_eq!(report["upstream_config_known"], false);
     assert_eq!(report["data_dir_writable"], true);
@@ -42,6 +38,13 @@ async fn health_and_readiness() {
     let report = report_becomes(&orphan, |r| r["upstream_config_fetch_ok"] == false).await;
     assert_eq!(report["upstream_config_fetch_ok"], false, "{report}");
     assert_eq!(report["ready"], true, "{report}");
+}
+
+/// `/ready`, which must answer 200; its JSON report.
+async fn ready_report(mirror: &Mirror) -> serde_json::Value {
+    let ready = mirror.get("/ready").await;
+    assert_eq!(ready.status(), 200);
+    ready.json().await.unwrap()
 }
 
 /// `/ready` until its JSON satisfies `want` (bounded); the last report.
@@ -78,9 +81,7 @@ async fn restarted_during_an_upstream_outage_it_is_ready_and_serves_its_cache() 
     upstream.stop();
 
     let restarted = Mirror::builder(&upstream.url).data_dir(data.path()).start();
-    let ready = restarted.get("/ready").await;
-    assert_eq!(ready.status(), 200);
-    let report: serde_json::Value = ready.json().await.unwrap();
+    let report = ready_report(&restarted).await;
     assert_eq!(report["ready"], true, "{report}");
     // The config.json kept by the first run.
     assert_eq!(report["upstream_config_known"], true, "{report}");

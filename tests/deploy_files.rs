@@ -3,7 +3,7 @@
 //! every setting they pass to the mirror is one the mirror knows.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use crate_mirror::config::SETTINGS;
 
@@ -16,22 +16,16 @@ fn deploy(path: &str) -> PathBuf {
 /// All YAML documents of a file, as JSON (PyYAML does the parsing; it ships
 /// with the machine image and .ci/run installs it where missing).
 fn yaml_documents(path: &Path) -> Vec<serde_json::Value> {
-    let output = Command::new("python3")
-        .args([
-            "-c",
-            "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not None]))",
-        ])
-        .arg(path)
-        .stderr(Stdio::piped())
-        .output()
-        .expect("python3");
-    assert!(
-        output.status.success(),
-        "{} does not parse: {}",
-        path.display(),
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = support::run_ok(
+        Command::new("python3")
+            .args([
+                "-c",
+                "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not None]))",
+            ])
+            .arg(path),
+        || format!("{} does not parse", path.display()),
     );
-    serde_json::from_slice(&output.stdout).unwrap()
+    serde_json::from_str(&stdout).unwrap()
 }
 
 fn known_env(name: &str) -> bool {
@@ -292,17 +286,9 @@ fn the_compose_garage_setup_runs_and_makes_the_mirrors_bucket() {
         ),
     );
     for run in ["first", "second"] {
-        let output = Command::new("sh")
-            .args(["-c", &script])
-            .output()
-            .expect("sh");
-        assert!(
-            output.status.success(),
-            "{run} run: {}{}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr),
-            garage.log()
-        );
+        support::run_ok(Command::new("sh").args(["-c", &script]), || {
+            format!("{run} run; Garage's log:\n{}", garage.log())
+        });
     }
     // The key the tests' S3 client uses is the compose file's one.
     assert_eq!(key_id, "GK0123456789abcdef01234567");

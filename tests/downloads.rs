@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use reqwest::StatusCode;
-use support::client;
 use support::mirror::Mirror;
 use support::registry::{publish, sha256_hex, CrateSpec};
 use support::upstream::{DlStyle, TestUpstream};
+use support::{client, upstream_and_mirror};
 
 fn specs() -> Vec<CrateSpec> {
     vec![
@@ -52,8 +52,7 @@ async fn assert_downloads(mirror: &Mirror, name: &str, version: &str, expected: 
 
 #[tokio::test]
 async fn a_miss_is_fetched_verified_stored_and_then_served_from_storage() {
-    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::builder(&upstream.url).start();
+    let (upstream, mirror) = upstream_and_mirror(&specs(), &[]);
     let url = download_url(&mirror, "serde-like", "1.0.0");
     let expected = tarball("serde-like", "1.0.0");
 
@@ -99,8 +98,7 @@ async fn dl_templates_with_markers_are_honoured() {
 
 #[tokio::test]
 async fn mixed_case_names_share_one_stored_file() {
-    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::builder(&upstream.url).start();
+    let (upstream, mirror) = upstream_and_mirror(&specs(), &[]);
     let expected = tarball("Inflector", "0.11.4");
     for name in ["Inflector", "inflector", "INFLECTOR"] {
         assert_downloads(&mirror, name, "0.11.4", &expected).await;
@@ -112,8 +110,7 @@ async fn mixed_case_names_share_one_stored_file() {
 
 #[tokio::test]
 async fn build_metadata_versions_work_encoded_and_plain() {
-    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::builder(&upstream.url).start();
+    let (upstream, mirror) = upstream_and_mirror(&specs(), &[]);
     let expected = tarball("buildmeta", "1.0.0+build.7");
     for version in ["1.0.0%2Bbuild.7", "1.0.0+build.7", "1.0.0%2bbuild.7"] {
         assert_downloads(&mirror, "buildmeta", version, &expected).await;
@@ -123,15 +120,13 @@ async fn build_metadata_versions_work_encoded_and_plain() {
 
 #[tokio::test]
 async fn yanked_versions_still_download() {
-    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::builder(&upstream.url).start();
+    let (_upstream, mirror) = upstream_and_mirror(&specs(), &[]);
     assert_downloads(&mirror, "yanky", "1.0.1", &tarball("yanky", "1.0.1")).await;
 }
 
 #[tokio::test]
 async fn unknown_crates_and_versions_are_404_without_a_download_attempt() {
-    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::builder(&upstream.url).start();
+    let (upstream, mirror) = upstream_and_mirror(&specs(), &[]);
     for (name, version) in [
         ("serde-like", "9.9.9"),
         ("nonexistent", "1.0.0"),
@@ -145,10 +140,7 @@ async fn unknown_crates_and_versions_are_404_without_a_download_attempt() {
 
 #[tokio::test]
 async fn a_version_published_within_the_ttl_is_found_by_revalidating() {
-    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::builder(&upstream.url)
-        .args(&["--index-ttl", "600"])
-        .start();
+    let (upstream, mirror) = upstream_and_mirror(&specs(), &["--index-ttl", "600"]);
     let index = mirror.get("/index/se/rd/serde-like").await;
     assert_eq!(index.status(), StatusCode::OK);
     let newer = publish(&CrateSpec::new("serde-like", "1.1.0"));
@@ -159,8 +151,7 @@ async fn a_version_published_within_the_ttl_is_found_by_revalidating() {
 
 #[tokio::test]
 async fn a_checksum_mismatch_is_never_stored_nor_served_whole() {
-    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::builder(&upstream.url).start();
+    let (upstream, mirror) = upstream_and_mirror(&specs(), &[]);
     let url = download_url(&mirror, "big", "1.0.0");
     upstream
         .switches
@@ -220,8 +211,7 @@ async fn a_checksum_mismatch_is_never_stored_nor_served_whole() {
 
 #[tokio::test]
 async fn downloads_stream_before_the_upstream_finishes_and_outlive_their_client() {
-    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::builder(&upstream.url).start();
+    let (upstream, mirror) = upstream_and_mirror(&specs(), &[]);
     // 1 MiB in 64 chunks, 30 ms apart: about two seconds upstream.
     upstream.switches.chunk_delay_ms.store(30, Ordering::SeqCst);
     let url = download_url(&mirror, "big", "1.0.0");
@@ -283,8 +273,7 @@ async fn a_crate_of_tens_of_megabytes_streams_through() {
 
 #[tokio::test]
 async fn an_upstream_error_on_a_miss_is_a_gateway_error_and_stores_nothing() {
-    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::builder(&upstream.url).start();
+    let (upstream, mirror) = upstream_and_mirror(&specs(), &[]);
     // Cache the index file, then break the upstream for the download.
     let index = mirror.get("/index/se/rd/serde-like").await;
     assert_eq!(index.status(), StatusCode::OK);

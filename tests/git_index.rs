@@ -360,7 +360,8 @@ async fn a_private_git_index_needs_auth_and_serves_cargo_with_a_token() {
     let upstream = TestUpstream::start(&graph_registry(), DlStyle::Plain);
     let mirror = Mirror::builder(&upstream.url)
         .git()
-        .args(&["--auth-tokens", &hash, "--git-rebuild-delay", "0"])
+        .private(&hash)
+        .args(&["--git-rebuild-delay", "0"])
         .start();
     let target = tempfile::tempdir().unwrap();
     let bearer = format!("Bearer {token}");

@@ -87,9 +87,34 @@ fn post_declaring(base: &str, length: usize) -> TcpStream {
     stream
 }
 
-/// A mirror with the git index holding one crate's index file.
-async fn git_mirror(upstream: &TestUpstream) -> Mirror {
-    Mirror::start_git(&upstream.url, "0", "/index/se/rd/serde").await
+/// A test upstream serving `specs` (serde among them), and a mirror of it
+/// with the git index holding serde's index file.
+async fn git_mirror(specs: &[CrateSpec]) -> (TestUpstream, Mirror) {
+    let upstream = TestUpstream::start(specs, DlStyle::Plain);
+    let mirror = Mirror::start_git(&upstream.url, "0", "/index/se/rd/serde").await;
+    (upstream, mirror)
+}
+
+/// Runs `exchange` (blocking socket work) with the mirror's base URL on the
+/// blocking pool, so the test's runtime stays free; its result.
+async fn blocking<T: Send + 'static>(
+    mirror: &Mirror,
+    exchange: impl FnOnce(String) -> T + Send + 'static,
+) -> T {
+    let base = mirror.url.clone();
+    tokio::task::spawn_blocking(move || exchange(base))
+        .await
+        .unwrap()
+}
+
+/// A connection that has sent a POST to `path` declaring a body of 1000
+/// bytes, and one byte of it.
+fn post_one_byte_of_1000(base: &str, path: &str) -> TcpStream {
+    let mut stream = connect(base);
+    let mut request = post_head(path, "Content-Length: 1000\r\n");
+    request.push(b'0');
+    stream.write_all(&request).unwrap();
+    stream
 }
 
 fn upload_pack_path() -> &'static str {
@@ -98,19 +123,14 @@ fn upload_pack_path() -> &'static str {
 
 #[tokio::test]
 async fn a_stalled_or_trickling_upload_pack_body_is_cut_off() {
-    let upstream = TestUpstream::start(&[CrateSpec::new("serde", "1.0.0")], DlStyle::Plain);
-    let mirror = git_mirror(&upstream).await;
-    let base = mirror.url.clone();
+    let (_upstream, mirror) = git_mirror(&[CrateSpec::new("serde", "1.0.0")]).await;
 
-    let outcomes = tokio::task::spawn_blocking(move || {
+    let outcomes = blocking(&mirror, |base| {
         // One byte of a promised thousand, then nothing.
         let stalled = std::thread::spawn({
             let base = base.clone();
             move || {
-                let mut stream = connect(&base);
-                let mut request = post_head(upload_pack_path(), "Content-Length: 1000\r\n");
-                request.push(b'0');
-                stream.write_all(&request).unwrap();
+                let mut stream = post_one_byte_of_1000(&base, upload_pack_path());
                 let started = Instant::now();
                 (answer_within(&mut stream, ANSWER_WITHIN), started.elapsed())
             }
@@ -145,8 +165,7 @@ async fn a_stalled_or_trickling_upload_pack_body_is_cut_off() {
         });
         [stalled.join().unwrap(), trickling.join().unwrap()]
     })
-    .await
-    .unwrap();
+    .await;
     for ((answer, elapsed), what) in outcomes.into_iter().zip(["stalled", "trickling"]) {
         assert!(
             answer == Answer::Status(408) || answer == Answer::Closed,
@@ -161,17 +180,14 @@ async fn a_stalled_or_trickling_upload_pack_body_is_cut_off() {
 
 #[tokio::test]
 async fn oversized_upload_pack_bodies_get_413() {
-    let upstream = TestUpstream::start(&[CrateSpec::new("serde", "1.0.0")], DlStyle::Plain);
-    let mirror = git_mirror(&upstream).await;
+    let (_upstream, mirror) = git_mirror(&[CrateSpec::new("serde", "1.0.0")]).await;
 
     // Refused on the declared length, before any of the body is sent.
-    let base = mirror.url.clone();
-    let declared = tokio::task::spawn_blocking(move || {
+    let declared = blocking(&mirror, |base| {
         let mut stream = post_declaring(&base, 9 << 20);
         answer_within(&mut stream, ANSWER_WITHIN)
     })
-    .await
-    .unwrap();
+    .await;
     assert_eq!(declared, Answer::Status(413));
 
     // Sent, with and without a length up front (chunked). The sized body is
@@ -179,8 +195,7 @@ async fn oversized_upload_pack_bodies_get_413() {
     // on the declared length and closes with the body still arriving, which
     // resets the connection, so a client that reads only after writing it all
     // (as reqwest does) may never see the 413 it was sent.
-    let base = mirror.url.clone();
-    let sized = tokio::task::spawn_blocking(move || {
+    let sized = blocking(&mirror, |base| {
         let mut stream = post_declaring(&base, 9 << 20);
         let mut writer = stream.try_clone().unwrap();
         let sender = std::thread::spawn(move || {
@@ -192,8 +207,7 @@ async fn oversized_upload_pack_bodies_get_413() {
         let _ = sender.join();
         answer
     })
-    .await
-    .unwrap();
+    .await;
     assert_eq!(sized, Answer::Status(413));
     let url = format!("{}{}", mirror.url, upload_pack_path());
     let chunks = (0..9).map(|_| Ok::<_, std::io::Error>(vec![b'0'; 1 << 20]));
@@ -226,10 +240,8 @@ async fn oversized_upload_pack_bodies_get_413() {
 
 #[tokio::test]
 async fn routes_that_take_no_body_refuse_one_without_waiting_for_it() {
-    let upstream = TestUpstream::start(&[CrateSpec::new("serde", "1.0.0")], DlStyle::Plain);
-    let mirror = git_mirror(&upstream).await;
-    let base = mirror.url.clone();
-    let answers = tokio::task::spawn_blocking(move || {
+    let (_upstream, mirror) = git_mirror(&[CrateSpec::new("serde", "1.0.0")]).await;
+    let answers = blocking(&mirror, |base| {
         [
             "/index/se/rd/serde",
             "/api/v1/crates/serde/1.0.0/download",
@@ -242,16 +254,12 @@ async fn routes_that_take_no_body_refuse_one_without_waiting_for_it() {
             "/elsewhere",
         ]
         .map(|path| {
-            let mut stream = connect(&base);
-            let mut request = post_head(path, "Content-Length: 1000\r\n");
-            request.push(b'0');
-            stream.write_all(&request).unwrap();
+            let mut stream = post_one_byte_of_1000(&base, path);
             // Well before any body timeout: these never wait for the body.
             (path, answer_within(&mut stream, Duration::from_secs(5)))
         })
     })
-    .await
-    .unwrap();
+    .await;
     for (path, answer) in answers {
         assert!(
             matches!(answer, Answer::Status(status) if (400..500).contains(&status)),
@@ -262,14 +270,11 @@ async fn routes_that_take_no_body_refuse_one_without_waiting_for_it() {
 
 #[tokio::test]
 async fn git_clones_and_fetches_still_work() {
-    let upstream = TestUpstream::start(
-        &[
-            CrateSpec::new("serde", "1.0.0"),
-            CrateSpec::new("later", "1.0.0"),
-        ],
-        DlStyle::Plain,
-    );
-    let mirror = git_mirror(&upstream).await;
+    let (_upstream, mirror) = git_mirror(&[
+        CrateSpec::new("serde", "1.0.0"),
+        CrateSpec::new("later", "1.0.0"),
+    ])
+    .await;
     let git_url = mirror.git_url();
     let dir = tempfile::tempdir().unwrap();
     let clone_dir = dir.path().to_path_buf();

@@ -3,9 +3,8 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-use support::mirror::Mirror;
 use support::registry::CrateSpec;
-use support::upstream::{DlStyle, TestUpstream};
+use support::upstream_and_mirror;
 
 /// Sends `GET {path}` byte for byte (no client-side normalisation) and returns the status.
 fn raw_status(base: &str, path: &[u8]) -> u16 {
@@ -23,8 +22,7 @@ fn raw_request(base: &str, method: &[u8], path: &[u8]) -> u16 {
 
 #[test]
 fn hostile_paths_are_4xx_and_never_reach_the_upstream() {
-    let upstream = TestUpstream::start(&[CrateSpec::new("serde", "1.0.0")], DlStyle::Plain);
-    let mirror = Mirror::builder(&upstream.url).start();
+    let (upstream, mirror) = upstream_and_mirror(&[CrateSpec::new("serde", "1.0.0")], &[]);
     let long_name = "a".repeat(65);
     let long_version = format!("1.0.0+{}", "b".repeat(200));
     let index_paths: Vec<String> = vec![
@@ -148,8 +146,7 @@ fn raw_exchange(base: &str, request: &[u8]) -> u16 {
 
 #[test]
 fn hostile_headers_and_request_lines_are_4xx() {
-    let upstream = TestUpstream::start(&[CrateSpec::new("serde", "1.0.0")], DlStyle::Plain);
-    let mirror = Mirror::builder(&upstream.url).start();
+    let (_upstream, mirror) = upstream_and_mirror(&[CrateSpec::new("serde", "1.0.0")], &[]);
     let get = |headers: &str| {
         format!("GET /index/se/rd/serde HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n")
             .into_bytes()
@@ -198,8 +195,7 @@ fn hostile_headers_and_request_lines_are_4xx() {
 #[test]
 fn names_that_cannot_exist_are_404_and_cargo_says_no_matching_package() {
     use support::cargo::{project, run, CargoHome};
-    let upstream = TestUpstream::start(&[CrateSpec::new("serde", "1.0.0")], DlStyle::Plain);
-    let mirror = Mirror::builder(&upstream.url).start();
+    let (upstream, mirror) = upstream_and_mirror(&[CrateSpec::new("serde", "1.0.0")], &[]);
     for path in [
         "/index/_f/oo/_foo",
         "/index/3/1/1ab",

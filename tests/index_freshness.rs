@@ -65,6 +65,11 @@ impl Fixture {
         }
     }
 
+    /// Publishes `version` of `name` at the upstream (a new index line).
+    fn publish(&self, name: &str, version: &str) {
+        self.upstream.publish_all(&[CrateSpec::new(name, version)]);
+    }
+
     async fn get(&self, name: &str) -> IndexLookup {
         let name = CrateName::parse(name).expect("a valid name");
         self.cache.get(&name).await.expect("an answer")
@@ -97,7 +102,8 @@ impl Fixture {
 
 fn body(lookup: &IndexLookup) -> String {
     let file = lookup.entry.file().expect("a found file");
-    String::from_utf8(file.body.to_vec()).expect("utf-8 index file")
+    let plain = file.decompress().expect("a whole gzip body");
+    String::from_utf8(plain.to_vec()).expect("utf-8 index file")
 }
 
 /// Asks until `done` holds for an answer, for at most 10 s: a background
@@ -118,9 +124,7 @@ async fn within_the_ttl_the_copy_is_served_and_past_it_one_refresh_runs_behind_i
     let fixture = Fixture::new(Duration::from_secs(600));
     let first = fixture.get("abc").await;
     assert_eq!(first.outcome, CacheOutcome::Miss);
-    fixture
-        .upstream
-        .publish_all(&[CrateSpec::new("abc", "1.1.0")]);
+    fixture.publish("abc", "1.1.0");
 
     // A second short of the TTL: still the first copy, the upstream not asked.
     fixture.clock.advance(TTL - Duration::from_secs(1));
@@ -160,9 +164,7 @@ async fn within_the_ttl_the_copy_is_served_and_past_it_one_refresh_runs_behind_i
 async fn past_index_max_stale_a_client_waits_for_the_upstream() {
     let fixture = Fixture::new(Duration::from_secs(60));
     fixture.get("abc").await;
-    fixture
-        .upstream
-        .publish_all(&[CrateSpec::new("abc", "1.1.0")]);
+    fixture.publish("abc", "1.1.0");
     fixture.clock.advance(TTL + Duration::from_secs(61));
     let lookup = fixture.get("abc").await;
     assert_eq!(lookup.outcome, CacheOutcome::Revalidated);
@@ -177,9 +179,7 @@ async fn a_missing_crate_is_remembered_for_the_negative_ttl_only() {
     let first = fixture.get("latecomer").await;
     assert_eq!(first.outcome, CacheOutcome::Miss);
     assert!(!first.entry.is_found());
-    fixture
-        .upstream
-        .publish_all(&[CrateSpec::new("latecomer", "1.0.0")]);
+    fixture.publish("latecomer", "1.0.0");
     fixture.clock.advance(Duration::from_secs(29));
     let remembered = fixture.get("latecomer").await;
     assert_eq!(remembered.outcome, CacheOutcome::Hit);
@@ -254,9 +254,7 @@ async fn past_the_ttl_new_versions_and_yanks_appear() {
     let fixture = Fixture::new(Duration::ZERO);
     let first = fixture.get("abc").await;
     let etag = |l: &IndexLookup| l.entry.file().expect("found").etag.clone();
-    fixture
-        .upstream
-        .publish_all(&[CrateSpec::new("abc", "1.1.0")]);
+    fixture.publish("abc", "1.1.0");
     fixture.clock.advance(TTL + Duration::from_secs(1));
     let second = fixture.get("abc").await;
     assert_eq!(second.outcome, CacheOutcome::Revalidated);
@@ -305,9 +303,7 @@ async fn without_upstream_validators_files_are_fetched_and_compared() {
         .iter()
         .all(|r| r.if_none_match.is_none() && r.if_modified_since.is_none()));
 
-    fixture
-        .upstream
-        .publish_all(&[CrateSpec::new("abc", "1.0.1")]);
+    fixture.publish("abc", "1.0.1");
     fixture.clock.advance(TTL + Duration::from_secs(1));
     let third = fixture.get("abc").await;
     assert_ne!(third.entry.file().expect("found").etag, first_file.etag);

@@ -23,8 +23,8 @@ impl Drop for Prometheus {
 }
 
 /// Runs Prometheus on the shipped config with the targets and token file
-/// replaced, scraping every second; returns it and its API base URL.
-fn prometheus(dir: &Path, targets: &[&str], token_file: &Path) -> (Prometheus, String) {
+/// replaced, scraping every second; returns it, once ready, and its API base URL.
+async fn prometheus(dir: &Path, targets: &[&str], token_file: &Path) -> (Prometheus, String) {
     let shipped = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/prometheus.yml"),
     )
@@ -62,7 +62,19 @@ fn prometheus(dir: &Path, targets: &[&str], token_file: &Path) -> (Prometheus, S
         .stderr(Stdio::null())
         .spawn()
         .expect("prometheus (Debian's package, installed by .ci/run)");
-    (Prometheus(child), format!("http://127.0.0.1:{port}"))
+    let prometheus = Prometheus(child);
+    let api = format!("http://127.0.0.1:{port}");
+    // It refuses connections at first, then answers its API with a 503 until
+    // its storage is open: queries before `/-/ready` would fail.
+    support::wait_until(Duration::from_secs(30), "Prometheus ready", || async {
+        client()
+            .get(format!("{api}/-/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    (prometheus, api)
 }
 
 /// The health of the first scrape target, once Prometheus has scraped it.
@@ -99,7 +111,7 @@ async fn the_shipped_scrape_job_reaches_a_mirror_whose_metrics_need_a_token() {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
     let target = mirror.url.trim_start_matches("http://").to_string();
-    let (_prometheus, api) = prometheus(dir.path(), &[&target], &token_file);
+    let (_prometheus, api) = prometheus(dir.path(), &[&target], &token_file).await;
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let health = loop {
@@ -168,7 +180,7 @@ async fn the_grafana_queries_run_per_instance_on_real_prometheus() {
         .map(|m| m.url.trim_start_matches("http://").to_string())
         .collect();
     let targets: Vec<&str> = instances.iter().map(String::as_str).collect();
-    let (_prometheus, api) = prometheus(dir.path(), &targets, &token_file);
+    let (_prometheus, api) = prometheus(dir.path(), &targets, &token_file).await;
 
     // Grafana's variable queries: the job, then its instances.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -25,6 +25,13 @@ fn specs() -> Vec<CrateSpec> {
     ]
 }
 
+/// A test upstream serving `specs()` with a web API, and a mirror of it.
+fn upstream_with_api_and_mirror() -> (TestUpstream, Mirror) {
+    let upstream = TestUpstream::builder(&specs()).api().start();
+    let mirror = Mirror::builder(&upstream.url).start();
+    (upstream, mirror)
+}
+
 /// A CARGO_HOME that knows the mirror as the registry `mirror`, tokens
 /// through `cargo:token` (`CARGO_REGISTRIES_MIRROR_TOKEN`).
 fn home(mirror: &Mirror) -> CargoHome {
@@ -88,8 +95,7 @@ async fn error_detail(response: reqwest::Response, status: StatusCode) -> String
 
 #[tokio::test]
 async fn cargo_search_and_info_work_through_the_mirror_and_searches_are_cached() {
-    let upstream = TestUpstream::builder(&specs()).api().start();
-    let mirror = Mirror::builder(&upstream.url).start();
+    let (upstream, mirror) = upstream_with_api_and_mirror();
 
     // The mirror announces itself as the API, since the upstream has one.
     let config = json_of(client().get(format!("{}config.json", mirror.index_url()))).await;
@@ -202,8 +208,7 @@ async fn cargo_search_and_info_work_through_the_mirror_and_searches_are_cached()
 
 #[tokio::test]
 async fn publish_yank_and_owner_are_refused_as_read_only() {
-    let upstream = TestUpstream::builder(&specs()).api().start();
-    let mirror = Mirror::builder(&upstream.url).start();
+    let (upstream, mirror) = upstream_with_api_and_mirror();
     let home = home(&mirror);
     let token = Some("cmt_any_token");
 
@@ -295,8 +300,7 @@ async fn publish_yank_and_owner_are_refused_as_read_only() {
 
 #[tokio::test]
 async fn bad_queries_and_names_are_400_and_what_goes_upstream_is_encoded_anew() {
-    let upstream = TestUpstream::builder(&specs()).api().start();
-    let mirror = Mirror::builder(&upstream.url).start();
+    let (upstream, mirror) = upstream_with_api_and_mirror();
     let http = client();
     let base = format!("{}/api/v1/crates", mirror.url);
     for (path, why) in [
@@ -353,8 +357,7 @@ async fn bad_queries_and_names_are_400_and_what_goes_upstream_is_encoded_anew() 
 
 #[tokio::test]
 async fn upstream_api_failures_are_json_errors_that_cargo_prints() {
-    let upstream = TestUpstream::builder(&specs()).api().start();
-    let mirror = Mirror::builder(&upstream.url).start();
+    let (upstream, mirror) = upstream_with_api_and_mirror();
     let home = home(&mirror);
     let http = client();
     let search = format!("{}/api/v1/crates?q=serde", mirror.url);
@@ -411,8 +414,7 @@ async fn upstream_api_failures_are_json_errors_that_cargo_prints() {
 
 #[tokio::test]
 async fn an_unreachable_upstream_api_is_a_json_502() {
-    let mut upstream = TestUpstream::builder(&specs()).api().start();
-    let mirror = Mirror::builder(&upstream.url).start();
+    let (mut upstream, mirror) = upstream_with_api_and_mirror();
     // The upstream's config.json (and so its `api`) is known before it goes.
     let config = json_of(client().get(format!("{}config.json", mirror.index_url()))).await;
     assert!(config.get("api").is_some(), "{config}");
@@ -527,8 +529,7 @@ async fn a_private_mirror_guards_the_api_like_the_index() {
 
 #[tokio::test]
 async fn concurrent_identical_searches_make_one_upstream_request() {
-    let upstream = TestUpstream::builder(&specs()).api().start();
-    let mirror = Mirror::builder(&upstream.url).start();
+    let (upstream, mirror) = upstream_with_api_and_mirror();
     let url = format!("{}/api/v1/crates?q=serde&per_page=10", mirror.url);
     // The upstream holds the search until all twenty are waiting for it.
     upstream

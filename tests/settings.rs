@@ -282,8 +282,8 @@ fn one_start_line_says_what_is_running() {
     let (token, hash) = support::cargo::new_token();
     let upstream = TestUpstream::start(&[CrateSpec::new("abc", "1.0.0")], DlStyle::Plain);
     let mirror = Mirror::builder(&upstream.url)
-        .public_url()
-        .args(&["--max-storage", "1GiB", "--auth-tokens", &hash])
+        .private(&hash)
+        .args(&["--max-storage", "1GiB"])
         .start();
     let line = start_line(&mirror);
     for part in [

@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use support::mirror::Mirror;
 use support::registry::{publish, CrateSpec};
 use support::upstream::{DlStyle, TestUpstream};
-use support::{client, json_of};
+use support::{client, json_of, upstream_and_mirror};
 
 fn specs() -> Vec<CrateSpec> {
     vec![
@@ -24,6 +24,10 @@ fn specs() -> Vec<CrateSpec> {
 
 async fn get(url: &str) -> reqwest::Response {
     client().get(url).send().await.expect("request")
+}
+
+async fn head_request(url: &str) -> reqwest::Response {
+    client().head(url).send().await.expect("request")
 }
 
 /// GETs `url` with `headers` (conditional requests, `accept-encoding`).
@@ -61,8 +65,7 @@ async fn config_json_points_dl_at_the_public_url_or_the_host() {
 
 #[tokio::test]
 async fn index_files_of_every_name_length_pass_through_byte_for_byte() {
-    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::builder(&upstream.url).start();
+    let (upstream, mirror) = upstream_and_mirror(&specs(), &[]);
     for (path, name) in [
         ("1/a", "a"),
         ("2/ab", "ab"),
@@ -107,8 +110,7 @@ async fn new_style_features_and_many_versions_survive() {
                 .feature("x", &["dep:a"]),
         );
     }
-    let upstream = TestUpstream::start(&big, DlStyle::Plain);
-    let mirror = Mirror::builder(&upstream.url).start();
+    let (upstream, mirror) = upstream_and_mirror(&big, &[]);
     let expected = upstream.index_body("bigfile").unwrap();
     assert!(expected.len() > 300_000, "only {} bytes", expected.len());
     let body = mirror
@@ -123,8 +125,7 @@ async fn new_style_features_and_many_versions_survive() {
 
 #[tokio::test]
 async fn mismatched_prefixes_are_404_and_never_reach_the_upstream() {
-    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::builder(&upstream.url).start();
+    let (upstream, mirror) = upstream_and_mirror(&specs(), &[]);
     for path in [
         "1/ab",
         "2/abc",
@@ -176,8 +177,7 @@ async fn missing_crates_pass_the_upstream_status_through_and_are_cached_briefly(
 
 #[tokio::test]
 async fn etag_and_last_modified_give_304s_and_head_works() {
-    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::builder(&upstream.url).start();
+    let (upstream, mirror) = upstream_and_mirror(&specs(), &[]);
     let url = format!("{}3/a/abc", mirror.index_url());
     let first = get(&url).await;
     assert_eq!(first.status(), StatusCode::OK);
@@ -217,7 +217,7 @@ async fn etag_and_last_modified_give_304s_and_head_works() {
     .await;
     assert_eq!(older.status(), StatusCode::OK);
 
-    let head = client().head(&url).send().await.unwrap();
+    let head = head_request(&url).await;
     assert_eq!(head.status(), StatusCode::OK);
     assert_eq!(head.headers()["etag"].to_str().unwrap(), etag);
     let expected_len = upstream.index_body("abc").unwrap().len().to_string();
@@ -226,18 +226,13 @@ async fn etag_and_last_modified_give_304s_and_head_works() {
         expected_len
     );
     assert!(head.bytes().await.unwrap().is_empty());
-    let head_config = client()
-        .head(format!("{}config.json", mirror.index_url()))
-        .send()
-        .await
-        .unwrap();
+    let head_config = head_request(&format!("{}config.json", mirror.index_url())).await;
     assert_eq!(head_config.status(), StatusCode::OK);
 }
 
 #[tokio::test]
 async fn gzip_is_served_to_clients_that_ask() {
-    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::builder(&upstream.url).start();
+    let (upstream, mirror) = upstream_and_mirror(&specs(), &[]);
     let url = format!("{}ab/cd/abcd", mirror.index_url());
     let response = get_with(&url, &[("accept-encoding", "gzip")]).await;
     assert_eq!(response.headers()["content-encoding"], "gzip");
@@ -254,10 +249,7 @@ async fn gzip_is_served_to_clients_that_ask() {
 
 #[tokio::test]
 async fn fresh_files_are_served_from_memory_without_the_upstream() {
-    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::builder(&upstream.url)
-        .args(&["--index-ttl", "600"])
-        .start();
+    let (upstream, mirror) = upstream_and_mirror(&specs(), &["--index-ttl", "600"]);
     let url = format!("{}ab/cd/abcd", mirror.index_url());
     assert_eq!(get(&url).await.headers()["x-cache"], "MISS");
     let before = stats(&mirror).await;
@@ -276,11 +268,9 @@ async fn fresh_files_are_served_from_memory_without_the_upstream() {
 
 #[tokio::test]
 async fn expired_files_are_revalidated_with_the_upstream_validators() {
-    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
     // Clients wait for the upstream past the TTL (no serving while updating).
-    let mirror = Mirror::builder(&upstream.url)
-        .args(&["--index-ttl", "1", "--index-max-stale", "0"])
-        .start();
+    let (upstream, mirror) =
+        upstream_and_mirror(&specs(), &["--index-ttl", "1", "--index-max-stale", "0"]);
     let url = format!("{}3/a/abc", mirror.index_url());
     let first = get(&url).await;
     let etag = first.headers()["etag"].clone();
@@ -314,10 +304,7 @@ async fn expired_files_are_revalidated_with_the_upstream_validators() {
 
 #[tokio::test]
 async fn within_the_ttl_the_upstream_is_not_asked() {
-    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::builder(&upstream.url)
-        .args(&["--index-ttl", "600"])
-        .start();
+    let (upstream, mirror) = upstream_and_mirror(&specs(), &["--index-ttl", "600"]);
     let url = format!("{}2/ab", mirror.index_url());
     get(&url).await;
     upstream.publish_all(&[CrateSpec::new("ab", "2.0.0")]);
@@ -328,11 +315,9 @@ async fn within_the_ttl_the_upstream_is_not_asked() {
 
 #[tokio::test]
 async fn stale_copies_are_served_when_the_upstream_fails() {
-    let mut upstream = TestUpstream::start(&specs(), DlStyle::Plain);
     // Clients wait for the upstream past the TTL (no serving while updating).
-    let mirror = Mirror::builder(&upstream.url)
-        .args(&["--index-ttl", "1", "--index-max-stale", "0"])
-        .start();
+    let (mut upstream, mirror) =
+        upstream_and_mirror(&specs(), &["--index-ttl", "1", "--index-max-stale", "0"]);
     let url = format!("{}ab/cd/abcd", mirror.index_url());
     let body = get(&url).await.bytes().await.unwrap();
     // A second mirror that has learnt config.json while the upstream was healthy.
@@ -384,10 +369,7 @@ async fn stale_copies_are_served_when_the_upstream_fails() {
 
 #[tokio::test]
 async fn a_stalled_upstream_gives_504_within_the_timeout() {
-    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::builder(&upstream.url)
-        .args(&["--upstream-timeout", "1"])
-        .start();
+    let (upstream, mirror) = upstream_and_mirror(&specs(), &["--upstream-timeout", "1"]);
     // Let the mirror learn config.json first, then stall everything.
     assert_eq!(mirror.get("/ready").await.status(), StatusCode::OK);
     upstream
@@ -444,10 +426,7 @@ async fn publishing_helper_appends_lines() {
 
 #[tokio::test]
 async fn expired_files_are_served_at_once_and_refreshed_in_the_background() {
-    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::builder(&upstream.url)
-        .args(&["--index-ttl", "1"])
-        .start();
+    let (upstream, mirror) = upstream_and_mirror(&specs(), &["--index-ttl", "1"]);
     let url = format!("{}3/a/abc", mirror.index_url());
     let first = get(&url).await.text().await.unwrap();
     upstream.publish_all(&[CrateSpec::new("abc", "1.1.0")]);
@@ -559,8 +538,7 @@ async fn gzip_from_the_upstream_is_served_as_sent_and_stored_compressed() {
 
 #[tokio::test]
 async fn broken_or_unasked_encodings_from_the_upstream_are_refused_and_trailing_bytes_dropped() {
-    let upstream = TestUpstream::start(&specs(), DlStyle::Plain);
-    let mirror = Mirror::builder(&upstream.url).start();
+    let (upstream, mirror) = upstream_and_mirror(&specs(), &[]);
     let raw = |name: &str, encoding: &str, bytes: Vec<u8>| {
         upstream
             .switches

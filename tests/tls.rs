@@ -22,18 +22,14 @@ fn cargo_over_https_with_a_test_ca_uses_http2() {
     let target = tempfile::tempdir().unwrap();
     let ca = certs.path().join("ca.pem");
     let cargo = |args: &[&str]| {
-        let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(args)
-            .current_dir(app.path())
-            .env("CARGO_HOME", home.path())
-            .env("CARGO_TARGET_DIR", target.path())
-            .env("CARGO_HTTP_CAINFO", &ca)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "cargo {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
+        support::run_ok(
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args(args)
+                .current_dir(app.path())
+                .env("CARGO_HOME", home.path())
+                .env("CARGO_TARGET_DIR", target.path())
+                .env("CARGO_HTTP_CAINFO", &ca),
+            String::new,
         );
     };
     cargo(&["generate-lockfile"]);

@@ -151,10 +151,7 @@ fn progress_in_a_log_is_a_line_per_tenth_and_the_newest_crate_is_fetched_by_name
 fn a_private_mirror_is_warmed_with_a_token_from_the_flag_or_the_environment() {
     let (token, hash) = new_token();
     let upstream = TestUpstream::start(&specs(3), DlStyle::Plain);
-    let mirror = Mirror::builder(&upstream.url)
-        .public_url()
-        .args(&["--auth-tokens", &hash])
-        .start();
+    let mirror = Mirror::builder(&upstream.url).private(&hash).start();
     let dir = tempfile::tempdir().unwrap();
     let lock = lockfile(dir.path(), 3);
     let base = ["--mirror", mirror.url.as_str(), "--lockfile", lock.as_str()];

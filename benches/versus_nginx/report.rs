@@ -44,6 +44,28 @@ pub fn nearest_rank(sorted: &[usize], q: f64) -> usize {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
+/// A Markdown table: a header of `columns`, each a name and whether it holds
+/// numbers (right-aligned), then a line for each row of cells.
+fn markdown_table(columns: &[(&str, bool)], rows: impl IntoIterator<Item = Vec<String>>) -> String {
+    let mut md = String::from("|");
+    for (name, _) in columns {
+        let _ = write!(md, " {name} |");
+    }
+    md.push_str("\n|");
+    for (_, numbers) in columns {
+        md.push_str(if *numbers { " ---: |" } else { " --- |" });
+    }
+    md.push('\n');
+    for row in rows {
+        md.push('|');
+        for cell in row {
+            let _ = write!(md, " {cell} |");
+        }
+        md.push('\n');
+    }
+    md
+}
+
 /// Per load, the round with the median requests per second (the lower middle
 /// one of an even count).
 pub fn median_runs(rounds: &[Vec<RunResult>]) -> Vec<RunResult> {
@@ -74,34 +96,53 @@ pub struct Report<'a> {
 }
 
 impl Report<'_> {
+    /// Per load: its label, and the median runs of the mirror and of nginx.
+    fn medians(&self) -> impl Iterator<Item = (&'static str, &RunResult, &RunResult)> {
+        let runs = self.mirror.iter().zip(&self.nginx);
+        self.options
+            .scenarios
+            .iter()
+            .zip(runs)
+            .map(|(scenario, (mirror, nginx))| (scenario.label(), mirror, nginx))
+    }
+
     pub fn comparison_table(&self) -> String {
-        let mut md = String::new();
-        md.push_str(
-            "| load | server | req/s | p50 | p90 | p99 | max | MiB/s | errors | server CPU | CPU µs/req | peak PSS | upstream requests |\n",
-        );
-        md.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
-        for (i, scenario) in self.options.scenarios.iter().enumerate() {
-            for (server, run) in [("crate-mirror", &self.mirror[i]), ("nginx", &self.nginx[i])] {
+        let columns = [
+            ("load", false),
+            ("server", false),
+            ("req/s", true),
+            ("p50", true),
+            ("p90", true),
+            ("p99", true),
+            ("max", true),
+            ("MiB/s", true),
+            ("errors", true),
+            ("server CPU", true),
+            ("CPU µs/req", true),
+            ("peak PSS", true),
+            ("upstream requests", true),
+        ];
+        let rows = self.medians().flat_map(|(load, mirror, nginx)| {
+            [("crate-mirror", mirror), ("nginx", nginx)].map(|(server, run)| {
                 let w = &run.wrk;
-                let _ = writeln!(
-                    md,
-                    "| {} | {server} | {:.0} | {} | {} | {} | {} | {:.0} | {} | {:.0}% | {:.0} | {} | {} |",
-                    scenario.label(),
-                    w.req_per_s,
+                vec![
+                    load.to_string(),
+                    server.to_string(),
+                    format!("{:.0}", w.req_per_s),
                     ms(w.p50),
                     ms(w.p90),
                     ms(w.p99),
                     ms(w.max),
-                    w.bytes_per_s / (1024.0 * 1024.0),
-                    w.errors(),
-                    run.cpu_share(self.cpus) * 100.0,
-                    run.cpu_us_per_request(),
+                    format!("{:.0}", w.bytes_per_s / (1024.0 * 1024.0)),
+                    w.errors().to_string(),
+                    format!("{:.0}%", run.cpu_share(self.cpus) * 100.0),
+                    format!("{:.0}", run.cpu_us_per_request()),
                     mib_bytes(run.peak_pss_kib as f64 * 1024.0),
-                    run.upstream_requests
-                );
-            }
-        }
-        md
+                    run.upstream_requests.to_string(),
+                ]
+            })
+        });
+        markdown_table(&columns, rows)
     }
 
     pub fn rounds_table(&self) -> String {
@@ -142,62 +183,71 @@ impl Report<'_> {
     }
 
     pub fn ratio_table(&self) -> String {
-        let mut md = String::new();
-        md.push_str("| load | req/s mirror / nginx | p50 mirror / nginx | p99 mirror / nginx | CPU per request mirror / nginx |\n");
-        md.push_str("| --- | ---: | ---: | ---: | ---: |\n");
-        for (i, scenario) in self.options.scenarios.iter().enumerate() {
-            let (m, n) = (&self.mirror[i], &self.nginx[i]);
-            let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
-            let _ = writeln!(
-                md,
-                "| {} | {:.2} | {:.2} | {:.2} | {:.2} |",
-                scenario.label(),
-                m.wrk.req_per_s / n.wrk.req_per_s.max(1e-9),
-                ratio(m.wrk.p50, n.wrk.p50),
-                ratio(m.wrk.p99, n.wrk.p99),
-                m.cpu_us_per_request() / n.cpu_us_per_request().max(1e-9)
-            );
-        }
-        md
+        let columns = [
+            ("load", false),
+            ("req/s mirror / nginx", true),
+            ("p50 mirror / nginx", true),
+            ("p99 mirror / nginx", true),
+            ("CPU per request mirror / nginx", true),
+        ];
+        let ratio = |a: f64, b: f64| format!("{:.2}", a / b.max(1e-9));
+        let rows = self.medians().map(|(load, m, n)| {
+            vec![
+                load.to_string(),
+                ratio(m.wrk.req_per_s, n.wrk.req_per_s),
+                ratio(m.wrk.p50.as_secs_f64(), n.wrk.p50.as_secs_f64()),
+                ratio(m.wrk.p99.as_secs_f64(), n.wrk.p99.as_secs_f64()),
+                ratio(m.cpu_us_per_request(), n.cpu_us_per_request()),
+            ]
+        });
+        markdown_table(&columns, rows)
     }
 
     pub fn encoding_table(&self) -> String {
-        let mut md = String::new();
-        md.push_str("| source | Content-Type | identity body | gzip request: Content-Encoding | gzip body |\n");
-        md.push_str("| --- | --- | ---: | --- | ---: |\n");
-        for e in &self.encodings {
-            let _ = writeln!(
-                md,
-                "| {} | `{}` | {} | `{}` | {} |",
-                e.source,
-                e.content_type,
+        let columns = [
+            ("source", false),
+            ("Content-Type", false),
+            ("identity body", true),
+            ("gzip request: Content-Encoding", false),
+            ("gzip body", true),
+        ];
+        let rows = self.encodings.iter().map(|e| {
+            vec![
+                e.source.clone(),
+                format!("`{}`", e.content_type),
                 kib(e.plain_bytes),
-                e.gzip_encoding,
-                kib(e.gzip_bytes)
-            );
-        }
-        md
+                format!("`{}`", e.gzip_encoding),
+                kib(e.gzip_bytes),
+            ]
+        });
+        markdown_table(&columns, rows)
     }
 
     pub fn ttfb_table(&self) -> String {
-        let mut md = String::new();
-        md.push_str("| source | status | response head | first body byte | complete | MiB/s | bytes | sha256 |\n");
-        md.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n");
-        for t in &self.timings {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} | {:.1} | {} | {} |",
-                t.source,
-                t.status,
+        let columns = [
+            ("source", false),
+            ("status", true),
+            ("response head", true),
+            ("first body byte", true),
+            ("complete", true),
+            ("MiB/s", true),
+            ("bytes", true),
+            ("sha256", false),
+        ];
+        let rows = self.timings.iter().map(|t| {
+            let mib_per_s = t.bytes as f64 / (1024.0 * 1024.0) / t.total.as_secs_f64().max(1e-9);
+            vec![
+                t.source.clone(),
+                t.status.to_string(),
                 ms(t.headers),
                 ms(t.first_byte),
                 ms(t.total),
-                t.bytes as f64 / (1024.0 * 1024.0) / t.total.as_secs_f64().max(1e-9),
-                t.bytes,
-                if t.sha_ok { "ok" } else { "MISMATCH" }
-            );
-        }
-        md
+                format!("{mib_per_s:.1}"),
+                t.bytes.to_string(),
+                (if t.sha_ok { "ok" } else { "MISMATCH" }).to_string(),
+            ]
+        });
+        markdown_table(&columns, rows)
     }
 
     pub fn registry_line(&self) -> String {

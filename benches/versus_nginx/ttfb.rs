@@ -9,6 +9,7 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
 use support::bench::{download_path, fail, index_path, release_mirror, start_mirror};
+use support::mirror::Mirror;
 
 use crate::generated::{upstream_addr, BenchRegistry};
 use crate::nginx::start_nginx;
@@ -64,6 +65,18 @@ pub async fn timed_download(source: &str, url: &str, sha256: &str) -> Timed {
     }
 }
 
+/// `timed_download` of `path` below `base` (a mirror's or nginx's URL).
+async fn timed_below(source: &str, base: &str, path: &str, sha256: &str) -> Timed {
+    timed_download(source, &format!("{base}{path}"), sha256).await
+}
+
+/// A fresh release mirror of `upstream`, once it is ready.
+async fn fresh_mirror(binary: &Path, upstream: &str) -> Mirror {
+    let mirror = start_mirror(release_mirror(binary, upstream));
+    wait_ready(&mirror.url).await;
+    mirror
+}
+
 /// Polls the mirror's `/ready` until it knows the upstream's config.json, so
 /// that the MISS is timed as a running mirror would serve it.
 pub async fn wait_ready(base: &str) {
@@ -97,21 +110,15 @@ pub async fn ttfb_phase(binary: &Path, registry: &BenchRegistry, options: &Optio
         .store(CHUNK_DELAY_MS, Ordering::SeqCst);
     let mut timings = Vec::new();
     log("MISS: directly from the upstream");
-    timings.push(
-        timed_download(
-            "upstream, direct",
-            &format!("{upstream_base}/dl/{name}/{version}/download"),
-            sha,
-        )
-        .await,
-    );
+    let direct = format!("{upstream_base}/dl/{name}/{version}/download");
+    timings.push(timed_download("upstream, direct", &direct, sha).await);
     log("MISS: through a fresh mirror, index file not cached");
-    let mirror = start_mirror(release_mirror(binary, &upstream.url));
-    wait_ready(&mirror.url).await;
+    let mirror = fresh_mirror(binary, &upstream.url).await;
     timings.push(
-        timed_download(
+        timed_below(
             "mirror, MISS, index file not cached",
-            &format!("{}{path}", mirror.url),
+            &mirror.url,
+            &path,
             sha,
         )
         .await,
@@ -120,20 +127,12 @@ pub async fn ttfb_phase(binary: &Path, registry: &BenchRegistry, options: &Optio
     // usually cached when the crate is asked for: the mirror then needs one
     // upstream round trip instead of two.
     log("MISS: through a fresh mirror, index file cached");
-    let second = start_mirror(release_mirror(binary, &upstream.url));
-    wait_ready(&second.url).await;
+    let second = fresh_mirror(binary, &upstream.url).await;
     let index_errors = fetch_all(&http_client(), &second.url, &[index_path(name)], false).await;
     if let Some(error) = index_errors.first() {
         fail(&format!("fetching the index file of {name}: {error}"));
     }
-    timings.push(
-        timed_download(
-            "mirror, MISS, index file cached",
-            &format!("{}{path}", second.url),
-            sha,
-        )
-        .await,
-    );
+    timings.push(timed_below("mirror, MISS, index file cached", &second.url, &path, sha).await);
     drop(second);
     log("MISS: through a fresh nginx");
     let nginx = start_nginx(
@@ -141,12 +140,12 @@ pub async fn ttfb_phase(binary: &Path, registry: &BenchRegistry, options: &Optio
         upstream_addr(upstream),
         options.nginx_workers,
     );
-    timings.push(timed_download("nginx, MISS", &format!("{}{path}", nginx.url), sha).await);
+    timings.push(timed_below("nginx, MISS", &nginx.url, &path, sha).await);
     // nginx renames its temp file into the cache when the upstream response
     // ends, the mirror after its checksum check: give both a moment.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    timings.push(timed_download("mirror, HIT", &format!("{}{path}", mirror.url), sha).await);
-    timings.push(timed_download("nginx, HIT", &format!("{}{path}", nginx.url), sha).await);
+    timings.push(timed_below("mirror, HIT", &mirror.url, &path, sha).await);
+    timings.push(timed_below("nginx, HIT", &nginx.url, &path, sha).await);
     upstream.switches.chunk_delay_ms.store(0, Ordering::SeqCst);
     timings
 }

@@ -106,7 +106,15 @@ impl Source {
                     .get(name)
                     .await
                     .map_err(|e| ExportError::fetch(&what, e))?;
-                Ok(lookup.entry.file().map(|file| file.body.clone()))
+                if !lookup.entry.is_found() {
+                    return Ok(None);
+                }
+                let plain = state
+                    .index
+                    .plain(&lookup.entry)
+                    .await
+                    .map_err(|e| ExportError::fetch(&what, e))?;
+                Ok(Some(plain))
             }
             Source::Remote { base, client } => {
                 let url = format!("{base}/index/{}", name.index_path());

@@ -53,6 +53,9 @@ pub struct About {
     /// One line for `--help`; the README's table says more.
     pub help: &'static str,
     pub kind: Kind,
+    /// Never shown (the dashboard's settings list says only that it is
+    /// set): tokens' hashes and S3 keys.
+    pub secret: bool,
 }
 
 impl About {
@@ -110,6 +113,7 @@ pub static CONFIG_FILE: Setting<PathBuf> = Setting {
         fallback: Fallback::Absent("none"),
         help: "TOML file with the same keys as the flags",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_path,
 };
@@ -121,6 +125,7 @@ pub static LISTEN: Setting<SocketAddr> = Setting {
         fallback: Fallback::Value("127.0.0.1:8080"),
         help: "Address and port to listen on; a host name is resolved at start, a bare port means 127.0.0.1",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_listen,
 };
@@ -132,6 +137,7 @@ pub static UPSTREAM: Setting<String> = Setting {
         fallback: Fallback::Required,
         help: "Sparse index base URL of the registry to cache",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_base_url,
 };
@@ -143,6 +149,7 @@ pub static OFFLINE: Setting<bool> = Setting {
         fallback: Fallback::Value("false"),
         help: "Serve only what is cached or imported and never ask an upstream (--upstream not needed)",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_bool,
 };
@@ -154,6 +161,7 @@ pub static DATA_DIR: Setting<PathBuf> = Setting {
         fallback: Fallback::Value("./data"),
         help: "Directory for the database, crate files and temp files",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_data_dir,
 };
@@ -165,6 +173,7 @@ pub static PUBLIC_URL: Setting<String> = Setting {
         fallback: Fallback::Absent("from the request's Host header"),
         help: "URL clients use to reach the mirror",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_base_url,
 };
@@ -176,6 +185,7 @@ pub static INDEX_TTL: Setting<Duration> = Setting {
         fallback: Fallback::Value("60"),
         help: "Seconds an index file is served before asking the upstream",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_seconds,
 };
@@ -187,6 +197,7 @@ pub static INDEX_MAX_STALE: Setting<Duration> = Setting {
         fallback: Fallback::Value("600"),
         help: "Seconds past --index-ttl an index file is served at once while it is refreshed in the background; 0: clients wait for the upstream",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_seconds,
 };
@@ -198,6 +209,7 @@ pub static NEGATIVE_TTL: Setting<Duration> = Setting {
         fallback: Fallback::Value("30"),
         help: "Seconds a missing crate is remembered",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_seconds,
 };
@@ -209,6 +221,7 @@ pub static HOT_CACHE_SIZE: Setting<u64> = Setting {
         fallback: Fallback::Value("256MiB"),
         help: "Bytes of index files kept in memory, e.g. 256MiB",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_size,
 };
@@ -220,6 +233,7 @@ pub static CRATE_CACHE_SIZE: Setting<u64> = Setting {
         fallback: Fallback::Value("64MiB"),
         help: "Bytes of the most requested crate files kept in memory; 0 for none",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_size,
 };
@@ -231,6 +245,7 @@ pub static UPSTREAM_TIMEOUT: Setting<Duration> = Setting {
         fallback: Fallback::Value("30"),
         help: "Seconds for an index fetch and for each read of a download",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_positive_seconds,
 };
@@ -242,6 +257,7 @@ pub static CONNECT_TIMEOUT: Setting<Duration> = Setting {
         fallback: Fallback::Value("5"),
         help: "Seconds to connect to the upstream",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_positive_seconds,
 };
@@ -253,6 +269,7 @@ pub static LOG_FORMAT: Setting<LogFormat> = Setting {
         fallback: Fallback::Value("text"),
         help: "`text` or `json`",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_log_format,
 };
@@ -264,6 +281,7 @@ pub static GIT_INDEX: Setting<bool> = Setting {
         fallback: Fallback::Value("off"),
         help: "`on` serves a git index at /git/index (needs git and --public-url)",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_bool,
 };
@@ -275,6 +293,7 @@ pub static GIT_REBUILD_DELAY: Setting<Duration> = Setting {
         fallback: Fallback::Value("2"),
         help: "Seconds after index files change before the git index is rebuilt",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_seconds,
 };
@@ -286,6 +305,7 @@ pub static AUTH_TOKENS: Setting<TokenSet> = Setting {
         fallback: Fallback::Absent("none (public)"),
         help: "Comma-separated token hashes (`sha256:HEX`); any makes the mirror private",
         kind: Kind::Value,
+        secret: true,
     },
     parse: parse_token_hashes,
 };
@@ -297,6 +317,7 @@ pub static METRICS_TOKENS: Setting<TokenSet> = Setting {
         fallback: Fallback::Absent("none (open)"),
         help: "Token hashes required by /metrics and /api/stats",
         kind: Kind::Value,
+        secret: true,
     },
     parse: parse_token_hashes,
 };
@@ -308,6 +329,7 @@ pub static TRUSTED_PROXIES: Setting<TrustedProxies> = Setting {
         fallback: Fallback::Absent("none"),
         help: "Addresses or CIDR blocks whose Forwarded / X-Forwarded-* headers are believed",
         kind: Kind::Value,
+        secret: false,
     },
     parse: TrustedProxies::parse,
 };
@@ -319,6 +341,7 @@ pub static REVALIDATE_INTERVAL: Setting<Duration> = Setting {
         fallback: Fallback::Value("10"),
         help: "Seconds between forced index revalidations of one crate",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_seconds,
 };
@@ -330,6 +353,7 @@ pub static UPSTREAM_REDIRECT_HOSTS: Setting<Vec<String>> = Setting {
         fallback: Fallback::Absent("none"),
         help: "Extra hosts upstream redirects may lead to, comma-separated",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_hosts,
 };
@@ -341,6 +365,7 @@ pub static WORKERS: Setting<usize> = Setting {
         fallback: Fallback::Absent("one per CPU"),
         help: "Threads that serve HTTP",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_count,
 };
@@ -352,6 +377,7 @@ pub static MAX_CONNECTIONS: Setting<usize> = Setting {
         fallback: Fallback::Value("4096"),
         help: "Concurrent client connections per worker",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_count,
 };
@@ -363,6 +389,7 @@ pub static UPSTREAM_CONCURRENCY: Setting<usize> = Setting {
         fallback: Fallback::Value("64"),
         help: "Concurrent requests to the upstream",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_count,
 };
@@ -374,6 +401,7 @@ pub static SHUTDOWN_TIMEOUT: Setting<Duration> = Setting {
         fallback: Fallback::Value("30"),
         help: "Seconds in-flight requests get to finish after SIGTERM",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_seconds,
 };
@@ -385,6 +413,7 @@ pub static DB_FLUSH_INTERVAL: Setting<Duration> = Setting {
         fallback: Fallback::Value("500"),
         help: "Milliseconds between writes of the database to disk; 0: only at shutdown (what a crash can lose of the cached index)",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_millis,
 };
@@ -396,6 +425,7 @@ pub static PREFETCH: Setting<bool> = Setting {
         fallback: Fallback::Value("on"),
         help: "Prefetch the index files of dependencies",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_bool,
 };
@@ -407,6 +437,7 @@ pub static PREFETCH_DEPTH: Setting<u32> = Setting {
         fallback: Fallback::Value("16"),
         help: "Dependency steps from a client's request that are prefetched",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_count_u32,
 };
@@ -418,6 +449,7 @@ pub static PREFETCH_CONCURRENCY: Setting<usize> = Setting {
         fallback: Fallback::Value("32"),
         help: "Prefetch requests at a time (kept below --upstream-concurrency)",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_count,
 };
@@ -429,6 +461,7 @@ pub static PREFETCH_BUDGET: Setting<u32> = Setting {
         fallback: Fallback::Value("1200"),
         help: "Prefetch requests per minute at most",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_count_u32,
 };
@@ -440,6 +473,7 @@ pub static PREFETCH_DEV_DEPENDENCIES: Setting<()> = Setting {
         fallback: Fallback::Value("false"),
         help: "Only `false` is accepted: cargo never resolves dependencies' dev-dependencies",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_no_dev_dependencies,
 };
@@ -451,6 +485,7 @@ pub static TLS_CERT: Setting<PathBuf> = Setting {
         fallback: Fallback::Absent("none (plain HTTP)"),
         help: "PEM certificate chain: serve HTTPS (HTTP/2 by ALPN) with --tls-key",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_path,
 };
@@ -462,6 +497,7 @@ pub static TLS_KEY: Setting<PathBuf> = Setting {
         fallback: Fallback::Absent("none (plain HTTP)"),
         help: "PEM private key for --tls-cert",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_path,
 };
@@ -473,6 +509,7 @@ pub static STORAGE: Setting<StorageLocation> = Setting {
         fallback: Fallback::Value("local"),
         help: "`local` or `s3://BUCKET[/PREFIX]` (S3 credentials from AWS_* variables)",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_storage,
 };
@@ -484,6 +521,7 @@ pub static MAX_STORAGE: Setting<u64> = Setting {
         fallback: Fallback::Absent("unbounded"),
         help: "Local storage quota, e.g. 50GiB; least recently used crates are evicted",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_size,
 };
@@ -495,6 +533,7 @@ pub static S3_REDIRECT: Setting<bool> = Setting {
         fallback: Fallback::Value("false"),
         help: "Answer S3 hits with a redirect to a presigned URL",
         kind: Kind::Switch,
+        secret: false,
     },
     parse: parse_bool,
 };
@@ -506,6 +545,7 @@ pub static AWS_ACCESS_KEY_ID: Setting<String> = Setting {
         fallback: Fallback::Absent("none"),
         help: "S3 access key",
         kind: Kind::Aws,
+        secret: true,
     },
     parse: parse_text,
 };
@@ -517,6 +557,7 @@ pub static AWS_SECRET_ACCESS_KEY: Setting<String> = Setting {
         fallback: Fallback::Absent("none"),
         help: "S3 secret key",
         kind: Kind::Aws,
+        secret: true,
     },
     parse: parse_text,
 };
@@ -528,6 +569,7 @@ pub static AWS_REGION: Setting<String> = Setting {
         fallback: Fallback::Value("us-east-1"),
         help: "S3 region",
         kind: Kind::Aws,
+        secret: false,
     },
     parse: parse_text,
 };
@@ -539,6 +581,7 @@ pub static AWS_ENDPOINT_URL: Setting<String> = Setting {
         fallback: Fallback::Absent("AWS"),
         help: "S3-compatible endpoint",
         kind: Kind::Aws,
+        secret: false,
     },
     parse: parse_base_url,
 };
@@ -550,6 +593,7 @@ pub static AWS_ALLOW_HTTP: Setting<bool> = Setting {
         fallback: Fallback::Value("false"),
         help: "Allow a plain-http S3 endpoint",
         kind: Kind::Aws,
+        secret: false,
     },
     parse: parse_bool,
 };
@@ -561,6 +605,7 @@ pub static S3_INSTANCE_CREDENTIALS: Setting<bool> = Setting {
         fallback: Fallback::Value("false"),
         help: "Take S3 credentials from the instance metadata service when no keys are set",
         kind: Kind::Value,
+        secret: false,
     },
     parse: parse_bool,
 };
@@ -655,6 +700,11 @@ mod tests {
                 "{}: only AWS settings use the AWS_* variables",
                 about.key
             );
+            // What names a token or a key is never shown.
+            let sounds_secret = ["token", "secret", "key-id"]
+                .iter()
+                .any(|word| about.key.contains(word));
+            assert_eq!(sounds_secret, about.secret, "{}: secret", about.key);
         }
     }
 

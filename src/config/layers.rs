@@ -110,7 +110,7 @@ impl RawSettings {
     }
 
     /// The text `about` takes and its source, falling back to its default value.
-    fn text(&self, about: &'static About) -> Option<(&str, Source)> {
+    pub(super) fn text(&self, about: &'static About) -> Option<(&str, Source)> {
         debug_assert!(
             SETTINGS.iter().any(|s| std::ptr::eq(s.about(), about)),
             "`{}` is not in SETTINGS, so no layer can give it",

@@ -7,6 +7,7 @@ mod cli;
 pub mod defs;
 mod layers;
 mod parse;
+mod shown;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ pub use cli::SettingsArgs;
 pub use defs::{About, AnySetting, Fallback, Kind, SETTINGS};
 pub use layers::{RawSettings, Source, WARM_TOKEN_ENV};
 pub use parse::parse_size;
+pub use shown::{mask_userinfo, ShownSetting, HIDDEN};
 
 use crate::auth::TokenSet;
 use crate::prefetch::PrefetchPolicy;
@@ -100,6 +102,8 @@ pub struct Config {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// `None` when prefetch is off.
     pub prefetch: Option<PrefetchPolicy>,
+    /// Every setting as an operator may see it (secrets hidden).
+    pub shown: Vec<ShownSetting>,
 }
 
 /// Where crate files are kept.
@@ -214,6 +218,7 @@ impl RawSettings {
             tls: self.tls()?,
             // Nothing to prefetch from offline.
             prefetch: if offline { None } else { self.prefetch()? },
+            shown: self.shown(),
         })
     }
 

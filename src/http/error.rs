@@ -9,6 +9,7 @@ use crate::git::GitError;
 use crate::index::cache::IndexError;
 use crate::index::path::PathError;
 use crate::registry_api::RegistryApiError;
+use crate::storage::StorageError;
 use crate::upstream::UpstreamError;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,9 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error(transparent)]
     Git(#[from] GitError),
+    /// Listing the stored crates failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
     /// Search, crate metadata and refused writes: answered as JSON.
     #[error(transparent)]
     Registry(#[from] RegistryApiError),
@@ -87,7 +91,7 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Git(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Git(_) | ApiError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Registry(err) => match err {
                 RegistryApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
                 RegistryApiError::ReadOnly => READ_ONLY_STATUS,

@@ -8,6 +8,7 @@ mod error;
 mod facing;
 mod git;
 pub mod h2c;
+mod operator;
 mod origin;
 mod registry_api;
 
@@ -17,7 +18,7 @@ use actix_web::body::{BodySize, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use actix_web::http::Method;
-use actix_web::{guard, web, HttpRequest, HttpResponse};
+use actix_web::{guard, web, HttpMessage, HttpRequest, HttpResponse};
 
 pub use body::WRITE_BUFFER;
 pub use error::ApiError;
@@ -26,6 +27,7 @@ pub use facing::ClientFacing;
 use crate::crates::CrateDownload;
 use crate::index::cache::{IndexEntry, IndexFile, IndexLookup};
 use crate::index::path::{decode_segment, parse_index_path, IndexRequest};
+use crate::metrics::{ErrorKind, Route};
 use crate::names::{CrateName, CrateVersion};
 use crate::AppState;
 
@@ -38,39 +40,65 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     use actix_web::middleware::from_fn;
     let get_or_head = || guard::Any(guard::Get()).or(guard::Head());
     // Every protected route carries its own gate (see `auth`): access follows
-    // what the router matched, whatever the spelling of the path.
-    cfg.route("/health", web::route().guard(get_or_head()).to(health))
-        .route("/ready", web::route().guard(get_or_head()).to(ready))
-        .service(
-            web::resource("/api/stats")
-                .wrap(from_fn(auth::stats))
-                .route(web::get().to(stats)),
-        )
-        .service(
-            web::resource("/metrics")
-                .wrap(from_fn(auth::metrics))
-                .route(web::get().to(metrics)),
-        )
-        // Prefix scopes rather than `{tail:.*}` patterns: no regex match per
-        // request (the handlers parse the raw path themselves).
-        .service(
-            web::scope("/index")
-                .wrap(from_fn(auth::registry))
-                .default_service(web::to(index)),
-        )
-        .service(
-            web::scope("/api/v1/crates")
-                .wrap(from_fn(auth::registry))
-                .configure(registry_api::routes)
-                .default_service(web::to(download)),
-        )
-        .service(
-            web::scope("/git")
-                .wrap(from_fn(auth::git))
-                .configure(git::routes),
-        )
-        .configure(dashboard::routes)
-        .default_service(web::to(fallback));
+    // what the router matched, whatever the spelling of the path. Each also
+    // carries its `Route`, the label `record_request` counts it under.
+    cfg.service(
+        web::resource("/health")
+            .app_data(Route::Health)
+            .route(web::route().guard(get_or_head()).to(health)),
+    )
+    .service(
+        web::resource("/ready")
+            .app_data(Route::Ready)
+            .route(web::route().guard(get_or_head()).to(ready)),
+    )
+    .service(dashboard_json("/api/stats", stats))
+    .service(dashboard_json("/api/settings", operator::settings))
+    .service(dashboard_json("/api/crates", operator::cached_crates))
+    .service(
+        web::resource("/metrics")
+            .app_data(Route::Metrics)
+            .wrap(from_fn(auth::metrics))
+            .route(web::get().to(metrics)),
+    )
+    // Prefix scopes rather than `{tail:.*}` patterns: no regex match per
+    // request (the handlers parse the raw path themselves).
+    .service(
+        web::scope("/index")
+            .app_data(Route::Index)
+            .wrap(from_fn(auth::registry))
+            .default_service(web::to(index)),
+    )
+    .service(
+        web::scope("/api/v1/crates")
+            .app_data(Route::Download)
+            .wrap(from_fn(auth::registry))
+            .configure(registry_api::routes)
+            .default_service(web::to(download)),
+    )
+    .service(
+        web::scope("/git")
+            .app_data(Route::Git)
+            .wrap(from_fn(auth::git))
+            .configure(git::routes),
+    )
+    .configure(dashboard::routes)
+    .default_service(web::to(fallback));
+}
+
+/// A JSON route of the dashboard: gated like `/api/stats` (it names crates
+/// and settings), counted under `stats`.
+fn dashboard_json<F, Args>(path: &str, handler: F) -> impl actix_web::dev::HttpServiceFactory
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    use actix_web::middleware::from_fn;
+    web::resource(path)
+        .app_data(Route::Stats)
+        .wrap(from_fn(auth::stats))
+        .route(web::get().to(handler))
 }
 
 /// No route matched: 404 whatever the method, so an unknown path tells nothing.
@@ -78,13 +106,17 @@ async fn fallback() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound)
 }
 
-/// Registry routes answer GET and HEAD only.
-fn read_only(req: &HttpRequest) -> Result<(), ApiError> {
-    if req.method() == Method::GET || req.method() == Method::HEAD {
-        Ok(())
-    } else {
-        Err(ApiError::MethodNotAllowed)
+/// The raw path below `prefix` of a registry request. Registry routes answer
+/// GET and HEAD only; the raw path is read, not actix's decoded one, so
+/// encoded separators never become separators.
+fn registry_path<'a>(req: &'a HttpRequest, prefix: &str) -> Result<&'a str, ApiError> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Err(ApiError::MethodNotAllowed);
     }
+    req.uri()
+        .path()
+        .strip_prefix(prefix)
+        .ok_or(ApiError::NotFound)
 }
 
 async fn health() -> HttpResponse {
@@ -105,6 +137,7 @@ async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
     let origin = origin::public_base(&req, &state)?;
     let mut stats = state.stats();
     stats["index_url"] = format!("{}/index/", origin.base).into();
+    stats["mirror"] = state.operator.mirror();
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .insert_header((header::VARY, origin.vary))
@@ -118,21 +151,25 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .body(state.metrics.encode())
 }
 
-/// `GET /index/config.json` and `GET /index/{prefix}/{name}`. The raw path is
-/// parsed, not actix's decoded one, so encoded separators never become separators.
+/// `GET /index/config.json` and `GET /index/{prefix}/{name}`.
 async fn index(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    read_only(&req)?;
-    let raw = req
-        .uri()
-        .path()
-        .strip_prefix("/index/")
-        .ok_or(ApiError::NotFound)?;
-    match parse_index_path(raw)? {
-        IndexRequest::Config => config_json(&req, &state).await,
+    match parse_index_path(registry_path(&req, "/index/")?)? {
+        IndexRequest::Config => {
+            // Its own label, though it shares the index's scope.
+            req.extensions_mut().insert(Route::Config);
+            config_json(&req, &state).await
+        }
         IndexRequest::File(name) => {
             state.metrics.activity.crate_requested(name.key());
             let lookup = state.index.get(&name).await?;
-            Ok(index_response(&req, lookup))
+            // The plain body only for a client that does not take gzip: it
+            // is made from the compressed copy (or a recent one reused).
+            let plain = if accepts_gzip(req.headers()) {
+                None
+            } else {
+                Some(state.index.plain(&lookup.entry).await?)
+            };
+            Ok(index_response(&req, lookup, plain))
         }
     }
 }
@@ -160,7 +197,13 @@ async fn config_json(req: &HttpRequest, state: &AppState) -> Result<HttpResponse
 }
 
 /// The response for an index lookup (public for the hot-path benchmarks).
-pub fn index_response(req: &HttpRequest, lookup: IndexLookup) -> HttpResponse {
+/// `plain` is the plain body, which only a client that does not accept gzip
+/// needs (see `accepts_gzip`); without it such a client gets a 500.
+pub fn index_response(
+    req: &HttpRequest,
+    lookup: IndexLookup,
+    plain: Option<bytes::Bytes>,
+) -> HttpResponse {
     let cache = (X_CACHE, HeaderValue::from_static(lookup.outcome.as_str()));
     let entry = match &*lookup.entry {
         IndexEntry::Found(file) => file,
@@ -193,7 +236,10 @@ pub fn index_response(req: &HttpRequest, lookup: IndexLookup) -> HttpResponse {
             .insert_header((header::CONTENT_ENCODING, HeaderValue::from_static("gzip")))
             .body(body::SlicedBody::new(entry.gzip_body().clone()))
     } else {
-        response.body(body::SlicedBody::new(entry.body.clone()))
+        match plain {
+            Some(plain) => response.body(body::SlicedBody::new(plain)),
+            None => HttpResponse::InternalServerError().finish(),
+        }
     }
 }
 
@@ -251,12 +297,7 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
 
 /// `GET /api/v1/crates/{name}/{version}/download`.
 async fn download(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    read_only(&req)?;
-    let raw = req
-        .uri()
-        .path()
-        .strip_prefix("/api/v1/crates/")
-        .ok_or(ApiError::NotFound)?;
+    let raw = registry_path(&req, "/api/v1/crates/")?;
     let segments: Vec<&str> = raw.split('/').collect();
     let [name, version, "download"] = segments[..] else {
         return Err(ApiError::NotFound);
@@ -327,23 +368,14 @@ pub async fn limit_request_size(
     }
 }
 
-/// The `route` label of a path: a fixed, small set.
-fn route_of(path: &str) -> &'static str {
-    match path {
-        "/index/config.json" => "config",
-        "/health" => "health",
-        "/ready" => "ready",
-        "/metrics" => "metrics",
-        "/api/stats" => "stats",
-        "/" => "dashboard",
-        _ if path.starts_with("/index/") => "index",
-        "/api/v1/crates" => "api",
-        _ if path.starts_with("/api/v1/crates/") && path.ends_with("/download") => "download",
-        _ if path.starts_with("/api/v1/crates/") => "api",
-        _ if path.starts_with("/git/") => "git",
-        _ if path.starts_with("/static/") => "dashboard",
-        _ => "other",
+/// The route label of an answered request: the one its handler set (the
+/// index scope's `config.json`), else the one its route carries, else
+/// `other` (no route matched, or refused before routing).
+fn route_of(req: &HttpRequest) -> Route {
+    if let Some(route) = req.extensions().get::<Route>() {
+        return *route;
     }
+    req.app_data::<Route>().copied().unwrap_or(Route::Other)
 }
 
 fn version_str(version: actix_web::http::Version) -> &'static str {
@@ -380,7 +412,8 @@ pub async fn record_request<B: MessageBody>(
         .and_then(|v: &HeaderValue| v.to_str().ok())
         .unwrap_or("-");
     if let Some(state) = state {
-        let route = route_of(path);
+        let matched = route_of(response.request());
+        let route = matched.as_str();
         let metrics = &state.metrics;
         metrics
             .http
@@ -401,10 +434,10 @@ pub async fn record_request<B: MessageBody>(
                     .inc_by(bytes);
             }
         }
-        if status.is_server_error() {
+        if let Some(kind) = ErrorKind::of(matched, status.as_u16()) {
             metrics
                 .activity
-                .record_error(format!("{method} {path}"), status.as_str().to_string());
+                .record_error(kind, method.as_str(), path, status.as_u16());
         }
     }
     crate::access_log::log(&crate::access_log::AccessRecord {

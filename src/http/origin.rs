@@ -189,38 +189,37 @@ mod tests {
         }
     }
 
+    /// What `Forwarded::from_headers` makes of these headers.
+    fn forwarded(headers: &[(&'static str, &'static str)]) -> Forwarded {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(
+                header::HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        Forwarded::from_headers(&map)
+    }
+
     #[test]
     fn forwarded_headers() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::HeaderName::from_static("forwarded"),
-            HeaderValue::from_static(
+        // `Forwarded` wins over `X-Forwarded-Host`; of a list, the first counts.
+        let standard = [
+            (
+                "forwarded",
                 "for=10.0.0.1;host=\"m.example.com\";proto=https, for=10.0.0.2;host=x",
             ),
-        );
-        headers.insert(
-            header::HeaderName::from_static("x-forwarded-host"),
-            HeaderValue::from_static("ignored.example.com"),
-        );
-        let f = Forwarded::from_headers(&headers);
-        assert_eq!(f.host.as_deref(), Some("m.example.com"));
-        assert_eq!(f.proto.as_deref(), Some("https"));
-
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::HeaderName::from_static("x-forwarded-host"),
-            HeaderValue::from_static("a.example.com, b.example.com"),
-        );
-        headers.insert(
-            header::HeaderName::from_static("x-forwarded-proto"),
-            HeaderValue::from_static("https"),
-        );
-        let f = Forwarded::from_headers(&headers);
-        assert_eq!(f.host.as_deref(), Some("a.example.com"));
-        assert_eq!(f.proto.as_deref(), Some("https"));
-        assert_eq!(
-            Forwarded::from_headers(&HeaderMap::new()),
-            Forwarded::default()
-        );
+            ("x-forwarded-host", "ignored.example.com"),
+        ];
+        let legacy = [
+            ("x-forwarded-host", "a.example.com, b.example.com"),
+            ("x-forwarded-proto", "https"),
+        ];
+        for (headers, host) in [(&standard, "m.example.com"), (&legacy, "a.example.com")] {
+            let f = forwarded(headers);
+            assert_eq!(f.host.as_deref(), Some(host), "{headers:?}");
+            assert_eq!(f.proto.as_deref(), Some("https"), "{headers:?}");
+        }
+        assert_eq!(forwarded(&[]), Forwarded::default());
     }
 }

@@ -9,6 +9,7 @@ use actix_web::{guard, web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 
 use super::{ApiError, X_CACHE};
+use crate::metrics::Route;
 use crate::registry_api::ApiOutcome;
 use crate::AppState;
 
@@ -20,18 +21,29 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     // Any other method on a resource is a write: its default service refuses it.
     // Publish is `PUT /new`, which `/{name}` refuses so (a crate may be named
     // `new`, and GET of it is metadata like any other).
+    // Each counted as `api` (the scope's own label is downloads').
     cfg.service(
         web::resource("")
+            .app_data(Route::Api)
             .route(web::route().guard(get_or_head()).to(search))
             .default_service(web::to(write)),
     )
     .service(
         web::resource("/{name}")
+            .app_data(Route::Api)
             .route(web::route().guard(get_or_head()).to(crate_info))
             .default_service(web::to(write)),
     )
-    .service(web::resource("/{name}/owners").to(write))
-    .service(web::resource(["/{name}/{version}/yank", "/{name}/{version}/unyank"]).to(write));
+    .service(
+        web::resource("/{name}/owners")
+            .app_data(Route::Api)
+            .to(write),
+    )
+    .service(
+        web::resource(["/{name}/{version}/yank", "/{name}/{version}/unyank"])
+            .app_data(Route::Api)
+            .to(write),
+    );
 }
 
 /// `GET /api/v1/crates?q=...&per_page=...&page=...` (`cargo search`).

@@ -8,7 +8,7 @@
 //! request into an upstream fetch.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -18,8 +18,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, Notify};
 
-use super::lines::validate_index;
-use super::store::{IndexStore, StoreError, StoredHeader, StoredIndex};
+use super::lines::{validate_index, VersionRecord};
+use super::store::{CompressedIndex, IndexStore, StoreError, StoredHeader, StoredIndex};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::names::CrateName;
@@ -33,6 +33,11 @@ const STALE_RETRY: Duration = Duration::from_secs(5);
 
 /// The revalidate interval when none is configured (the setting's default).
 pub const DEFAULT_REVALIDATE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Bytes of recent plain bodies kept besides the compressed hot cache (see
+/// `Inner::plain_bodies`): a few hundred average files, enough for the
+/// prefetcher to read what was just fetched without decompressing it.
+const PLAIN_CACHE_BYTES: u64 = 32 << 20;
 
 /// Crates whose last forced revalidation is remembered; beyond it the oldest
 /// are forgotten, which at worst allows one more forced fetch of those.
@@ -79,11 +84,14 @@ pub struct Refusal {
 /// serving it allocates nothing.
 #[derive(Debug)]
 pub struct IndexFile {
-    pub body: Bytes,
-    /// The body gzip'd: the upstream's own bytes when it sent gzip, else
-    /// compressed once when the entry was made, off the async threads, so
-    /// that serving never compresses.
+    /// The body gzip'd, the one copy held: the upstream's own bytes when it
+    /// sent gzip, else compressed once when the entry was made, off the async
+    /// threads. Served as it is to every client that accepts gzip (cargo
+    /// always does); the plain body is made from it when something needs it
+    /// (`IndexCache::plain`, `IndexFile::find_version`).
     gzip: Bytes,
+    /// The plain body's length.
+    plain_len: u64,
     /// Our ETag, quoted: a hash of the body, stable across restarts and nodes.
     pub etag: String,
     pub changed_at: SystemTime,
@@ -126,15 +134,15 @@ impl Freshness {
 
 impl IndexFile {
     fn new(
-        body: Bytes,
         gzip: Bytes,
+        plain_len: u64,
         etag: String,
         changed_at: SystemTime,
         freshness: Freshness,
     ) -> Self {
         Self {
-            body,
             gzip,
+            plain_len,
             etag,
             changed_at,
             last_modified: httpdate::fmt_http_date(changed_at),
@@ -147,19 +155,35 @@ impl IndexFile {
         }
     }
 
-    /// A file from its stored copy (compressing the body if it was stored
-    /// plain). CPU work: run it on a blocking thread.
-    fn from_stored(stored: StoredIndex, ttl: Duration, clock: &Clock) -> Self {
+    /// A file from its stored copy, kept compressed as stored. A record an
+    /// earlier version wrote plain is compressed here (the caller rewrites
+    /// it); one written without its plain length is measured by reading it
+    /// through once. CPU work: run it on a blocking thread.
+    fn from_stored(
+        stored: CompressedIndex,
+        key: &str,
+        ttl: Duration,
+        clock: &Clock,
+    ) -> Result<Self, StoreError> {
         let h = stored.header;
-        let gzip = stored.gzip.unwrap_or_else(|| gzip(&stored.body));
+        let (gzip, plain_len) = if h.gzip {
+            let plain_len = match h.plain_len {
+                Some(len) => len,
+                None => plain_len_of(&stored.stored)
+                    .ok_or_else(|| StoreError::Corrupt(key.to_string()))?,
+            };
+            (stored.stored, plain_len)
+        } else {
+            (gzip(&stored.stored), stored.stored.len() as u64)
+        };
         let freshness = Freshness::since(h.upstream, from_ms(h.fetched_at_ms), ttl, clock);
-        Self::new(
-            stored.body,
+        Ok(Self::new(
             gzip,
+            plain_len,
             h.etag,
             from_ms(h.changed_at_ms),
             freshness,
-        )
+        ))
     }
 
     fn to_stored(&self) -> StoredIndex {
@@ -170,8 +194,10 @@ impl IndexFile {
                 changed_at_ms: to_ms(self.changed_at),
                 fetched_at_ms: to_ms(self.fetched_at),
                 gzip: false,
+                plain_len: Some(self.plain_len),
             },
-            body: self.body.clone(),
+            // Only the gzip body is written (see `StoredIndex::encode`).
+            body: Bytes::new(),
             gzip: Some(self.gzip.clone()),
         }
     }
@@ -180,8 +206,8 @@ impl IndexFile {
     /// newer validators); a prefetch mark carries over.
     fn renewed(&self, freshness: Freshness) -> Self {
         let file = Self::new(
-            self.body.clone(),
             self.gzip.clone(),
+            self.plain_len,
             self.etag.clone(),
             self.changed_at,
             freshness,
@@ -204,6 +230,32 @@ impl IndexFile {
     /// The body gzip-compressed.
     pub fn gzip_body(&self) -> &Bytes {
         &self.gzip
+    }
+
+    /// The plain body's length.
+    pub fn plain_len(&self) -> u64 {
+        self.plain_len
+    }
+
+    /// The plain body, decompressed (CPU work: not on an async thread; see
+    /// `IndexCache::plain`, which keeps recent ones).
+    pub fn decompress(&self) -> Result<Bytes, IndexError> {
+        gunzip(&self.gzip, self.plain_len).ok_or_else(|| self.corrupt())
+    }
+
+    /// The line of `version`, read from the compressed body as it is
+    /// decompressed, stopping at the line (CPU work: not on an async thread).
+    pub fn find_version(&self, version: &str) -> Option<VersionRecord> {
+        let reader = std::io::BufReader::new(flate2::read::GzDecoder::new(&self.gzip[..]));
+        std::io::BufRead::split(reader, b'\n')
+            .map_while(Result::ok)
+            .filter(|line| !line.is_empty())
+            .filter_map(|line| serde_json::from_slice::<VersionRecord>(&line).ok())
+            .find(|record| record.vers == version)
+    }
+
+    fn corrupt(&self) -> IndexError {
+        StoreError::Corrupt(format!("the gzip body of {}", self.etag)).into()
     }
 }
 
@@ -252,10 +304,17 @@ impl IndexEntry {
             .is_some_and(|file| file.prefetched.swap(false, Ordering::Relaxed))
     }
 
+    /// The plain body's length (0 for a refusal).
+    fn plain_len(&self) -> u64 {
+        self.file().map_or(0, |file| file.plain_len)
+    }
+
     /// Approximate memory held, for the hot cache's byte budget.
     fn weight(&self) -> u32 {
         let bytes = match self {
-            IndexEntry::Found(file) => file.body.len() + file.gzip.len() + 256,
+            // The gzip body is all that is held: `hot-cache-size` counts
+            // compressed bytes.
+            IndexEntry::Found(file) => file.gzip.len() + 256,
             IndexEntry::Missing(_) => 64,
         };
         u32::try_from(bytes).unwrap_or(u32::MAX)
@@ -272,6 +331,33 @@ fn gzip(body: &[u8]) -> Bytes {
     let _ = encoder.write_all(body);
     Bytes::from(encoder.finish().unwrap_or_default())
 }
+
+/// `gzip` decompressed, when it is whole and `plain_len` long.
+fn gunzip(gzip: &[u8], plain_len: u64) -> Option<Bytes> {
+    use std::io::Read;
+    let capacity = usize::try_from(plain_len).ok()?.min(MAX_PLAIN_BYTES);
+    let mut plain = Vec::with_capacity(capacity);
+    flate2::read::GzDecoder::new(gzip)
+        .take(MAX_PLAIN_BYTES as u64 + 1)
+        .read_to_end(&mut plain)
+        .ok()?;
+    (plain.len() as u64 == plain_len).then(|| Bytes::from(plain))
+}
+
+/// The plain length of a gzip body, read through without keeping it; `None`
+/// when it does not decompress (or is larger than any index file may be).
+fn plain_len_of(gzip: &[u8]) -> Option<u64> {
+    use std::io::Read;
+    let read = std::io::copy(
+        &mut flate2::read::GzDecoder::new(gzip).take(MAX_PLAIN_BYTES as u64 + 1),
+        &mut std::io::sink(),
+    )
+    .ok()?;
+    (read <= MAX_PLAIN_BYTES as u64).then_some(read)
+}
+
+/// The largest plain index body kept (the upstream client's limit).
+const MAX_PLAIN_BYTES: usize = 32 << 20;
 
 /// Runs CPU or disk work (decompressing, validating, hashing, compressing,
 /// sled) on tokio's blocking pool: on the async threads it would delay every
@@ -332,6 +418,7 @@ pub fn record_of(plain: Bytes) -> crate::index::store::StoredIndex {
             changed_at_ms: now,
             fetched_at_ms: now,
             gzip: false,
+            plain_len: Some(plain.len() as u64),
         },
         gzip: Some(gzip(&plain)),
         body: plain,
@@ -431,6 +518,14 @@ struct Forced {
 
 struct Inner {
     hot: Cache<String, Arc<IndexEntry>>,
+    /// Recent plain bodies by ETag, bounded apart from `hot`: for the
+    /// prefetcher (which reads each file just fetched) and the rare client
+    /// that does not accept gzip.
+    plain_bodies: Cache<String, Bytes>,
+    /// The plain length of every file in `hot`: added when one goes in,
+    /// taken off by the eviction listener when it leaves (replaced, evicted
+    /// or invalidated), so the figure needs no walk of the cache.
+    plain_held: Arc<AtomicU64>,
     /// Forced revalidations within the last `revalidate_interval`, by crate key.
     forced: Cache<String, Forced>,
     revalidate_interval: Duration,
@@ -512,15 +607,28 @@ impl IndexCacheBuilder {
             .max_capacity(FORCED_CAPACITY)
             .time_to_live(self.revalidate_interval.max(Duration::from_millis(1)))
             .build();
+        let plain_held = Arc::new(AtomicU64::new(0));
+        let released = plain_held.clone();
         let hot = Cache::builder()
             .max_capacity(self.policy.hot_cache_bytes)
             .weigher(|key: &String, entry: &Arc<IndexEntry>| {
                 entry.weight().saturating_add(key.len() as u32)
             })
+            .eviction_listener(move |_key, entry: Arc<IndexEntry>, _cause| {
+                released.fetch_sub(entry.plain_len(), Ordering::Relaxed);
+            })
+            .build();
+        let plain_bodies = Cache::builder()
+            .max_capacity(PLAIN_CACHE_BYTES)
+            .weigher(|etag: &String, body: &Bytes| {
+                u32::try_from(body.len() + etag.len()).unwrap_or(u32::MAX)
+            })
             .build();
         IndexCache {
             inner: Arc::new(Inner {
                 hot,
+                plain_bodies,
+                plain_held,
                 forced,
                 revalidate_interval: self.revalidate_interval,
                 store: self.store,
@@ -570,6 +678,15 @@ impl IndexCache {
         self.inner.fetched.set(tx).ok().map(|_| rx)
     }
 
+    /// What the hot cache holds: (bytes as held, i.e. compressed plus a small
+    /// overhead per file, and what those files are plain). Counters, no walk.
+    pub fn memory(&self) -> (u64, u64) {
+        (
+            self.inner.hot.weighted_size(),
+            self.inner.plain_held.load(Ordering::Relaxed),
+        )
+    }
+
     /// Whether a fresh copy is in memory (no I/O).
     pub async fn is_fresh(&self, name: &CrateName) -> bool {
         self.inner
@@ -586,7 +703,15 @@ impl IndexCache {
         if !entry.is_fresh(&self.inner.clock) {
             return None;
         }
-        entry.file().map(|file| file.body.clone())
+        self.plain(&entry).await.ok()
+    }
+
+    /// The plain body of a found entry: from the small cache of recent plain
+    /// bodies (files just fetched, and files asked for without gzip), else
+    /// decompressed on a blocking thread and kept there. A missing entry
+    /// gives an empty body.
+    pub async fn plain(&self, entry: &Arc<IndexEntry>) -> Result<Bytes, IndexError> {
+        self.inner.plain_of(entry).await
     }
 
     /// Fetches `name` ahead of a client, unless it is fresh already. A client
@@ -631,13 +756,19 @@ impl IndexCache {
                 {
                     // A fetch may have put a newer copy in memory while sled
                     // was read: that one wins (it carries the prefetch mark).
-                    let entry = self
+                    let plain_len = loaded.plain_len();
+                    let held = self
                         .inner
                         .hot
                         .entry(name.key().to_string())
                         .or_insert(loaded)
-                        .await
-                        .into_value();
+                        .await;
+                    if held.is_fresh() {
+                        self.inner
+                            .plain_held
+                            .fetch_add(plain_len, Ordering::Relaxed);
+                    }
+                    let entry = held.into_value();
                     if entry.is_fresh(clock) {
                         IndexLookup {
                             entry,
@@ -698,6 +829,9 @@ impl IndexCache {
         self.refresh(name, true, Origin::Revalidation).await
     }
 
+    /// The one way to a new answer for `name`: the copy held when it is fresh
+    /// (and, when forced, revalidated recently enough), else the upstream's.
+    /// Runs once per crate however many ask at once; the others join it.
     async fn refresh(
         &self,
         name: &CrateName,
@@ -705,11 +839,31 @@ impl IndexCache {
         origin: Origin,
     ) -> Result<IndexLookup, IndexError> {
         let inner = self.inner.clone();
-        let task_name = name.clone();
+        let name = name.clone();
         let (result, role) = self
             .flights
             .run(name.key().to_string(), move || async move {
-                inner.refresh(&task_name, force, origin).await
+                let key = name.key();
+                let current = inner.current(key).await?;
+                if let Some(held) = inner.held_answer(key, current.as_ref(), force).await {
+                    return Ok(held);
+                }
+                if let Origin::Prefetch(_) = origin {
+                    inner.metrics.prefetch.started.inc();
+                }
+                if current
+                    .as_ref()
+                    .and_then(|entry| entry.file())
+                    .is_some_and(|file| file.prefetched.load(Ordering::Relaxed))
+                {
+                    // Prefetched, never asked for, and now expired.
+                    inner.metrics.prefetch.wasted.inc();
+                }
+                let result = inner.fetch(&name, current, origin).await;
+                if force {
+                    inner.note_forced(key, &result).await;
+                }
+                result
             })
             .await;
         if role == Role::Joined {
@@ -725,6 +879,32 @@ impl IndexCache {
 }
 
 impl Inner {
+    /// Puts `entry` in memory, counting its plain length (see `plain_held`).
+    async fn hold(&self, key: &str, entry: Arc<IndexEntry>) {
+        self.plain_held
+            .fetch_add(entry.plain_len(), Ordering::Relaxed);
+        self.hot.insert(key.to_string(), entry).await;
+    }
+
+    async fn plain_of(&self, entry: &Arc<IndexEntry>) -> Result<Bytes, IndexError> {
+        let Some(file) = entry.file() else {
+            return Ok(Bytes::new());
+        };
+        if let Some(plain) = self.plain_bodies.get(&file.etag).await {
+            return Ok(plain);
+        }
+        let owned = entry.clone();
+        let plain = blocking(move || match owned.file() {
+            Some(file) => file.decompress(),
+            None => Ok(Bytes::new()),
+        })
+        .await?;
+        self.plain_bodies
+            .insert(file.etag.clone(), plain.clone())
+            .await;
+        Ok(plain)
+    }
+
     async fn current(&self, key: &str) -> Result<Option<Arc<IndexEntry>>, IndexError> {
         if let Some(entry) = self.hot.get(key).await {
             return Ok(Some(entry));
@@ -739,11 +919,11 @@ impl Inner {
         let ttl = self.policy.ttl;
         let clock = self.clock.clone();
         let entry = blocking(move || {
-            let Some(stored) = store.load(&owned)? else {
+            let Some(stored) = store.load_compressed(&owned)? else {
                 return Ok(None);
             };
-            let written_plain = stored.gzip.is_none();
-            let file = IndexFile::from_stored(stored, ttl, &clock);
+            let written_plain = !stored.header.gzip;
+            let file = IndexFile::from_stored(stored, &owned, ttl, &clock)?;
             if written_plain {
                 // From an earlier version: stored gzip'd from now on.
                 store.save(&owned, &file.to_stored())?;
@@ -781,55 +961,46 @@ impl Inner {
 
     async fn remember(&self, key: &str, entry: IndexEntry, outcome: CacheOutcome) -> IndexLookup {
         let entry = Arc::new(entry);
-        self.hot.insert(key.to_string(), entry.clone()).await;
+        self.hold(key, entry.clone()).await;
         IndexLookup { entry, outcome }
     }
 
-    async fn refresh(
+    /// The copy held, as the answer, when it is fresh and either not forced
+    /// or forced again too soon (see `recently_forced`); it is put back in
+    /// memory, since it may have come from sled.
+    async fn held_answer(
         &self,
-        name: &CrateName,
+        key: &str,
+        current: Option<&Arc<IndexEntry>>,
         force: bool,
-        origin: Origin,
-    ) -> Result<IndexLookup, IndexError> {
-        let key = name.key();
-        let current = self.current(key).await?;
-        if let Some(entry) = &current {
-            let fresh = entry.is_fresh(&self.clock);
-            let throttled = force && fresh && self.recently_forced(key, entry).await;
-            if (!force || throttled) && fresh {
-                self.hot.insert(key.to_string(), entry.clone()).await;
-                return Ok(IndexLookup {
-                    entry: entry.clone(),
-                    outcome: CacheOutcome::Hit,
-                });
-            }
+    ) -> Option<IndexLookup> {
+        let entry = current?;
+        if !entry.is_fresh(&self.clock) || (force && !self.recently_forced(key, entry).await) {
+            return None;
         }
-        if let Origin::Prefetch(_) = origin {
-            self.metrics.prefetch.started.inc();
+        self.hold(key, entry.clone()).await;
+        Some(IndexLookup {
+            entry: entry.clone(),
+            outcome: CacheOutcome::Hit,
+        })
+    }
+
+    /// Remembers a forced revalidation of `key` and the file it left, whatever
+    /// its outcome: an upstream that fails must not be asked again by every
+    /// request either.
+    async fn note_forced(&self, key: &str, result: &Result<IndexLookup, IndexError>) {
+        if self.revalidate_interval.is_zero() {
+            return;
         }
-        if current
-            .as_ref()
-            .and_then(|entry| entry.file())
-            .is_some_and(|file| file.prefetched.load(Ordering::Relaxed))
-        {
-            // Prefetched, never asked for, and now expired.
-            self.metrics.prefetch.wasted.inc();
-        }
-        let result = self.fetch(name, current, origin).await;
-        if force && !self.revalidate_interval.is_zero() {
-            // Remembered whatever the outcome: an upstream that fails must not be
-            // asked again by every request either.
-            let etag = match &result {
-                Ok(lookup) => lookup.entry.file().map(|file| file.etag.clone()),
-                Err(_) => None,
-            };
-            let forced = Forced {
-                at: self.clock.now(),
-                etag,
-            };
-            self.forced.insert(key.to_string(), forced).await;
-        }
-        result
+        let etag = match result {
+            Ok(lookup) => lookup.entry.file().map(|file| file.etag.clone()),
+            Err(_) => None,
+        };
+        let forced = Forced {
+            at: self.clock.now(),
+            etag,
+        };
+        self.forced.insert(key.to_string(), forced).await;
     }
 
     /// Tells the prefetcher (if any) that `name` just came from the upstream.
@@ -906,7 +1077,9 @@ impl Inner {
                 };
                 let changed = !matches!(previous, Some(old) if old.etag == etag);
                 let freshness = Freshness::since(validators, now, ttl, clock);
-                let file = IndexFile::new(body.clone(), gzip, etag, changed_at, freshness);
+                // The prefetcher reads it next, and a client without gzip may.
+                self.plain_bodies.insert(etag.clone(), body.clone()).await;
+                let file = IndexFile::new(gzip, body.len() as u64, etag, changed_at, freshness);
                 file.prefetched
                     .store(matches!(origin, Origin::Prefetch(_)), Ordering::Relaxed);
                 let lookup = self.keep(key, file, outcome).await?;
@@ -931,7 +1104,11 @@ impl Inner {
                 let lookup = self.keep(key, file, CacheOutcome::Revalidated).await?;
                 // Confirmed unchanged is as good as fetched for the prefetcher:
                 // after the TTL its dependencies need revalidating too.
-                self.announce(name, old.body.clone(), origin);
+                if self.fetched.get().is_some() {
+                    if let Some(entry) = current.as_ref() {
+                        self.announce(name, self.plain_of(entry).await?, origin);
+                    }
+                }
                 Ok(lookup)
             }
             Ok(Answer::Missing(status)) => {
@@ -1007,12 +1184,67 @@ mod tests {
     fn file(body: &Bytes, fetched_at: SystemTime, ttl: Duration, clock: &Clock) -> IndexEntry {
         let freshness = Freshness::since(Validators::default(), fetched_at, ttl, clock);
         IndexEntry::Found(IndexFile::new(
-            body.clone(),
             gzip(body),
+            body.len() as u64,
             etag_of(body),
             fetched_at,
             freshness,
         ))
+    }
+
+    /// What `IndexStore::load_compressed` gives for a file saved as `stored`.
+    fn as_loaded(stored: StoredIndex) -> CompressedIndex {
+        let mut header = stored.header;
+        header.gzip = stored.gzip.is_some();
+        CompressedIndex {
+            header,
+            stored: stored.gzip.unwrap_or(stored.body),
+        }
+    }
+
+    #[test]
+    fn only_the_gzip_body_is_held_and_lines_are_read_from_it() {
+        let clock = Clock::system();
+        let lines: String = (0..200)
+            .map(|n| format!("{{\"name\":\"a\",\"vers\":\"1.{n}.0\",\"cksum\":\"{n:064x}\"}}\n"))
+            .collect();
+        let body = Bytes::from(lines);
+        let entry = file(&body, clock.system_now(), Duration::from_secs(60), &clock);
+        let found = entry.file().unwrap();
+        assert_eq!(found.plain_len(), body.len() as u64);
+        assert!(
+            entry.weight() < (body.len() / 4) as u32,
+            "compressed bytes are weighed"
+        );
+        assert_eq!(found.decompress().unwrap(), body);
+        let record = found.find_version("1.150.0").unwrap();
+        assert_eq!(record.cksum, format!("{:064x}", 150));
+        assert!(found.find_version("9.9.9").is_none());
+    }
+
+    #[test]
+    fn records_without_a_plain_length_or_written_plain_are_read() {
+        let clock = Clock::system();
+        let body = Bytes::from_static(b"{\"name\":\"a\",\"vers\":\"1.0.0\"}\n");
+        let entry = file(&body, clock.system_now(), Duration::from_secs(60), &clock);
+        let ttl = Duration::from_secs(60);
+        // As the previous release wrote it: gzip, no plain length.
+        let mut loaded = as_loaded(entry.file().unwrap().to_stored());
+        loaded.header.plain_len = None;
+        let file = IndexFile::from_stored(loaded, "a", ttl, &clock).unwrap();
+        assert_eq!(file.plain_len(), body.len() as u64);
+        // As earlier releases wrote it: plain.
+        let mut loaded = as_loaded(entry.file().unwrap().to_stored());
+        loaded.header.gzip = false;
+        loaded.header.plain_len = None;
+        loaded.stored = body.clone();
+        let file = IndexFile::from_stored(loaded, "a", ttl, &clock).unwrap();
+        assert_eq!(file.decompress().unwrap(), body);
+        // A gzip body that does not decompress is a corrupt record.
+        let mut loaded = as_loaded(entry.file().unwrap().to_stored());
+        loaded.header.plain_len = None;
+        loaded.stored = Bytes::from_static(b"\x1f\x8b not gzip");
+        assert!(IndexFile::from_stored(loaded, "a", ttl, &clock).is_err());
     }
 
     #[test]
@@ -1036,8 +1268,9 @@ mod tests {
         let old = clock.system_now() - Duration::from_secs(120);
         let entry = file(&body, old, Duration::from_secs(60), &clock);
         assert!(!entry.is_fresh(&clock));
-        let stored = entry.file().unwrap().to_stored();
-        let restored = IndexFile::from_stored(stored, Duration::from_secs(600), &clock);
+        let stored = as_loaded(entry.file().unwrap().to_stored());
+        let restored =
+            IndexFile::from_stored(stored, "x", Duration::from_secs(600), &clock).unwrap();
         let entry = entry.file().unwrap();
         assert_eq!(restored.etag, entry.etag);
         assert_eq!(restored.last_modified, entry.last_modified);

@@ -56,6 +56,10 @@ pub struct StoredHeader {
     /// Whether the stored body is gzip'd (absent in records of earlier versions).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub gzip: bool,
+    /// The plain body's length, so that a compressed record can be loaded
+    /// without decompressing it (absent in records of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plain_len: Option<u64>,
 }
 
 impl StoredIndex {
@@ -114,6 +118,26 @@ impl StoredIndex {
     }
 }
 
+/// A record as it is kept in memory: the gzip body as stored, not
+/// decompressed (see `IndexStore::load_compressed`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompressedIndex {
+    pub header: StoredHeader,
+    /// The gzip body, or the plain one of a record an earlier version wrote
+    /// plain (`header.gzip` false): the caller compresses and rewrites it.
+    pub stored: Bytes,
+}
+
+impl CompressedIndex {
+    fn decode(key: &str, value: &[u8]) -> Result<Self, StoreError> {
+        let (header, header_end) = StoredIndex::decode_header(key, value)?;
+        Ok(Self {
+            header,
+            stored: Bytes::copy_from_slice(&value[header_end..]),
+        })
+    }
+}
+
 /// The sled tree of index files. Clones share the tree and its count.
 #[derive(Clone)]
 pub struct IndexStore {
@@ -143,6 +167,15 @@ impl IndexStore {
         self.tree
             .get(key)?
             .map(|value| StoredIndex::decode(key, &value))
+            .transpose()
+    }
+
+    /// The record of `key` without decompressing its body: what the index
+    /// cache keeps in memory.
+    pub fn load_compressed(&self, key: &str) -> Result<Option<CompressedIndex>, StoreError> {
+        self.tree
+            .get(key)?
+            .map(|value| CompressedIndex::decode(key, &value))
             .transpose()
     }
 
@@ -214,6 +247,7 @@ mod tests {
                 changed_at_ms: 1,
                 fetched_at_ms: 2,
                 gzip: false,
+                plain_len: None,
             },
             body: Bytes::from_static(b"{\"name\":\"a\"}\n"),
             gzip: None,
@@ -246,6 +280,7 @@ mod tests {
                 changed_at_ms: 1,
                 fetched_at_ms: 1,
                 gzip: false,
+                plain_len: None,
             },
             body: Bytes::from_static(body),
             gzip: None,

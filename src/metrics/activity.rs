@@ -1,17 +1,23 @@
 //! What the dashboard shows beyond counters: the most requested crates, the
-//! last server errors and when the upstream last answered or failed. Kept in
-//! memory only (not exported to Prometheus: names and error texts would be
-//! unbounded label values).
+//! last refused or failed requests and when the upstream last answered or
+//! failed. Kept in memory only (not exported to Prometheus: names and paths
+//! would be unbounded label values).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use super::now_ms;
+use super::{now_ms, Route};
 
 /// Crates tracked for "most requested"; beyond it the least requested are dropped.
 const TOP_CRATES_CAPACITY: usize = 4096;
-/// Errors kept for the dashboard.
-const RECENT_ERRORS: usize = 20;
+/// Errors kept for the dashboard, of each kind (so a run of missing crates
+/// never pushes the last failures out).
+const RECENT_ERRORS: usize = 50;
+/// Longest path kept: paths are whatever a client sent, up to the request
+/// size limit; the start of one says what it was.
+const MAX_PATH_CHARS: usize = 160;
+/// Longest method kept (a client may send any token as a method).
+const MAX_METHOD_CHARS: usize = 16;
 /// Crates listed as "most requested".
 const TOP_CRATES_SHOWN: usize = 10;
 
@@ -24,16 +30,51 @@ pub struct Activity {
 #[derive(Default)]
 struct State {
     crate_requests: HashMap<String, u64>,
-    recent_errors: VecDeque<ErrorRecord>,
+    missing: VecDeque<ErrorRecord>,
+    failures: VecDeque<ErrorRecord>,
     upstream_last_success_ms: u64,
     upstream_last_failure_ms: u64,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+/// Which list a refused or failed request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A crate, version or index file that does not exist (404 or 410 on
+    /// an index or download route): an answer, not a fault of the mirror.
+    Missing,
+    /// Every other 4xx (refused tokens, bad requests, unknown paths) and 5xx.
+    Failure,
+}
+
+impl ErrorKind {
+    /// The kind of an answer with `status` on `route`; `None` below 400.
+    pub fn of(route: Route, status: u16) -> Option<Self> {
+        match status {
+            404 | 410 if matches!(route, Route::Index | Route::Download) => {
+                Some(ErrorKind::Missing)
+            }
+            400.. => Some(ErrorKind::Failure),
+            _ => None,
+        }
+    }
+}
+
+/// One refused or failed request, as the dashboard lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ErrorRecord {
     pub time_ms: u64,
-    pub what: String,
-    pub status: String,
+    pub method: String,
+    /// The raw path (no query), cut to `MAX_PATH_CHARS` with a trailing `…`.
+    pub path: String,
+    pub status: u16,
+}
+
+/// `text` cut to `max` characters, with `…` when it was longer.
+fn capped(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
 }
 
 /// When the upstream last answered and last failed (ms since the epoch, 0 for never).
@@ -84,17 +125,24 @@ impl Activity {
         state.crate_requests.insert(name.to_string(), 1);
     }
 
-    /// Remembers a server error (`what`: method and path) for the dashboard.
-    pub fn record_error(&self, what: String, status: String) {
-        let mut state = self.state();
-        if state.recent_errors.len() == RECENT_ERRORS {
-            state.recent_errors.pop_front();
-        }
-        state.recent_errors.push_back(ErrorRecord {
+    /// Remembers a refused or failed request for the dashboard, in the
+    /// list of its kind.
+    pub fn record_error(&self, kind: ErrorKind, method: &str, path: &str, status: u16) {
+        let record = ErrorRecord {
             time_ms: now_ms(),
-            what,
+            method: capped(method, MAX_METHOD_CHARS),
+            path: capped(path, MAX_PATH_CHARS),
             status,
-        });
+        };
+        let mut state = self.state();
+        let list = match kind {
+            ErrorKind::Missing => &mut state.missing,
+            ErrorKind::Failure => &mut state.failures,
+        };
+        if list.len() == RECENT_ERRORS {
+            list.pop_front();
+        }
+        list.push_back(record);
     }
 
     pub fn upstream_health(&self) -> UpstreamHealth {
@@ -116,9 +164,14 @@ impl Activity {
             .collect()
     }
 
-    /// The kept errors, newest first.
-    pub fn recent_errors(&self) -> Vec<ErrorRecord> {
-        self.state().recent_errors.iter().rev().cloned().collect()
+    /// The kept errors of `kind`, newest first.
+    pub fn recent_errors(&self, kind: ErrorKind) -> Vec<ErrorRecord> {
+        let state = self.state();
+        let list = match kind {
+            ErrorKind::Missing => &state.missing,
+            ErrorKind::Failure => &state.failures,
+        };
+        list.iter().rev().cloned().collect()
     }
 }
 
@@ -168,15 +221,51 @@ mod tests {
     }
 
     #[test]
-    fn recent_errors_keep_the_last_ones() {
+    fn recent_errors_keep_the_last_ones_of_each_kind() {
         let activity = Activity::default();
-        for n in 0..30 {
-            activity.record_error(format!("GET /{n}"), "502".into());
+        for n in 0..(RECENT_ERRORS + 10) {
+            activity.record_error(ErrorKind::Failure, "GET", &format!("/{n}"), 502);
         }
-        let errors = activity.recent_errors();
+        activity.record_error(ErrorKind::Missing, "GET", "/index/3/a/abc", 404);
+        let errors = activity.recent_errors(ErrorKind::Failure);
         assert_eq!(errors.len(), RECENT_ERRORS);
-        assert_eq!(errors[0].what, "GET /29");
-        assert_eq!(errors[RECENT_ERRORS - 1].what, "GET /10");
+        assert_eq!(errors[0].path, format!("/{}", RECENT_ERRORS + 9));
+        assert_eq!(errors[RECENT_ERRORS - 1].path, "/10");
+        assert_eq!(errors[0].status, 502);
+        // Missing crates have their own list: the failures did not push it out.
+        let missing = activity.recent_errors(ErrorKind::Missing);
+        assert_eq!(missing.len(), 1);
+        assert_eq!(missing[0].path, "/index/3/a/abc");
+    }
+
+    #[test]
+    fn paths_and_methods_are_capped() {
+        let activity = Activity::default();
+        let long = format!("/index/{}", "é".repeat(1000));
+        activity.record_error(ErrorKind::Failure, &"X".repeat(100), &long, 400);
+        let record = &activity.recent_errors(ErrorKind::Failure)[0];
+        assert_eq!(record.path.chars().count(), MAX_PATH_CHARS + 1);
+        assert!(record.path.starts_with("/index/é") && record.path.ends_with('…'));
+        assert_eq!(record.method.chars().count(), MAX_METHOD_CHARS + 1);
+        assert_eq!(capped("/short", 10), "/short");
+    }
+
+    #[test]
+    fn missing_crates_are_told_apart_from_failures() {
+        assert_eq!(ErrorKind::of(Route::Index, 200), None);
+        assert_eq!(ErrorKind::of(Route::Index, 304), None);
+        assert_eq!(ErrorKind::of(Route::Index, 404), Some(ErrorKind::Missing));
+        assert_eq!(
+            ErrorKind::of(Route::Download, 410),
+            Some(ErrorKind::Missing)
+        );
+        // An unknown path is not a missing crate; refusals and faults are failures.
+        assert_eq!(ErrorKind::of(Route::Other, 404), Some(ErrorKind::Failure));
+        assert_eq!(ErrorKind::of(Route::Index, 401), Some(ErrorKind::Failure));
+        assert_eq!(
+            ErrorKind::of(Route::Download, 502),
+            Some(ErrorKind::Failure)
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use prometheus::core::Collector;
 use prometheus::{HistogramVec, IntCounterVec};
 
-use super::{now_ms, Metrics};
+use super::{now_ms, ErrorKind, Metrics, Route};
 
 /// The sum of a counter vector's series whose `label` is `value` (all series
 /// when `value` is `None`). By name: the encoder sorts labels by name, so a
@@ -71,11 +71,20 @@ impl Metrics {
             .map(|s| sum(&upstream.requests, "status", Some(s)))
             .sum();
         let (latency_sum, latency_count) = histogram_totals(&upstream.duration);
-        // What registry clients received (not the dashboard or probes).
-        let client_bytes: u64 = ["index", "config", "download", "git"]
-            .iter()
+        // What registry clients asked for and received: not the dashboard,
+        // its polling, the probes or scrapes.
+        let client_requests: u64 = Route::registry_labels()
+            .map(|route| sum(&http.requests, "route", Some(route)))
+            .sum();
+        let client_bytes: u64 = Route::registry_labels()
             .map(|route| sum(&http.served_bytes, "route", Some(route)))
             .sum();
+        let fetched_bytes = sum(&upstream.fetched_bytes, "kind", None);
+        // Upstream bytes avoided: what clients were sent beyond what the
+        // mirror itself fetched upstream for any reason (clients' misses,
+        // prefetch, refreshes). Never below zero: while prefetch fetches more
+        // than clients ask for, nothing has been avoided yet.
+        let avoided = client_bytes.saturating_sub(fetched_bytes);
         let health = self.activity.upstream_health();
         let top: Vec<serde_json::Value> = self
             .activity
@@ -88,6 +97,7 @@ impl Metrics {
             "uptime_seconds": now_ms().saturating_sub(self.started_ms) / 1000,
             "requests": {
                 "total": sum(&http.requests, "status", None),
+                "client": client_requests,
                 "errors": http_errors,
             },
             "hit_ratio": ratio(index_hits + crate_hits, index_total + crate_total),
@@ -114,7 +124,9 @@ impl Metrics {
             },
             "bytes": {
                 "served": client_bytes,
-                "fetched": sum(&upstream.fetched_bytes, "kind", None),
+                "fetched": fetched_bytes,
+                "avoided": avoided,
+                "avoided_ratio": ratio(avoided, client_bytes),
             },
             "upstream": {
                 "requests": upstream_total,
@@ -132,7 +144,10 @@ impl Metrics {
                 "useful_ratio": ratio(prefetch.useful.get(), prefetch.started.get()),
             },
             "top_crates": top,
-            "recent_errors": self.activity.recent_errors(),
+            "recent_errors": {
+                "missing": self.activity.recent_errors(ErrorKind::Missing),
+                "failures": self.activity.recent_errors(ErrorKind::Failure),
+            },
         })
     }
 }
@@ -170,7 +185,19 @@ mod tests {
             .with_label_values(&["stats"])
             .inc_by(99);
         metrics.activity.crate_requested("popular");
-        metrics.activity.record_error("GET /x".into(), "503".into());
+        metrics
+            .activity
+            .record_error(ErrorKind::Failure, "GET", "/x", 503);
+        metrics
+            .http
+            .requests
+            .with_label_values(&["stats", "GET", "200"])
+            .inc_by(7);
+        metrics
+            .upstream
+            .fetched_bytes
+            .with_label_values(&["index"])
+            .inc_by(4);
         let snapshot = metrics.snapshot();
         assert_eq!(snapshot["index"]["hits"], 4);
         assert_eq!(snapshot["index"]["memory_hits"], 3);
@@ -194,6 +221,35 @@ mod tests {
         );
         assert_eq!(snapshot["top_crates"][0]["name"], "popular");
         assert_eq!(snapshot["top_crates"][0]["requests"], 1);
-        assert_eq!(snapshot["recent_errors"][0]["what"], "GET /x");
+        assert_eq!(snapshot["recent_errors"]["failures"][0]["path"], "/x");
+        assert_eq!(snapshot["recent_errors"]["failures"][0]["status"], 503);
+        assert_eq!(snapshot["recent_errors"]["missing"], serde_json::json!([]));
+        // Client requests leave the dashboard's polling out.
+        assert_eq!(snapshot["requests"]["total"], 8);
+        assert_eq!(snapshot["requests"]["client"], 1);
+        assert_eq!(snapshot["bytes"]["fetched"], 4);
+        assert_eq!(snapshot["bytes"]["avoided"], 6);
+        assert_eq!(snapshot["bytes"]["avoided_ratio"], 0.6);
+    }
+
+    #[test]
+    fn avoided_bytes_never_go_below_zero() {
+        let metrics = Metrics::new();
+        // Prefetch fetched more than clients were sent.
+        metrics
+            .upstream
+            .fetched_bytes
+            .with_label_values(&["index"])
+            .inc_by(500);
+        metrics
+            .http
+            .served_bytes
+            .with_label_values(&["index"])
+            .inc_by(100);
+        let snapshot = metrics.snapshot();
+        assert_eq!(snapshot["bytes"]["avoided"], 0);
+        assert_eq!(snapshot["bytes"]["avoided_ratio"], 0.0);
+        let idle = Metrics::new().snapshot();
+        assert_eq!(idle["bytes"]["avoided_ratio"], serde_json::Value::Null);
     }
 }

@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use tokio_util::io::ReaderStream;
 use tokio_util::sync::CancellationToken;
 
+use super::catalog::StoredCrateFile;
 use super::{CrateStore, ObjectInfo, StorageError, StoredObject};
 
 const READ_CHUNK: usize = 256 * 1024;
@@ -295,6 +296,36 @@ impl LocalStore {
         }
     }
 
+    /// The stored crate files whose key `keep` accepts, with sizes and last
+    /// access times, from the accounting (nothing on disk is walked; empty
+    /// without accounting). Blocking: one pass over the tree.
+    pub fn crate_files(
+        &self,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Vec<StoredCrateFile>, StorageError> {
+        let Some(accounting) = &self.accounting else {
+            return Ok(Vec::new());
+        };
+        let mut files = Vec::new();
+        for entry in accounting.tree.iter() {
+            let (key, value) = entry?;
+            let Ok(key) = std::str::from_utf8(&key) else {
+                continue;
+            };
+            if !keep(key) {
+                continue;
+            }
+            if let Some((access, size)) = decode(&value) {
+                files.push(StoredCrateFile {
+                    key: key.to_string(),
+                    size,
+                    last_access_ms: Some(access),
+                });
+            }
+        }
+        Ok(files)
+    }
+
     /// Records a read of `key`, cheaply: only when the recorded time is stale.
     fn touch(&self, key: &str) -> Result<(), StorageError> {
         let Some(accounting) = &self.accounting else {
@@ -539,6 +570,15 @@ mod tests {
             (reopened.objects(), reopened.total_bytes()),
             (Some(2), Some(75))
         );
+        // The listing comes from the same accounting, with access times.
+        let listed = reopened.crate_files(|key| key.contains("a-1.")).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            (listed[0].key.as_str(), listed[0].size),
+            (key(1).as_str(), 70)
+        );
+        assert!(listed[0].last_access_ms.is_some_and(|ms| ms > 0));
+        assert_eq!(reopened.crate_files(|_| true).unwrap().len(), 2);
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 //! backend. A store only ever receives files that were already verified, so
 //! nothing partial or unverified is readable under a final key.
 
+pub mod catalog;
 pub mod local;
 pub mod memory;
 pub mod s3;

@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
+use super::catalog::{self, CratePage, Search, StoredCrateFile};
 use super::local::LocalStore;
 use super::memory::MemoryCachedStore;
 use super::s3::S3Store;
-use super::CrateStore;
+use super::{CrateStore, StorageError};
 use crate::blocking::off_async;
 use crate::config::StorageConfig;
 use crate::data_dir::DataDir;
@@ -93,6 +94,39 @@ impl Stores {
     /// The S3 backend, when in use.
     pub fn s3(&self) -> Option<&Arc<S3Store>> {
         self.s3.as_ref()
+    }
+
+    /// Page `page` of the stored crates that match `search` (see
+    /// `catalog`). The local store's accounting is read and the page built on
+    /// the blocking pool; S3 is listed (no access times there).
+    pub async fn cached_crates(
+        &self,
+        search: Search,
+        page: usize,
+    ) -> Result<CratePage, StorageError> {
+        if let Some(local) = self.local.clone() {
+            return off_async(move || {
+                let files = local.crate_files(|key| search.matches_key(key))?;
+                Ok(catalog::page(files, &search, page))
+            })
+            .await;
+        }
+        let listed = match &self.s3 {
+            Some(s3) => s3.list().await?,
+            None => self.front.list().await?,
+        };
+        off_async(move || {
+            let files = listed
+                .into_iter()
+                .filter(|object| search.matches_key(&object.key))
+                .map(|object| StoredCrateFile {
+                    key: object.key,
+                    size: object.size,
+                    last_access_ms: None,
+                });
+            Ok(catalog::page(files, &search, page))
+        })
+        .await
     }
 
     pub fn figures(&self) -> StorageFigures {

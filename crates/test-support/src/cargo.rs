@@ -49,7 +49,8 @@ pub fn project(manifest: &str) -> tempfile::TempDir {
     dir
 }
 
-fn cargo_binary() -> PathBuf {
+/// The cargo running the tests (`CARGO`), else the one on the PATH.
+pub fn cargo_binary() -> PathBuf {
     std::env::var_os("CARGO")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("cargo"))

@@ -1,11 +1,12 @@
 //! What crate-mirror's integration tests and benches share: a generated
 //! registry, a test upstream serving it, the mirror binary, nginx, a cargo
-//! driver, and (in `bench`) the benches' own plumbing. A crate of its own so
+//! driver, a headless browser, and (in `bench`) the benches' own plumbing. A crate of its own so
 //! that each test and bench links one copy instead of including the files.
 
 use std::path::{Path, PathBuf};
 
 pub mod bench;
+pub mod browser;
 pub mod cargo;
 pub mod faults;
 pub mod mirror;
@@ -14,6 +15,7 @@ pub mod procfs;
 pub mod proxy;
 pub mod registry;
 pub mod s3;
+pub mod server;
 pub mod tls;
 pub mod upstream;
 
@@ -24,6 +26,17 @@ pub fn client() -> reqwest::Client {
         .gzip(false)
         .build()
         .expect("client")
+}
+
+/// A test upstream serving `specs` (with a plain `dl`), and a mirror of it
+/// started with `args`: the set-up most tests begin with.
+pub fn upstream_and_mirror(
+    specs: &[registry::CrateSpec],
+    args: &[&str],
+) -> (upstream::TestUpstream, mirror::Mirror) {
+    let upstream = upstream::TestUpstream::start(specs, upstream::DlStyle::Plain);
+    let mirror = mirror::Mirror::builder(&upstream.url).args(args).start();
+    (upstream, mirror)
 }
 
 /// Sends `request` and reads its body as JSON, failing the test on any error.
@@ -83,6 +96,28 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// Every file below `dir` (not the directories), in no particular order;
+/// for fixtures, so a directory that cannot be read fails the test.
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries =
+            std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display()));
+        for entry in entries {
+            let path = entry
+                .unwrap_or_else(|e| panic!("an entry of {}: {e}", dir.display()))
+                .path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
 /// Waits until something accepts connections on `127.0.0.1:port`, for at most
 /// `within`, watching `child` (the server, called `what`) so that a crash is
 /// told at once; on a timeout the child is killed. The error says which.
@@ -121,14 +156,31 @@ pub fn workspace_root() -> PathBuf {
 /// Fails the test unless the command behind `output` succeeded, showing what
 /// it wrote to stderr and stdout; returns its stdout, for the tests that read it.
 pub fn assert_success(output: &std::process::Output) -> String {
+    assert_success_with(output, String::new)
+}
+
+/// `assert_success`, with `context()` (made only on failure) shown after
+/// what the command wrote: the command line, or a log that explains it.
+fn assert_success_with(output: &std::process::Output, context: impl FnOnce() -> String) -> String {
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
-        "{}: {}\n{stdout}",
+        "{}: {}\n{stdout}\n{}",
         output.status,
-        String::from_utf8_lossy(&output.stderr)
+        String::from_utf8_lossy(&output.stderr),
+        context()
     );
     stdout
+}
+
+/// Runs `command` to the end, failing the test unless it succeeds; the
+/// failure shows the command line, what it wrote, and `context()` (say, the
+/// log of a server it talked to). Returns its stdout.
+pub fn run_ok(command: &mut std::process::Command, context: impl FnOnce() -> String) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("run {command:?}: {e}"));
+    assert_success_with(&output, || format!("{command:?}\n{}", context()))
 }
 
 /// Runs `git ARGS` in `dir`; it never prompts, so a refused credential fails

@@ -81,6 +81,13 @@ impl MirrorBuilder {
         self
     }
 
+    /// Makes the mirror private: it answers only clients presenting a token
+    /// whose hash is among `hashes` (comma-separated, as `new_token` gives
+    /// them). With a public URL, without which a private mirror refuses to start.
+    pub fn private(self, hashes: &str) -> Self {
+        self.args(&["--auth-tokens", hashes]).public_url()
+    }
+
     /// Serves HTTPS with the server certificate and key that
     /// `tls::make_certificates` wrote into `certs`.
     pub fn tls(self, certs: &Path) -> Self {

@@ -6,15 +6,9 @@ use std::path::Path;
 use std::process::Command;
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let output = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        output.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
+    crate::run_ok(
+        Command::new("openssl").args(args).current_dir(dir),
+        String::new,
     );
 }
 

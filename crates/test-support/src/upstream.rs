@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 
 use super::registry::{publish, CrateSpec, Published};
+use super::server::ServerThread;
 
 /// How the upstream's config.json spells `dl`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,8 +89,7 @@ struct State {
 pub struct TestUpstream {
     state: Arc<State>,
     pub switches: Arc<Switches>,
-    handle: actix_web::dev::ServerHandle,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: ServerThread,
     pub url: String,
 }
 
@@ -149,32 +149,11 @@ impl TestUpstream {
             seen: Mutex::new(Vec::new()),
             switches: switches.clone(),
         });
-        let upstream_state = state.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            actix_web::rt::System::new().block_on(async move {
-                let data = web::Data::from(upstream_state);
-                let server = HttpServer::new(move || {
-                    App::new()
-                        .app_data(data.clone())
-                        .default_service(web::to(handle))
-                })
-                .workers(2)
-                .disable_signals()
-                .shutdown_timeout(1)
-                .listen(listener)
-                .expect("listen")
-                .run();
-                tx.send(server.handle()).expect("send handle");
-                let _ = server.await;
-            })
-        });
-        let handle = rx.recv().expect("test upstream started");
+        let server = ServerThread::start(listener, None, state.clone(), handle, || {});
         let upstream = TestUpstream {
             state,
             switches,
-            handle,
-            thread: Some(thread),
+            server,
             url: format!("{base}/index/"),
         };
         upstream.publish_all(&options.specs);
@@ -249,30 +228,8 @@ impl TestUpstream {
 
     /// Stops the server: its port refuses connections from now on.
     pub fn stop(&mut self) {
-        if self.thread.is_none() {
-            return;
-        }
-        // Own thread and runtime: this may be called from inside a test's runtime.
-        let handle = self.handle.clone();
-        let _ = std::thread::spawn(move || block_on(handle.stop(false))).join();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.server.stop();
     }
-}
-
-impl Drop for TestUpstream {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(future)
 }
 
 fn etag_of(body: &str) -> String {
@@ -544,22 +501,14 @@ impl TestUpstream {
     /// a real one); returns how many files were loaded.
     pub fn serve_index_dir(&self, dir: &std::path::Path) -> usize {
         let mut loaded = 0;
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(&dir).expect("read index dir") {
-                let path = entry.expect("index dir entry").path();
-                if path.is_dir() {
-                    stack.push(path);
-                    continue;
-                }
-                let name = path.file_name().unwrap().to_string_lossy().into_owned();
-                if name == "config.json" {
-                    continue;
-                }
-                let body = std::fs::read_to_string(&path).expect("index file");
-                self.set_index(&name, 200, &body);
-                loaded += 1;
+        for path in super::files_below(dir) {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name == "config.json" {
+                continue;
             }
+            let body = std::fs::read_to_string(&path).expect("index file");
+            self.set_index(&name, 200, &body);
+            loaded += 1;
         }
         loaded
     }

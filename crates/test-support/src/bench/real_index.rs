@@ -12,11 +12,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use actix_web::http::Version;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::fail;
+use crate::server::ServerThread;
 
 /// The fixture directory, next to the worktree.
 pub fn fixture_dir() -> PathBuf {
@@ -120,21 +121,13 @@ impl RealIndex {
             .unwrap_or_else(|e| fail(&format!("unpack {}: {e}", tarball.display())));
         let root = dir.path().join("index");
         let mut raw = HashMap::new();
-        let mut stack = vec![root.clone()];
-        while let Some(at) = stack.pop() {
-            for entry in std::fs::read_dir(&at).expect("read the unpacked index") {
-                let path = entry.expect("dir entry").path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else {
-                    let key = path
-                        .strip_prefix(&root)
-                        .expect("below the root")
-                        .to_string_lossy()
-                        .to_ascii_lowercase();
-                    raw.insert(key, std::fs::read(&path).expect("read an index file"));
-                }
-            }
+        for path in crate::files_below(&root) {
+            let key = path
+                .strip_prefix(&root)
+                .expect("below the root")
+                .to_string_lossy()
+                .to_ascii_lowercase();
+            raw.insert(key, std::fs::read(&path).expect("read an index file"));
         }
         if raw.is_empty() {
             fail("the real-index fixture unpacked to no files");
@@ -334,8 +327,8 @@ struct State {
 /// The test upstream, on its own thread and actix runtime; stopped when dropped.
 pub struct RealUpstream {
     state: Arc<State>,
-    handle: actix_web::dev::ServerHandle,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// Held to stop the server when dropped.
+    _server: ServerThread,
     /// `https://127.0.0.1:PORT/index/`.
     pub index_url: String,
 }
@@ -370,35 +363,13 @@ impl RealUpstream {
             counters: counters.clone(),
         });
         let tls = tls_config(ca);
-        let server_state = state.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            actix_web::rt::System::new().block_on(async move {
-                let data = web::Data::from(server_state);
-                let server = HttpServer::new(move || {
-                    App::new()
-                        .app_data(data.clone())
-                        .default_service(web::to(handle))
-                })
-                .on_connect(move |_, _| {
-                    counters.connections.fetch_add(1, Ordering::Relaxed);
-                })
-                .workers(2)
-                .disable_signals()
-                .shutdown_timeout(1)
-                .listen_rustls_0_23(listener, tls)
-                .expect("listen with TLS")
-                .run();
-                tx.send(server.handle()).expect("send the server handle");
-                let _ = server.await;
-            })
+        let server = ServerThread::start(listener, Some(tls), state.clone(), handle, move || {
+            counters.connections.fetch_add(1, Ordering::Relaxed);
         });
-        let handle = rx.recv().expect("the upstream started");
         let index_url = format!("{}/index/", state.base);
         RealUpstream {
             state,
-            handle,
-            thread: Some(thread),
+            _server: server,
             index_url,
         }
     }
@@ -438,24 +409,6 @@ impl RealUpstream {
             connections,
             http2,
             http1,
-        }
-    }
-}
-
-impl Drop for RealUpstream {
-    fn drop(&mut self) {
-        let handle = self.handle.clone();
-        // Its own runtime: actix's handle needs one to be awaited.
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime")
-                .block_on(handle.stop(false))
-        })
-        .join();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
         }
     }
 }

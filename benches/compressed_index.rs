@@ -112,20 +112,12 @@ impl DiskUse {
             apparent: 0,
             allocated: 0,
         };
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(at) = stack.pop() {
-            let entries = std::fs::read_dir(&at)
-                .unwrap_or_else(|e| fail(&format!("read {}: {e}", at.display())));
-            for entry in entries.flatten() {
-                let Ok(meta) = entry.metadata() else { continue };
-                if meta.is_dir() {
-                    stack.push(entry.path());
-                } else {
-                    usage.apparent += meta.len();
-                    // st_blocks counts 512-byte units whatever the block size.
-                    usage.allocated += meta.blocks() * 512;
-                }
-            }
+        for path in support::files_below(dir) {
+            let meta = std::fs::metadata(&path)
+                .unwrap_or_else(|e| fail(&format!("{}: {e}", path.display())));
+            usage.apparent += meta.len();
+            // st_blocks counts 512-byte units whatever the block size.
+            usage.allocated += meta.blocks() * 512;
         }
         usage
     }

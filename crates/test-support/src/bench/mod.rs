@@ -37,6 +37,69 @@ pub fn fail(message: &str) -> ! {
     std::process::exit(2);
 }
 
+/// When the bench ran, as `date` prints it, for a report's "Generated" line.
+pub fn run_date() -> String {
+    Command::new("date")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Writes a report to `benches/results/NAME`.
+pub fn write_results(name: &str, report: &str) {
+    let dir = crate::workspace_root().join("benches/results");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| fail(&format!("results dir: {e}")));
+    std::fs::write(dir.join(name), report).unwrap_or_else(|e| fail(&format!("write results: {e}")));
+}
+
+/// A duration in milliseconds, two decimals.
+pub fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// `/api/stats` of the mirror at `base`, as JSON.
+pub async fn api_stats(client: &reqwest::Client, base: &str) -> serde_json::Value {
+    let response = client
+        .get(format!("{base}/api/stats"))
+        .send()
+        .await
+        .unwrap_or_else(|e| fail(&format!("GET /api/stats: {e}")));
+    response
+        .json()
+        .await
+        .unwrap_or_else(|e| fail(&format!("/api/stats body: {e}")))
+}
+
+/// Calls of `/api/stats` made and not timed, so connection set-up is not counted.
+pub const STATS_WARM_UP: usize = 5;
+
+/// The median and 90th percentile of a series of calls.
+#[derive(Debug, Clone, Copy)]
+pub struct Latency {
+    pub median: Duration,
+    pub p90: Duration,
+}
+
+/// Times `calls` calls of `/api/stats` one after another over one connection
+/// (after `STATS_WARM_UP` untimed ones), as the dashboard polls it.
+pub async fn time_stats(client: &reqwest::Client, base: &str, calls: u64) -> Latency {
+    for _ in 0..STATS_WARM_UP {
+        api_stats(client, base).await;
+    }
+    let mut times = Vec::with_capacity(calls as usize);
+    for _ in 0..calls.max(1) {
+        let sent = std::time::Instant::now();
+        api_stats(client, base).await;
+        times.push(sent.elapsed());
+    }
+    times.sort();
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    Latency {
+        median: at(0.5),
+        p90: at(0.9),
+    }
+}
+
 /// A bench's flags (after cargo's own `--bench`), as `--flag value` or
 /// `--flag=value`.
 pub struct Flags {
@@ -228,12 +291,24 @@ pub async fn fetch_all(
     gzip: bool,
     timeout: Duration,
 ) -> (u64, Vec<String>) {
+    fetch_all_at(client, base, paths, gzip, timeout, WARM_CONCURRENCY).await
+}
+
+/// As `fetch_all`, `concurrency` at a time.
+pub async fn fetch_all_at(
+    client: &reqwest::Client,
+    base: &str,
+    paths: &[String],
+    gzip: bool,
+    timeout: Duration,
+    concurrency: usize,
+) -> (u64, Vec<String>) {
     let results: Vec<Result<usize, String>> = futures_util::stream::iter(paths)
         .map(|path| {
             let url = format!("{base}{path}");
             async move { fetch_body(client, &url, gzip, timeout).await }
         })
-        .buffer_unordered(WARM_CONCURRENCY)
+        .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
     let mut bytes = 0;

@@ -369,17 +369,19 @@ const MAX_PLAIN_BYTES: usize = 32 << 20;
 /// sled) on tokio's blocking pool: on the async threads it would delay every
 /// other request and the upstream connection's own I/O.
 ///
-/// At most one such job per CPU runs at once (the rest wait for a permit, not
-/// for a thread): more would not finish sooner, and every extra thread of
-/// tokio's blocking pool keeps its own allocator heap of the bodies it
-/// handled, which measured as most of the process's memory after a burst of
-/// misses.
+/// At most two such jobs per CPU run at once (the rest wait for a permit, not
+/// for a thread; two, since a job also writes sled): more would not finish
+/// sooner, and every extra thread of tokio's blocking pool keeps its own
+/// allocator heap of the bodies it handled, which measured as most of the
+/// process's memory after a burst of misses. `benches/compressed_index.rs`,
+/// 10,000 misses 32 at a time on 2 CPUs: unbounded 3.0 s; 4 per CPU 3.5 s,
+/// 254 MB; 2 per CPU 4.3 s, 218 MB; 1 per CPU 4.9 s, 189 MB.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, IndexError> + Send + 'static,
 ) -> Result<T, IndexError> {
     static PERMITS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
     let permits = PERMITS.get_or_init(|| {
-        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, usize::from))
+        tokio::sync::Semaphore::new(2 * std::thread::available_parallelism().map_or(2, usize::from))
     });
     // Never closed, so acquiring cannot fail; if it did, run unbounded.
     let _permit = permits.acquire().await.ok();

@@ -154,6 +154,11 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
+    /// Adds `n` to the counter of `labels` in `vec`.
+    fn add(vec: &prometheus::IntCounterVec, labels: &[&str], n: u64) {
+        vec.with_label_values(labels).inc_by(n);
+    }
+
     use super::*;
 
     #[test]
@@ -162,11 +167,7 @@ mod tests {
         metrics.index.lookups.with_label_values(&["hit"]).inc_by(3);
         metrics.index.lookups.with_label_values(&["stale"]).inc();
         metrics.index.lookups.with_label_values(&["miss"]).inc_by(4);
-        metrics
-            .crates
-            .downloads
-            .with_label_values(&["redirect"])
-            .inc_by(2);
+        add(&metrics.crates.downloads, &["redirect"], 2);
         metrics.upstream_exchange("index", "client", "200", 0.5, true);
         metrics.upstream_exchange("download", "client", "502", 0.25, false);
         metrics
@@ -174,30 +175,14 @@ mod tests {
             .requests
             .with_label_values(&["index", "GET", "503"])
             .inc();
-        metrics
-            .http
-            .served_bytes
-            .with_label_values(&["index"])
-            .inc_by(10);
-        metrics
-            .http
-            .served_bytes
-            .with_label_values(&["stats"])
-            .inc_by(99);
+        add(&metrics.http.served_bytes, &["index"], 10);
+        add(&metrics.http.served_bytes, &["stats"], 99);
         metrics.activity.crate_requested("popular");
         metrics
             .activity
             .record_error(ErrorKind::Failure, "GET", "/x", 503);
-        metrics
-            .http
-            .requests
-            .with_label_values(&["stats", "GET", "200"])
-            .inc_by(7);
-        metrics
-            .upstream
-            .fetched_bytes
-            .with_label_values(&["index"])
-            .inc_by(4);
+        add(&metrics.http.requests, &["stats", "GET", "200"], 7);
+        add(&metrics.upstream.fetched_bytes, &["index"], 4);
         let snapshot = metrics.snapshot();
         assert_eq!(snapshot["index"]["hits"], 4);
         assert_eq!(snapshot["index"]["memory_hits"], 3);
@@ -236,16 +221,8 @@ mod tests {
     fn avoided_bytes_never_go_below_zero() {
         let metrics = Metrics::new();
         // Prefetch fetched more than clients were sent.
-        metrics
-            .upstream
-            .fetched_bytes
-            .with_label_values(&["index"])
-            .inc_by(500);
-        metrics
-            .http
-            .served_bytes
-            .with_label_values(&["index"])
-            .inc_by(100);
+        add(&metrics.upstream.fetched_bytes, &["index"], 500);
+        add(&metrics.http.served_bytes, &["index"], 100);
         let snapshot = metrics.snapshot();
         assert_eq!(snapshot["bytes"]["avoided"], 0);
         assert_eq!(snapshot["bytes"]["avoided_ratio"], 0.0);

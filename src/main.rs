@@ -146,7 +146,6 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
 /// Runs the command; an error ends the process with one line on stderr and
 /// exit code 2 for wrong settings (as for wrong arguments), 1 otherwise.
 fn main() -> ExitCode {
-    tune_allocator();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
@@ -419,27 +418,6 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
-
-/// mimalloc returns freed memory to the OS only when the thread that freed it
-/// allocates again after the purge delay: a blocking-pool thread that
-/// decompressed or compressed index bodies in a burst and then went idle kept
-/// them resident (measured: 84 MB after resolving 290 packages from a cold
-/// cache, 56 MB with purging at once). Index files are held compressed, so
-/// what a burst leaves behind would otherwise dominate the process's memory.
-#[cfg(feature = "mimalloc")]
-fn tune_allocator() {
-    /// `mi_option_purge_delay` in mimalloc's `mi_option_t` (v2 and v3).
-    const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
-    extern "C" {
-        fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
-    }
-    // SAFETY: mimalloc's documented API, called before any thread is
-    // started; the option only changes when freed pages are given back.
-    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 0) }
-}
-
-#[cfg(not(feature = "mimalloc"))]
-fn tune_allocator() {}
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]

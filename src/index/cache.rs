@@ -385,9 +385,13 @@ async fn blocking<T: Send + 'static>(
     });
     // Never closed, so acquiring cannot fail; if it did, run unbounded.
     let _permit = permits.acquire().await.ok();
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| IndexError::Background(Arc::new(e)))?
+    tokio::task::spawn_blocking(move || {
+        let done = work();
+        crate::blocking::release_thread_memory();
+        done
+    })
+    .await
+    .map_err(|e| IndexError::Background(Arc::new(e)))?
 }
 
 /// An index body from the upstream made ready to cache: decoded, checked,

@@ -167,7 +167,7 @@ async fn index(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
             let plain = if accepts_gzip(req.headers()) {
                 None
             } else {
-                Some(state.index.plain(&lookup.entry).await?)
+                Some(state.index.plain_for_client(&lookup.entry).await?)
             };
             Ok(index_response(&req, lookup, plain))
         }

@@ -21,6 +21,9 @@ pub(crate) async fn off_async<T: Send + 'static>(work: impl FnOnce() -> T + Send
 pub(crate) fn release_thread_memory() {
     #[cfg(feature = "mimalloc")]
     {
+        // Links mimalloc into every binary that has this crate (the tests
+        // too), not only into the one that makes it the global allocator.
+        use mimalloc as _;
         extern "C" {
             fn mi_collect(force: bool);
         }

@@ -344,6 +344,18 @@ fn gzip(body: &[u8]) -> Bytes {
     Bytes::from(encoder.finish().unwrap_or_default())
 }
 
+/// A cache of plain bodies by ETag, of at most `bytes`, each let go of after
+/// `PLAIN_CACHE_IDLE` unused.
+fn plain_cache(bytes: u64) -> Cache<String, Bytes> {
+    Cache::builder()
+        .max_capacity(bytes)
+        .time_to_idle(PLAIN_CACHE_IDLE)
+        .weigher(|etag: &String, body: &Bytes| {
+            u32::try_from(body.len() + etag.len()).unwrap_or(u32::MAX)
+        })
+        .build()
+}
+
 /// `gzip` decompressed, when it is whole and `plain_len` long.
 fn gunzip(gzip: &[u8], plain_len: u64) -> Option<Bytes> {
     use std::io::Read;
@@ -650,20 +662,8 @@ impl IndexCacheBuilder {
                 released.fetch_sub(entry.plain_len(), Ordering::Relaxed);
             })
             .build();
-        let plain_bodies = Cache::builder()
-            .max_capacity(PLAIN_CACHE_BYTES)
-            .time_to_idle(PLAIN_CACHE_IDLE)
-            .weigher(|etag: &String, body: &Bytes| {
-                u32::try_from(body.len() + etag.len()).unwrap_or(u32::MAX)
-            })
-            .build();
-        let identity_bodies = Cache::builder()
-            .max_capacity(IDENTITY_CACHE_BYTES)
-            .time_to_idle(PLAIN_CACHE_IDLE)
-            .weigher(|etag: &String, body: &Bytes| {
-                u32::try_from(body.len() + etag.len()).unwrap_or(u32::MAX)
-            })
-            .build();
+        let plain_bodies = plain_cache(PLAIN_CACHE_BYTES);
+        let identity_bodies = plain_cache(IDENTITY_CACHE_BYTES);
         IndexCache {
             inner: Arc::new(Inner {
                 hot,

@@ -991,7 +991,7 @@ pub fn proxy_in_use(upstream: &str) -> String {
     described
 }
 
-/// `http://user:secret@proxy:3128` as `http://user:***@proxy:3128` (the
+/// `http://user:secret@proxy.example.com:3128` as `http://user:***@proxy.example.com:3128` (the
 /// scheme is optional: reqwest takes a bare `host:port` as HTTP).
 fn mask_password(proxy: &str) -> String {
     let (scheme, rest) = match proxy.split_once("://") {
@@ -1020,8 +1020,8 @@ mod tests {
             "http://proxy.example.com:3128"
         );
         assert_eq!(
-            super::mask_password("ops:s3cret@proxy:3128"),
-            "ops:***@proxy:3128"
+            super::mask_password("ops:s3cret@proxy.example.com:3128"),
+            "ops:***@proxy.example.com:3128"
         );
     }
 

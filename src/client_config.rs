@@ -107,12 +107,12 @@ mod tests {
 
     #[test]
     fn a_quote_cannot_end_the_string() {
-        let config = for_mirror("http://x/\"\n[evil]", false);
+        let config = for_mirror("http://mirror.example.com/\"\n[evil]", false);
         let parsed: toml::Table = config.config_toml.parse().unwrap();
         assert!(!parsed.contains_key("evil"));
         assert_eq!(
             parsed["source"]["mirror"]["registry"].as_str(),
-            Some("sparse+http://x/\"\n[evil]")
+            Some("sparse+http://mirror.example.com/\"\n[evil]")
         );
     }
 }

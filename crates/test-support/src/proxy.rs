@@ -60,7 +60,7 @@ impl Tinyproxy {
     }
 
     /// The request lines tinyproxy logged so far (`CONNECT 127.0.0.1:4431
-    /// HTTP/1.1`, or `GET http://... HTTP/1.1` for plain HTTP).
+    /// HTTP/1.1`, or `GET` with an absolute URL for plain HTTP).
     pub fn requests(&self) -> Vec<String> {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()

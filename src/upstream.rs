@@ -153,7 +153,7 @@ impl IndexBody {
         // not passed on: a client's decoder might read them differently.
         let whole = decoder.into_inner().is_empty();
         Ok(DecodedIndex {
-            plain: Bytes::from(plain),
+            plain: exact(plain),
             gzip: whole.then_some(raw),
         })
     }
@@ -950,7 +950,8 @@ async fn read_limited(response: reqwest::Response, max: usize) -> Result<Bytes, 
     {
         return Err(UpstreamError::TooLarge(max));
     }
-    let mut body = BytesMut::new();
+    let expected = response.content_length().map_or(0, |len| len as usize);
+    let mut body = BytesMut::with_capacity(expected);
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(UpstreamError::from_reqwest)?;
@@ -959,7 +960,20 @@ async fn read_limited(response: reqwest::Response, max: usize) -> Result<Bytes, 
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(body.freeze())
+    Ok(exact(body.into()))
+}
+
+/// `body` in an allocation of its own length. A `Vec` grown by doubling (or
+/// sized by a guess) can hold twice its length, and `Bytes::from` keeps the
+/// whole allocation for as long as the bytes live: index bodies are kept for
+/// hours, and their budget (`hot-cache-size`) counts lengths, so the slack
+/// was memory nobody counted (about 3x the fixture's gzip size, issue #18).
+pub(crate) fn exact(body: Vec<u8>) -> Bytes {
+    if body.capacity() == body.len() {
+        Bytes::from(body)
+    } else {
+        Bytes::copy_from_slice(&body)
+    }
 }
 
 /// Which forward proxy upstream traffic takes, for the start line: the
@@ -1009,6 +1023,25 @@ fn mask_password(proxy: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn kept_bodies_hold_no_slack() {
+        // As a body read by doubling, or decompressed into a guessed size.
+        let mut grown = Vec::with_capacity(4096);
+        grown.extend_from_slice(b"{\"name\":\"a\"}\n");
+        let kept = super::exact(grown);
+        assert_eq!(&kept[..], b"{\"name\":\"a\"}\n");
+        let held = kept.try_into_mut().expect("the only handle");
+        assert_eq!(
+            held.capacity(),
+            held.len(),
+            "the allocation is the body's length"
+        );
+        // A body that fits its allocation is kept as it is.
+        let fitted = b"abc".to_vec();
+        let at = fitted.as_ptr();
+        assert_eq!(super::exact(fitted).as_ptr(), at);
+    }
+
     #[test]
     fn proxy_passwords_are_masked() {
         assert_eq!(

@@ -341,7 +341,7 @@ fn gzip(body: &[u8]) -> Bytes {
     );
     // Writing to a Vec cannot fail.
     let _ = encoder.write_all(body);
-    Bytes::from(encoder.finish().unwrap_or_default())
+    crate::upstream::exact(encoder.finish().unwrap_or_default())
 }
 
 /// A cache of plain bodies by ETag, of at most `bytes`, each let go of after

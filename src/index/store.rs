@@ -112,7 +112,7 @@ impl StoredIndex {
         }
         Ok(Self {
             header,
-            body: Bytes::from(plain),
+            body: crate::upstream::exact(plain),
             gzip: Some(stored),
         })
     }

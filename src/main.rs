@@ -130,8 +130,9 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
     // Buffered: the writer thread writes each batch of queued lines in one go.
     let stderr = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
     // The queue is allocated whole at start, 32 bytes a line: the default
-    // 128,000 lines were 4 MB resident for nothing. 16,384 lines still hold
-    // a second of a busy mirror's access log while the writer catches up.
+    // 128,000 lines were 4 MB resident for nothing. 16,384 lines hold a
+    // burst of that many requests' access-log lines while the writer
+    // catches up; past that, lines are dropped, never a request delayed.
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(LOG_QUEUE_LINES)
         .finish(stderr);

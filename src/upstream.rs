@@ -950,7 +950,11 @@ async fn read_limited(response: reqwest::Response, max: usize) -> Result<Bytes, 
     {
         return Err(UpstreamError::TooLarge(max));
     }
-    let expected = response.content_length().map_or(0, |len| len as usize);
+    // Sized by the upstream's word, up to 1 MiB: a false length must not
+    // make every fetch allocate `max` up front.
+    let expected = response
+        .content_length()
+        .map_or(0, |len| len.min(PRESIZE_MAX) as usize);
     let mut body = BytesMut::with_capacity(expected);
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
@@ -963,11 +967,14 @@ async fn read_limited(response: reqwest::Response, max: usize) -> Result<Bytes, 
     Ok(exact(body.into()))
 }
 
+/// The most `read_limited` allocates before the body arrives.
+const PRESIZE_MAX: u64 = 1 << 20;
+
 /// `body` in an allocation of its own length. A `Vec` grown by doubling (or
-/// sized by a guess) can hold twice its length, and `Bytes::from` keeps the
-/// whole allocation for as long as the bytes live: index bodies are kept for
-/// hours, and their budget (`hot-cache-size`) counts lengths, so the slack
-/// was memory nobody counted (about 3x the fixture's gzip size, issue #18).
+/// sized by a guess) can hold up to twice its length, and `Bytes::from` keeps
+/// the whole allocation for as long as the bytes live: index bodies are kept
+/// for hours, and their budget (`hot-cache-size`) counts lengths, so the
+/// slack was memory nobody counted.
 pub(crate) fn exact(body: Vec<u8>) -> Bytes {
     if body.capacity() == body.len() {
         Bytes::from(body)

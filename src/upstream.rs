@@ -1012,8 +1012,9 @@ pub fn proxy_in_use(upstream: &str) -> String {
     described
 }
 
-/// `http://user:secret@proxy.example.com:3128` as `http://user:***@proxy.example.com:3128` (the
-/// scheme is optional: reqwest takes a bare `host:port` as HTTP).
+/// A proxy URL with its password, if any, replaced by `***`; the user name,
+/// host and port are kept (the unit test below shows both forms). The scheme
+/// is optional: reqwest takes a bare `host:port` as HTTP.
 fn mask_password(proxy: &str) -> String {
     let (scheme, rest) = match proxy.split_once("://") {
         Some((scheme, rest)) => (&proxy[..scheme.len() + 3], rest),

@@ -91,7 +91,8 @@ pub fn index_path(name_key: &str) -> String {
     format!("index/{}/{name_key}", crate::index::path::prefix(name_key))
 }
 
-/// `https://user:secret@mirror.example.com/x` as `https://mirror.example.com/x`: a manifest travels.
+/// `url` without its user name and password (the unit test below shows
+/// one): a manifest travels.
 fn without_credentials(url: &str) -> String {
     match reqwest::Url::parse(url) {
         Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {

@@ -16,8 +16,9 @@ pub(crate) async fn off_async<T: Send + 'static>(work: impl FnOnce() -> T + Send
 /// Gives the memory this thread freed back to the OS now. mimalloc returns a
 /// thread's freed pages only when that thread allocates again after a delay,
 /// so a blocking-pool thread that handled a burst of index bodies and then
-/// went idle kept them resident: called at the end of each such job (a miss,
-/// never a hit), where its cost is small against the job's.
+/// went idle kept them resident: called at the end of each index job (a
+/// fetched body prepared, a sled load or save, a decompression), never on an
+/// in-memory hit, where its cost is small against the job's.
 pub(crate) fn release_thread_memory() {
     #[cfg(feature = "mimalloc")]
     {

@@ -154,12 +154,12 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     /// Adds `n` to the counter of `labels` in `vec`.
     fn add(vec: &prometheus::IntCounterVec, labels: &[&str], n: u64) {
         vec.with_label_values(labels).inc_by(n);
     }
-
-    use super::*;
 
     #[test]
     fn figures_sum_the_layers_counters() {

@@ -2,7 +2,10 @@
 //! first request (`Upgrade: h2c`) and then multiplexes a whole resolve on one
 //! TCP connection; curl's `--http2` and `--http2-prior-knowledge` work; a
 //! request that asks for an upgrade we do not make keeps its connection alive
-//! and is never answered `connection: upgrade`.
+//! and is never answered `connection: upgrade`. No upgrade is made behind a
+//! proxy (real nginx that forwards `Upgrade` cannot be tunnelled past) or
+//! with `h2c-upgrade off`; heads with bare LF line ends are answered; a
+//! malformed `HTTP2-Settings` gets a 400, never a 101.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -375,5 +378,44 @@ async fn no_http2_tunnel_past_a_trusted_front_proxy() {
     let body = std::fs::read_to_string(&saved).unwrap();
     assert!(body.contains(&nginx.url), "{body}");
     assert!(!body.contains("evil.example.com"), "{body}");
+    assert_eq!(upgraded_connections(&mirror).await, 0.0);
+}
+
+/// The shipped deploy/nginx/nginx.conf in front of one mirror (both of its
+/// backends), with the mirror trusting it as the deployment docs ask: cargo
+/// resolves and fetches through it, every request an HTTP/1.1 one at the
+/// mirror (nginx speaks HTTP/1.1 to its backends and forwards no `Upgrade`).
+#[tokio::test]
+async fn cargo_works_through_the_shipped_nginx_config() {
+    let upstream = TestUpstream::start(&graph_registry(), DlStyle::Plain);
+    let mirror = Mirror::builder(&upstream.url)
+        .args(&["--trusted-proxies", "127.0.0.1"])
+        .start();
+    let backend = mirror.url.strip_prefix("http://").unwrap();
+    let listen = support::free_port();
+    let shipped = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nginx/nginx.conf"),
+    )
+    .unwrap();
+    let config = shipped
+        .replace("listen 8080;", &format!("listen 127.0.0.1:{listen};"))
+        .replace("127.0.0.1:8081", backend)
+        .replace("127.0.0.1:8082", backend);
+    assert_ne!(config, shipped);
+    let nginx = Nginx::start(&config, listen)
+        .unwrap_or_else(|why| panic!("{why} (Debian's nginx package, installed by .ci/run)"));
+
+    let home = CargoHome::new(&format!("{}/index/", nginx.url));
+    let app = project(&graph_project_manifest());
+    let target = tempfile::tempdir().unwrap();
+    run_ok(&home, app.path(), target.path(), &["generate-lockfile"]);
+    run_ok(&home, app.path(), target.path(), &["fetch"]);
+    let versions = logged_versions(&mirror.log());
+    assert!(
+        versions.len() > 10,
+        "only {} requests logged",
+        versions.len()
+    );
+    assert!(versions.iter().all(|v| v == "HTTP/1.1"), "{versions:?}");
     assert_eq!(upgraded_connections(&mirror).await, 0.0);
 }

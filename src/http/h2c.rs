@@ -215,6 +215,14 @@ pub async fn negotiate<T: AsyncRead + AsyncWrite + Unpin>(
     // empty line is there.
     let mut scanned = 0;
     loop {
+        // Empty lines before the request line are ignored (RFC 9112 §2.2;
+        // httparse skips them too): dropped as they come, so that they are
+        // not parsed again on every read.
+        let leading = leading_empty_lines(&buf);
+        if leading > 0 {
+            buf.advance(leading);
+            scanned = 0;
+        }
         let seen = buf.len().min(PREFACE.len());
         if seen > 0 && buf[..seen] == PREFACE[..seen] {
             if seen == PREFACE.len() {
@@ -223,8 +231,8 @@ pub async fn negotiate<T: AsyncRead + AsyncWrite + Unpin>(
         } else if let Some(blank) = empty_line(&buf, scanned) {
             match first_request(&buf, may_upgrade) {
                 Head::Complete(end, first) => return answer(io, buf, end, first).await,
-                // Empty lines before the request line: the head's own is to
-                // come (it may start at this one's last LF).
+                // Not expected once leading empty lines are gone; go on
+                // looking after this one (the next may start at its last LF).
                 Head::Partial => scanned = blank - 1,
                 // actix's parser refuses it just the same, with a 400.
                 Head::Invalid => return Ok((Prefixed::new(buf, io), Negotiated::Http1)),
@@ -260,6 +268,18 @@ async fn answer<T: AsyncRead + AsyncWrite + Unpin>(
         }
         FirstRequest::Refused(why) => refuse(io, why).await,
         FirstRequest::Plain => Ok((Prefixed::new(buf, io), Negotiated::Http1)),
+    }
+}
+
+/// How many bytes of empty lines (`\r\n` or `\n`) `buf` starts with.
+fn leading_empty_lines(buf: &[u8]) -> usize {
+    let mut at = 0;
+    loop {
+        match buf.get(at..) {
+            Some([b'\n', ..]) => at += 1,
+            Some([b'\r', b'\n', ..]) => at += 2,
+            _ => return at,
+        }
     }
 }
 
@@ -953,6 +973,24 @@ mod tests {
         );
         assert!(replay.ends_with(&format!("\r\n\r\n{second}")), "{replay}");
         assert!(!replay.to_ascii_lowercase().contains("upgrade"), "{replay}");
+    }
+
+    #[tokio::test]
+    async fn empty_lines_before_the_request_line_are_dropped() {
+        assert_eq!(leading_empty_lines(b"\r\n\n\r\nGET"), 5);
+        assert_eq!(leading_empty_lines(b"\r\n\r"), 2);
+        assert_eq!(leading_empty_lines(b"GET /\r\n"), 0);
+        let (mut client, server) = duplex(64 * 1024);
+        let task = tokio::spawn(async move { negotiate(server, CLIENT, &open()).await });
+        for _ in 0..100 {
+            client.write_all(b"\r\n").await.unwrap();
+        }
+        client.write_all(UPGRADE_HEAD).await.unwrap();
+        let mut answer = vec![0u8; SWITCHING.len()];
+        client.read_exact(&mut answer).await.unwrap();
+        assert_eq!(answer, SWITCHING);
+        drop(client);
+        assert!(task.await.unwrap().is_err(), "no preface followed");
     }
 
     #[tokio::test]

@@ -512,7 +512,7 @@ fn header_block(request: &httparse::Request<'_, '_>, connection: &[String]) -> O
 fn decode_settings(value: &[u8]) -> Result<Vec<(u16, u32)>, &'static str> {
     let value = value.trim_ascii();
     // Six bytes a setting are eight base64 digits: never any padding.
-    if value.len() % 8 != 0 {
+    if !value.len().is_multiple_of(8) {
         return Err("HTTP2-Settings is not a whole number of settings");
     }
     if value.len() / 8 > MAX_SETTINGS {

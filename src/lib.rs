@@ -318,6 +318,7 @@ pub async fn serve(
         // Plain: the same app behind our h2c negotiation (see `http::h2c`).
         None => {
             let metrics = state.metrics.clone();
+            let h2c_policy = http::h2c::UpgradePolicy::from_config(&config);
             actix_server::Server::build()
                 .workers(workers)
                 .worker_max_blocking_threads(WORKER_BLOCKING_THREADS)
@@ -335,7 +336,7 @@ pub async fn serve(
                             |_| actix_web::dev::AppConfig::default(),
                         ));
                     let metrics = metrics.clone();
-                    http::h2c::plain_connections(http, move |how| {
+                    http::h2c::plain_connections(http, h2c_policy.clone(), move |how| {
                         metrics
                             .http
                             .connections

@@ -61,20 +61,33 @@ pub enum UpstreamError {
     #[error("upstream sent an invalid index file: {0}")]
     InvalidIndex(String),
     #[error("upstream redirect refused: {0}")]
-    RedirectRefused(String),
+    RedirectRefused(RedirectRefusal),
     /// The mirror runs `--offline`: nothing is asked of any upstream.
     #[error("this mirror is offline: it serves only what it has cached or imported")]
     Offline,
 }
 
+/// Why a redirect was refused, as far as a client is told: the target is
+/// logged where the redirect is decided (`RedirectRules::decide`), and named
+/// nowhere else, as it may be a service on the upstream's network that the
+/// client has no business learning of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RedirectRefusal {
+    #[error("the upstream redirected more than {MAX_REDIRECTS} times")]
+    TooMany,
+    #[error("the upstream redirected to a host not allowed by upstream-redirect-hosts")]
+    Host,
+}
+
 impl UpstreamError {
     fn from_reqwest(err: reqwest::Error) -> Self {
         if err.is_redirect() {
-            // The policy's own reason is the source; reqwest's text only names the URL.
-            let reason = std::error::Error::source(&err)
-                .map(ToString::to_string)
-                .unwrap_or_else(|| err.to_string());
-            UpstreamError::RedirectRefused(reason)
+            // The policy's own refusal is the source; reqwest's text names the URL.
+            let refusal = std::error::Error::source(&err)
+                .and_then(|source| source.downcast_ref::<RedirectRefusal>())
+                .copied()
+                .unwrap_or(RedirectRefusal::Host);
+            UpstreamError::RedirectRefused(refusal)
         } else if err.is_timeout() {
             UpstreamError::Timeout
         } else if err.is_connect() {
@@ -319,15 +332,19 @@ impl RedirectRules {
     /// The decision on one redirect; refusals are counted and logged.
     fn decide(&self, attempt: reqwest::redirect::Attempt<'_>) -> reqwest::redirect::Action {
         // `previous` starts with the request's own URL.
-        let (reason, why) = if attempt.previous().len() > MAX_REDIRECTS {
-            ("too_many", format!("more than {MAX_REDIRECTS} redirects"))
+        let (reason, refusal, why) = if attempt.previous().len() > MAX_REDIRECTS {
+            (
+                "too_many",
+                RedirectRefusal::TooMany,
+                format!("more than {MAX_REDIRECTS} redirects"),
+            )
         } else if !self.admits(attempt.url()) {
             let to = attempt.url();
             let target = match to.port_or_known_default() {
                 Some(port) => format!("{}:{port}", to.host_str().unwrap_or("")),
                 None => to.host_str().unwrap_or("").to_string(),
             };
-            ("host", format!("redirect to {target}, which is not an upstream host nor listed in upstream-redirect-hosts"))
+            ("host", RedirectRefusal::Host, format!("redirect to {target}, which is not an upstream host nor listed in upstream-redirect-hosts"))
         } else {
             return attempt.follow();
         };
@@ -342,8 +359,9 @@ impl RedirectRules {
             .last()
             .map(|url| format!("{}{}", url.origin().ascii_serialization(), url.path()))
             .unwrap_or_default();
+        // The one place the target is named (see `RedirectRefusal`).
         tracing::warn!(%from, reason = %why, "upstream redirect refused");
-        attempt.error(why)
+        attempt.error(refusal)
     }
 }
 

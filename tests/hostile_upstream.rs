@@ -149,6 +149,22 @@ async fn redirects_to_other_hosts_are_refused() {
         !body.windows(secret.len()).any(|w| w == secret.as_slice()),
         "the other server's body reached the client"
     );
+    // The client learns that a redirect was refused, not where it led: the
+    // target (another service on the upstream's network) is for the log.
+    let other_port = other.base.rsplit(':').next().unwrap().trim_end_matches('/');
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("upstream-redirect-hosts") && !text.contains(other_port),
+        "the 502 body names the refused target: {text:?}"
+    );
+    assert!(
+        mirror
+            .log()
+            .lines()
+            .any(|l| l.contains("upstream redirect refused") && l.contains(other_port)),
+        "the log does not name the refused target: {}",
+        mirror.log()
+    );
     assert_eq!(other.total_hits(), 0, "the mirror asked the other server");
     assert_eq!(
         upstream.hits(&dl_path(&p)),

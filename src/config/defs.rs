@@ -334,6 +334,22 @@ pub static TRUSTED_PROXIES: Setting<TrustedProxies> = Setting {
     parse: TrustedProxies::parse,
 };
 
+/// cargo over plain http asks for `Upgrade: h2c` and then multiplexes; a
+/// deployment whose front proxy forwards `Upgrade` may want it off all the
+/// same (HTTP/2 by prior knowledge is unaffected).
+pub static H2C_UPGRADE: Setting<bool> = Setting {
+    about: About {
+        key: "h2c-upgrade",
+        value_name: "on|off",
+        fallback: Fallback::Value("on"),
+        help:
+            "`off` declines `Upgrade: h2c` on the plain listener (HTTP/2 by prior knowledge stays)",
+        kind: Kind::Value,
+        secret: false,
+    },
+    parse: parse_bool,
+};
+
 pub static REVALIDATE_INTERVAL: Setting<Duration> = Setting {
     about: About {
         key: "revalidate-interval",
@@ -632,6 +648,7 @@ pub static SETTINGS: &[&dyn AnySetting] = &[
     &AUTH_TOKENS,
     &METRICS_TOKENS,
     &TRUSTED_PROXIES,
+    &H2C_UPGRADE,
     &REVALIDATE_INTERVAL,
     &UPSTREAM_REDIRECT_HOSTS,
     &WORKERS,

@@ -87,6 +87,8 @@ pub struct Config {
     pub metrics_tokens: TokenSet,
     /// Peers whose forwarding headers are believed.
     pub trusted_proxies: TrustedProxies,
+    /// Answer cargo's `Upgrade: h2c` on the plain listener (see `http::h2c`).
+    pub h2c_upgrade: bool,
     /// At most one forced revalidation of a crate's index file per this.
     pub revalidate_interval: Duration,
     /// Hosts besides the upstream's own that its redirects may lead to.
@@ -208,6 +210,7 @@ impl RawSettings {
             auth_tokens,
             metrics_tokens: self.get(&METRICS_TOKENS)?.unwrap_or_default(),
             trusted_proxies: self.get(&TRUSTED_PROXIES)?.unwrap_or_default(),
+            h2c_upgrade: self.value(&H2C_UPGRADE)?,
             revalidate_interval: self.value(&REVALIDATE_INTERVAL)?,
             upstream_redirect_hosts: self.get(&UPSTREAM_REDIRECT_HOSTS)?.unwrap_or_default(),
             workers: self.get(&WORKERS)?,

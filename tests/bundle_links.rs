@@ -25,7 +25,10 @@ fn path(p: &Path) -> &str {
 /// A real bundle of two crates, exported from a mirror of a test upstream.
 fn good_bundle(work: &Path) -> PathBuf {
     let upstream = TestUpstream::start(
-        &[CrateSpec::new("one", "1.0.0"), CrateSpec::new("two", "2.0.0")],
+        &[
+            CrateSpec::new("one", "1.0.0"),
+            CrateSpec::new("two", "2.0.0"),
+        ],
         DlStyle::Plain,
     );
     let near = Mirror::builder(&upstream.url).start();
@@ -159,49 +162,116 @@ fn traversal_absolute_paths_and_links_in_a_bundle_are_refused() {
     let s1 = secret_path.clone();
     let s2 = secret_path.clone();
     let cases: Vec<Case> = vec![
-        ("`../escaped`, listed", Box::new(move |e| {
-            let name = "../escaped";
-            with_manifest(e, |m| list(m, name, &p));
-            e.insert(1, Entry { name: name.into(), kind: tar::EntryType::Regular, link: None, data: p.clone() });
-        })),
-        ("`../../escaped`, not listed", Box::new(|e| {
-            e.insert(1, Entry { name: b"../../escaped".to_vec(), kind: tar::EntryType::Regular, link: None, data: b"escaped\n".to_vec() });
-        })),
-        ("`index/../../escaped`, listed", Box::new(|e| {
-            let name = "index/../../escaped";
-            let data = b"escaped\n".to_vec();
-            with_manifest(e, |m| list(m, name, &data));
-            e.insert(1, Entry { name: name.into(), kind: tar::EntryType::Regular, link: None, data: data.clone() });
-        })),
-        ("an absolute path, listed", Box::new(move |e| {
-            let data = b"escaped\n".to_vec();
-            with_manifest(e, |m| list(m, &abs, &data));
-            e.insert(1, Entry { name: abs.clone().into_bytes(), kind: tar::EntryType::Regular, link: None, data });
-        })),
-        ("a symlink in place of an index file", Box::new(move |e| {
-            e[index_one].kind = tar::EntryType::Symlink;
-            e[index_one].link = Some(s1.clone().into_bytes());
-            e[index_one].data.clear();
-        })),
-        ("a relative symlink escaping, in place of a crate", Box::new(move |e| {
-            e[crate_two].kind = tar::EntryType::Symlink;
-            e[crate_two].link = Some(b"../../../../secret".to_vec());
-            e[crate_two].data.clear();
-        })),
-        ("a hard link in place of a crate", Box::new(move |e| {
-            e[crate_two].kind = tar::EntryType::Link;
-            e[crate_two].link = Some(s2.clone().into_bytes());
-            e[crate_two].data.clear();
-        })),
-        ("a hard link to another entry", Box::new(move |e| {
-            let target = e[index_one].name.clone();
-            e[crate_two].kind = tar::EntryType::Link;
-            e[crate_two].link = Some(target);
-            e[crate_two].data.clear();
-        })),
-        ("a symlinked directory before the files below it", Box::new(|e| {
-            e.insert(1, Entry { name: b"index/3".to_vec(), kind: tar::EntryType::Symlink, link: Some(b"../../escaped-dir".to_vec()), data: Vec::new() });
-        })),
+        (
+            "`../escaped`, listed",
+            Box::new(move |e| {
+                let name = "../escaped";
+                with_manifest(e, |m| list(m, name, &p));
+                e.insert(
+                    1,
+                    Entry {
+                        name: name.into(),
+                        kind: tar::EntryType::Regular,
+                        link: None,
+                        data: p.clone(),
+                    },
+                );
+            }),
+        ),
+        (
+            "`../../escaped`, not listed",
+            Box::new(|e| {
+                e.insert(
+                    1,
+                    Entry {
+                        name: b"../../escaped".to_vec(),
+                        kind: tar::EntryType::Regular,
+                        link: None,
+                        data: b"escaped\n".to_vec(),
+                    },
+                );
+            }),
+        ),
+        (
+            "`index/../../escaped`, listed",
+            Box::new(|e| {
+                let name = "index/../../escaped";
+                let data = b"escaped\n".to_vec();
+                with_manifest(e, |m| list(m, name, &data));
+                e.insert(
+                    1,
+                    Entry {
+                        name: name.into(),
+                        kind: tar::EntryType::Regular,
+                        link: None,
+                        data: data.clone(),
+                    },
+                );
+            }),
+        ),
+        (
+            "an absolute path, listed",
+            Box::new(move |e| {
+                let data = b"escaped\n".to_vec();
+                with_manifest(e, |m| list(m, &abs, &data));
+                e.insert(
+                    1,
+                    Entry {
+                        name: abs.clone().into_bytes(),
+                        kind: tar::EntryType::Regular,
+                        link: None,
+                        data,
+                    },
+                );
+            }),
+        ),
+        (
+            "a symlink in place of an index file",
+            Box::new(move |e| {
+                e[index_one].kind = tar::EntryType::Symlink;
+                e[index_one].link = Some(s1.clone().into_bytes());
+                e[index_one].data.clear();
+            }),
+        ),
+        (
+            "a relative symlink escaping, in place of a crate",
+            Box::new(move |e| {
+                e[crate_two].kind = tar::EntryType::Symlink;
+                e[crate_two].link = Some(b"../../../../secret".to_vec());
+                e[crate_two].data.clear();
+            }),
+        ),
+        (
+            "a hard link in place of a crate",
+            Box::new(move |e| {
+                e[crate_two].kind = tar::EntryType::Link;
+                e[crate_two].link = Some(s2.clone().into_bytes());
+                e[crate_two].data.clear();
+            }),
+        ),
+        (
+            "a hard link to another entry",
+            Box::new(move |e| {
+                let target = e[index_one].name.clone();
+                e[crate_two].kind = tar::EntryType::Link;
+                e[crate_two].link = Some(target);
+                e[crate_two].data.clear();
+            }),
+        ),
+        (
+            "a symlinked directory before the files below it",
+            Box::new(|e| {
+                e.insert(
+                    1,
+                    Entry {
+                        name: b"index/3".to_vec(),
+                        kind: tar::EntryType::Symlink,
+                        link: Some(b"../../escaped-dir".to_vec()),
+                        data: Vec::new(),
+                    },
+                );
+            }),
+        ),
     ];
     let expected = [
         "../escaped is neither an index file nor a listed crate",
@@ -231,10 +301,17 @@ fn traversal_absolute_paths_and_links_in_a_bundle_are_refused() {
         // anywhere in it, no crate stored.
         assert!(!outside.exists(), "{what}: wrote {}", outside.display());
         assert!(!work.path().join("escaped-dir").exists(), "{what}");
-        assert!(!work.path().parent().unwrap().join("escaped").exists(), "{what}");
+        assert!(
+            !work.path().parent().unwrap().join("escaped").exists(),
+            "{what}"
+        );
         for file in walk(&data) {
             let meta = std::fs::symlink_metadata(&file).unwrap();
-            assert!(!meta.file_type().is_symlink(), "{what}: a link {}", file.display());
+            assert!(
+                !meta.file_type().is_symlink(),
+                "{what}: a link {}",
+                file.display()
+            );
             assert!(
                 !file.to_string_lossy().ends_with(".crate"),
                 "{what}: stored {}",

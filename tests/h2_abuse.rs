@@ -38,7 +38,15 @@ fn assert_still_serving(mirror: &Mirror) {
     let url = format!("{}/index/se/rd/serde", mirror.url);
     for flag in ["--http1.1", "--http2-prior-knowledge"] {
         let output = std::process::Command::new("curl")
-            .args(["-s", "--max-time", "30", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args([
+                "-s",
+                "--max-time",
+                "30",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
             .args([flag, &url])
             .output()
             .expect("curl");
@@ -55,10 +63,7 @@ fn assert_still_serving(mirror: &Mirror) {
 fn assert_refused(outcome: &Outcome, what: &str) {
     match outcome {
         Outcome::Answered { status, .. } => {
-            assert!(
-                *status == 431 || *status == 400,
-                "{what} answered {status}"
-            )
+            assert!(*status == 431 || *status == 400, "{what} answered {status}")
         }
         Outcome::Reset(_) | Outcome::GoAway(_) | Outcome::Closed => {}
     }
@@ -162,7 +167,11 @@ async fn many_large_headers_by_reference_are_refused_and_memory_stays_bounded() 
         grown_mib < 64,
         "peak RSS grew by {grown_mib} MiB for {streams} streams of referenced headers"
     );
-    assert_eq!(upstream.count_matching("/se/rd/serde"), 1, "only the warm-up fetched");
+    assert_eq!(
+        upstream.count_matching("/se/rd/serde"),
+        1,
+        "only the warm-up fetched"
+    );
     assert_still_serving(&mirror);
 }
 
@@ -271,8 +280,16 @@ async fn a_continuation_flood_is_cut_off_and_the_mirror_keeps_serving() {
     // The bound: the flood was cut off before its budget ran out. (The
     // server refuses after about 1300 frames or 16 MB of headers; what the
     // client counts includes what the socket buffers took meanwhile.)
-    assert!(results[0].1 .0 < EMPTY_BUDGET, "empty: {} bytes", results[0].1 .0);
-    assert!(results[1].1 .0 < FULL_BUDGET, "full: {} bytes", results[1].1 .0);
+    assert!(
+        results[0].1 .0 < EMPTY_BUDGET,
+        "empty: {} bytes",
+        results[0].1 .0
+    );
+    assert!(
+        results[1].1 .0 < FULL_BUDGET,
+        "full: {} bytes",
+        results[1].1 .0
+    );
     assert_still_serving(&mirror);
 }
 
@@ -352,9 +369,7 @@ async fn rapid_reset_does_not_turn_into_upstream_work() {
     let sentinel = mirror.get("/index/se/nt/sentinel").await;
     assert_eq!(sentinel.status(), 404);
     let fetched = upstream.count_matching("/rr") - 1;
-    eprintln!(
-        "rapid reset: {attempted} streams opened and reset, {fetched} reached the upstream"
-    );
+    eprintln!("rapid reset: {attempted} streams opened and reset, {fetched} reached the upstream");
     assert!(attempted >= 500, "only {attempted} streams sent");
     assert!(
         fetched < 500,

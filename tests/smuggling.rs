@@ -134,10 +134,13 @@ fn cl_te_and_duplicate_lengths_never_smuggle_a_second_request() {
     ];
     let mut refused = 0;
     for (what, framing, body) in &cases {
-        let version = if what.contains("HTTP/1.0") { "1.0" } else { "1.1" };
-        let request = format!(
-            "POST /health HTTP/{version}\r\nHost: localhost\r\n{framing}\r\n{body}{last}"
-        );
+        let version = if what.contains("HTTP/1.0") {
+            "1.0"
+        } else {
+            "1.1"
+        };
+        let request =
+            format!("POST /health HTTP/{version}\r\nHost: localhost\r\n{framing}\r\n{body}{last}");
         let answers = exchange(&mirror.url, request.as_bytes());
         assert!(!answers.is_empty(), "{what}: no answer at all");
         // Never the hidden request's answer, under any reading.
@@ -156,7 +159,11 @@ fn cl_te_and_duplicate_lengths_never_smuggle_a_second_request() {
             "{what}: first answer {first}"
         );
         if first == 400 {
-            assert_eq!(answers.len(), 1, "{what}: answered after a 400: {answers:?}");
+            assert_eq!(
+                answers.len(),
+                1,
+                "{what}: answered after a 400: {answers:?}"
+            );
             refused += 1;
         } else {
             assert!(answers.len() <= 2, "{what}: {answers:?}");

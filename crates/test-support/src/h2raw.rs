@@ -421,7 +421,10 @@ mod tests {
         // "431" with padding (011010 011001 00001 + 111).
         assert_eq!(headers(vec![0x08, 3, b'4', b'0', b'1']).status(), Some(401));
         assert_eq!(headers(vec![0x48, 0x82, 0x68, 0x01]).status(), Some(401));
-        assert_eq!(headers(vec![0x08, 0x83, 0x69, 0x90, 0xff]).status(), Some(431));
+        assert_eq!(
+            headers(vec![0x08, 0x83, 0x69, 0x90, 0xff]).status(),
+            Some(431)
+        );
         // A table size update first.
         assert_eq!(headers(vec![0x20, 0x88]).status(), Some(200));
     }

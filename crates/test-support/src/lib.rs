@@ -9,6 +9,7 @@ pub mod bench;
 pub mod browser;
 pub mod cargo;
 pub mod faults;
+pub mod h2raw;
 pub mod mirror;
 pub mod nginx;
 pub mod procfs;

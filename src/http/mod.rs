@@ -87,7 +87,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// A JSON route of the dashboard: gated like `/api/stats` (it names crates
-/// and settings), counted under `stats`.
+/// and settings), held to the mirror's own names like the page
+/// (`dashboard::addressed`), counted under `stats`.
 fn dashboard_json<F, Args>(path: &str, handler: F) -> impl actix_web::dev::HttpServiceFactory
 where
     F: actix_web::Handler<Args>,
@@ -95,9 +96,12 @@ where
     F::Output: actix_web::Responder + 'static,
 {
     use actix_web::middleware::from_fn;
+    // The host check wraps the gate: a misdirected request is refused
+    // whatever token it carries.
     web::resource(path)
         .app_data(Route::Stats)
         .wrap(from_fn(auth::stats))
+        .wrap(from_fn(dashboard::addressed))
         .route(web::get().to(handler))
 }
 

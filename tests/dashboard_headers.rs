@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 
+use support::browser::Browser;
 use support::mirror::Mirror;
 use support::registry::graph_registry;
 use support::upstream::{DlStyle, TestUpstream};
@@ -58,6 +59,35 @@ async fn the_page_sends_a_content_security_policy() {
     assert!(directives.contains(&"default-src 'self'"), "{csp:?}");
     assert!(directives.contains(&"frame-ancestors 'none'"), "{csp:?}");
     assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+}
+
+/// In headless Chromium the page loads its figures and settings under the
+/// policy with nothing blocked (the page counts violations as errors), while
+/// an inline script, which the policy exists to stop, does not run.
+#[tokio::test]
+async fn chromium_enforces_the_policy_and_the_page_still_works() {
+    let upstream = TestUpstream::start(&graph_registry()[..3], DlStyle::Plain);
+    let mirror = Mirror::builder(&upstream.url).start();
+    assert_eq!(mirror.get("/index/1/a").await.status(), 200);
+    let mut browser = Browser::open(&format!("{}/", mirror.url), 1200, 800);
+    let state = "document.getElementById('dashboard-state').dataset";
+    browser.wait_until(
+        &format!("{state}.loaded >= 1 && {state}.settingsLoaded >= 1"),
+        std::time::Duration::from_secs(30),
+        &format!("JSON.stringify({state})"),
+    );
+    assert_eq!(browser.eval(&format!("{state}.errors")), "0");
+    assert_eq!(browser.eval("document.getElementById('version').textContent.length > 0"), true);
+    browser.eval(
+        "(() => { const s = document.createElement('script'); \
+         s.textContent = 'window.injected = true'; document.body.appendChild(s); })()",
+    );
+    browser.wait_until(
+        &format!("Number({state}.errors) >= 1"),
+        std::time::Duration::from_secs(10),
+        &format!("JSON.stringify({state}) + ' injected: ' + window.injected"),
+    );
+    assert_eq!(browser.eval("window.injected === undefined"), true);
 }
 
 #[tokio::test]

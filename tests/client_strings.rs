@@ -350,3 +350,36 @@ async fn made_up_crate_names_never_reach_the_top_list() {
     assert_eq!(top.get("ab"), Some(&1), "{top:?}");
     assert_eq!(top.len(), 3, "{top:?}");
 }
+
+/// The access log keeps the start of a client's method and path, not all
+/// of it: its lines wait in a queue of thousands in memory while the log
+/// is slow, so a line's length must not be the client's to choose.
+#[tokio::test]
+async fn access_log_lines_keep_only_the_start_of_client_strings() {
+    let upstream = TestUpstream::start(&graph_registry()[..3], DlStyle::Plain);
+    let mirror = Mirror::builder(&upstream.url).start();
+    let method = format!("ZQLOGMETHOD{}", "M".repeat(8 * 1024));
+    let path = format!("/index/zqlogpath{}", "p".repeat(6 * 1024));
+    let statuses = pipelined(
+        &mirror.url,
+        &[
+            head(&method, "/index/1/a", ""),
+            head("GET", &path, ""),
+            head("GET", "/index/1/a", ""),
+        ],
+    );
+    assert_eq!(statuses, [405, 414, 200]);
+    support::wait_until(Duration::from_secs(10), "the access lines", || async {
+        mirror.log().matches("crate_mirror::access").count() >= 3
+    })
+    .await;
+    let log = mirror.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ZQLOGMETHOD") || l.contains("zqlogpath"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{log:.2000}");
+    for line in lines {
+        assert!(line.len() < 1024, "an access line of {} bytes", line.len());
+    }
+}

@@ -417,6 +417,26 @@ fn version_str(version: actix_web::http::Version) -> &'static str {
     }
 }
 
+/// Longest method and path written to the access log. Its lines wait in a
+/// queue of thousands (see `main`) while the log is slow, so their length is
+/// not the client's to choose: a real method is a few letters and a real
+/// path under 200 bytes; the start of anything longer says what it was.
+const LOGGED_METHOD_BYTES: usize = 32;
+const LOGGED_PATH_BYTES: usize = 512;
+
+/// `text` cut to at most `max` bytes (on a character boundary) with a
+/// trailing `…` when it was longer; borrowed when it was not.
+fn start_of(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end]).into()
+}
+
 /// Counts every request into the metrics and writes its access-log line
 /// (formatted by `crate::access_log`).
 pub async fn record_request<B: MessageBody>(
@@ -468,8 +488,8 @@ pub async fn record_request<B: MessageBody>(
         }
     }
     crate::access_log::log(&crate::access_log::AccessRecord {
-        method: method.as_str(),
-        path,
+        method: &start_of(method.as_str(), LOGGED_METHOD_BYTES),
+        path: &start_of(path, LOGGED_PATH_BYTES),
         version: version_str(version),
         status: status.as_u16(),
         latency: elapsed,
@@ -486,6 +506,15 @@ mod tests {
         let mut map = HeaderMap::new();
         map.insert(name, HeaderValue::from_static(value));
         map
+    }
+
+    #[test]
+    fn logged_strings_keep_their_start() {
+        assert_eq!(start_of("GET", 32), "GET");
+        let long = "M".repeat(100);
+        assert_eq!(start_of(&long, 32), format!("{}…", &long[..32]));
+        // Never inside a character.
+        assert_eq!(start_of("/ééé", 4), "/é…");
     }
 
     #[test]

@@ -51,7 +51,16 @@ const UPSTREAM_KINDS: &[&str] = &["index", "config", "download", "api"];
 /// other token a client sends (and HTTP lets it send any) is `other`, so a
 /// client can never add a series, let alone one with a label of its making.
 pub const METHOD_LABELS: &[&str] = &[
-    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", OTHER_METHOD,
+    "GET",
+    "HEAD",
+    "POST",
+    "PUT",
+    "DELETE",
+    "CONNECT",
+    "OPTIONS",
+    "TRACE",
+    "PATCH",
+    OTHER_METHOD,
 ];
 const OTHER_METHOD: &str = "other";
 
@@ -600,7 +609,9 @@ mod tests {
             assert_eq!(method_label(made_up), "other", "{made_up:.20}");
         }
         // `other` is spelled so that no method can be mistaken for it.
-        assert!(METHOD_LABELS.iter().all(|m| *m == "other" || m.bytes().all(|b| b.is_ascii_uppercase())));
+        assert!(METHOD_LABELS
+            .iter()
+            .all(|m| *m == "other" || m.bytes().all(|b| b.is_ascii_uppercase())));
     }
 
     /// Every family the mirror exports, with its type and labels, by name.

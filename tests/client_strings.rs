@@ -90,7 +90,10 @@ async fn metrics_text(mirror: &Mirror) -> String {
 /// Every label of every sample: `(family, label, value)`.
 fn labels_of(text: &str) -> Vec<(String, String, String)> {
     let mut found = Vec::new();
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let Some((name, rest)) = line.split_once('{') else {
             continue;
         };
@@ -109,7 +112,11 @@ fn labels_of(text: &str) -> Vec<(String, String, String)> {
                     c => value.push(c),
                 }
             }
-            found.push((name.to_string(), label.trim_start_matches(',').to_string(), value));
+            found.push((
+                name.to_string(),
+                label.trim_start_matches(',').to_string(),
+                value,
+            ));
             if chars.clone().next() == Some(',') {
                 chars.next();
             }
@@ -170,9 +177,7 @@ async fn client_strings_never_become_metric_labels() {
         "/index/3/a/abc",
         "User-Agent: zqagent\r\nX-Forwarded-Host: zqforwarded.example\r\nForwarded: host=zqforwarded.example\r\n",
     ));
-    requests.push(
-        "GET /index/config.json HTTP/1.1\r\nHost: zqhost.example\r\n".to_string(),
-    );
+    requests.push("GET /index/config.json HTTP/1.1\r\nHost: zqhost.example\r\n".to_string());
     sent.extend(["zqagent", "zqforwarded", "zqhost"].map(String::from));
     let statuses = pipelined(&mirror.url, &requests);
     assert_eq!(statuses.len(), requests.len(), "every request answered");
@@ -188,7 +193,10 @@ async fn client_strings_never_become_metric_labels() {
     let status = curl_h2(
         "GET",
         &format!("{base}/index/zq/h2/zqh2crate"),
-        &["user-agent: zqh2agent", "x-forwarded-host: zqh2host.example"],
+        &[
+            "user-agent: zqh2agent",
+            "x-forwarded-host: zqh2host.example",
+        ],
     );
     assert_eq!(status, 404);
     sent.extend(["zqh2crate", "zqh2agent", "zqh2host"].map(String::from));
@@ -246,7 +254,10 @@ async fn client_strings_never_become_metric_labels() {
         })
         .map(|(_, v)| *v)
         .sum::<f64>();
-    assert!(other >= 221.0, "made-up methods counted under other: {other}");
+    assert!(
+        other >= 221.0,
+        "made-up methods counted under other: {other}"
+    );
 }
 
 /// A flood of 5,000 requests with 8 KB made-up methods, pipelined on raw
@@ -292,7 +303,10 @@ async fn a_flood_of_made_up_methods_leaves_metrics_small() {
         .filter(|(_, label, _)| label == "method")
         .map(|(_, _, value)| value)
         .collect();
-    assert!(methods.iter().all(|m| METHOD_LABELS.contains(&m.as_str())), "{methods:?}");
+    assert!(
+        methods.iter().all(|m| METHOD_LABELS.contains(&m.as_str())),
+        "{methods:?}"
+    );
 }
 
 /// The top list counts crates that exist: made-up names requested (each
@@ -343,7 +357,10 @@ async fn made_up_crate_names_never_reach_the_top_list() {
         })
         .collect();
     for name in top.keys() {
-        assert!(!made_up.contains_key(name), "{name} in the top list: {top:?}");
+        assert!(
+            !made_up.contains_key(name),
+            "{name} in the top list: {top:?}"
+        );
     }
     assert_eq!(top.get("abc"), Some(&2), "{top:?}");
     assert_eq!(top.get("a"), Some(&1), "{top:?}");

@@ -77,7 +77,10 @@ async fn chromium_enforces_the_policy_and_the_page_still_works() {
         &format!("JSON.stringify({state})"),
     );
     assert_eq!(browser.eval(&format!("{state}.errors")), "0");
-    assert_eq!(browser.eval("document.getElementById('version').textContent.length > 0"), true);
+    assert_eq!(
+        browser.eval("document.getElementById('version').textContent.length > 0"),
+        true
+    );
     browser.eval(
         "(() => { const s = document.createElement('script'); \
          s.textContent = 'window.injected = true'; document.body.appendChild(s); })()",

@@ -209,9 +209,11 @@ impl Forwarded {
                 Err(_) => elements.push(""),
             }
         }
-        let Some(chosen) = nearest(&elements, |element| {
-            parameter(element, "for").and_then(|v| ip_of(&v))
-        }, proxies) else {
+        let Some(chosen) = nearest(
+            &elements,
+            |element| parameter(element, "for").and_then(|v| ip_of(&v)),
+            proxies,
+        ) else {
             return Self::default();
         };
         Self {
@@ -232,7 +234,7 @@ impl Forwarded {
         };
         let addresses = list("x-forwarded-for");
         // How far from the right the walk over the addresses ends.
-        let from_right = nearest_index(&addresses, |entry| ip_of(entry), proxies)
+        let from_right = nearest_index(&addresses, ip_of, proxies)
             .map_or(0, |at| addresses.len() - 1 - at);
         let pick = |values: Vec<&str>| -> Option<String> {
             let at = if values.len() == addresses.len() {
@@ -334,7 +336,6 @@ fn valid_authority(text: &str) -> bool {
     port_ok && host_ok
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,20 +429,33 @@ mod tests {
         // Past trusted hops (IPv4 and bracketed IPv6), not past the first other one.
         let chain = "for=10.0.0.1;host=evil.example, for=192.0.2.1;host=m.example.com, \
                      for=127.0.0.2;host=inner, for=\"[::1]\";host=inner2";
-        assert_eq!(host(&[("forwarded", chain)]).as_deref(), Some("m.example.com"));
+        assert_eq!(
+            host(&[("forwarded", chain)]).as_deref(),
+            Some("m.example.com")
+        );
         // Every hop trusted: the leftmost, which a trusted proxy wrote.
         assert_eq!(
-            host(&[("forwarded", "for=127.0.0.3;host=m.example.com, for=127.0.0.2;host=x")])
-                .as_deref(),
+            host(&[(
+                "forwarded",
+                "for=127.0.0.3;host=m.example.com, for=127.0.0.2;host=x"
+            )])
+            .as_deref(),
             Some("m.example.com")
         );
         // An unknown or obfuscated sender ends the walk.
         assert_eq!(
-            host(&[("forwarded", "host=evil.example, for=unknown;host=m.example.com")]).as_deref(),
+            host(&[(
+                "forwarded",
+                "host=evil.example, for=unknown;host=m.example.com"
+            )])
+            .as_deref(),
             Some("m.example.com")
         );
         // The nearest proxy names no host: none, whatever the client's elements say.
-        assert_eq!(host(&[("forwarded", "host=evil.example, for=192.0.2.1")]), None);
+        assert_eq!(
+            host(&[("forwarded", "host=evil.example, for=192.0.2.1")]),
+            None
+        );
         // Separate header lines are one list.
         assert_eq!(
             host(&[
@@ -457,7 +471,10 @@ mod tests {
     fn x_forwarded_lists_follow_x_forwarded_for() {
         let appended = [
             ("x-forwarded-for", "127.0.0.9, 192.0.2.1, 127.0.0.2"),
-            ("x-forwarded-host", "evil.example, m.example.com, inner.example"),
+            (
+                "x-forwarded-host",
+                "evil.example, m.example.com, inner.example",
+            ),
             ("x-forwarded-proto", "http, https, http"),
         ];
         let f = forwarded(&appended).unwrap();

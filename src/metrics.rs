@@ -47,6 +47,32 @@ const API_RESULTS: &[(&str, &[&str])] = &[
 /// What the upstream is asked for (the `kind` label of its requests).
 const UPSTREAM_KINDS: &[&str] = &["index", "config", "download", "api"];
 
+/// The `method` label's values: the methods of RFC 9110 and PATCH; any
+/// other token a client sends (and HTTP lets it send any) is `other`, so a
+/// client can never add a series, let alone one with a label of its making.
+pub const METHOD_LABELS: &[&str] = &[
+    "GET",
+    "HEAD",
+    "POST",
+    "PUT",
+    "DELETE",
+    "CONNECT",
+    "OPTIONS",
+    "TRACE",
+    "PATCH",
+    OTHER_METHOD,
+];
+const OTHER_METHOD: &str = "other";
+
+/// The `method` label of a request's method (one of `METHOD_LABELS`).
+pub fn method_label(method: &str) -> &'static str {
+    METHOD_LABELS
+        .iter()
+        .find(|known| **known == method)
+        .copied()
+        .unwrap_or(OTHER_METHOD)
+}
+
 pub use activity::{Activity, ErrorKind, ErrorRecord};
 pub use route::Route;
 
@@ -202,7 +228,7 @@ impl HttpMetrics {
             requests: counter_vec(
                 r,
                 "crate_mirror_http_requests_total",
-                "HTTP requests answered, by route, method and status.",
+                "HTTP requests answered, by route, method (GET, HEAD, ... or other) and status.",
                 &["route", "method", "status"],
             ),
             connections: counter_vec(
@@ -572,6 +598,20 @@ mod tests {
             text.contains("crate_mirror_upstream_requests_total{kind=\"index\",origin=\"prefetch\",status=\"200\"} 1")
         );
         assert!(metrics.activity.upstream_health().last_success_ms > 0);
+    }
+
+    #[test]
+    fn methods_outside_the_fixed_set_are_other() {
+        for known in ["GET", "HEAD", "POST", "PATCH", "TRACE"] {
+            assert_eq!(method_label(known), known);
+        }
+        for made_up in ["get", "FROBNICATE", "", "GETX", &"M".repeat(8192)] {
+            assert_eq!(method_label(made_up), "other", "{made_up:.20}");
+        }
+        // `other` is spelled so that no method can be mistaken for it.
+        assert!(METHOD_LABELS
+            .iter()
+            .all(|m| *m == "other" || m.bytes().all(|b| b.is_ascii_uppercase())));
     }
 
     /// Every family the mirror exports, with its type and labels, by name.

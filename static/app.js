@@ -2,8 +2,9 @@
 // settings once and the cached crates only when their list is opened or
 // searched. No framework, no build step. Everything a client or the upstream
 // could have chosen (paths, names, versions) is written with textContent, never
-// as HTML. Script errors and what has loaded are counted into #dashboard-state,
-// so a headless browser test can see them.
+// as HTML. Script errors, anything the Content-Security-Policy blocked, and what
+// has loaded are counted into #dashboard-state, so a headless browser test can
+// see them.
 "use strict";
 
 const state = document.getElementById("dashboard-state");
@@ -12,6 +13,7 @@ function noteError() {
 }
 window.addEventListener("error", noteError);
 window.addEventListener("unhandledrejection", noteError);
+document.addEventListener("securitypolicyviolation", noteError);
 
 const $ = (id) => document.getElementById(id);
 const HISTORY = 60;

@@ -623,3 +623,103 @@ async fn private_without_metrics_tokens_opens_metrics_and_stats_to_clients_only(
     // The dashboard page itself is open (it asks for a token to read stats).
     assert_eq!(raw_exchange(&mirror.url, "GET", "/", None).0, 200);
 }
+
+/// Proxies that append to the forwarding headers leave the client's own
+/// values on the left: the mirror reads the one its nearest trusted proxy
+/// added (walking from the right past trusted hops, RFC 7239 §7.4), and when
+/// both `Forwarded` and `X-Forwarded-Host` name a host they must agree (it
+/// cannot tell which one its proxy wrote and which one the client did).
+#[tokio::test]
+async fn appended_forwarding_lists_are_read_from_the_nearest_trusted_proxy() {
+    let upstream = TestUpstream::start(&graph_registry(), DlStyle::Plain);
+    let http = client();
+    let proxied = Mirror::builder(&upstream.url)
+        .args(&["--trusted-proxies", "127.0.0.0/8"])
+        .start();
+    let config_of = |headers: &[(&str, &str)]| {
+        let mut request = http.get(format!("{}config.json", proxied.index_url()));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send()
+    };
+    let good = "https://mirror.example.com/api/v1/crates";
+    let cases: &[(&str, &[(&str, &str)])] = &[
+        (
+            "Forwarded appended to the client's",
+            &[(
+                "forwarded",
+                "host=attacker.example;proto=http, for=192.0.2.1;host=mirror.example.com;proto=https",
+            )],
+        ),
+        (
+            "Forwarded on two header lines",
+            &[
+                ("forwarded", "for=10.0.0.1;host=attacker.example;proto=http"),
+                ("forwarded", "for=192.0.2.1;host=mirror.example.com;proto=https"),
+            ],
+        ),
+        (
+            "Forwarded through two trusted proxies",
+            &[(
+                "forwarded",
+                "host=attacker.example, for=192.0.2.1;host=mirror.example.com;proto=https, for=127.0.0.2;host=inner.example;proto=http",
+            )],
+        ),
+        (
+            "X-Forwarded-* appended to the client's",
+            &[
+                ("x-forwarded-for", "198.51.100.7, 192.0.2.1"),
+                ("x-forwarded-host", "attacker.example, mirror.example.com"),
+                ("x-forwarded-proto", "http, https"),
+            ],
+        ),
+        (
+            "X-Forwarded-* through two trusted proxies",
+            &[
+                ("x-forwarded-for", "127.0.0.9, 192.0.2.1, 127.0.0.2"),
+                (
+                    "x-forwarded-host",
+                    "attacker.example, mirror.example.com, inner.example",
+                ),
+                ("x-forwarded-proto", "http, https, http"),
+            ],
+        ),
+        (
+            "X-Forwarded-Host set (not appended) by the proxy",
+            &[
+                ("x-forwarded-for", "127.0.0.9, 192.0.2.1"),
+                ("x-forwarded-host", "mirror.example.com"),
+                ("x-forwarded-proto", "https"),
+            ],
+        ),
+        (
+            "both kinds, agreeing",
+            &[
+                ("forwarded", "for=192.0.2.1;host=mirror.example.com;proto=https"),
+                ("x-forwarded-host", "attacker.example, mirror.example.com"),
+            ],
+        ),
+    ];
+    for (what, headers) in cases {
+        let response = config_of(headers).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{what}");
+        let config: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(config["dl"], good, "{what}");
+    }
+    // One of the two written by the client: refused, not picked.
+    for headers in [
+        [
+            ("forwarded", "host=attacker.example;proto=https"),
+            ("x-forwarded-host", "mirror.example.com"),
+        ],
+        [
+            ("forwarded", "for=192.0.2.1;host=mirror.example.com"),
+            ("x-forwarded-host", "attacker.example"),
+        ],
+    ] {
+        let response = config_of(&headers).await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{headers:?}");
+        assert!(!response.text().await.unwrap().contains("attacker"));
+    }
+}

@@ -27,7 +27,7 @@ pub use facing::ClientFacing;
 use crate::crates::CrateDownload;
 use crate::index::cache::{IndexEntry, IndexFile, IndexLookup};
 use crate::index::path::{decode_segment, parse_index_path, IndexRequest};
-use crate::metrics::{ErrorKind, Route};
+use crate::metrics::{method_label, ErrorKind, Route};
 use crate::names::{CrateName, CrateVersion};
 use crate::AppState;
 
@@ -87,7 +87,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// A JSON route of the dashboard: gated like `/api/stats` (it names crates
-/// and settings), counted under `stats`.
+/// and settings), held to the mirror's own names like the page
+/// (`dashboard::addressed`), counted under `stats`.
 fn dashboard_json<F, Args>(path: &str, handler: F) -> impl actix_web::dev::HttpServiceFactory
 where
     F: actix_web::Handler<Args>,
@@ -95,9 +96,12 @@ where
     F::Output: actix_web::Responder + 'static,
 {
     use actix_web::middleware::from_fn;
+    // The host check wraps the gate: a misdirected request is refused
+    // whatever token it carries.
     web::resource(path)
         .app_data(Route::Stats)
         .wrap(from_fn(auth::stats))
+        .wrap(from_fn(dashboard::addressed))
         .route(web::get().to(handler))
 }
 
@@ -160,8 +164,12 @@ async fn index(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
             config_json(&req, &state).await
         }
         IndexRequest::File(name) => {
-            state.metrics.activity.crate_requested(name.key());
             let lookup = state.index.get(&name).await?;
+            // Only names that exist count toward "most requested": made-up
+            // ones would otherwise fill the list (and push the real ones out).
+            if matches!(*lookup.entry, IndexEntry::Found(_)) {
+                state.metrics.activity.crate_requested(name.key());
+            }
             // The plain body only for a client that does not take gzip: it
             // is made from the compressed copy (or a recent one reused).
             let plain = if accepts_gzip(req.headers()) {
@@ -304,8 +312,10 @@ async fn download(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     };
     let name = CrateName::parse(&decode_segment(name)?)?;
     let version = CrateVersion::parse(&decode_segment(version)?)?;
+    let download = state.crates.download(&name, &version).await?;
+    // Counted once the crate and version proved to exist (see `index`).
     state.metrics.activity.crate_requested(name.key());
-    let (len, body, outcome) = match state.crates.download(&name, &version).await? {
+    let (len, body, outcome) = match download {
         CrateDownload::Redirect(url) => {
             return Ok(HttpResponse::TemporaryRedirect()
                 .insert_header((header::LOCATION, url))
@@ -323,8 +333,10 @@ async fn download(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
 
 /// Longest request target (path and query) accepted; real ones are under 200 bytes.
 const MAX_URI: usize = 2048;
-/// Largest total of request header bytes accepted.
+/// Largest total of request header bytes accepted, pseudo-headers included.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// What each header costs on top of its name and value (`: ` and CRLF).
+const HEADER_OVERHEAD: usize = 4;
 
 /// Whether a GET or HEAD comes with a chunked body. Cargo never sends one,
 /// and a body the handler does not read is still decoded by the server: a
@@ -338,6 +350,20 @@ fn chunked_read(req: &ServiceRequest) -> bool {
     reads && req.headers().contains_key(header::TRANSFER_ENCODING)
 }
 
+/// The bytes of the request's pseudo-headers other than `:path` (which
+/// `MAX_URI` bounds): over h2 `:method`, `:authority` and `:scheme` are
+/// headers like any other and may be as long as the connection allows; over
+/// HTTP/1.1 the method comes in the request line, counted here too.
+fn pseudo_header_bytes(req: &ServiceRequest) -> usize {
+    let uri = req.uri();
+    let pseudo = |name: &str, value: Option<&str>| {
+        value.map_or(0, |v| name.len() + v.len() + HEADER_OVERHEAD)
+    };
+    pseudo(":method", Some(req.method().as_str()))
+        + pseudo(":authority", uri.authority().map(|a| a.as_str()))
+        + pseudo(":scheme", uri.scheme_str())
+}
+
 /// Refuses oversized request targets (414), header sets (431) and reads
 /// with a chunked body (400) before any routing or parsing.
 pub async fn limit_request_size(
@@ -348,8 +374,9 @@ pub async fn limit_request_size(
     let header_bytes: usize = req
         .headers()
         .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum();
+        .map(|(name, value)| name.as_str().len() + value.len() + HEADER_OVERHEAD)
+        .sum::<usize>()
+        + pseudo_header_bytes(&req);
     let refusal = if uri_len > MAX_URI {
         Some(HttpResponse::UriTooLong().body("request target too long\n"))
     } else if header_bytes > MAX_HEADER_BYTES {
@@ -390,6 +417,26 @@ fn version_str(version: actix_web::http::Version) -> &'static str {
     }
 }
 
+/// Longest method and path written to the access log. Its lines wait in a
+/// queue of thousands (see `main`) while the log is slow, so their length is
+/// not the client's to choose: a real method is a few letters and a real
+/// path under 200 bytes; the start of anything longer says what it was.
+const LOGGED_METHOD_BYTES: usize = 32;
+const LOGGED_PATH_BYTES: usize = 512;
+
+/// `text` cut to at most `max` bytes (on a character boundary) with a
+/// trailing `…` when it was longer; borrowed when it was not.
+fn start_of(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end]).into()
+}
+
 /// Counts every request into the metrics and writes its access-log line
 /// (formatted by `crate::access_log`).
 pub async fn record_request<B: MessageBody>(
@@ -418,7 +465,7 @@ pub async fn record_request<B: MessageBody>(
         metrics
             .http
             .requests
-            .with_label_values(&[route, method.as_str(), status.as_str()])
+            .with_label_values(&[route, method_label(method.as_str()), status.as_str()])
             .inc();
         metrics
             .http
@@ -441,8 +488,8 @@ pub async fn record_request<B: MessageBody>(
         }
     }
     crate::access_log::log(&crate::access_log::AccessRecord {
-        method: method.as_str(),
-        path,
+        method: &start_of(method.as_str(), LOGGED_METHOD_BYTES),
+        path: &start_of(path, LOGGED_PATH_BYTES),
         version: version_str(version),
         status: status.as_u16(),
         latency: elapsed,
@@ -459,6 +506,15 @@ mod tests {
         let mut map = HeaderMap::new();
         map.insert(name, HeaderValue::from_static(value));
         map
+    }
+
+    #[test]
+    fn logged_strings_keep_their_start() {
+        assert_eq!(start_of("GET", 32), "GET");
+        let long = "M".repeat(100);
+        assert_eq!(start_of(&long, 32), format!("{}…", &long[..32]));
+        // Never inside a character.
+        assert_eq!(start_of("/ééé", 4), "/é…");
     }
 
     #[test]

@@ -695,3 +695,74 @@ async fn an_import_killed_half_way_leaves_nothing_for_good() {
     assert!(!stale.exists(), "serve removes a gone process's dir");
     assert!(live.join("0.crate").exists(), "a live process's dir stays");
 }
+
+#[tokio::test]
+async fn long_entry_paths_import_and_a_huge_long_name_is_refused_unread() {
+    // A name of 64 characters: its crate's path in the tar is longer than a
+    // tar header holds, so it travels as a GNU long name (as `export`
+    // writes it).
+    let work = tempfile::tempdir().unwrap();
+    let name = "a".repeat(64);
+    let body = b"a long name".to_vec();
+    let bundle = work.path().join("long.tar.gz");
+    assert!(crate_path(&name, "1.0.0").len() > 100);
+    write_bundle(
+        &bundle,
+        &[
+            (
+                index_path(&name),
+                bytes(file_of(&[line(&name, "1.0.0", &sha256_hex(&body), "", false)])),
+            ),
+            (crate_path(&name, "1.0.0"), bytes(body.clone())),
+        ],
+        &[(&name, "1.0.0")],
+    );
+    let data = work.path().join("data");
+    let said = import_ok(&bundle, &data);
+    assert!(said.contains("and 1 crates"), "{said}");
+    let shown = served(&data, &[format!("/api/v1/crates/{name}/1.0.0/download")]).await;
+    assert_eq!(shown, [(200, body)]);
+
+    // A long-name entry of 512 MiB (zeros, a bundle of about half a
+    // megabyte) after the manifest: the tar reader would read all of it
+    // into memory to learn the next entry's path.
+    let hostile = work.path().join("long-name.tar.gz");
+    write_bundle(&hostile, &[], &[]);
+    let manifest = {
+        let file = std::fs::File::open(&hostile).unwrap();
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+        let mut first = archive.entries().unwrap().next().unwrap().unwrap();
+        let mut bytes = Vec::new();
+        first.read_to_end(&mut bytes).unwrap();
+        bytes
+    };
+    let gzip = flate2::write::GzEncoder::new(
+        std::fs::File::create(&hostile).unwrap(),
+        flate2::Compression::fast(),
+    );
+    let mut tar = tar::Builder::new(gzip);
+    let mut header = tar::Header::new_gnu();
+    header.set_size(manifest.len() as u64);
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    tar.append_data(&mut header, "manifest.json", &manifest[..])
+        .unwrap();
+    let mut long = tar::Header::new_gnu();
+    long.set_entry_type(tar::EntryType::GNULongName);
+    long.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+    long.set_size(512 << 20);
+    long.set_mode(0o644);
+    long.set_cksum();
+    tar.append(&long, std::io::repeat(b'a').take(512 << 20))
+        .unwrap();
+    tar.into_inner().unwrap().finish().unwrap();
+    let data = work.path().join("hostile-data");
+    let (kib, output) = peak_rss_kib(
+        &["import", path(&hostile), "--data-dir", path(&data)],
+        work.path(),
+    );
+    let stderr = refused(output);
+    assert!(stderr.len() < 4096, "a short error: {} bytes", stderr.len());
+    assert!(stderr.contains("long name"), "{stderr}");
+    assert!(kib < 256 * 1024, "peak RSS {kib} KiB: the long name was read");
+}

@@ -72,7 +72,10 @@ fn line(name: &str, vers: &str, cksum: &str, deps: &str, yanked: bool) -> String
 }
 
 fn file_of(lines: &[String]) -> Vec<u8> {
-    lines.iter().flat_map(|l| format!("{l}\n").into_bytes()).collect()
+    lines
+        .iter()
+        .flat_map(|l| format!("{l}\n").into_bytes())
+        .collect()
 }
 
 /// A bundle at `out`: the manifest (every entry's size and sha256, `crates`
@@ -437,7 +440,10 @@ async fn a_stored_crate_is_existing_even_without_its_index_line() {
     let good = line("orphan", "1.0.0", &sha256_hex(&stored), "", false);
     write_bundle(
         &bundle,
-        &[(index_path("orphan"), bytes(file_of(&[good.clone()])))],
+        &[(
+            index_path("orphan"),
+            bytes(file_of(std::slice::from_ref(&good))),
+        )],
         &[],
     );
     import_ok(&bundle, &data);
@@ -480,10 +486,7 @@ async fn a_crate_over_the_size_limit_is_refused_and_not_stored() {
         "names the entry and the setting: {stderr}"
     );
     assert!(walk(&data.join("crates")).is_empty());
-    assert!(
-        walk(&data.join("tmp")).is_empty(),
-        "nothing staged is left"
-    );
+    assert!(walk(&data.join("tmp")).is_empty(), "nothing staged is left");
 
     // The limit is a setting: raised, the same bundle imports.
     let output = import(&bundle, &data, &["--import-max-crate-size", "128MiB"]);
@@ -711,7 +714,13 @@ async fn long_entry_paths_import_and_a_huge_long_name_is_refused_unread() {
         &[
             (
                 index_path(&name),
-                bytes(file_of(&[line(&name, "1.0.0", &sha256_hex(&body), "", false)])),
+                bytes(file_of(&[line(
+                    &name,
+                    "1.0.0",
+                    &sha256_hex(&body),
+                    "",
+                    false,
+                )])),
             ),
             (crate_path(&name, "1.0.0"), bytes(body.clone())),
         ],
@@ -765,7 +774,10 @@ async fn long_entry_paths_import_and_a_huge_long_name_is_refused_unread() {
         "bundle {} bytes, peak RSS {kib} KiB",
         std::fs::metadata(&hostile).unwrap().len()
     );
-    assert!(kib < 256 * 1024, "peak RSS {kib} KiB: the long name was read");
+    assert!(
+        kib < 256 * 1024,
+        "peak RSS {kib} KiB: the long name was read"
+    );
     let stderr = refused(output);
     assert!(stderr.len() < 4096, "a short error: {} bytes", stderr.len());
     assert!(stderr.contains("long name"), "{stderr}");

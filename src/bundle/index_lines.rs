@@ -333,7 +333,10 @@ mod tests {
             .replace(r#""cksum":"00""#, r#""cksum":"01""#)
             .replace(r#""deps":[]"#, r#""deps":[{"name":"b"}]"#)]);
         let err = merge("a", Some(&old), &deps).unwrap_err().to_string();
-        assert!(err.contains("a 1.0.0") && err.contains("cksum and deps differ"), "{err}");
+        assert!(
+            err.contains("a 1.0.0") && err.contains("cksum and deps differ"),
+            "{err}"
+        );
         let twice = file(&[line("2.0.0", false), line("2.0.0", true)]);
         assert_eq!(
             merge("a", None, &twice).unwrap_err(),
@@ -347,9 +350,8 @@ mod tests {
     #[test]
     fn line_check_streams_and_finds_a_version_twice_across_chunks() {
         let cksum = "ab".repeat(32);
-        let good = |vers: &str| {
-            format!(r#"{{"name":"A","vers":"{vers}","deps":[],"cksum":"{cksum}"}}"#)
-        };
+        let good =
+            |vers: &str| format!(r#"{{"name":"A","vers":"{vers}","deps":[],"cksum":"{cksum}"}}"#);
         let body = file(&[good("1.0.0"), good("1.1.0")]);
         for chunk in [1, 7, body.len()] {
             let mut check = LineCheck::new("a", ["1.1.0", "9.0.0"]);

@@ -40,7 +40,9 @@ pub enum BundleError {
         size: String,
         limit: String,
     },
-    #[error("the bundle decompresses to {size}, more than import-max-bundle-size allows ({limit})")]
+    #[error(
+        "the bundle decompresses to {size}, more than import-max-bundle-size allows ({limit})"
+    )]
     BundleTooLarge { size: String, limit: String },
 }
 

@@ -288,10 +288,14 @@ pub fn read_and_verify(
         if entry.header().entry_type() != tar::EntryType::Regular {
             return Err(damaged("not a regular file".into()));
         }
-        let target = staging.join(format!("{}.{}", seen.len(), match kind {
-            Kind::Crate => "crate",
-            Kind::Index(_) => "index",
-        }));
+        let target = staging.join(format!(
+            "{}.{}",
+            seen.len(),
+            match kind {
+                Kind::Crate => "crate",
+                Kind::Index(_) => "index",
+            }
+        ));
         let io = |source| BundleError::Io {
             path: target.display().to_string(),
             source,
@@ -310,9 +314,7 @@ pub fn read_and_verify(
         // more tells a longer entry.
         let mut reader = (&mut entry).take(listed.size + 1);
         loop {
-            let n = reader
-                .read(&mut buffer)
-                .map_err(|e| entries.truncated(e))?;
+            let n = reader.read(&mut buffer).map_err(|e| entries.truncated(e))?;
             if n == 0 {
                 break;
             }

@@ -117,19 +117,14 @@ fn merge_staged(
 ) -> Result<(crate::bundle::index_lines::Merged, bool), ImportError> {
     let what = || format!("index file {key}");
     let incoming = std::fs::read(staged).map_err(|e| ImportError::store(what(), e))?;
-    let stored = index
-        .load(key)
-        .map_err(|e| ImportError::store(what(), e))?;
+    let stored = index.load(key).map_err(|e| ImportError::store(what(), e))?;
     let merged = merge(key, stored.as_ref().map(|s| &s.body[..]), &incoming)?;
     let changed = stored.is_none_or(|s| s.body[..] != merged.body[..]);
     Ok((merged, changed))
 }
 
 /// The sha256 of what `store` holds at `key`, if anything.
-async fn stored_sha256(
-    store: &dyn CrateStore,
-    key: &str,
-) -> Result<Option<String>, ImportError> {
+async fn stored_sha256(store: &dyn CrateStore, key: &str) -> Result<Option<String>, ImportError> {
     let Some(mut object) = store
         .get(key)
         .await

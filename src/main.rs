@@ -358,7 +358,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Runtime::new()?;
             let report = runtime.block_on(async {
                 let state = crate_mirror::AppState::open(&config).await?;
-                anyhow::Ok(crate_mirror::commands::import::import(&state, &args.bundle).await?)
+                let limits = crate_mirror::bundle::read::ImportLimits {
+                    max_crate_bytes: config.import_max_crate_bytes,
+                    max_bundle_bytes: config.import_max_bundle_bytes,
+                };
+                let imported = crate_mirror::commands::import::import(&state, &args.bundle, limits);
+                anyhow::Ok(imported.await?)
             })?;
             println!("{report}");
             Ok(ExitCode::SUCCESS)

@@ -32,6 +32,18 @@ pub enum BundleError {
     Missing(String),
     #[error("the bundle is cut short or damaged after entry {after}: {reason}")]
     Truncated { after: String, reason: String },
+    /// A file the manifest lists is larger than an import takes (sizes for
+    /// people, `limit` says which limit and how it is set).
+    #[error("entry {entry} is {size}, {limit}")]
+    TooLarge {
+        entry: String,
+        size: String,
+        limit: String,
+    },
+    #[error(
+        "the bundle decompresses to {size}, more than import-max-bundle-size allows ({limit})"
+    )]
+    BundleTooLarge { size: String, limit: String },
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

@@ -542,6 +542,30 @@ pub static MAX_STORAGE: Setting<u64> = Setting {
     parse: parse_size,
 };
 
+pub static IMPORT_MAX_CRATE_SIZE: Setting<u64> = Setting {
+    about: About {
+        key: "import-max-crate-size",
+        value_name: "SIZE",
+        fallback: Fallback::Value("64MiB"),
+        help: "Largest .crate file `import` takes from a bundle",
+        kind: Kind::Value,
+        secret: false,
+    },
+    parse: parse_size,
+};
+
+pub static IMPORT_MAX_BUNDLE_SIZE: Setting<u64> = Setting {
+    about: About {
+        key: "import-max-bundle-size",
+        value_name: "SIZE",
+        fallback: Fallback::Value("64GiB"),
+        help: "Most bytes `import` decompresses and stages from one bundle",
+        kind: Kind::Value,
+        secret: false,
+    },
+    parse: parse_size,
+};
+
 pub static S3_REDIRECT: Setting<bool> = Setting {
     about: About {
         key: "s3-redirect",
@@ -665,6 +689,8 @@ pub static SETTINGS: &[&dyn AnySetting] = &[
     &TLS_KEY,
     &STORAGE,
     &MAX_STORAGE,
+    &IMPORT_MAX_CRATE_SIZE,
+    &IMPORT_MAX_BUNDLE_SIZE,
     &S3_REDIRECT,
     &AWS_ACCESS_KEY_ID,
     &AWS_SECRET_ACCESS_KEY,

@@ -104,6 +104,10 @@ pub struct Config {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// `None` when prefetch is off.
     pub prefetch: Option<PrefetchPolicy>,
+    /// The largest `.crate` file an import takes from a bundle.
+    pub import_max_crate_bytes: u64,
+    /// The most bytes an import decompresses and stages from one bundle.
+    pub import_max_bundle_bytes: u64,
     /// Every setting as an operator may see it (secrets hidden).
     pub shown: Vec<ShownSetting>,
 }
@@ -221,6 +225,8 @@ impl RawSettings {
             tls: self.tls()?,
             // Nothing to prefetch from offline.
             prefetch: if offline { None } else { self.prefetch()? },
+            import_max_crate_bytes: self.value(&IMPORT_MAX_CRATE_SIZE)?,
+            import_max_bundle_bytes: self.value(&IMPORT_MAX_BUNDLE_SIZE)?,
             shown: self.shown(),
         })
     }

@@ -325,3 +325,67 @@ impl DataDir {
         std::fs::rename(&partial, &path)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn damaged_copies(root: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(root)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().contains("sled.damaged-"))
+            .collect()
+    }
+
+    /// A lock held by another opener is not damage: the start stops, and
+    /// the database stays where it is.
+    #[tokio::test]
+    async fn a_database_in_use_is_not_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DataDir::open(dir.path(), Duration::ZERO).await.unwrap();
+        assert_eq!(first.start(), &DatabaseStart::default());
+        let second = DataDir::open(dir.path(), Duration::ZERO).await;
+        assert!(
+            matches!(second, Err(StartError::DatabaseInUse { .. })),
+            "{:?}",
+            second.err()
+        );
+        assert!(damaged_copies(dir.path()).is_empty());
+    }
+
+    /// sled panics on some damaged files (a large log cut short) rather
+    /// than answering an error: that is damage too.
+    #[tokio::test]
+    async fn a_panic_in_sleds_recovery_counts_as_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let data = DataDir::open(dir.path(), Duration::ZERO).await.unwrap();
+            let tree = data.db().open_tree("index").unwrap();
+            for i in 0..2000u32 {
+                let value: Vec<u8> = (0..3000u32).map(|j| ((i * 31 + j * 7) % 251) as u8).collect();
+                tree.insert(format!("crate{i:05}"), value).unwrap();
+            }
+            data.flush().unwrap();
+        }
+        let db = dir.path().join(DB_DIR).join("db");
+        let len = std::fs::metadata(&db).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&db)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+        let data = DataDir::open(dir.path(), Duration::ZERO).await.unwrap();
+        let start = data.start();
+        assert!(start.rebuilt_at_start, "{start:?}");
+        assert!(
+            start.damage.as_deref().is_some_and(|d| d.contains("panicked")),
+            "{start:?}"
+        );
+        assert_eq!(start.index_files_lost_at_start, 2000);
+        assert_eq!(damaged_copies(dir.path()), vec![start.damaged_copy.clone().unwrap()]);
+        assert!(data.index_store().is_empty());
+    }
+}

@@ -243,3 +243,49 @@ async fn garbled_pages_lose_records_and_each_is_logged() {
     CargoHome::new(&mirror.index_url()).run_ok(app.path(), target.path(), &["fetch"]);
     assert_eq!(upstream.count_matching("/dl/"), downloads_before);
 }
+
+/// A record sled reads back fine but that is not one of ours (damage sled's
+/// checksums did not catch, or a bad write) is logged with its crate,
+/// counted, and fetched again: not an error on every lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_record_is_logged_counted_and_fetched_again() {
+    let (upstream, _temp, data, _manifest, _) = filled_cache();
+    let name = "layer0-crate000";
+    {
+        let dir = crate_mirror::data_dir::DataDir::open(&data, Duration::ZERO)
+            .await
+            .unwrap();
+        let index = dir.db().open_tree("index").unwrap();
+        assert!(index.contains_key(name).unwrap(), "{name} was cached");
+        index.insert(name, &b"\xff\xff\xff\x7fnot a record"[..]).unwrap();
+        dir.flush().unwrap();
+    }
+    let fetched_before = upstream.count(&index_path(name));
+
+    let mirror = Mirror::builder(&upstream.url)
+        .data_dir(&data)
+        .args(&["--prefetch", "off"])
+        .start();
+    for _ in 0..2 {
+        let response = mirror.get(&index_path(name)).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.text().await.unwrap(),
+            upstream.index_body(name).unwrap()
+        );
+    }
+    assert_eq!(upstream.count(&index_path(name)), fetched_before + 1, "fetched again, once");
+    let log = mirror.log();
+    let named: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("WARN") && line.contains(&format!("krate={name}")))
+        .collect();
+    assert_eq!(named.len(), 1, "{log}");
+    assert!(named[0].contains("undecodable"), "{}", named[0]);
+    let metrics = mirror.metrics().await;
+    assert_eq!(
+        metrics.get("crate_mirror_index_records_lost_total{reason=\"undecodable\"}"),
+        Some(&1.0),
+        "{metrics:?}"
+    );
+}

@@ -189,9 +189,12 @@ fn open_or_rebuild(
     flush_every: Option<u64>,
 ) -> Result<(sled::Db, IndexStore, DatabaseStart), StartError> {
     let db_path = root.join(DB_DIR);
-    let listed = take_key_list(&root.join(KEY_LIST));
+    // Taken only once the database is open or known damaged: a start that
+    // stops (a database in use) leaves the list to the start that follows.
+    let key_list = root.join(KEY_LIST);
     let damage = match open_db(&db_path, flush_every) {
         Ok((db, index_store)) => {
+            let listed = take_key_list(&key_list);
             let lost = listed.map_or(0, |listed| report_lost(&listed, &index_store));
             let start = DatabaseStart {
                 index_files_lost_at_start: lost,
@@ -202,6 +205,7 @@ fn open_or_rebuild(
         Err(OpenFailure::Failed(err)) => return Err(err),
         Err(OpenFailure::Damaged(why)) => why,
     };
+    let listed = take_key_list(&key_list);
     let aside = move_aside(&db_path).map_err(|source| StartError::DataDir {
         path: db_path.clone(),
         source,
@@ -364,7 +368,9 @@ mod tests {
             let data = DataDir::open(dir.path(), Duration::ZERO).await.unwrap();
             let tree = data.db().open_tree("index").unwrap();
             for i in 0..2000u32 {
-                let value: Vec<u8> = (0..3000u32).map(|j| ((i * 31 + j * 7) % 251) as u8).collect();
+                let value: Vec<u8> = (0..3000u32)
+                    .map(|j| ((i * 31 + j * 7) % 251) as u8)
+                    .collect();
                 tree.insert(format!("crate{i:05}"), value).unwrap();
             }
             data.flush().unwrap();
@@ -381,11 +387,17 @@ mod tests {
         let start = data.start();
         assert!(start.rebuilt_at_start, "{start:?}");
         assert!(
-            start.damage.as_deref().is_some_and(|d| d.contains("panicked")),
+            start
+                .damage
+                .as_deref()
+                .is_some_and(|d| d.contains("panicked")),
             "{start:?}"
         );
         assert_eq!(start.index_files_lost_at_start, 2000);
-        assert_eq!(damaged_copies(dir.path()), vec![start.damaged_copy.clone().unwrap()]);
+        assert_eq!(
+            damaged_copies(dir.path()),
+            vec![start.damaged_copy.clone().unwrap()]
+        );
         assert!(data.index_store().is_empty());
     }
 }

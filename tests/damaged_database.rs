@@ -48,7 +48,13 @@ fn index_requests(upstream: &TestUpstream) -> usize {
 /// A cache filled by `cargo fetch` of a layered graph, then stopped (its
 /// database flushed). Returns the upstream, the data dir's temp parent, the
 /// data dir, the manifest and the crates' names.
-fn filled_cache() -> (TestUpstream, tempfile::TempDir, PathBuf, String, Vec<String>) {
+fn filled_cache() -> (
+    TestUpstream,
+    tempfile::TempDir,
+    PathBuf,
+    String,
+    Vec<String>,
+) {
     let (specs, manifest) = layered_graph(3, 6);
     let mut names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
     names.dedup();
@@ -84,7 +90,8 @@ fn crate_files(data: &Path) -> usize {
 async fn a_truncated_database_is_moved_aside_and_the_cache_rebuilt() {
     let (upstream, _temp, data, manifest, _) = filled_cache();
     let stored = crate_files(&data);
-    let (index_before, downloads_before) = (index_requests(&upstream), upstream.count_matching("/dl/"));
+    let (index_before, downloads_before) =
+        (index_requests(&upstream), upstream.count_matching("/dl/"));
     assert!(downloads_before > 0 && index_before > 0);
 
     // A full disk or a bad restore: every file of sled cut to half.
@@ -125,7 +132,11 @@ async fn a_truncated_database_is_moved_aside_and_the_cache_rebuilt() {
         "the line names where the damaged copy is: {}",
         said[0]
     );
-    assert!(said[0].contains("WARN") || said[0].contains("ERROR"), "{}", said[0]);
+    assert!(
+        said[0].contains("WARN") || said[0].contains("ERROR"),
+        "{}",
+        said[0]
+    );
 
     // /ready says so, and the node is ready: it can serve.
     let ready = mirror.get("/ready").await;
@@ -147,7 +158,11 @@ async fn a_truncated_database_is_moved_aside_and_the_cache_rebuilt() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(objects, Some(stored as u64), "the storage count was rebuilt");
+    assert_eq!(
+        objects,
+        Some(stored as u64),
+        "the storage count was rebuilt"
+    );
 
     // Cargo resolves and fetches through it, on a new CARGO_HOME: the index
     // files come from the upstream again, the crates from storage.
@@ -215,12 +230,19 @@ async fn garbled_pages_lose_records_and_each_is_logged() {
             lost.push(name.clone());
         }
     }
-    assert!(!lost.is_empty(), "the garbling lost nothing: the test shows nothing");
+    assert!(
+        !lost.is_empty(),
+        "the garbling lost nothing: the test shows nothing"
+    );
     let log = mirror.log();
     for name in &cached {
         let named: Vec<&str> = log
             .lines()
-            .filter(|line| line.contains("WARN") && line.contains("lost") && line.contains(&format!("krate={name}")))
+            .filter(|line| {
+                line.contains("WARN")
+                    && line.contains("lost")
+                    && line.contains(&format!("krate={name}"))
+            })
             .collect();
         let expected = usize::from(lost.contains(name));
         assert_eq!(named.len(), expected, "{name} (lost: {lost:?}):\n{log}");
@@ -230,7 +252,9 @@ async fn garbled_pages_lose_records_and_each_is_logged() {
         .iter()
         .map(|reason| {
             metrics
-                .get(&format!("crate_mirror_index_records_lost_total{{reason=\"{reason}\"}}"))
+                .get(&format!(
+                    "crate_mirror_index_records_lost_total{{reason=\"{reason}\"}}"
+                ))
                 .copied()
                 .unwrap_or_default()
         })
@@ -257,7 +281,9 @@ async fn an_undecodable_record_is_logged_counted_and_fetched_again() {
             .unwrap();
         let index = dir.db().open_tree("index").unwrap();
         assert!(index.contains_key(name).unwrap(), "{name} was cached");
-        index.insert(name, &b"\xff\xff\xff\x7fnot a record"[..]).unwrap();
+        index
+            .insert(name, &b"\xff\xff\xff\x7fnot a record"[..])
+            .unwrap();
         dir.flush().unwrap();
     }
     let fetched_before = upstream.count(&index_path(name));
@@ -274,7 +300,11 @@ async fn an_undecodable_record_is_logged_counted_and_fetched_again() {
             upstream.index_body(name).unwrap()
         );
     }
-    assert_eq!(upstream.count(&index_path(name)), fetched_before + 1, "fetched again, once");
+    assert_eq!(
+        upstream.count(&index_path(name)),
+        fetched_before + 1,
+        "fetched again, once"
+    );
     let log = mirror.log();
     let named: Vec<&str> = log
         .lines()

@@ -141,6 +141,11 @@ impl AppState {
     pub async fn open(config: &Config) -> Result<Self, StartError> {
         let data = DataDir::open(&config.data_dir, config.db_flush_interval).await?;
         let metrics = Arc::new(Metrics::new());
+        metrics
+            .index
+            .records_lost
+            .with_label_values(&["missing"])
+            .inc_by(data.start().index_files_lost_at_start);
         let upstream = Arc::new(
             UpstreamClient::from_config(config, metrics.clone())?
                 .with_config_store(data.tree("upstream")?),
@@ -183,6 +188,7 @@ impl AppState {
             data.db().clone(),
             upstream.clone(),
             stores.s3().cloned(),
+            data.start().clone(),
         );
         Ok(Self {
             index,

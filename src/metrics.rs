@@ -105,6 +105,10 @@ pub struct IndexMetrics {
     pub lookups: IntCounterVec,
     pub negative_hits: IntCounter,
     pub store_loads: IntCounter,
+    /// Stored index files lost to a damaged database, by how it showed:
+    /// `missing` (stored at the last stop, gone at the start), `undecodable`
+    /// (read, but not a record of ours), `unreadable` (sled failed to read it).
+    pub records_lost: IntCounterVec,
     pub not_modified: IntCounter,
     /// Index files stored in sled (a gauge set from the store's counter).
     pub files: IntGauge,
@@ -272,6 +276,19 @@ impl IndexMetrics {
                 "crate_mirror_index_store_loads_total",
                 "Index files read from sled into memory.",
             ),
+            records_lost: {
+                let lost = counter_vec(
+                    r,
+                    "crate_mirror_index_records_lost_total",
+                    "Stored index files lost to a damaged database (fetched again), by how it showed: missing, undecodable, unreadable.",
+                    &["reason"],
+                );
+                // The fixed label set, exported at 0 from the start.
+                for reason in ["missing", "undecodable", "unreadable"] {
+                    lost.with_label_values(&[reason]);
+                }
+                lost
+            },
             not_modified: counter(
                 r,
                 "crate_mirror_index_upstream_not_modified_total",
@@ -646,6 +663,11 @@ mod tests {
         ("crate_mirror_index_memory_bytes", "gauge", &[]),
         ("crate_mirror_index_memory_plain_bytes", "gauge", &[]),
         ("crate_mirror_index_negative_hits_total", "counter", &[]),
+        (
+            "crate_mirror_index_records_lost_total",
+            "counter",
+            &["reason"],
+        ),
         ("crate_mirror_index_store_loads_total", "counter", &[]),
         (
             "crate_mirror_index_upstream_not_modified_total",

@@ -2,11 +2,18 @@
 //! it depends on (the data dir, the database, the crate store). The upstream
 //! is reported but never gates readiness: a pod restarted during an upstream
 //! outage must still take traffic, since that is when its cache matters most.
+//!
+//! A database found damaged at start and replaced by an empty one is
+//! reported (`database`), and does not gate readiness either: the new
+//! database answers, crates are served from storage and index files are
+//! fetched again, so the node serves; keeping it out of the service would
+//! keep it out until the next restart, for damage already dealt with.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::data_dir::DatabaseStart;
 use crate::storage::s3::S3Store;
 use crate::upstream::UpstreamClient;
 
@@ -37,6 +44,9 @@ pub struct Readiness {
     /// Why the store does not answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storage_error: Option<String>,
+    /// Information only: what the start found of the database (damaged and
+    /// rebuilt, where the damaged copy is, index files lost).
+    pub database: DatabaseStart,
 }
 
 /// What `/ready` reports of the upstream, without gating on it.
@@ -65,6 +75,7 @@ impl Readiness {
             upstream_circuit_open: upstream.circuit_open,
             storage_ok: storage.is_ok(),
             storage_error: storage.err(),
+            database: DatabaseStart::default(),
         }
     }
 }
@@ -77,6 +88,8 @@ pub struct ReadinessProbe {
     upstream: Arc<UpstreamClient>,
     /// The S3 backend, when in use (local storage is the data dir, probed above).
     s3: Option<Arc<S3Store>>,
+    /// What the start found of the database, reported as it is.
+    database: DatabaseStart,
 }
 
 impl ReadinessProbe {
@@ -85,12 +98,14 @@ impl ReadinessProbe {
         db: sled::Db,
         upstream: Arc<UpstreamClient>,
         s3: Option<Arc<S3Store>>,
+        database: DatabaseStart,
     ) -> Self {
         Self {
             tmp_dir,
             db,
             upstream,
             s3,
+            database,
         }
     }
 
@@ -118,7 +133,10 @@ impl ReadinessProbe {
             config_fetch_ok: self.upstream.config_fetch_ok(),
             circuit_open: self.upstream.circuit_open(),
         };
-        Readiness::from_probes(data_dir_writable, database_open, upstream, storage)
+        Readiness {
+            database: self.database.clone(),
+            ..Readiness::from_probes(data_dir_writable, database_open, upstream, storage)
+        }
     }
 }
 

@@ -234,8 +234,8 @@ impl Forwarded {
         };
         let addresses = list("x-forwarded-for");
         // How far from the right the walk over the addresses ends.
-        let from_right = nearest_index(&addresses, ip_of, proxies)
-            .map_or(0, |at| addresses.len() - 1 - at);
+        let from_right =
+            nearest_index(&addresses, ip_of, proxies).map_or(0, |at| addresses.len() - 1 - at);
         let pick = |values: Vec<&str>| -> Option<String> {
             let at = if values.len() == addresses.len() {
                 values.len().checked_sub(1 + from_right)?

@@ -970,25 +970,61 @@ impl Inner {
         self.stored(key).await
     }
 
-    /// The copy in sled, if any.
+    /// The copy in sled, if any. A record that is damaged (not a record of
+    /// ours, or one sled cannot read) is logged with its crate, counted,
+    /// removed and treated as absent: the file is fetched again, once,
+    /// rather than every lookup failing on it.
     async fn stored(&self, key: &str) -> Result<Option<Arc<IndexEntry>>, IndexError> {
         let store = self.store.clone();
         let owned = key.to_string();
         let ttl = self.policy.ttl;
         let clock = self.clock.clone();
-        let entry = blocking(move || {
-            let Some(stored) = store.load_compressed(&owned)? else {
-                return Ok(None);
+        let loaded = blocking(move || {
+            let load = || -> Result<Option<IndexFile>, StoreError> {
+                let Some(stored) = store.load_compressed(&owned)? else {
+                    return Ok(None);
+                };
+                let written_plain = !stored.header.gzip;
+                let file = IndexFile::from_stored(stored, &owned, ttl, &clock)?;
+                if written_plain {
+                    // From an earlier version: stored gzip'd from now on.
+                    store.save(&owned, &file.to_stored())?;
+                }
+                Ok(Some(file))
             };
-            let written_plain = !stored.header.gzip;
-            let file = IndexFile::from_stored(stored, &owned, ttl, &clock)?;
-            if written_plain {
-                // From an earlier version: stored gzip'd from now on.
-                store.save(&owned, &file.to_stored())?;
+            match load() {
+                Ok(file) => Ok(Ok(file)),
+                Err(err) if err.is_damage() => {
+                    // Best effort: if sled cannot remove it either, the
+                    // refetched copy's save replaces it.
+                    let _ = store.remove(&owned);
+                    Ok(Err(err))
+                }
+                Err(err) => Err(err.into()),
             }
-            Ok(Some(IndexEntry::Found(file)))
         })
         .await?;
+        let entry = match loaded {
+            Ok(file) => file.map(IndexEntry::Found),
+            Err(err) => {
+                let reason = match err {
+                    StoreError::Corrupt(_) => "undecodable",
+                    StoreError::Sled(_) => "unreadable",
+                };
+                self.metrics
+                    .index
+                    .records_lost
+                    .with_label_values(&[reason])
+                    .inc();
+                tracing::warn!(
+                    krate = %key,
+                    reason,
+                    error = %err,
+                    "index file lost from the damaged database: fetched again from the upstream"
+                );
+                None
+            }
+        };
         if entry.is_some() {
             self.metrics.index.store_loads.inc();
         }

@@ -29,6 +29,32 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// Whether this says the record (or the database under it) is damaged,
+    /// rather than that the database cannot be reached.
+    pub fn is_damage(&self) -> bool {
+        match self {
+            StoreError::Corrupt(_) => true,
+            StoreError::Sled(err) => is_sled_damage(err),
+        }
+    }
+}
+
+/// Whether sled's error says the database's files are damaged (rather than
+/// that they cannot be reached: a lock held by another process, a
+/// permission, a missing dir, which moving the database aside would not
+/// mend and would turn a good cache into an empty one).
+pub fn is_sled_damage(err: &sled::Error) -> bool {
+    match err {
+        sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) => true,
+        sled::Error::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+        ),
+        _ => false,
+    }
+}
+
 /// One index file as persisted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredIndex {
@@ -195,6 +221,19 @@ impl IndexStore {
             self.count.fetch_sub(1, Ordering::Relaxed);
         }
         Ok(removed)
+    }
+
+    /// Whether a record is stored under `key` (its value is not decoded).
+    pub fn contains(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.tree.contains_key(key)?)
+    }
+
+    /// Every stored key, in key order, without reading the records.
+    pub fn keys(&self) -> impl Iterator<Item = Result<String, StoreError>> + '_ {
+        self.tree
+            .iter()
+            .keys()
+            .map(|key| Ok(String::from_utf8_lossy(&key?).into_owned()))
     }
 
     /// Every stored index file, by key, in key order.

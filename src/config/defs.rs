@@ -382,6 +382,18 @@ pub static MAX_CONNECTIONS: Setting<usize> = Setting {
     parse: parse_count,
 };
 
+pub static KEEP_ALIVE: Setting<Duration> = Setting {
+    about: About {
+        key: "keep-alive",
+        value_name: "SECONDS",
+        fallback: Fallback::Value("75"),
+        help: "Seconds an idle client connection is kept open; also how long an HTTP/2 client has to answer a PING",
+        kind: Kind::Value,
+        secret: false,
+    },
+    parse: parse_positive_seconds,
+};
+
 pub static UPSTREAM_CONCURRENCY: Setting<usize> = Setting {
     about: About {
         key: "upstream-concurrency",
@@ -636,6 +648,7 @@ pub static SETTINGS: &[&dyn AnySetting] = &[
     &UPSTREAM_REDIRECT_HOSTS,
     &WORKERS,
     &MAX_CONNECTIONS,
+    &KEEP_ALIVE,
     &UPSTREAM_CONCURRENCY,
     &SHUTDOWN_TIMEOUT,
     &DB_FLUSH_INTERVAL,

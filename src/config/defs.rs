@@ -374,8 +374,8 @@ pub static MAX_CONNECTIONS: Setting<usize> = Setting {
     about: About {
         key: "max-connections",
         value_name: "N",
-        fallback: Fallback::Value("4096"),
-        help: "Concurrent client connections per worker",
+        fallback: Fallback::Value("1024"),
+        help: "Concurrent client connections per worker (each HTTP/1.1 connection may keep up to ~136 KiB of buffers)",
         kind: Kind::Value,
         secret: false,
     },

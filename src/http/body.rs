@@ -20,13 +20,16 @@ use crate::storage::ByteStream;
 pub const SLICE: usize = 16 * 1024;
 
 /// The HTTP/1 write buffer: actix fills it with slices until it holds this
-/// much, then writes it to the socket. Every HTTP/1.1 connection keeps the
-/// capacity its buffer grew to for as long as it lives, idle or not: up to
-/// this plus one slice plus a response head, about 33 KiB here. At 112 KiB
-/// (fewer `send` calls for large bodies, measured against nginx) 2,000 busy
-/// connections held over 250 MB; what is traded is two slices per `send`
-/// instead of seven for bodies over 32 KiB (most index files are smaller).
-pub const WRITE_BUFFER: usize = 32 * 1024;
+/// much, then writes it to the socket, so bigger means fewer `send` calls. But
+/// actix frees a buffer whose capacity grew past 128 KiB after each response,
+/// and the buffer can hold up to this plus one slice plus a response head:
+/// 112 KiB is the largest that never crosses that line. An idle keep-alive
+/// connection keeps what its buffer grew to: measured with
+/// `tests/connections.rs` (2,000 idle connections after hot index files of
+/// up to ~50 KB, mimalloc), 112 KiB cost the least resident memory, about
+/// 17 KiB a connection; 32 KiB cost 51 and 16 KiB 35 (the buffer is then
+/// regrown and reallocated, not reused).
+pub const WRITE_BUFFER: usize = 112 * 1024;
 
 /// A body sent in `SLICE`-sized pieces: one shared buffer, or a stream whose
 /// chunks (whole files read from disk, 256 KiB reads) are cut up as they come.

@@ -34,4 +34,3 @@ pub(crate) fn release_thread_memory() {
         unsafe { mi_collect(true) }
     }
 }
-

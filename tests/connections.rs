@@ -204,14 +204,19 @@ async fn a_hostile_http2_client_is_bounded_to_100_streams_and_still_answered() {
         .args(&["--upstream-concurrency", "2000", "--prefetch", "off"])
         .start();
     // Every request for the made-up crates waits at the upstream until released.
-    upstream.switches.held.lock().unwrap().push("hostile".into());
+    upstream
+        .switches
+        .held
+        .lock()
+        .unwrap()
+        .push("hostile".into());
     let streams = 1000;
     let conns = hostile_streams(&mirror, 1, streams).await;
     let at_once = settled(|| upstream.count_matching("hostile")).await;
     upstream.switches.held.lock().unwrap().clear();
     let (seen, reader) = conns.into_iter().next().unwrap();
     reader.await.unwrap();
-    let seen = seen.lock().unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
 
     let advertised = seen
         .settings
@@ -240,7 +245,9 @@ async fn a_hostile_http2_client_is_bounded_to_100_streams_and_still_answered() {
     let samples = mirror.metrics().await;
     let refused: f64 = samples
         .iter()
-        .filter(|(k, _)| k.contains("crate_mirror_http_requests_total") && k.contains("status=\"429\""))
+        .filter(|(k, _)| {
+            k.contains("crate_mirror_http_requests_total") && k.contains("status=\"429\"")
+        })
         .map(|(_, v)| v)
         .sum();
     assert!(
@@ -260,7 +267,10 @@ async fn four_hostile_connections_hold_bounded_memory() {
     let mirror = Mirror::builder(&upstream.url)
         .args(&["--upstream-concurrency", "20000", "--prefetch", "off"])
         .start();
-    upstream.switches.delay_ms.store(20_000, std::sync::atomic::Ordering::SeqCst);
+    upstream
+        .switches
+        .delay_ms
+        .store(20_000, std::sync::atomic::Ordering::SeqCst);
     let before = mirror.status_kib("VmRSS");
     let conns = hostile_streams(&mirror, 4, 3000).await;
     let at_once = settled(|| upstream.count_matching("hostile")).await;

@@ -83,7 +83,13 @@ fn frozen_fetch_succeeds(tls: bool) {
     // buffers hold, so downloads are still under way while cargo is frozen.
     let specs: Vec<_> = specs
         .into_iter()
-        .map(|s| if s.vers == "1.0.0" { s } else { s.padding(512 << 10) })
+        .map(|s| {
+            if s.vers == "1.0.0" {
+                s
+            } else {
+                s.padding(512 << 10)
+            }
+        })
         .collect();
     let upstream = TestUpstream::start(&specs, DlStyle::Plain);
     let mut builder = Mirror::builder(&upstream.url);
@@ -100,7 +106,13 @@ fn frozen_fetch_succeeds(tls: bool) {
     let warm = CargoHome::new(&mirror.index_url());
     let ca = ca.as_deref();
     finished_ok(
-        cargo(warm.path(), app.path(), target.path(), ca, &["generate-lockfile"]),
+        cargo(
+            warm.path(),
+            app.path(),
+            target.path(),
+            ca,
+            &["generate-lockfile"],
+        ),
         "cargo generate-lockfile",
     );
     finished_ok(
@@ -120,7 +132,10 @@ fn frozen_fetch_succeeds(tls: bool) {
     // bodies are on the way.
     let guard = Instant::now() + Duration::from_secs(60);
     while answered_downloads() == warm_downloads {
-        assert!(Instant::now() < guard, "cargo started no download within 60 s");
+        assert!(
+            Instant::now() < guard,
+            "cargo started no download within 60 s"
+        );
         assert!(child.try_wait().unwrap().is_none(), "cargo ended early");
         std::thread::sleep(Duration::from_micros(500));
     }

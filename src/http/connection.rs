@@ -163,7 +163,8 @@ where
 /// or that frame already bounds the streams.
 fn amended_settings(buf: &[u8]) -> Option<(usize, Vec<u8>)> {
     let header = buf.get(..FRAME_HEADER)?;
-    let length = usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+    let length =
+        usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
     let is_settings = header[3] == FRAME_SETTINGS && header[4] & FLAG_ACK == 0;
     if !is_settings || header[5..9] != [0; 4] || length % 6 != 0 {
         return None;
@@ -246,7 +247,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Conn<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         if self.amend_settings || !self.pending.is_empty() {
-            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &**b);
             return self.poll_write(cx, first);
         }
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)

@@ -322,25 +322,31 @@ async fn h1_get(tcp: &mut TcpStream, path: &str, buf: &mut Vec<u8>) -> u16 {
     status
 }
 
-/// What one keep-alive HTTP/1.1 connection that served hot index files may
-/// hold, generously (measured: about 17 KiB).
+/// What one busy HTTP/1.1 connection may hold, generously: a write buffer of
+/// `WRITE_BUFFER` (16 KiB) plus a slice and a head, its 8 KiB read buffer
+/// and the dispatcher's state (measured: 37 KiB in all; at 112 KiB of write
+/// buffer, 132 KiB).
 const PER_CONNECTION_BOUND_KIB: u64 = 64;
 /// What may stay resident once the connections closed.
 const LEFT_AFTER_CLOSE_KIB: u64 = 8 * 1024;
 
 #[tokio::test]
 async fn two_thousand_keep_alive_connections_hold_bounded_memory_and_give_it_back() {
-    let upstream = TestUpstream::start(&graph_registry(), DlStyle::Plain);
+    // Hot index files as popular crates have them: hundreds of versions,
+    // a few hundred KB (what a write buffer fills up with), and small ones.
+    let mut specs = graph_registry();
+    for minor in 0..1500 {
+        specs.push(CrateSpec::new("big-index", &format!("1.{minor}.0")));
+    }
+    let upstream = TestUpstream::start(&specs, DlStyle::Plain);
     let mirror = Mirror::builder(&upstream.url)
         .args(&["--workers", "2", "--prefetch", "off"])
         .start();
-    // Hot index files, from a few hundred bytes to the ~60 KB of a crate
-    // with 301 versions.
     let paths = [
+        "/index/bi/g-/big-index",
         "/index/ma/ny/many-versions",
         "/index/to/p-/top-level",
         "/index/1/a",
-        "/index/se/rd/serde-like",
     ];
     for path in paths {
         assert_eq!(mirror.get(path).await.status(), 200, "{path}");
@@ -358,13 +364,17 @@ async fn two_thousand_keep_alive_connections_hold_bounded_memory_and_give_it_bac
         tasks.push(tokio::spawn(async move {
             let mut tcp = TcpStream::connect(&addr).await.expect("connect");
             let mut buf = Vec::new();
-            for i in 0..8 {
+            // Busy until the test has read the RSS, as under a load test.
+            for i in 0.. {
                 let status = h1_get(&mut tcp, paths[(c + i) % paths.len()], &mut buf).await;
                 assert_eq!(status, 200);
+                if i == 8 {
+                    ready.send(()).await.unwrap();
+                }
+                if i >= 8 && *done.borrow_and_update() {
+                    break;
+                }
             }
-            ready.send(()).await.unwrap();
-            // Idle, kept alive, until the test has read the RSS.
-            let _ = done.wait_for(|d| *d).await;
             drop(tcp);
         }));
     }

@@ -375,7 +375,7 @@ pub static MAX_CONNECTIONS: Setting<usize> = Setting {
         key: "max-connections",
         value_name: "N",
         fallback: Fallback::Value("1024"),
-        help: "Concurrent client connections per worker (each HTTP/1.1 connection may keep up to ~136 KiB of buffers)",
+        help: "Concurrent client connections per worker (each holds up to ~48 KiB of buffers)",
         kind: Kind::Value,
         secret: false,
     },

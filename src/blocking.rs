@@ -18,7 +18,8 @@ pub(crate) async fn off_async<T: Send + 'static>(work: impl FnOnce() -> T + Send
 /// so a blocking-pool thread that handled a burst of index bodies and then
 /// went idle kept them resident: called at the end of each index job (a
 /// fetched body prepared, a sled load or save, a decompression), never on an
-/// in-memory hit, where its cost is small against the job's.
+/// in-memory hit, where its cost is small against the job's; and on each HTTP
+/// worker a second after client connections closed (`http::connection`).
 pub(crate) fn release_thread_memory() {
     #[cfg(feature = "mimalloc")]
     {

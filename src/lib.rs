@@ -37,7 +37,7 @@ pub mod upstream;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, App};
 
 use blocking::off_async;
 use config::Config;
@@ -114,8 +114,6 @@ const WORKER_BLOCKING_THREADS: usize = 16;
 
 /// A client must send its request head within this; slow-loris guard.
 const CLIENT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// Idle time after which a kept-alive connection is closed (actix's default).
-const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The parts behind the HTTP surface, shared by every worker: only wiring;
 /// each part is built next to its type.
@@ -295,6 +293,11 @@ pub async fn serve(
     let make_app = move || {
         App::new()
             .app_data(app_state.clone())
+            // Innermost: a request refused for its connection's streams is
+            // still counted and logged, and reaches no handler.
+            .wrap(actix_web::middleware::from_fn(
+                http::connection::bound_streams,
+            ))
             .wrap(actix_web::middleware::from_fn(http::limit_request_size))
             .wrap(actix_web::middleware::from_fn(http::record_request))
             .configure(http::routes)
@@ -308,52 +311,61 @@ pub async fn serve(
     };
     let listener = listen::listener(config.listen).map_err(listen_err)?;
     let local_addr = listener.local_addr().map_err(listen_err)?;
-    let server = match &config.tls {
-        // TLS: actix's own server, HTTP/2 by ALPN.
-        Some((cert, key)) => HttpServer::new(make_app)
-            .workers(workers)
-            .worker_max_blocking_threads(WORKER_BLOCKING_THREADS)
-            .max_connections(config.max_connections)
-            .h1_write_buffer_size(http::WRITE_BUFFER)
-            .shutdown_timeout(config.shutdown_timeout.as_secs())
-            // A client must send its request head within this; slow-loris guard.
-            .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
-            .listen_rustls_0_23(listener, listen::tls_config(cert, key)?)
-            .map_err(listen_err)?
-            .run(),
-        // Plain: the same app behind our h2c negotiation (see `http::h2c`).
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(Arc::new(listen::tls_config(cert, key)?)),
+        None => None,
+    };
+    let keep_alive = config.keep_alive;
+    // Both listeners: actix's HTTP/1 and HTTP/2 dispatchers behind our own
+    // accept (the h2c negotiation, or the TLS handshake with ALPN), each
+    // connection a `http::connection::Conn`.
+    // A macro, not a closure: each listener's connections are of their own type.
+    macro_rules! http_service {
+        ($tls:expr) => {{
+            let builder = actix_http::HttpService::build()
+                // Also the HTTP/2 PING deadline: a client frozen for less
+                // than this keeps its connection.
+                .keep_alive(actix_http::KeepAlive::Timeout(keep_alive))
+                .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+                .h1_write_buffer_size(http::WRITE_BUFFER)
+                .local_addr(local_addr)
+                .on_connect_ext(http::connection::on_connect($tls));
+            let builder = if $tls { builder.secure() } else { builder };
+            http::connection::connections(builder.finish(actix_service::map_config(
+                actix_service::IntoServiceFactory::into_factory(make_app()),
+                // Host and scheme come from each request (`http::origin`).
+                |_| actix_web::dev::AppConfig::default(),
+            )))
+        }};
+    }
+    let server = actix_server::Server::build()
+        .workers(workers)
+        .worker_max_blocking_threads(WORKER_BLOCKING_THREADS)
+        .max_concurrent_connections(config.max_connections)
+        .shutdown_timeout(config.shutdown_timeout.as_secs());
+    let server = match tls {
+        // TLS: HTTP/2 by ALPN.
+        Some(tls) => server.listen("crate-mirror", listener, move || {
+            http::connection::tls_connections(http_service!(true), tls.clone())
+        }),
+        // Plain: HTTP/2 by our h2c negotiation (see `http::h2c`).
         None => {
             let metrics = state.metrics.clone();
             let h2c_policy = http::h2c::UpgradePolicy::from_config(&config);
-            actix_server::Server::build()
-                .workers(workers)
-                .worker_max_blocking_threads(WORKER_BLOCKING_THREADS)
-                .max_concurrent_connections(config.max_connections)
-                .shutdown_timeout(config.shutdown_timeout.as_secs())
-                .listen("crate-mirror", listener, move || {
-                    let http = actix_http::HttpService::build()
-                        .keep_alive(actix_http::KeepAlive::Timeout(KEEP_ALIVE))
-                        .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
-                        .h1_write_buffer_size(http::WRITE_BUFFER)
-                        .local_addr(local_addr)
-                        .finish(actix_service::map_config(
-                            actix_service::IntoServiceFactory::into_factory(make_app()),
-                            // Host and scheme come from each request (`http::origin`).
-                            |_| actix_web::dev::AppConfig::default(),
-                        ));
-                    let metrics = metrics.clone();
-                    http::h2c::plain_connections(http, h2c_policy.clone(), move |how| {
-                        metrics
-                            .http
-                            .connections
-                            .with_label_values(&[how.as_str()])
-                            .inc();
-                    })
+            server.listen("crate-mirror", listener, move || {
+                let metrics = metrics.clone();
+                http::h2c::plain_connections(http_service!(false), h2c_policy.clone(), move |how| {
+                    metrics
+                        .http
+                        .connections
+                        .with_label_values(&[how.as_str()])
+                        .inc();
                 })
-                .map_err(listen_err)?
-                .run()
+            })
         }
-    };
+    }
+    .map_err(listen_err)?
+    .run();
     on_listening(local_addr);
     let result = {
         let mut server = std::pin::pin!(server);

@@ -390,12 +390,24 @@ pub static MAX_CONNECTIONS: Setting<usize> = Setting {
     about: About {
         key: "max-connections",
         value_name: "N",
-        fallback: Fallback::Value("4096"),
-        help: "Concurrent client connections per worker",
+        fallback: Fallback::Value("1024"),
+        help: "Concurrent client connections per worker (each holds up to ~48 KiB of buffers)",
         kind: Kind::Value,
         secret: false,
     },
     parse: parse_count,
+};
+
+pub static KEEP_ALIVE: Setting<Duration> = Setting {
+    about: About {
+        key: "keep-alive",
+        value_name: "SECONDS",
+        fallback: Fallback::Value("75"),
+        help: "Seconds an idle client connection is kept open; also how long an HTTP/2 client has to answer a PING",
+        kind: Kind::Value,
+        secret: false,
+    },
+    parse: parse_positive_seconds,
 };
 
 pub static UPSTREAM_CONCURRENCY: Setting<usize> = Setting {
@@ -677,6 +689,7 @@ pub static SETTINGS: &[&dyn AnySetting] = &[
     &UPSTREAM_REDIRECT_HOSTS,
     &WORKERS,
     &MAX_CONNECTIONS,
+    &KEEP_ALIVE,
     &UPSTREAM_CONCURRENCY,
     &SHUTDOWN_TIMEOUT,
     &DB_FLUSH_INTERVAL,

@@ -96,6 +96,9 @@ pub struct Config {
     /// HTTP worker threads; `None`: one per CPU.
     pub workers: Option<usize>,
     pub max_connections: usize,
+    /// Idle client connections are closed after this; an HTTP/2 client has
+    /// as long again to answer the PING sent after it.
+    pub keep_alive: Duration,
     pub upstream_concurrency: usize,
     pub shutdown_timeout: Duration,
     /// Between sled's writes to disk; zero: only when asked (at shutdown).
@@ -219,6 +222,7 @@ impl RawSettings {
             upstream_redirect_hosts: self.get(&UPSTREAM_REDIRECT_HOSTS)?.unwrap_or_default(),
             workers: self.get(&WORKERS)?,
             max_connections: self.value(&MAX_CONNECTIONS)?,
+            keep_alive: self.value(&KEEP_ALIVE)?,
             upstream_concurrency: self.value(&UPSTREAM_CONCURRENCY)?,
             shutdown_timeout: self.value(&SHUTDOWN_TIMEOUT)?,
             db_flush_interval: self.value(&DB_FLUSH_INTERVAL)?,

@@ -20,11 +20,15 @@ use crate::storage::ByteStream;
 pub const SLICE: usize = 16 * 1024;
 
 /// The HTTP/1 write buffer: actix fills it with slices until it holds this
-/// much, then writes it to the socket, so bigger means fewer `send` calls. But
-/// actix frees a buffer whose capacity grew past 128 KiB after each response,
-/// and the buffer can hold up to this plus one slice plus a response head:
-/// 112 KiB is the largest that never crosses that line.
-pub const WRITE_BUFFER: usize = 112 * 1024;
+/// much, then writes it to the socket. A connection sending a body holds
+/// this plus one slice plus a response head, and keeps the capacity while
+/// it lives (actix frees it only past 128 KiB). At 112 KiB (fewer `send`
+/// calls, measured against nginx) 2,000 busy connections on index files of
+/// a few hundred KB took RSS from 61 to 326 MB (`tests/connections.rs`);
+/// at 16 KiB, 61 to 134 MB (37 KiB a busy connection in all, at most about
+/// 48), and every slice is one `send` (seven times the calls for large
+/// bodies: the price of the bound).
+pub const WRITE_BUFFER: usize = 16 * 1024;
 
 /// A body sent in `SLICE`-sized pieces: one shared buffer, or a stream whose
 /// chunks (whole files read from disk, 256 KiB reads) are cut up as they come.

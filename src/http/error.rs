@@ -42,6 +42,10 @@ pub enum ApiError {
     /// be put into a URL.
     #[error("{0}")]
     BadHost(&'static str),
+    /// A request past its connection's bound of streams in flight
+    /// (`connection::MAX_STREAMS`, which the server's SETTINGS advertise).
+    #[error("too many requests in flight on this connection")]
+    TooManyStreams,
 }
 
 impl From<crate::names::NameError> for ApiError {
@@ -91,6 +95,7 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyStreams => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Git(_) | ApiError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Registry(err) => match err {
                 RegistryApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -124,7 +129,12 @@ impl ResponseError for ApiError {
             let body = serde_json::json!({ "errors": [{ "detail": self.to_string() }] });
             return HttpResponse::build(status).json(body);
         }
-        HttpResponse::build(status)
+        let mut response = HttpResponse::build(status);
+        if let ApiError::TooManyStreams = self {
+            // The client's own streams end within moments; cargo retries a 429.
+            response.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
+        }
+        response
             .content_type("text/plain; charset=utf-8")
             .body(format!("{self}\n"))
     }

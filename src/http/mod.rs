@@ -3,6 +3,7 @@
 
 mod auth;
 mod body;
+pub mod connection;
 mod dashboard;
 mod error;
 mod facing;

@@ -54,7 +54,12 @@ pub fn public_base(req: &HttpRequest, state: &AppState) -> Result<Origin, ApiErr
         Some(proto) if proto.eq_ignore_ascii_case("https") => "https",
         Some(proto) if proto.eq_ignore_ascii_case("http") => "http",
         Some(_) => return Err(ApiError::BadHost("forwarded scheme must be http or https")),
-        None if req.app_config().secure() => "https",
+        // Our TLS listener marks its connections (`connection::Tls`).
+        None if req.app_config().secure()
+            || req.conn_data::<super::connection::Tls>().is_some() =>
+        {
+            "https"
+        }
         None => "http",
     };
     Ok(Origin {

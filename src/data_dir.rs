@@ -263,6 +263,10 @@ impl DataDir {
             let path = path.to_path_buf();
             move |source| StartError::DataDir { path, source }
         };
+        // Made first, so that a data dir that cannot be made is named as
+        // such rather than as a database that cannot be opened.
+        let made = tmp_dir.clone();
+        off_async(move || std::fs::create_dir_all(&made).map_err(dir_err(&made))).await?;
         let flush_every = u64::try_from(flush_interval.as_millis())
             .ok()
             .filter(|ms| *ms > 0);
@@ -270,7 +274,6 @@ impl DataDir {
         let (db, index_store, start) =
             off_async(move || open_or_rebuild(&opened_root, flush_every)).await?;
         let (removed, imports) = off_async(move || {
-            std::fs::create_dir_all(&tmp_dir).map_err(dir_err(&tmp_dir))?;
             let removed = crate::crates::clean_temp_dir(&tmp_dir).map_err(dir_err(&tmp_dir))?;
             let imports = clean_stale_imports(&tmp_dir).map_err(dir_err(&tmp_dir))?;
             Ok::<_, StartError>((removed, imports))

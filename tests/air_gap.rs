@@ -13,23 +13,9 @@ use support::registry::{graph_project_manifest, graph_registry, CrateSpec};
 use support::s3::Garage;
 use support::upstream::{DlStyle, TestUpstream};
 
-/// `crate-mirror ARGS` with `env`, to completion.
-fn crate_mirror(args: &[&str], env: &[(String, String)]) -> Output {
-    std::process::Command::new(support::mirror::bin())
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run crate-mirror")
-}
-
 fn ok(output: Output) -> String {
     support::assert_success(&output);
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("a UTF-8 path")
 }
 
 /// An offline mirror on `data` (no upstream given), with `extra` settings.
@@ -76,15 +62,15 @@ async fn a_bundle_carries_a_project_across_the_gap_and_cargo_builds_there() {
     let work = tempfile::tempdir().unwrap();
     let bundle = work.path().join("project.tar.gz");
     let lockfile = app.path().join("Cargo.lock");
-    let said = ok(crate_mirror(
+    let said = ok(support::mirror::run(
         &[
             "export",
             "--from",
             &near.url,
             "--lockfile",
-            path(&lockfile),
+            support::utf8(&lockfile),
             "--out",
-            path(&bundle),
+            support::utf8(&bundle),
         ],
         &[],
     ));
@@ -106,8 +92,13 @@ async fn a_bundle_carries_a_project_across_the_gap_and_cargo_builds_there() {
     drop(near);
     drop(upstream);
     let far_data = work.path().join("far");
-    let said = ok(crate_mirror(
-        &["import", path(&bundle), "--data-dir", path(&far_data)],
+    let said = ok(support::mirror::run(
+        &[
+            "import",
+            support::utf8(&bundle),
+            "--data-dir",
+            support::utf8(&far_data),
+        ],
         &[],
     ));
     assert!(said.contains(&format!("and {crates} crates")), "{said}");
@@ -187,16 +178,16 @@ async fn with_prune_index_a_fresh_resolve_picks_only_bundled_versions() {
             "--upstream",
             &upstream.url,
             "--data-dir",
-            path(&near_data),
+            support::utf8(&near_data),
             "--crate",
             "lib@~1.1",
             "--out",
-            path(out),
+            support::utf8(out),
         ];
         if prune {
             args.push("--prune-index");
         }
-        ok(crate_mirror(&args, &[]));
+        ok(support::mirror::run(&args, &[]));
     }
     drop(upstream);
     let manifest = manifest_of(&pruned);
@@ -209,8 +200,13 @@ async fn with_prune_index_a_fresh_resolve_picks_only_bundled_versions() {
     let target = tempfile::tempdir().unwrap();
     for (bundle, resolves) in [(&pruned, true), (&whole, false)] {
         let data = tempfile::tempdir().unwrap();
-        ok(crate_mirror(
-            &["import", path(bundle), "--data-dir", path(data.path())],
+        ok(support::mirror::run(
+            &[
+                "import",
+                support::utf8(bundle),
+                "--data-dir",
+                support::utf8(data.path()),
+            ],
             &[],
         ));
         let far = offline(data.path(), &[], &[]);
@@ -242,7 +238,7 @@ fn small_bundle(work: &Path) -> (PathBuf, serde_json::Value) {
     );
     let near = Mirror::builder(&upstream.url).start();
     let bundle = work.join("small.tar.gz");
-    ok(crate_mirror(
+    ok(support::mirror::run(
         &[
             "export",
             "--from",
@@ -254,7 +250,7 @@ fn small_bundle(work: &Path) -> (PathBuf, serde_json::Value) {
             "--crate",
             "three",
             "--out",
-            path(&bundle),
+            support::utf8(&bundle),
         ],
         &[],
     ));
@@ -291,7 +287,7 @@ fn tampered(bundle: &Path, entry: &str, out: &Path, change: impl Fn(&mut Vec<u8>
 /// file and no crate file of it.
 async fn nothing_imported(data: &Path) {
     let crates_dir = data.join("crates");
-    let stored = walk(&crates_dir);
+    let stored = support::files_under(&crates_dir);
     assert!(stored.is_empty(), "crate files stored: {stored:?}");
     let far = offline(data, &[], &[]);
     for name in ["3/o/one", "3/t/two", "th/re/three"] {
@@ -301,22 +297,6 @@ async fn nothing_imported(data: &Path) {
             "{name}"
         );
     }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(at) = stack.pop() {
-        for entry in std::fs::read_dir(&at).into_iter().flatten().flatten() {
-            let p = entry.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                found.push(p);
-            }
-        }
-    }
-    found
 }
 
 #[tokio::test]
@@ -332,7 +312,15 @@ async fn a_damaged_or_cut_short_bundle_imports_nothing_and_names_the_entry() {
         bytes[middle] ^= 0x01;
     });
     let data = work.path().join("flipped-data");
-    let output = crate_mirror(&["import", path(&flipped), "--data-dir", path(&data)], &[]);
+    let output = support::mirror::run(
+        &[
+            "import",
+            support::utf8(&flipped),
+            "--data-dir",
+            support::utf8(&data),
+        ],
+        &[],
+    );
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -347,7 +335,15 @@ async fn a_damaged_or_cut_short_bundle_imports_nothing_and_names_the_entry() {
     let cut = work.path().join("cut.tar.gz");
     std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
     let data = work.path().join("cut-data");
-    let output = crate_mirror(&["import", path(&cut), "--data-dir", path(&data)], &[]);
+    let output = support::mirror::run(
+        &[
+            "import",
+            support::utf8(&cut),
+            "--data-dir",
+            support::utf8(&data),
+        ],
+        &[],
+    );
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("cut short"), "{stderr}");
@@ -358,8 +354,13 @@ async fn a_damaged_or_cut_short_bundle_imports_nothing_and_names_the_entry() {
     // made to agree with the changed crate): refused as well.
     let not_a_bundle = work.path().join("plain.tar.gz");
     std::fs::write(&not_a_bundle, b"not a bundle at all").unwrap();
-    let output = crate_mirror(
-        &["import", path(&not_a_bundle), "--data-dir", path(&data)],
+    let output = support::mirror::run(
+        &[
+            "import",
+            support::utf8(&not_a_bundle),
+            "--data-dir",
+            support::utf8(&data),
+        ],
         &[],
     );
     assert_eq!(output.status.code(), Some(1));
@@ -367,13 +368,23 @@ async fn a_damaged_or_cut_short_bundle_imports_nothing_and_names_the_entry() {
 
     // The good bundle imports, twice without change.
     let data = work.path().join("good-data");
-    let first = ok(crate_mirror(
-        &["import", path(&bundle), "--data-dir", path(&data)],
+    let first = ok(support::mirror::run(
+        &[
+            "import",
+            support::utf8(&bundle),
+            "--data-dir",
+            support::utf8(&data),
+        ],
         &[],
     ));
     assert!(first.contains("and 3 crates"), "{first}");
-    let again = ok(crate_mirror(
-        &["import", path(&bundle), "--data-dir", path(&data)],
+    let again = ok(support::mirror::run(
+        &[
+            "import",
+            support::utf8(&bundle),
+            "--data-dir",
+            support::utf8(&data),
+        ],
         &[],
     ));
     assert!(
@@ -396,10 +407,10 @@ async fn incremental_bundles_add_up_to_a_full_one() {
             &near.url,
             "--prune-index",
             "--out",
-            path(bundle),
+            support::utf8(bundle),
         ];
         all.extend_from_slice(args);
-        ok(crate_mirror(&all, &[]))
+        ok(support::mirror::run(&all, &[]))
     };
     export(&["--crate", "lib@=1.0.0"], &out("first.tar.gz"));
     let all = [
@@ -412,7 +423,7 @@ async fn incremental_bundles_add_up_to_a_full_one() {
     ];
     let first = out("first.tar.gz");
     let mut since = all.to_vec();
-    since.extend_from_slice(&["--since", path(&first)]);
+    since.extend_from_slice(&["--since", support::utf8(&first)]);
     let said = export(&since, &out("second.tar.gz"));
     assert!(said.contains("1 already in the earlier bundle"), "{said}");
     export(&all, &out("full.tar.gz"));
@@ -435,17 +446,22 @@ async fn incremental_bundles_add_up_to_a_full_one() {
 
     let (in_steps, at_once) = (out("steps"), out("once"));
     for bundle in ["first.tar.gz", "second.tar.gz"] {
-        ok(crate_mirror(
-            &["import", path(&out(bundle)), "--data-dir", path(&in_steps)],
+        ok(support::mirror::run(
+            &[
+                "import",
+                support::utf8(&out(bundle)),
+                "--data-dir",
+                support::utf8(&in_steps),
+            ],
             &[],
         ));
     }
-    ok(crate_mirror(
+    ok(support::mirror::run(
         &[
             "import",
-            path(&out("full.tar.gz")),
+            support::utf8(&out("full.tar.gz")),
             "--data-dir",
-            path(&at_once),
+            support::utf8(&at_once),
         ],
         &[],
     ));
@@ -499,14 +515,24 @@ async fn s3_on_either_side() {
     let from_s3 = work.path().join("from-s3.tar.gz");
     let mut args = vec!["export", "--offline", "true", "--all-cached"];
     args.extend_from_slice(&s3);
-    args.extend_from_slice(&["--data-dir", path(&near_data), "--out", path(&from_s3)]);
-    let said = ok(crate_mirror(&args, &s3_env));
+    args.extend_from_slice(&[
+        "--data-dir",
+        support::utf8(&near_data),
+        "--out",
+        support::utf8(&from_s3),
+    ]);
+    let said = ok(support::mirror::run(&args, &s3_env));
     assert!(said.contains("and 2 crates"), "{said}");
 
     // ... into a local data dir,
     let local = work.path().join("local");
-    ok(crate_mirror(
-        &["import", path(&from_s3), "--data-dir", path(&local)],
+    ok(support::mirror::run(
+        &[
+            "import",
+            support::utf8(&from_s3),
+            "--data-dir",
+            support::utf8(&local),
+        ],
         &[],
     ));
     let far = offline(&local, &[], &[]);
@@ -518,16 +544,16 @@ async fn s3_on_either_side() {
 
     // and the reverse: from that local data dir into S3 under another prefix.
     let from_local = work.path().join("from-local.tar.gz");
-    ok(crate_mirror(
+    ok(support::mirror::run(
         &[
             "export",
             "--offline",
             "true",
             "--all-cached",
             "--data-dir",
-            path(&local),
+            support::utf8(&local),
             "--out",
-            path(&from_local),
+            support::utf8(&from_local),
         ],
         &[],
     ));
@@ -535,12 +561,12 @@ async fn s3_on_either_side() {
     let far_s3 = ["--storage", "s3://crates/far-side"];
     let mut args = vec![
         "import",
-        path(&from_local),
+        support::utf8(&from_local),
         "--data-dir",
-        path(&s3_far_data),
+        support::utf8(&s3_far_data),
     ];
     args.extend_from_slice(&far_s3);
-    ok(crate_mirror(&args, &s3_env));
+    ok(support::mirror::run(&args, &s3_env));
     let stored: Vec<String> = garage
         .objects()
         .await
@@ -576,14 +602,14 @@ async fn a_private_mirror_exports_with_its_token_and_progress_stays_short_in_a_l
         "--crate",
         "other",
         "--out",
-        path(&bundle),
+        support::utf8(&bundle),
     ];
-    let refused = crate_mirror(&args, &[]);
+    let refused = support::mirror::run(&args, &[]);
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
     assert!(!bundle.exists(), "no bundle from a refused export");
 
-    let output = crate_mirror(&args, &[("CRATE_MIRROR_TOKEN".to_string(), token.clone())]);
+    let output = support::mirror::run(&args, &[("CRATE_MIRROR_TOKEN".to_string(), token.clone())]);
     support::assert_success(&output);
     // Not a terminal: a line per tenth at most per phase, no carriage returns.
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -598,12 +624,12 @@ async fn a_private_mirror_exports_with_its_token_and_progress_stays_short_in_a_l
         !text.windows(token.len()).any(|w| w == token.as_bytes()),
         "credentials never travel in a bundle"
     );
-    let output = crate_mirror(
+    let output = support::mirror::run(
         &[
             "import",
-            path(&bundle),
+            support::utf8(&bundle),
             "--data-dir",
-            path(&work.path().join("far")),
+            support::utf8(&work.path().join("far")),
         ],
         &[],
     );

@@ -4,23 +4,10 @@
 //! nothing, and nothing lands outside the data dir (nor inside it).
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 use support::mirror::Mirror;
 use support::registry::CrateSpec;
 use support::upstream::{DlStyle, TestUpstream};
-
-fn crate_mirror(args: &[&str]) -> Output {
-    std::process::Command::new(support::mirror::bin())
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run crate-mirror")
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("a UTF-8 path")
-}
 
 /// A real bundle of two crates, exported from a mirror of a test upstream.
 fn good_bundle(work: &Path) -> PathBuf {
@@ -33,17 +20,20 @@ fn good_bundle(work: &Path) -> PathBuf {
     );
     let near = Mirror::builder(&upstream.url).start();
     let bundle = work.join("good.tar.gz");
-    support::assert_success(&crate_mirror(&[
-        "export",
-        "--from",
-        &near.url,
-        "--crate",
-        "one",
-        "--crate",
-        "two",
-        "--out",
-        path(&bundle),
-    ]));
+    support::assert_success(&support::mirror::run(
+        &[
+            "export",
+            "--from",
+            &near.url,
+            "--crate",
+            "one",
+            "--crate",
+            "two",
+            "--out",
+            support::utf8(&bundle),
+        ],
+        &[],
+    ));
     bundle
 }
 
@@ -117,13 +107,6 @@ fn list(manifest: &mut serde_json::Value, name: &str, data: &[u8]) {
         "size": data.len(),
         "sha256": hex::encode(sha2::Sha256::digest(data)),
     });
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    if !dir.exists() {
-        return Vec::new();
-    }
-    support::files_below(dir)
 }
 
 #[test]
@@ -291,7 +274,15 @@ fn traversal_absolute_paths_and_links_in_a_bundle_are_refused() {
         let hostile = work.path().join(format!("hostile-{i}.tar.gz"));
         write_bundle(&hostile, &entries);
         let data = work.path().join(format!("data-{i}"));
-        let output = crate_mirror(&["import", path(&hostile), "--data-dir", path(&data)]);
+        let output = support::mirror::run(
+            &[
+                "import",
+                support::utf8(&hostile),
+                "--data-dir",
+                support::utf8(&data),
+            ],
+            &[],
+        );
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{what}: {stderr}");
         assert!(stderr.contains("nothing was imported"), "{what}: {stderr}");
@@ -305,7 +296,7 @@ fn traversal_absolute_paths_and_links_in_a_bundle_are_refused() {
             !work.path().parent().unwrap().join("escaped").exists(),
             "{what}"
         );
-        for file in walk(&data) {
+        for file in support::files_under(&data) {
             let meta = std::fs::symlink_metadata(&file).unwrap();
             assert!(
                 !meta.file_type().is_symlink(),
@@ -329,7 +320,15 @@ fn traversal_absolute_paths_and_links_in_a_bundle_are_refused() {
     let same = work.path().join("same.tar.gz");
     write_bundle(&same, &entries_of(&bundle));
     let data = work.path().join("data-good");
-    let output = crate_mirror(&["import", path(&same), "--data-dir", path(&data)]);
+    let output = support::mirror::run(
+        &[
+            "import",
+            support::utf8(&same),
+            "--data-dir",
+            support::utf8(&data),
+        ],
+        &[],
+    );
     support::assert_success(&output);
     assert!(String::from_utf8_lossy(&output.stdout).contains("and 2 crates"));
 }

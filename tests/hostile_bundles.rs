@@ -8,7 +8,7 @@
 //! was stored.
 
 use std::io::{Cursor, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
 use sha2::{Digest, Sha256};
@@ -134,22 +134,15 @@ fn write_bundle(out: &Path, entries: &[(String, Maker)], crates: &[(&str, &str)]
     tar.into_inner().unwrap().finish().unwrap();
 }
 
-fn crate_mirror(args: &[&str]) -> Output {
-    std::process::Command::new(support::mirror::bin())
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run crate-mirror")
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("a UTF-8 path")
-}
-
 fn import(bundle: &Path, data: &Path, extra: &[&str]) -> Output {
-    let mut args = vec!["import", path(bundle), "--data-dir", path(data)];
+    let mut args = vec![
+        "import",
+        support::utf8(bundle),
+        "--data-dir",
+        support::utf8(data),
+    ];
     args.extend_from_slice(extra);
-    crate_mirror(&args)
+    support::mirror::run(&args, &[])
 }
 
 fn import_ok(bundle: &Path, data: &Path) -> String {
@@ -176,23 +169,6 @@ fn offline(data: &Path) -> Mirror {
         .data_dir(data)
         .args(&["--offline", "true"])
         .start()
-}
-
-/// Every file under `dir`.
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(at) = stack.pop() {
-        for entry in std::fs::read_dir(&at).into_iter().flatten().flatten() {
-            let p = entry.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                found.push(p);
-            }
-        }
-    }
-    found
 }
 
 /// What an offline mirror on `data` serves at `paths`: (status, body) each.
@@ -397,7 +373,7 @@ async fn a_version_twice_in_a_bundle_is_refused() {
         stderr.contains(&index_path("dupe")) && stderr.contains("1.0.0 twice"),
         "{stderr}"
     );
-    assert!(walk(&data.join("crates")).is_empty());
+    assert!(support::files_under(&data.join("crates")).is_empty());
     let shown = served(&data, &["/index/du/pe/dupe".to_string()]).await;
     assert_eq!(shown[0].0, 404);
 }
@@ -485,13 +461,16 @@ async fn a_crate_over_the_size_limit_is_refused_and_not_stored() {
         stderr.contains(&crate_path("huge", "1.0.0")) && stderr.contains("import-max-crate-size"),
         "names the entry and the setting: {stderr}"
     );
-    assert!(walk(&data.join("crates")).is_empty());
-    assert!(walk(&data.join("tmp")).is_empty(), "nothing staged is left");
+    assert!(support::files_under(&data.join("crates")).is_empty());
+    assert!(
+        support::files_under(&data.join("tmp")).is_empty(),
+        "nothing staged is left"
+    );
 
     // The limit is a setting: raised, the same bundle imports.
     let output = import(&bundle, &data, &["--import-max-crate-size", "128MiB"]);
     support::assert_success(&output);
-    assert_eq!(walk(&data.join("crates")).len(), 1);
+    assert_eq!(support::files_under(&data.join("crates")).len(), 1);
 }
 
 #[tokio::test]
@@ -518,8 +497,8 @@ async fn a_bundle_over_the_total_limit_is_refused_before_anything_is_staged() {
         &["--import-max-bundle-size", "10MiB"],
     ));
     assert!(stderr.contains("import-max-bundle-size"), "{stderr}");
-    assert!(walk(&data.join("crates")).is_empty());
-    assert!(walk(&data.join("tmp")).is_empty());
+    assert!(support::files_under(&data.join("crates")).is_empty());
+    assert!(support::files_under(&data.join("tmp")).is_empty());
     // Under the default, it imports.
     let said = import_ok(&bundle, &data);
     assert!(said.contains("and 3 crates"), "{said}");
@@ -530,7 +509,7 @@ async fn a_bundle_over_the_total_limit_is_refused_before_anything_is_staged() {
 fn peak_rss_kib(args: &[&str], work: &Path) -> (u64, Output) {
     let report = work.join("time.txt");
     let output = std::process::Command::new("/usr/bin/time")
-        .args(["-o", path(&report), "-f", "%M"])
+        .args(["-o", support::utf8(&report), "-f", "%M"])
         .arg(support::mirror::bin())
         .args(args)
         .env("RUST_LOG", "warn")
@@ -579,7 +558,12 @@ async fn index_files_are_streamed_not_held_and_a_refused_bomb_stores_nothing() {
     write_bundle(&bundle, &entries, &[("bomb00", "9.9.9")]);
     let data = work.path().join("data");
     let (kib, output) = peak_rss_kib(
-        &["import", path(&bundle), "--data-dir", path(&data)],
+        &[
+            "import",
+            support::utf8(&bundle),
+            "--data-dir",
+            support::utf8(&data),
+        ],
         work.path(),
     );
     eprintln!(
@@ -594,8 +578,8 @@ async fn index_files_are_streamed_not_held_and_a_refused_bomb_stores_nothing() {
         kib < 192 * 1024,
         "peak RSS {kib} KiB: index files were held in memory"
     );
-    assert!(walk(&data.join("crates")).is_empty());
-    assert!(walk(&data.join("tmp")).is_empty());
+    assert!(support::files_under(&data.join("crates")).is_empty());
+    assert!(support::files_under(&data.join("tmp")).is_empty());
     let shown = served(&data, &["/index/bo/mb/bomb00".to_string()]).await;
     assert_eq!(shown[0].0, 404);
 }
@@ -629,7 +613,12 @@ async fn an_import_killed_half_way_leaves_nothing_for_good() {
     let data = work.path().join("data");
     let tmp = data.join("tmp");
     let mut child = std::process::Command::new(support::mirror::bin())
-        .args(["import", path(&bundle), "--data-dir", path(&data)])
+        .args([
+            "import",
+            support::utf8(&bundle),
+            "--data-dir",
+            support::utf8(&data),
+        ])
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -639,7 +628,7 @@ async fn an_import_killed_half_way_leaves_nothing_for_good() {
     // Killed as soon as it stages anything (or, on a fast machine, after it
     // finished: then there is nothing to show, and the test says so).
     let guard = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while walk(&staging).is_empty() && std::time::Instant::now() < guard {
+    while support::files_under(&staging).is_empty() && std::time::Instant::now() < guard {
         if child.try_wait().unwrap().is_some() {
             break;
         }
@@ -767,7 +756,12 @@ async fn long_entry_paths_import_and_a_huge_long_name_is_refused_unread() {
     tar.into_inner().unwrap().finish().unwrap();
     let data = work.path().join("hostile-data");
     let (kib, output) = peak_rss_kib(
-        &["import", path(&hostile), "--data-dir", path(&data)],
+        &[
+            "import",
+            support::utf8(&hostile),
+            "--data-dir",
+            support::utf8(&data),
+        ],
         work.path(),
     );
     eprintln!(

@@ -199,3 +199,25 @@ pub fn git(dir: &Path, args: &[&str]) -> std::process::Output {
 pub fn git_ok(dir: &Path, args: &[&str]) -> String {
     assert_success(&git(dir, args))
 }
+
+/// Every file below `dir` (none when it does not exist).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(at) = stack.pop() {
+        for entry in std::fs::read_dir(&at).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+/// `p` as text, for a command's arguments (test paths are UTF-8).
+pub fn utf8(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}

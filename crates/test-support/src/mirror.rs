@@ -6,6 +6,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// `crate-mirror ARGS` with `env` (and `RUST_LOG=warn`), run to completion:
+/// the one-shot commands (`export`, `import`, `verify`, ...).
+pub fn run(args: &[&str], env: &[(String, String)]) -> std::process::Output {
+    std::process::Command::new(bin())
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run crate-mirror")
+}
+
 /// The `crate-mirror` binary cargo built for the test or bench running now.
 ///
 /// `CARGO_BIN_EXE_crate-mirror` exists only when compiling the root package's

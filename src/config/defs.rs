@@ -391,7 +391,7 @@ pub static MAX_CONNECTIONS: Setting<usize> = Setting {
         key: "max-connections",
         value_name: "N",
         fallback: Fallback::Value("1024"),
-        help: "Concurrent client connections per worker (each holds up to ~48 KiB of buffers)",
+        help: "Concurrent client connections per worker (each holds up to ~64 KiB of buffers)",
         kind: Kind::Value,
         secret: false,
     },

@@ -25,10 +25,12 @@ pub const SLICE: usize = 16 * 1024;
 /// it lives (actix frees it only past 128 KiB). At 112 KiB (fewer `send`
 /// calls, measured against nginx) 2,000 busy connections on index files of
 /// a few hundred KB took RSS from 61 to 326 MB (`tests/connections.rs`);
-/// at 16 KiB, 61 to 134 MB (37 KiB a busy connection in all, at most about
-/// 48), and every slice is one `send` (seven times the calls for large
-/// bodies: the price of the bound).
-pub const WRITE_BUFFER: usize = 16 * 1024;
+/// at 32 KiB, 61 to 157 MB (48 KiB a busy connection in all), at 16 KiB 61
+/// to 134 MB. Against nginx (`benches/versus_nginx`, identity index hits and
+/// downloads) 16 KiB, a `send` per slice, cost a fifth of the identity
+/// throughput and a third of the downloads' (1.00x and 0.79x nginx); 32 KiB,
+/// two slices a `send`, kept 1.30x and 1.13x.
+pub const WRITE_BUFFER: usize = 32 * 1024;
 
 /// A body sent in `SLICE`-sized pieces: one shared buffer, or a stream whose
 /// chunks (whole files read from disk, 256 KiB reads) are cut up as they come.

@@ -315,6 +315,15 @@ pub async fn serve(
         Some((cert, key)) => Some(Arc::new(listen::tls_config(cert, key)?)),
         None => None,
     };
+    let server = actix_server::Server::build()
+        .workers(workers)
+        .worker_max_blocking_threads(WORKER_BLOCKING_THREADS)
+        .max_concurrent_connections(config.max_connections)
+        .shutdown_timeout(config.shutdown_timeout.as_secs());
+    // Told to every connection when the stop begins: an idle HTTP/1.1
+    // keep-alive connection then closes at once instead of holding the
+    // stop for up to `keep-alive` (capped by `shutdown-timeout`).
+    let shutdown = server.graceful_shutdown_signal();
     let keep_alive = config.keep_alive;
     // Both listeners: actix's HTTP/1 and HTTP/2 dispatchers behind our own
     // accept (the h2c negotiation, or the TLS handshake with ALPN), each
@@ -329,6 +338,13 @@ pub async fn serve(
                 .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
                 .h1_write_buffer_size(http::WRITE_BUFFER)
                 .local_addr(local_addr)
+                .graceful_shutdown_signal({
+                    let shutdown = shutdown.clone();
+                    move || {
+                        let shutdown = shutdown.clone();
+                        async move { shutdown.notified().await }
+                    }
+                })
                 .on_connect_ext(http::connection::on_connect($tls));
             let builder = if $tls { builder.secure() } else { builder };
             http::connection::connections(builder.finish(actix_service::map_config(
@@ -338,11 +354,6 @@ pub async fn serve(
             )))
         }};
     }
-    let server = actix_server::Server::build()
-        .workers(workers)
-        .worker_max_blocking_threads(WORKER_BLOCKING_THREADS)
-        .max_concurrent_connections(config.max_connections)
-        .shutdown_timeout(config.shutdown_timeout.as_secs());
     let server = match tls {
         // TLS: HTTP/2 by ALPN.
         Some(tls) => server.listen("crate-mirror", listener, move || {

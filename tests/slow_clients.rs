@@ -186,3 +186,32 @@ async fn the_keep_alive_setting_closes_idle_connections() {
     let settings = mirror.get("/api/settings").await.text().await.unwrap();
     assert!(settings.contains("keep-alive"), "{settings}");
 }
+
+/// A patient keep-alive must not make a stop wait for idle clients: on
+/// SIGTERM an idle HTTP/1.1 keep-alive connection is closed at once, so the
+/// mirror exits while the client still holds it, well before either the
+/// keep-alive or the shutdown timeout (both 120 s here) would have ended it.
+#[tokio::test]
+async fn a_stop_does_not_wait_for_idle_keep_alive_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = TestUpstream::start(&[], DlStyle::Plain);
+    let mut mirror = Mirror::builder(&upstream.url)
+        .args(&["--keep-alive", "120", "--shutdown-timeout", "120"])
+        .start();
+    let addr = mirror.url.trim_start_matches("http://").to_string();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0u8; 12];
+    tcp.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    // The connection is idle and kept; the stop begins.
+    mirror.terminate();
+    let exited = mirror.wait_exit(Duration::from_secs(30));
+    assert!(
+        exited.is_some(),
+        "the mirror still runs 30 s after SIGTERM: the idle connection held the stop"
+    );
+    drop(tcp);
+}

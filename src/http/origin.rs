@@ -382,7 +382,7 @@ mod tests {
         assert_eq!(host_name("[::1]:8080"), "[::1]");
         assert_eq!(host_name("[::1]"), "[::1]");
         assert_eq!(
-            host_of_url("https://Mirror.example.com:8443/base").as_deref(),
+            host_of_url("https://MIRROR.example.com:8443/base").as_deref(),
             Some("mirror.example.com")
         );
         assert_eq!(host_of_url("http://[::1]:3000").as_deref(), Some("[::1]"));

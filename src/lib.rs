@@ -362,7 +362,10 @@ pub async fn serve(
         // Plain: HTTP/2 by our h2c negotiation (see `http::h2c`).
         None => {
             let metrics = state.metrics.clone();
-            let h2c_policy = http::h2c::UpgradePolicy::from_config(&config);
+            let h2c_policy = http::h2c::UpgradePolicy {
+                enabled: config.h2c_upgrade,
+                trusted_proxies: config.trusted_proxies.clone(),
+            };
             server.listen("crate-mirror", listener, move || {
                 let metrics = metrics.clone();
                 http::h2c::plain_connections(http_service!(false), h2c_policy.clone(), move |how| {

@@ -39,6 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use super::h2c::FRAME_SETTINGS;
 use super::ApiError;
 
 /// Streams one client connection may have in flight: what the server's
@@ -53,7 +54,6 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// SETTINGS_MAX_CONCURRENT_STREAMS (RFC 9113 §6.5.2).
 const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
 const FRAME_HEADER: usize = 9;
-const FRAME_SETTINGS: u8 = 0x4;
 const FLAG_ACK: u8 = 0x1;
 
 /// A client connection as the dispatchers see it.
@@ -163,9 +163,8 @@ where
 /// or that frame already bounds the streams.
 fn amended_settings(buf: &[u8]) -> Option<(usize, Vec<u8>)> {
     let header = buf.get(..FRAME_HEADER)?;
-    let length =
-        usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
-    let is_settings = header[3] == FRAME_SETTINGS && header[4] & FLAG_ACK == 0;
+    let (length, kind) = super::h2c::frame_length_and_type(header);
+    let is_settings = kind == FRAME_SETTINGS && header[4] & FLAG_ACK == 0;
     if !is_settings || header[5..9] != [0; 4] || length % 6 != 0 {
         return None;
     }

@@ -51,7 +51,6 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::config::Config;
 use crate::proxies::TrustedProxies;
 
 /// The HTTP/2 client connection preface (RFC 7540 §3.5).
@@ -97,13 +96,6 @@ pub struct UpgradePolicy {
 }
 
 impl UpgradePolicy {
-    pub fn from_config(config: &Config) -> Self {
-        Self {
-            enabled: config.h2c_upgrade,
-            trusted_proxies: config.trusted_proxies.clone(),
-        }
-    }
-
     /// Whether a connection from `peer` may be upgraded at all (an unknown
     /// peer may be a proxy).
     fn allows(&self, peer: Option<IpAddr>) -> bool {
@@ -337,10 +329,9 @@ async fn upgrade<T: AsyncRead + AsyncWrite + Unpin>(
         }
         if buf.len() >= PREFACE.len() + 9 {
             let frame = &buf[PREFACE.len()..];
-            let length =
-                usize::from(frame[0]) << 16 | usize::from(frame[1]) << 8 | usize::from(frame[2]);
+            let (length, kind) = frame_length_and_type(frame);
             // The preface must be followed by SETTINGS (RFC 7540 §3.5).
-            if frame[3] != 0x4 || length > MAX_FRAME {
+            if kind != FRAME_SETTINGS || length > MAX_FRAME {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "the HTTP/2 preface is not followed by SETTINGS",
@@ -362,6 +353,17 @@ async fn upgrade<T: AsyncRead + AsyncWrite + Unpin>(
     replay.extend_from_slice(block);
     replay.extend_from_slice(&buf[settings_end..]);
     Ok((Prefixed::new(replay, io), Negotiated::Upgraded))
+}
+
+/// The type of a SETTINGS frame (RFC 7540 §6.5).
+pub(super) const FRAME_SETTINGS: u8 = 0x4;
+
+/// The payload length and type of the frame whose 9-byte header starts
+/// `header` (RFC 7540 §4.1); the caller has checked there are 9 bytes.
+pub(super) fn frame_length_and_type(header: &[u8]) -> (usize, u8) {
+    let length =
+        usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+    (length, header[3])
 }
 
 fn frame_header(length: usize, kind: u8, flags: u8, stream: u32) -> [u8; 9] {

@@ -272,26 +272,8 @@ fn raw_exchange(
 
 /// Writes `request` as is and reads the whole answer: its status and body.
 fn send_raw(base: &str, request: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let addr = base.strip_prefix("http://").unwrap();
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
-        .unwrap();
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let answer = support::raw_exchange(base, request);
+    (answer.status, answer.body)
 }
 
 /// A private mirror with metrics tokens and the git index, with `abc` cached

@@ -3,8 +3,6 @@
 //! a page on another site cannot read the figures through a DNS name it
 //! points at the mirror (DNS rebinding). The registry routes are unaffected.
 
-use std::io::{Read, Write};
-
 use support::browser::Browser;
 use support::mirror::Mirror;
 use support::registry::graph_registry;
@@ -13,24 +11,10 @@ use support::upstream::{DlStyle, TestUpstream};
 /// `GET target` with a raw `Host` and `extra` header lines: the status and
 /// the response head.
 fn get_with_host(base: &str, target: &str, host: &str, extra: &str) -> (u16, String) {
-    let addr = base.strip_prefix("http://").unwrap();
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
-        .unwrap();
     let request =
         format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let head = text.split("\r\n\r\n").next().unwrap_or("").to_string();
-    (status, head)
+    let answer = support::raw_exchange(base, &request);
+    (answer.status, answer.head)
 }
 
 /// The dashboard's routes: the page, its assets and its JSON.

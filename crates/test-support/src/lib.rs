@@ -221,3 +221,37 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 pub fn utf8(p: &Path) -> &str {
     p.to_str().expect("a UTF-8 path")
 }
+
+/// An answer read off a raw socket: status (0 when none came), head and body.
+pub struct RawAnswer {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+/// Writes `request` as is to the mirror at `base` (`http://ADDR`) and reads
+/// the whole answer (until the mirror closes, or a 20 s guard): for requests
+/// no client library would send.
+pub fn raw_exchange(base: &str, request: &str) -> RawAnswer {
+    use std::io::{Read, Write};
+    let addr = base.strip_prefix("http://").expect("an http:// base");
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .expect("read timeout");
+    stream.write_all(request.as_bytes()).expect("write");
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    RawAnswer {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    }
+}

@@ -29,15 +29,20 @@ fn logged_versions(log: &str) -> Vec<String> {
         .collect()
 }
 
+/// Real cargo resolves and fetches the graph project through `home`'s mirror.
+fn resolve_and_fetch(home: &CargoHome) {
+    let app = project(&graph_project_manifest());
+    let target = tempfile::tempdir().unwrap();
+    run_ok(home, app.path(), target.path(), &["generate-lockfile"]);
+    run_ok(home, app.path(), target.path(), &["fetch"]);
+}
+
 #[tokio::test]
 async fn cargo_over_plain_http_resolves_and_fetches_on_one_http2_connection() {
     let upstream = TestUpstream::start(&graph_registry(), DlStyle::Plain);
     let mirror = Mirror::builder(&upstream.url).start();
     let home = CargoHome::new(&mirror.index_url());
-    let app = project(&graph_project_manifest());
-    let target = tempfile::tempdir().unwrap();
-    run_ok(&home, app.path(), target.path(), &["generate-lockfile"]);
-    run_ok(&home, app.path(), target.path(), &["fetch"]);
+    resolve_and_fetch(&home);
 
     let versions = logged_versions(&mirror.log());
     assert!(
@@ -406,10 +411,7 @@ async fn cargo_works_through_the_shipped_nginx_config() {
         .unwrap_or_else(|why| panic!("{why} (Debian's nginx package, installed by .ci/run)"));
 
     let home = CargoHome::new(&format!("{}/index/", nginx.url));
-    let app = project(&graph_project_manifest());
-    let target = tempfile::tempdir().unwrap();
-    run_ok(&home, app.path(), target.path(), &["generate-lockfile"]);
-    run_ok(&home, app.path(), target.path(), &["fetch"]);
+    resolve_and_fetch(&home);
     let versions = logged_versions(&mirror.log());
     assert!(
         versions.len() > 10,

@@ -255,3 +255,19 @@ pub fn raw_exchange(base: &str, request: &str) -> RawAnswer {
         body: body.to_string(),
     }
 }
+
+/// Whether a refusal's body shows anything a private mirror keeps behind
+/// its tokens: index lines, metric names, top crate names, settings, git
+/// refs (the tests' private mirrors cache a crate named `abc`).
+pub fn leaks_private_data(body: &str) -> bool {
+    [
+        "cksum",
+        "abc",
+        "crate_mirror_",
+        "top_crates",
+        "refs/heads",
+        "# HELP",
+    ]
+    .iter()
+    .any(|secret| body.contains(secret))
+}

@@ -229,7 +229,7 @@ pub struct RawAnswer {
     pub body: String,
 }
 
-/// Writes `request` as is to the mirror at `base` (an `http://` URL) and reads
+/// Writes `request` as is to the plain-HTTP mirror at `base` and reads
 /// the whole answer (until the mirror closes, or a 20 s guard): for requests
 /// no client library would send.
 pub fn raw_exchange(base: &str, request: &str) -> RawAnswer {

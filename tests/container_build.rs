@@ -3,7 +3,8 @@
 //! others) copied into an empty directory standing for its `WORKDIR`, and
 //! the stage's `cargo build` run there as `cargo check`, offline. A new
 //! workspace member or a file the compiler reads (`include_str!`) that the
-//! Dockerfile does not copy fails here, without a Docker daemon.
+//! Dockerfile does not copy (or its ignore file keeps out of the context)
+//! fails here, without a Docker daemon.
 //!
 //! `cargo check` rather than the image's `cargo build --release`: a release
 //! build from nothing takes many minutes on a CI machine, and what can go
@@ -69,39 +70,101 @@ fn build_stage(dockerfile: &str) -> BuildStage {
     stage
 }
 
-fn copy_tree(from: &Path, to: &Path) {
+/// The paths `Dockerfile.dockerignore` keeps out of the build context.
+fn ignored(dockerignore: &str) -> Vec<PathBuf> {
+    dockerignore
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| {
+            assert!(
+                !line.contains(['*', '?', '[', '!']),
+                "this test reads plain paths only: {line}"
+            );
+            PathBuf::from(line.trim_matches('/'))
+        })
+        .collect()
+}
+
+fn copy_tree(from: &Path, to: &Path, skip: &[PathBuf]) {
+    if skip.iter().any(|s| s == from) {
+        return;
+    }
     if from.is_dir() {
         std::fs::create_dir_all(to).unwrap();
         for entry in std::fs::read_dir(from).unwrap() {
             let entry = entry.unwrap();
-            copy_tree(&entry.path(), &to.join(entry.file_name()));
+            copy_tree(&entry.path(), &to.join(entry.file_name()), skip);
         }
     } else {
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         std::fs::copy(from, to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+        // The source's time, so that cargo finds a copy it checked before
+        // unchanged and checks only what changed since.
+        let modified = std::fs::metadata(from).unwrap().modified().unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(to)
+            .unwrap()
+            .set_modified(modified)
+            .unwrap();
     }
 }
 
-/// `COPY` as Docker does it, for paths relative to the context: a directory's
-/// contents go into the destination; a file goes into it when it is a
-/// directory (ends in `/`, or several sources), else becomes it.
-fn docker_copy(context: &Path, workdir: &Path, sources: &[String], dest: &str) {
+/// `COPY` as Docker does it, for paths relative to the context (less the
+/// `ignored` ones): a directory's contents go into the destination; a file
+/// goes into it when it is a directory (ends in `/`, or several sources),
+/// else becomes it.
+fn docker_copy(
+    context: &Path,
+    ignored: &[PathBuf],
+    workdir: &Path,
+    sources: &[String],
+    dest: &str,
+) {
+    let skip: Vec<PathBuf> = ignored.iter().map(|path| context.join(path)).collect();
     let dest_path = workdir.join(dest);
     let into_dir = dest.ends_with('/') || sources.len() > 1;
     for source in sources {
         let from = context.join(source);
         assert!(
-            from.exists(),
-            "the Dockerfile copies {source}, which does not exist"
+            from.exists() && !skip.iter().any(|s| from.starts_with(s)),
+            "the Dockerfile copies {source}, which is not in the build context"
         );
         if from.is_dir() {
-            copy_tree(&from, &dest_path);
+            copy_tree(&from, &dest_path, &skip);
         } else if into_dir {
-            copy_tree(&from, &dest_path.join(from.file_name().unwrap()));
+            copy_tree(&from, &dest_path.join(from.file_name().unwrap()), &skip);
         } else {
-            copy_tree(&from, &dest_path);
+            copy_tree(&from, &dest_path, &skip);
         }
     }
+}
+
+/// `cargo` as a user runs it: without the variables cargo sets for this test
+/// (build scripts that read them would otherwise rerun, and everything
+/// above them be checked again, each time this test and a plain cargo
+/// command take turns with the target directory).
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_EXE_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+            ]
+            .contains(&name.as_ref())
+        {
+            command.env_remove(name.as_ref());
+        }
+    }
+    command
 }
 
 fn target_dir() -> PathBuf {
@@ -129,12 +192,25 @@ fn the_image_build_stage_compiles_from_exactly_what_the_dockerfile_copies() {
     }
     assert!(dockerfile.contains("/src/target/release/crate-mirror"));
 
-    let workdir = tempfile::tempdir().unwrap();
+    // Docker reads the ignore file named after the Dockerfile beside it.
+    let ignored = ignored(
+        &std::fs::read_to_string(root.join("deploy/container/Dockerfile.dockerignore")).unwrap(),
+    );
+    assert!(
+        ignored.iter().any(|path| path == Path::new("target")),
+        "target/ (gigabytes) goes to the builder"
+    );
+    // Always the same directory: cargo names the artifacts of a path package
+    // after its path, and a new one each run would pile up in target/.
+    let workdir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dockerfile-build-stage");
+    if workdir.exists() {
+        std::fs::remove_dir_all(&workdir).unwrap();
+    }
+    std::fs::create_dir_all(&workdir).unwrap();
     for (sources, dest) in &stage.copies {
-        docker_copy(root, workdir.path(), sources, dest);
+        docker_copy(root, &ignored, &workdir, sources, dest);
     }
 
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     // Loading the workspace is what a missing member breaks first. Resolved
     // for this platform only: packages only other platforms use are not in
     // the offline cache.
@@ -144,10 +220,10 @@ fn the_image_build_stage_compiles_from_exactly_what_the_dockerfile_copies() {
         .find_map(|line| line.strip_prefix("host: "))
         .expect("rustc -vV names the host");
     support::run_ok(
-        Command::new(&cargo)
+        cargo()
             .args(["metadata", "--locked", "--offline", "--format-version=1"])
             .args(["--filter-platform", host])
-            .current_dir(workdir.path()),
+            .current_dir(&workdir),
         || "cargo cannot load the workspace from the Dockerfile's copies".into(),
     );
     let args: Vec<&String> = stage
@@ -156,12 +232,14 @@ fn the_image_build_stage_compiles_from_exactly_what_the_dockerfile_copies() {
         .filter(|a| *a != "--release")
         .collect();
     support::run_ok(
-        Command::new(&cargo)
+        cargo()
             .arg("check")
             .args(args)
             .arg("--offline")
             .env("CARGO_TARGET_DIR", target_dir())
-            .current_dir(workdir.path()),
+            // No incremental state kept for a package only this test checks.
+            .env("CARGO_INCREMENTAL", "0")
+            .current_dir(&workdir),
         || "the build stage's sources do not compile".into(),
     );
 }

@@ -262,7 +262,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         listen = %addr,
                         "listening on every interface in public mode: anyone who can reach \
                          this port can use the mirror; firewall it, listen on an internal \
-                         address, or set auth-tokens (see the README, Private mirrors)"
+                         address, or set auth-tokens (see docs/security.md, Private mirrors)"
                     );
                 }
             }))?;

@@ -239,6 +239,9 @@ fn the_image_build_stage_compiles_from_exactly_what_the_dockerfile_copies() {
             .env("CARGO_TARGET_DIR", target_dir())
             // No incremental state kept for a package only this test checks.
             .env("CARGO_INCREMENTAL", "0")
+            // The image's context holds no .git: the build script must not
+            // find this checkout's above the copy either.
+            .env("GIT_CEILING_DIRECTORIES", workdir.parent().unwrap())
             .current_dir(&workdir),
         || "the build stage's sources do not compile".into(),
     );

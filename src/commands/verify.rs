@@ -54,6 +54,15 @@ pub async fn run(config: &Config) -> Result<VerifyReport, StartError> {
     for (key, why) in &report.unverifiable {
         println!("unverifiable {key}: {why}");
     }
+    if report.checked == 0 && report.unverifiable.is_empty() {
+        // Not a failure (a new mirror has nothing yet), but worth a word: a
+        // mistyped --data-dir looks the same.
+        eprintln!(
+            "verify: no crates stored (storage {}, data dir {}); nothing to check",
+            config.storage,
+            config.data_dir.display()
+        );
+    }
     if report.nothing_checked() {
         eprintln!(
             "verify: nothing could be checked: no index line for any of the {} stored files \

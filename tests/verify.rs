@@ -10,7 +10,6 @@ use std::process::Output;
 
 use support::mirror::Mirror;
 use support::registry::CrateSpec;
-use support::upstream::{DlStyle, TestUpstream};
 
 /// The crates of the site, as `name-version.crate` files.
 const CRATES: [&str; 3] = ["one-1.0.0.crate", "two-2.0.0.crate", "three-3.0.0.crate"];
@@ -18,34 +17,15 @@ const CRATES: [&str; 3] = ["one-1.0.0.crate", "two-2.0.0.crate", "three-3.0.0.cr
 /// A far-side data dir in `work`: three crates exported from a mirror of a
 /// test upstream, imported, and both the mirror and the upstream gone.
 fn imported_site(work: &Path) -> PathBuf {
-    let upstream = TestUpstream::start(
+    let bundle = work.join("site.tar.gz");
+    support::mirror::export_bundle(
         &[
             CrateSpec::new("one", "1.0.0"),
             CrateSpec::new("two", "2.0.0"),
             CrateSpec::new("three", "3.0.0"),
         ],
-        DlStyle::Plain,
+        &bundle,
     );
-    let near = Mirror::builder(&upstream.url).start();
-    let bundle = work.join("site.tar.gz");
-    support::assert_success(&support::mirror::run(
-        &[
-            "export",
-            "--from",
-            &near.url,
-            "--crate",
-            "one",
-            "--crate",
-            "two",
-            "--crate",
-            "three",
-            "--out",
-            support::utf8(&bundle),
-        ],
-        &[],
-    ));
-    drop(near);
-    drop(upstream);
     let data = work.join("far");
     support::assert_success(&support::mirror::run(
         &[

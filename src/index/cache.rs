@@ -104,6 +104,9 @@ pub struct IndexFile {
     gzip: Bytes,
     /// The plain body's length.
     plain_len: u64,
+    /// `gzip` is the upstream's own bytes (it sent the file gzip'd): what it
+    /// sends for the file, for the bytes avoided (see `upstream_gzip_len`).
+    upstream_gzip: bool,
     /// Our ETag, quoted: a hash of the body, stable across restarts and nodes.
     pub etag: String,
     pub changed_at: SystemTime,
@@ -155,6 +158,7 @@ impl IndexFile {
         Self {
             gzip,
             plain_len,
+            upstream_gzip: false,
             etag,
             changed_at,
             last_modified: httpdate::fmt_http_date(changed_at),
@@ -189,13 +193,10 @@ impl IndexFile {
             (gzip(&stored.stored), stored.stored.len() as u64)
         };
         let freshness = Freshness::since(h.upstream, from_ms(h.fetched_at_ms), ttl, clock);
-        Ok(Self::new(
-            gzip,
-            plain_len,
-            h.etag,
-            from_ms(h.changed_at_ms),
-            freshness,
-        ))
+        let mut file = Self::new(gzip, plain_len, h.etag, from_ms(h.changed_at_ms), freshness);
+        // Only a gzip record can hold the upstream's gzip bytes.
+        file.upstream_gzip = h.gzip && h.upstream_gzip;
+        Ok(file)
     }
 
     fn to_stored(&self) -> StoredIndex {
@@ -207,6 +208,7 @@ impl IndexFile {
                 fetched_at_ms: to_ms(self.fetched_at),
                 gzip: false,
                 plain_len: Some(self.plain_len),
+                upstream_gzip: self.upstream_gzip,
             },
             // Only the gzip body is written (see `StoredIndex::encode`).
             body: Bytes::new(),
@@ -217,13 +219,14 @@ impl IndexFile {
     /// The same file with a new expiry (and, after a 304, the upstream's
     /// newer validators); a prefetch mark carries over.
     fn renewed(&self, freshness: Freshness) -> Self {
-        let file = Self::new(
+        let mut file = Self::new(
             self.gzip.clone(),
             self.plain_len,
             self.etag.clone(),
             self.changed_at,
             freshness,
         );
+        file.upstream_gzip = self.upstream_gzip;
         file.prefetched
             .store(self.prefetched.load(Ordering::Relaxed), Ordering::Relaxed);
         file
@@ -247,6 +250,17 @@ impl IndexFile {
     /// The plain body's length.
     pub fn plain_len(&self) -> u64 {
         self.plain_len
+    }
+
+    /// What the upstream sends for this file to a client that accepts gzip:
+    /// the gzip body when it is the upstream's (kept as sent), else the
+    /// plain body (it sent it plain; or a record from before this was kept).
+    pub fn upstream_gzip_len(&self) -> u64 {
+        if self.upstream_gzip {
+            self.gzip.len() as u64
+        } else {
+            self.plain_len
+        }
     }
 
     /// The plain body, decompressed (CPU work: not on an async thread; see
@@ -417,6 +431,8 @@ async fn blocking<T: Send + 'static>(
 struct Prepared {
     plain: Bytes,
     gzip: Bytes,
+    /// `gzip` is the upstream's own.
+    upstream_gzip: bool,
     etag: String,
 }
 
@@ -430,11 +446,13 @@ enum Answer {
 fn prepare(body: IndexBody, key: &str) -> Result<Prepared, UpstreamError> {
     let decoded = body.decode()?;
     validate_index(&decoded.plain, key).map_err(UpstreamError::InvalidIndex)?;
+    let upstream_gzip = decoded.gzip.is_some();
     let gzip = decoded.gzip.unwrap_or_else(|| gzip(&decoded.plain));
     Ok(Prepared {
         etag: etag_of(&decoded.plain),
         plain: decoded.plain,
         gzip,
+        upstream_gzip,
     })
 }
 
@@ -461,6 +479,7 @@ pub fn record_of(plain: Bytes) -> crate::index::store::StoredIndex {
             fetched_at_ms: now,
             gzip: false,
             plain_len: Some(plain.len() as u64),
+            upstream_gzip: false,
         },
         gzip: Some(gzip(&plain)),
         body: plain,
@@ -1162,6 +1181,7 @@ impl Inner {
                 let Prepared {
                     plain: body,
                     gzip,
+                    upstream_gzip,
                     etag,
                 } = prepared;
                 let (changed_at, outcome) = match previous {
@@ -1178,7 +1198,8 @@ impl Inner {
                     // to 67% in tests/prefetch.rs). Only with a prefetcher.
                     self.plain_bodies.insert(etag.clone(), body.clone()).await;
                 }
-                let file = IndexFile::new(gzip, body.len() as u64, etag, changed_at, freshness);
+                let mut file = IndexFile::new(gzip, body.len() as u64, etag, changed_at, freshness);
+                file.upstream_gzip = upstream_gzip;
                 file.prefetched
                     .store(matches!(origin, Origin::Prefetch(_)), Ordering::Relaxed);
                 let lookup = self.keep(key, file, outcome).await?;

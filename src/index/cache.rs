@@ -335,6 +335,13 @@ impl IndexEntry {
         self.file().map_or(0, |file| file.plain_len)
     }
 
+    /// Approximate memory held under `key`: the hot cache's weigher, and
+    /// what `held` counts.
+    fn weight_under(&self, key: &str) -> u32 {
+        self.weight()
+            .saturating_add(u32::try_from(key.len()).unwrap_or(u32::MAX))
+    }
+
     /// Approximate memory held, for the hot cache's byte budget.
     fn weight(&self) -> u32 {
         let bytes = match self {
@@ -589,6 +596,10 @@ struct Inner {
     /// taken off by the eviction listener when it leaves (replaced, evicted
     /// or invalidated), so the figure needs no walk of the cache.
     plain_held: Arc<AtomicU64>,
+    /// The weight of every entry in `hot`, counted alike. Not moka's
+    /// `weighted_size`, which moves only when its pending work next runs (at
+    /// a later lookup), so the figure stood still after a burst of misses.
+    held: Arc<AtomicU64>,
     /// Forced revalidations within the last `revalidate_interval`, by crate key.
     forced: Cache<String, Forced>,
     revalidate_interval: Duration,
@@ -671,14 +682,14 @@ impl IndexCacheBuilder {
             .time_to_live(self.revalidate_interval.max(Duration::from_millis(1)))
             .build();
         let plain_held = Arc::new(AtomicU64::new(0));
-        let released = plain_held.clone();
+        let held = Arc::new(AtomicU64::new(0));
+        let (released, released_weight) = (plain_held.clone(), held.clone());
         let hot = Cache::builder()
             .max_capacity(self.policy.hot_cache_bytes)
-            .weigher(|key: &String, entry: &Arc<IndexEntry>| {
-                entry.weight().saturating_add(key.len() as u32)
-            })
-            .eviction_listener(move |_key, entry: Arc<IndexEntry>, _cause| {
+            .weigher(|key: &String, entry: &Arc<IndexEntry>| entry.weight_under(key))
+            .eviction_listener(move |key: Arc<String>, entry: Arc<IndexEntry>, _cause| {
                 released.fetch_sub(entry.plain_len(), Ordering::Relaxed);
+                released_weight.fetch_sub(u64::from(entry.weight_under(&key)), Ordering::Relaxed);
             })
             .build();
         let plain_bodies = plain_cache(PLAIN_CACHE_BYTES);
@@ -689,6 +700,7 @@ impl IndexCacheBuilder {
                 plain_bodies,
                 identity_bodies,
                 plain_held,
+                held,
                 forced,
                 revalidate_interval: self.revalidate_interval,
                 store: self.store,
@@ -742,7 +754,7 @@ impl IndexCache {
     /// overhead per file, and what those files are plain). Counters, no walk.
     pub fn memory(&self) -> (u64, u64) {
         (
-            self.inner.hot.weighted_size(),
+            self.inner.held.load(Ordering::Relaxed),
             self.inner.plain_held.load(Ordering::Relaxed),
         )
     }
@@ -833,7 +845,7 @@ impl IndexCache {
                 {
                     // A fetch may have put a newer copy in memory while sled
                     // was read: that one wins (it carries the prefetch mark).
-                    let plain_len = loaded.plain_len();
+                    let counted = Arc::clone(&loaded);
                     let held = self
                         .inner
                         .hot
@@ -841,9 +853,7 @@ impl IndexCache {
                         .or_insert(loaded)
                         .await;
                     if held.is_fresh() {
-                        self.inner
-                            .plain_held
-                            .fetch_add(plain_len, Ordering::Relaxed);
+                        self.inner.count_held(name.key(), &counted);
                     }
                     let entry = held.into_value();
                     if entry.is_fresh(clock) {
@@ -956,11 +966,18 @@ impl IndexCache {
 }
 
 impl Inner {
-    /// Puts `entry` in memory, counting its plain length (see `plain_held`).
+    /// Puts `entry` in memory, counting it (see `plain_held` and `held`).
     async fn hold(&self, key: &str, entry: Arc<IndexEntry>) {
+        self.count_held(key, &entry);
+        self.hot.insert(key.to_string(), entry).await;
+    }
+
+    /// Counts an entry going into `hot` (the eviction listener takes it off).
+    fn count_held(&self, key: &str, entry: &IndexEntry) {
         self.plain_held
             .fetch_add(entry.plain_len(), Ordering::Relaxed);
-        self.hot.insert(key.to_string(), entry).await;
+        self.held
+            .fetch_add(u64::from(entry.weight_under(key)), Ordering::Relaxed);
     }
 
     async fn plain_of(&self, entry: &Arc<IndexEntry>) -> Result<Bytes, IndexError> {

@@ -216,8 +216,10 @@ function lock(status, sentToken) {
     : "Its figures need a token: paste a client or metrics token of this mirror.";
   $("locked").hidden = false;
   for (const id of GUARDED) $(id).hidden = true;
+  // The upstream's health is one of the figures: unknown here, and the
+  // upstream itself needs nothing from this page.
   const pill = $("upstream-pill");
-  pill.className = "pill pill-unknown"; pill.textContent = "upstream: needs a token";
+  pill.className = "pill pill-unknown"; pill.textContent = "figures need a token";
   $("updated").textContent = "";
   state.dataset.locked = "1";
 }

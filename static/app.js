@@ -134,6 +134,7 @@ function render(s) {
   $("about-upstream").textContent = mirror.upstream || "–";
   $("about-version").textContent = mirror.version || "–";
   $("about-mode").textContent = mirror.mode === "private" ? "private (every registry request needs a token)" : "public";
+  $("tokens-in-clear").hidden = !mirror.tokens_in_clear;
   $("about-public-url").textContent = mirror.public_url || "from each request's Host";
   $("about-storage").textContent = mirror.storage || "–";
   $("about-started").textContent = new Date(Date.now() - s.uptime_seconds * 1000).toLocaleString() + " (" + duration(s.uptime_seconds) + ")";

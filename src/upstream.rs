@@ -760,10 +760,8 @@ impl UpstreamClient {
     async fn fetch_config(&self, asker: Asker) -> Result<UpstreamConfig, Cause> {
         let url = format!("{}config.json", self.base);
         let ask = Ask {
-            kind: "config",
-            origin: "client",
-            limit: Limit::WholeRequest,
             asker,
+            ..Ask::client("config", Limit::WholeRequest)
         };
         let (response, _permit) = self.send_as(ask, || self.http.get(&url)).await?;
         if !response.status().is_success() {
@@ -836,10 +834,8 @@ impl UpstreamClient {
     ) -> Result<IndexFetch, Cause> {
         let url = format!("{}{}", self.base, path);
         let ask = Ask {
-            kind: "index",
             origin,
-            limit: Limit::WholeRequest,
-            asker: Asker::Client,
+            ..Ask::client("index", Limit::WholeRequest)
         };
         let (response, _permit) = self
             .send_as(ask, || {
@@ -1027,14 +1023,8 @@ impl UpstreamClient {
         };
         let url = format!("{}{path}", api.trim_end_matches('/'));
         let fetched: Result<ApiFetch, Cause> = async {
-            let ask = Ask {
-                kind: "api",
-                origin: "client",
-                limit: Limit::WholeRequest,
-                asker: Asker::Client,
-            };
             let (response, _permit) = self
-                .send_as(ask, || {
+                .send_as(Ask::client("api", Limit::WholeRequest), || {
                     self.http
                         .get(&url)
                         .header(reqwest::header::ACCEPT, "application/json")
@@ -1081,14 +1071,8 @@ impl UpstreamClient {
     /// body streams with no deadline as a whole: it fails only when no bytes
     /// come for the timeout, so a large crate on a slow link gets through.
     pub async fn download(&self, url: &str) -> Result<DownloadStart, UpstreamError> {
-        let ask = Ask {
-            kind: "download",
-            origin: "client",
-            limit: Limit::Head,
-            asker: Asker::Client,
-        };
         let (response, permit) = self
-            .send_as(ask, || self.http.get(url))
+            .send_as(Ask::client("download", Limit::Head), || self.http.get(url))
             .await
             .map_err(|cause| self.error(cause))?;
         match response.status() {
@@ -1123,6 +1107,18 @@ struct Ask<'a> {
     origin: &'a str,
     limit: Limit,
     asker: Asker,
+}
+
+impl Ask<'static> {
+    /// A client's own request of `kind`.
+    fn client(kind: &'static str, limit: Limit) -> Self {
+        Ask {
+            kind,
+            origin: "client",
+            limit,
+            asker: Asker::Client,
+        }
+    }
 }
 
 /// One service the client asks (the registry, or its web API): its circuit

@@ -13,7 +13,7 @@ use crate_mirror::config::{ConfigError, LogFormat, SettingsArgs};
 #[derive(Parser)]
 #[command(
     name = "crate-mirror",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("CRATE_MIRROR_COMMIT"), ")"),
     about = "A caching mirror for Rust's package registry"
 )]
 struct Cli {
@@ -262,7 +262,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         listen = %addr,
                         "listening on every interface in public mode: anyone who can reach \
                          this port can use the mirror; firewall it, listen on an internal \
-                         address, or set auth-tokens (see the README, Private mirrors)"
+                         address, or set auth-tokens (see docs/security.md, Private mirrors)"
                     );
                 }
             }))?;

@@ -308,7 +308,8 @@ impl Mirror {
         crate::procfs::proc_status_kib(self.pid(), field).unwrap_or(0)
     }
 
-    /// Runs `crate-mirror SUBCOMMAND --upstream U --data-dir D ARGS` (e.g. `verify`) to completion.
+    /// Runs `crate-mirror SUBCOMMAND --upstream U --data-dir D ARGS` (e.g. `verify`;
+    /// `gc`, which takes no upstream, without `--upstream U`) to completion.
     pub fn run_command(
         &self,
         subcommand: &str,
@@ -325,10 +326,15 @@ impl Mirror {
         args: &[&str],
         env: &[(String, String)],
     ) -> std::process::Output {
+        // `gc` never asks an upstream, and refuses the flag.
+        let upstream: &[&str] = match subcommand {
+            "gc" => &[],
+            _ => &["--upstream", upstream],
+        };
         Command::new(&self.binary)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .arg(subcommand)
-            .args(["--upstream", upstream])
+            .args(upstream)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(args)

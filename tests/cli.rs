@@ -1,7 +1,7 @@
 //! The command line from the outside, with the real binary: on/off settings
 //! in every form from flag, environment and file; each subcommand taking (and
-//! its `--help` listing) only the settings it uses; every flag the README
-//! names accepted where the README uses it; and the one-line errors of
+//! its `--help` listing) only the settings it uses; every flag the docs
+//! name accepted where they use it; and the one-line errors of
 //! `import` and `export`.
 
 use std::process::{Command, Output};
@@ -200,14 +200,25 @@ fn aws_region_is_a_flag() {
     assert!(stderr(&output).contains("unexpected argument"));
 }
 
-/// Every `crate-mirror SUBCOMMAND ...` line of the README's examples: each
-/// `--flag` on it is one that subcommand lists. And the README's claim that
-/// every setting but the S3 keys is a flag: of some command.
+/// Every `crate-mirror SUBCOMMAND ...` line of the examples in the README and
+/// docs/: each `--flag` on it is one that subcommand lists. And the docs'
+/// claim that every setting but the S3 keys is a flag: of some command.
 #[test]
-fn every_flag_the_readme_names_is_accepted_where_it_is_used() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let mut lines = readme.lines().peekable();
+fn every_flag_the_docs_name_is_accepted_where_they_use_it() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut pages = vec![root.join("README.md")];
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|ext| ext == "md") {
+            pages.push(path);
+        }
+    }
+    let text: String = pages
+        .iter()
+        .map(|page| std::fs::read_to_string(page).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut lines = text.lines();
     let mut checked = 0;
     while let Some(line) = lines.next() {
         let Some(rest) = line.trim_start().strip_prefix("crate-mirror ") else {
@@ -226,13 +237,13 @@ fn every_flag_the_readme_names_is_accepted_where_it_is_used() {
                 let flag = format!("--{}", flag.split('=').next().unwrap());
                 assert!(
                     listed.contains(&flag),
-                    "the README runs `crate-mirror {subcommand}` with {flag}: {line}"
+                    "the docs run `crate-mirror {subcommand}` with {flag}: {line}"
                 );
                 checked += 1;
             }
         }
     }
-    assert!(checked >= 10, "only {checked} flags found in the README");
+    assert!(checked >= 10, "only {checked} flags found in the docs");
     let all: Vec<String> = CommandName::ALL
         .iter()
         .flat_map(|command| listed_flags(command.as_str()))

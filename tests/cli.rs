@@ -4,28 +4,14 @@
 //! name accepted where they use it; and the one-line errors of
 //! `import` and `export`.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use crate_mirror::config::{CommandName, Kind, SETTINGS};
 
-use support::mirror::Mirror;
-
-/// Nothing listens on the discard port: for mirrors that never reach their upstream.
-const NO_UPSTREAM: &str = "http://127.0.0.1:9/index/";
-
-/// The binary with none of this process's `CRATE_MIRROR_*` variables.
-fn mirror_command() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_crate-mirror"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("CRATE_MIRROR_") {
-            command.env_remove(key);
-        }
-    }
-    command
-}
+use support::mirror::{Mirror, NO_UPSTREAM};
 
 fn run(args: &[&str]) -> Output {
-    mirror_command().args(args).output().unwrap()
+    support::mirror::command().args(args).output().unwrap()
 }
 
 fn stderr(output: &Output) -> String {
@@ -156,7 +142,7 @@ fn each_command_lists_only_the_settings_it_uses() {
 #[test]
 fn gc_runs_without_an_upstream() {
     let data = tempfile::tempdir().unwrap();
-    let output = mirror_command()
+    let output = support::mirror::command()
         .arg("gc")
         .arg("--data-dir")
         .arg(data.path())
@@ -261,7 +247,7 @@ fn every_flag_the_docs_name_is_accepted_where_they_use_it() {
 #[test]
 fn import_of_a_missing_bundle_says_so_once_and_creates_nothing() {
     let work = tempfile::tempdir().unwrap();
-    let output = mirror_command()
+    let output = support::mirror::command()
         .current_dir(work.path())
         .args(["import", "missing.tar.gz", "--data-dir", "./d2"])
         .output()
@@ -279,7 +265,7 @@ fn import_of_a_missing_bundle_says_so_once_and_creates_nothing() {
 #[test]
 fn export_without_a_source_names_from_and_upstream() {
     let work = tempfile::tempdir().unwrap();
-    let output = mirror_command()
+    let output = support::mirror::command()
         .current_dir(work.path())
         .args(["export", "--crate", "serde", "--out", "x.tar.gz"])
         .args(["--data-dir", "./d3"])

@@ -1,9 +1,11 @@
-//! Every setting, defined once: its key, value name, default, help and parser.
+//! Every setting, defined once: its key, value name, default, help, parser,
+//! whether it is on/off, and the subcommands that take it as a flag.
 //!
 //! The key is the flag (`--index-ttl`) and the TOML key (`index-ttl`), and gives
-//! the environment variable (`CRATE_MIRROR_INDEX_TTL`); the command line, the
-//! environment and config file layers, the defaults in `build()` and the
-//! README's settings table (checked by a test) are all derived from this list.
+//! the environment variable (`CRATE_MIRROR_INDEX_TTL`); the command line of
+//! each subcommand and its `--help`, the environment and config file layers,
+//! the defaults in `build()` and the settings table in docs/operating.md
+//! (checked by a test) are all derived from this list.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -13,7 +13,7 @@ use crate_mirror::config::{for_command, ConfigError, LogFormat, SettingsArgs};
 #[derive(Parser)]
 #[command(
     name = "crate-mirror",
-    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("CRATE_MIRROR_COMMIT"), ")"),
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("BUILD_COMMIT"), ")"),
     about = "A caching mirror for Rust's package registry"
 )]
 struct Cli {

@@ -24,7 +24,7 @@ use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::names::CrateName;
 use crate::single_flight::{FlightAborted, Role, SingleFlight};
-use crate::upstream::{IndexBody, IndexFetch, UpstreamClient, UpstreamError, Validators};
+use crate::upstream::{Cause, IndexBody, IndexFetch, UpstreamClient, UpstreamError, Validators};
 
 /// After a failed revalidation, the stale copy is served this long (at most the
 /// TTL) before the upstream is tried again, so an outage does not turn every
@@ -452,7 +452,7 @@ enum Answer {
 
 fn prepare(body: IndexBody, key: &str) -> Result<Prepared, UpstreamError> {
     let decoded = body.decode()?;
-    validate_index(&decoded.plain, key).map_err(UpstreamError::InvalidIndex)?;
+    validate_index(&decoded.plain, key).map_err(Cause::InvalidIndex)?;
     let upstream_gzip = decoded.gzip.is_some();
     let gzip = decoded.gzip.unwrap_or_else(|| gzip(&decoded.plain));
     Ok(Prepared {
@@ -1229,7 +1229,7 @@ impl Inner {
             Ok(Answer::NotModified(validators)) => {
                 let Some(old) = previous else {
                     // A 304 to an unconditional request: the upstream is broken.
-                    return Err(UpstreamError::Status(304).into());
+                    return Err(UpstreamError::from(Cause::Status(304)).into());
                 };
                 self.metrics.index.not_modified.inc();
                 let validators = if validators.is_empty() {

@@ -378,9 +378,11 @@ pub async fn serve(
             })
         }
     }
-    .map_err(listen_err)?
-    .run();
+    .map_err(listen_err)?;
+    // Before `run`, which writes actix's own lines: the start line that
+    // `on_listening` writes is the log's first. The socket listens already.
     on_listening(local_addr);
+    let server = server.run();
     let result = {
         let mut server = std::pin::pin!(server);
         tokio::select! {
@@ -389,10 +391,11 @@ pub async fn serve(
             // not wait for its in-flight requests to drain.
             () = background::stop_signal() => {
                 background.cancel();
-                server.await
+                drain(server, config.shutdown_timeout).await
             }
         }
     };
+    cut_lines_written().await;
     background.stop(config.shutdown_timeout).await;
     let flushed = {
         let state = state.clone();
@@ -401,8 +404,53 @@ pub async fn serve(
     if let Err(err) = flushed {
         tracing::error!(error = %err, "flushing the database failed");
     }
+    tracing::info!("crate-mirror stopped");
     result.map_err(|source| StartError::Listen {
         addr: config.listen,
         source,
     })
+}
+
+/// Waits for the server's stop to end. When `shutdown_timeout` runs out
+/// first, or the stop was a forced one (SIGINT), the connections still open
+/// are dropped: says how many, and has their responses logged as cut by the
+/// stop rather than by their clients.
+async fn drain(
+    mut server: std::pin::Pin<&mut actix_server::Server>,
+    shutdown_timeout: std::time::Duration,
+) -> std::io::Result<()> {
+    let dropping = || {
+        let open = http::connection::open_connections();
+        if open > 0 {
+            access_log::stop_cuts_from_now();
+            tracing::warn!(
+                connections = open,
+                "shutdown-timeout passed: dropping the connections still open"
+            );
+        }
+    };
+    tokio::select! {
+        result = &mut server => {
+            dropping();
+            result
+        }
+        () = tokio::time::sleep(shutdown_timeout) => {
+            dropping();
+            server.await
+        }
+    }
+}
+
+/// How long the stop waits for the connections it dropped to be gone and
+/// their access lines written (the workers' threads end them once the
+/// server has stopped), so that `crate-mirror stopped` is the last line.
+const CUT_LINES_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn cut_lines_written() {
+    let deadline = tokio::time::Instant::now() + CUT_LINES_WAIT;
+    while (access_log::lines_owed() > 0 || http::connection::open_connections() > 0)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }

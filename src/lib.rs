@@ -319,7 +319,9 @@ pub async fn serve(
         .workers(workers)
         .worker_max_blocking_threads(WORKER_BLOCKING_THREADS)
         .max_concurrent_connections(config.max_connections)
-        .shutdown_timeout(config.shutdown_timeout.as_secs());
+        // A second past ours: the stop's cut is `drain`'s, which counts and
+        // logs what it drops; actix's own would come unannounced.
+        .shutdown_timeout(config.shutdown_timeout.as_secs() + 1);
     // Told to every connection when the stop begins: an idle HTTP/1.1
     // keep-alive connection then closes at once instead of holding the
     // stop for up to `keep-alive` (capped by `shutdown-timeout`).
@@ -383,16 +385,14 @@ pub async fn serve(
     // `on_listening` writes is the log's first. The socket listens already.
     on_listening(local_addr);
     let server = server.run();
-    let result = {
-        let mut server = std::pin::pin!(server);
-        tokio::select! {
-            result = &mut server => result,
-            // The server stops on the same signal; the background tasks need
-            // not wait for its in-flight requests to drain.
-            () = background::stop_signal() => {
-                background.cancel();
-                drain(server, config.shutdown_timeout).await
-            }
+    let mut server = server;
+    let result = tokio::select! {
+        result = &mut server => result,
+        // The server stops on the same signal; the background tasks need
+        // not wait for its in-flight requests to drain.
+        () = background::stop_signal() => {
+            background.cancel();
+            drain(server, config.shutdown_timeout).await
         }
     };
     cut_lines_written().await;
@@ -411,12 +411,13 @@ pub async fn serve(
     })
 }
 
-/// Waits for the server's stop to end. When `shutdown_timeout` runs out
-/// first, or the stop was a forced one (SIGINT), the connections still open
-/// are dropped: says how many, and has their responses logged as cut by the
+/// Waits for the server's graceful stop to end, at most `shutdown_timeout`;
+/// then drops the server, which closes the connections still open at once.
+/// Either way (a forced stop, SIGINT, ends them too) says how many
+/// connections are dropped, and has their responses logged as cut by the
 /// stop rather than by their clients.
 async fn drain(
-    mut server: std::pin::Pin<&mut actix_server::Server>,
+    mut server: actix_server::Server,
     shutdown_timeout: std::time::Duration,
 ) -> std::io::Result<()> {
     let dropping = || {
@@ -436,7 +437,9 @@ async fn drain(
         }
         () = tokio::time::sleep(shutdown_timeout) => {
             dropping();
-            server.await
+            // Dropping a running server stops its workers at once.
+            drop(server);
+            Ok(())
         }
     }
 }

@@ -133,7 +133,7 @@ pub fn stop_cuts_from_now() {
 /// How many responses' lines are still owed (their bodies not dropped yet):
 /// the stop waits for none before its last line.
 pub fn lines_owed() -> usize {
-    PENDING.load(Ordering::SeqCst)
+    PENDING.load(Ordering::Acquire)
 }
 
 /// Logs one request, when `RUST_LOG` lets `crate_mirror::access` info through.
@@ -300,15 +300,16 @@ pub struct RequestFacts {
 }
 
 impl RequestFacts {
-    /// The facts of `req`, `forwarded_for` telling what a trusted proxy
+    /// The facts of `req`, which came in at `started`, `forwarded_for` telling what a trusted proxy
     /// said the client's address was (see `http::origin::forwarded_client`);
     /// `None` when the log is off.
     pub fn of(
         req: &ServiceRequest,
+        started: Instant,
         forwarded_for: impl FnOnce() -> Option<IpAddr>,
     ) -> Option<Self> {
         enabled().then(|| RequestFacts {
-            started: Instant::now(),
+            started,
             method: req.method().clone(),
             uri: req.uri().clone(),
             version: req.version(),
@@ -339,21 +340,23 @@ struct OwedLine {
 }
 
 impl<B: MessageBody> Logged<B> {
-    /// `body`, to be logged with `request` (`None`: not logged), `status`
-    /// and `cache` (the response's `x-cache`) when it ends.
+    /// `body`, to be logged with `request` (`None`: not logged), `status`,
+    /// `cache` (the response's `x-cache`) and `latency` (to the head) when
+    /// it ends.
     pub fn new(
         body: B,
         request: Option<RequestFacts>,
         status: u16,
         cache: Option<&HeaderValue>,
+        latency: Duration,
     ) -> Self {
         let line = request.map(|request| {
-            PENDING.fetch_add(1, Ordering::SeqCst);
+            PENDING.fetch_add(1, Ordering::Relaxed);
             let head = request.method == Method::HEAD;
             // Nothing to send: the dispatchers drop such a body unpolled.
             let empty = matches!(body.size(), BodySize::None | BodySize::Sized(0));
             OwedLine {
-                latency: request.started.elapsed(),
+                latency,
                 request,
                 status,
                 cache: cache.cloned(),
@@ -433,7 +436,7 @@ impl<B> Drop for Logged<B> {
                 LOGGED_USER_AGENT_BYTES,
             ),
         });
-        PENDING.fetch_sub(1, Ordering::SeqCst);
+        PENDING.fetch_sub(1, Ordering::Release);
     }
 }
 

@@ -243,12 +243,15 @@ impl AppState {
 }
 
 /// Runs the mirror until it is stopped (SIGINT/SIGTERM). `on_listening` is told
-/// the bound address before the first request is accepted.
+/// the bound address before the first request is accepted, and before the
+/// HTTP server writes any log line (its start line is the log's first).
 ///
 /// The background tasks belong to this function: on the stop signal they are
 /// cancelled while the HTTP server drains, and waited for (within the
 /// shutdown timeout, counted from the signal) before the database is flushed
-/// and this returns.
+/// and this returns. Connections still open when the timeout runs out are
+/// dropped (`drain`); the last log line, `crate-mirror stopped`, comes after
+/// their access lines and the flush.
 pub async fn serve(
     config: Config,
     on_listening: impl FnOnce(std::net::SocketAddr),

@@ -73,12 +73,11 @@ fn text_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 /// Downloads the big crate whole (the mirror then holds it: later
 /// downloads are hits); the body's length.
 async fn warm(mirror: &Mirror) -> usize {
-    // A client of its own, dropped here: no idle connection stays open.
-    let body = support::client()
-        .get(format!("{}{DOWNLOAD}", mirror.url))
-        .send()
+    // A client of its own (`Mirror::get`'s), dropped here: no idle
+    // connection stays open.
+    let body = mirror
+        .get(DOWNLOAD)
         .await
-        .expect("GET the crate")
         .bytes()
         .await
         .expect("the crate's body");

@@ -77,12 +77,12 @@ static OPEN: AtomicUsize = AtomicUsize::new(0);
 
 /// How many client connections are open.
 pub fn open_connections() -> usize {
-    OPEN.load(Ordering::SeqCst)
+    OPEN.load(Ordering::Relaxed)
 }
 
 impl<T> Conn<T> {
     fn new(io: T, protocol: Protocol, closed: Option<Rc<Notify>>) -> Self {
-        OPEN.fetch_add(1, Ordering::SeqCst);
+        OPEN.fetch_add(1, Ordering::Relaxed);
         Self {
             io,
             amend_settings: protocol == Protocol::Http2,
@@ -95,7 +95,7 @@ impl<T> Conn<T> {
 
 impl<T> Drop for Conn<T> {
     fn drop(&mut self) {
-        OPEN.fetch_sub(1, Ordering::SeqCst);
+        OPEN.fetch_sub(1, Ordering::Relaxed);
         if let Some(closed) = &self.closed {
             closed.notify_one();
         }

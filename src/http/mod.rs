@@ -419,7 +419,7 @@ pub async fn record_request<B: MessageBody + Unpin>(
     let uri = req.uri().clone();
     let path = uri.path();
     let state = req.app_data::<web::Data<AppState>>().cloned();
-    let facts = access_log::RequestFacts::of(&req, || {
+    let facts = access_log::RequestFacts::of(&req, started, || {
         let proxies = &state.as_ref()?.facing.trusted_proxies;
         origin::forwarded_client(req.request(), proxies)
     });
@@ -457,7 +457,7 @@ pub async fn record_request<B: MessageBody + Unpin>(
     }
     Ok(response.map_body(|head, body| {
         let cache = head.headers.get(X_CACHE);
-        access_log::Logged::new(body, facts, status.as_u16(), cache)
+        access_log::Logged::new(body, facts, status.as_u16(), cache, elapsed)
     }))
 }
 

@@ -519,6 +519,33 @@ mod tests {
     }
 
     #[test]
+    fn the_forwarded_client_comes_only_from_a_trusted_peer() {
+        let proxies = TrustedProxies::parse("127.0.0.0/8").unwrap();
+        let request = |peer: &str, headers: &[(&str, &str)]| {
+            let mut req = actix_web::test::TestRequest::default().peer_addr(peer.parse().unwrap());
+            for (name, value) in headers {
+                req = req.insert_header((*name, *value));
+            }
+            req.to_http_request()
+        };
+        let client = |peer, headers| forwarded_client(&request(peer, headers), &proxies);
+        let ip = |s: &str| s.parse::<IpAddr>().ok();
+        let chain = [("x-forwarded-for", "192.0.2.9, 203.0.113.5, 127.0.0.2")];
+        assert_eq!(client("127.0.0.1:9", &chain), ip("203.0.113.5"));
+        assert_eq!(client("192.0.2.1:9", &chain), None);
+        let standard = [
+            ("forwarded", "for=198.51.100.4;host=m.example.com"),
+            ("x-forwarded-for", "203.0.113.5"),
+        ];
+        assert_eq!(client("127.0.0.1:9", &standard), ip("198.51.100.4"));
+        assert_eq!(
+            client("127.0.0.1:9", &[("x-forwarded-for", "unknown")]),
+            None
+        );
+        assert_eq!(client("127.0.0.1:9", &[]), None);
+    }
+
+    #[test]
     fn both_kinds_must_agree() {
         let agreeing = [
             ("forwarded", "for=192.0.2.1;host=M.example.com;proto=https"),

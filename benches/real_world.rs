@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use support::bench::real_index::{
-    crate_size, fixture_dir, Counts, CrateFiles, RealIndex, RealUpstream, TestCa,
+    crate_size, workload_manifest, Counts, CrateFiles, RealIndex, RealUpstream, TestCa,
 };
 use support::bench::{
     build_mirror_binary, code_measured, fail, release_mirror, start_mirror, Flags,
@@ -529,13 +529,7 @@ fn main() -> ExitCode {
     let upstream = RealUpstream::start(index.files(), &ca);
     let mut manifests = BTreeMap::new();
     for workload in &options.workloads {
-        let path = fixture_dir()
-            .join("workloads")
-            .join(workload)
-            .join("Cargo.toml");
-        let manifest = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| fail(&format!("{}: {e}", path.display())));
-        manifests.insert(*workload, manifest);
+        manifests.insert(*workload, workload_manifest(workload));
     }
     let mut bench = Bench {
         binary,

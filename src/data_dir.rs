@@ -246,6 +246,35 @@ fn open_or_rebuild(
     Ok((db, index_store, start))
 }
 
+/// The data dir's index store for a maintenance command that reads it
+/// (`verify` where the upstream cannot be asked): unlike [`DataDir::open`],
+/// nothing is made, moved aside or cleaned, whatever state the database is in.
+/// `Ok(None)` when the data dir holds no database; `Err` says why one cannot
+/// be read (in use by a running mirror, damaged). The database is kept open
+/// as long as the returned handle lives. Blocking.
+pub fn open_index_store(root: &Path) -> Result<Option<(sled::Db, IndexStore)>, String> {
+    let db_path = root.join(DB_DIR);
+    if !db_path.is_dir() {
+        return Ok(None);
+    }
+    match open_db(&db_path, None) {
+        Ok(opened) => Ok(Some(opened)),
+        Err(OpenFailure::Damaged(why)) => Err(format!(
+            "the database in {} is damaged: {why}",
+            db_path.display()
+        )),
+        Err(OpenFailure::Failed(err)) => {
+            let mut why = err.to_string();
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                why.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            Err(why)
+        }
+    }
+}
+
 impl DataDir {
     /// Opens sled (writing to disk every `flush_interval`; zero: only when
     /// asked), moving a damaged database aside, then prepares the temporary

@@ -13,7 +13,7 @@ use crate_mirror::config::{ConfigError, LogFormat, SettingsArgs};
 #[derive(Parser)]
 #[command(
     name = "crate-mirror",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("CRATE_MIRROR_COMMIT"), ")"),
     about = "A caching mirror for Rust's package registry"
 )]
 struct Cli {
@@ -26,7 +26,10 @@ enum Command {
     /// Serve the sparse index and crate downloads.
     Serve(SettingsArgs),
     /// Re-hash every stored crate against its index cksum; remove bad ones.
-    /// Exits with 1 when it found any. Safe beside a running mirror.
+    /// Index files come from the upstream, or from the data dir's own copy
+    /// when offline or the upstream cannot be reached. Exits with 1 when it
+    /// found any bad, or could check none. Safe beside a running mirror
+    /// while the upstream answers.
     Verify(SettingsArgs),
     /// Evict least recently used crates until local storage is under
     /// --max-storage. Needs the data dir to itself (a running mirror evicts
@@ -268,7 +271,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         listen = %addr,
                         "listening on every interface in public mode: anyone who can reach \
                          this port can use the mirror; firewall it, listen on an internal \
-                         address, or set auth-tokens (see the README, Private mirrors)"
+                         address, or set auth-tokens (see docs/security.md, Private mirrors)"
                     );
                 }
             }))?;
@@ -280,14 +283,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let _logging = init_logging(config.log_format);
             let runtime = tokio::runtime::Runtime::new()?;
             let report = runtime.block_on(crate_mirror::commands::verify::run(&config))?;
-            println!(
-                "checked {}, good {}, bad {} (removed), unverifiable {}",
-                report.checked,
-                report.good,
-                report.bad.len(),
-                report.unverifiable.len()
-            );
-            Ok(found_nothing_wrong(report.bad.is_empty()))
+            println!("{report}");
+            Ok(found_nothing_wrong(report.passed()))
         }
         Command::Token => {
             let (token, hash) = crate_mirror::auth::new_token()?;

@@ -725,11 +725,11 @@ mod tests {
         ("process_virtual_memory_bytes", "gauge", &[]),
     ];
 
-    /// The README's metrics table lists every exported family once, with
+    /// The metrics table (docs/operating.md) lists every exported family once, with
     /// its labels: operators write their queries from it.
     #[test]
     fn the_readme_lists_every_family_once_with_its_labels() {
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../docs/operating.md");
         let rows: Vec<&str> = readme
             .lines()
             .skip_while(|line| !line.starts_with("**Metrics**"))
@@ -740,7 +740,7 @@ mod tests {
             let short = name.strip_prefix("crate_mirror_").unwrap_or(name);
             let listed = format!("`{short}`");
             let found: Vec<&&str> = rows.iter().filter(|row| row.contains(&listed)).collect();
-            assert_eq!(found.len(), 1, "{short} in the README's metrics table");
+            assert_eq!(found.len(), 1, "{short} in the metrics table");
             let label_column = found[0].split('|').nth(2).unwrap();
             for label in *labels {
                 assert!(label_column.contains(label), "{short}: label {label}");
@@ -755,7 +755,7 @@ mod tests {
                         .strip_prefix("crate_mirror_")
                         .unwrap_or(name)
                         == listed),
-                    "{listed} is in the README but not exported"
+                    "{listed} is in the metrics table but not exported"
                 );
             }
         }

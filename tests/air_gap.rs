@@ -228,32 +228,15 @@ async fn with_prune_index_a_fresh_resolve_picks_only_bundled_versions() {
 
 /// A bundle of three crates, and a data dir to import into.
 fn small_bundle(work: &Path) -> (PathBuf, serde_json::Value) {
-    let upstream = TestUpstream::start(
+    let bundle = work.join("small.tar.gz");
+    support::mirror::export_bundle(
         &[
             CrateSpec::new("one", "1.0.0").padding(64 * 1024),
             CrateSpec::new("two", "2.0.0").padding(64 * 1024),
             CrateSpec::new("three", "3.0.0").padding(64 * 1024),
         ],
-        DlStyle::Plain,
+        &bundle,
     );
-    let near = Mirror::builder(&upstream.url).start();
-    let bundle = work.join("small.tar.gz");
-    ok(support::mirror::run(
-        &[
-            "export",
-            "--from",
-            &near.url,
-            "--crate",
-            "one",
-            "--crate",
-            "two",
-            "--crate",
-            "three",
-            "--out",
-            support::utf8(&bundle),
-        ],
-        &[],
-    ));
     let manifest = manifest_of(&bundle);
     (bundle, manifest)
 }

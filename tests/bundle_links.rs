@@ -5,35 +5,18 @@
 
 use std::path::{Path, PathBuf};
 
-use support::mirror::Mirror;
 use support::registry::CrateSpec;
-use support::upstream::{DlStyle, TestUpstream};
 
 /// A real bundle of two crates, exported from a mirror of a test upstream.
 fn good_bundle(work: &Path) -> PathBuf {
-    let upstream = TestUpstream::start(
+    let bundle = work.join("good.tar.gz");
+    support::mirror::export_bundle(
         &[
             CrateSpec::new("one", "1.0.0"),
             CrateSpec::new("two", "2.0.0"),
         ],
-        DlStyle::Plain,
+        &bundle,
     );
-    let near = Mirror::builder(&upstream.url).start();
-    let bundle = work.join("good.tar.gz");
-    support::assert_success(&support::mirror::run(
-        &[
-            "export",
-            "--from",
-            &near.url,
-            "--crate",
-            "one",
-            "--crate",
-            "two",
-            "--out",
-            support::utf8(&bundle),
-        ],
-        &[],
-    ));
     bundle
 }
 

@@ -4,9 +4,10 @@
 //! wait behind a prefetch. (How much faster a cold resolve gets is measured by
 //! `cargo bench --bench resolution`, not asserted here.)
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use support::bench::real_index::{unpack_index, workload_manifest};
 use support::cargo::{project, CargoHome};
 use support::client;
 use support::mirror::Mirror;
@@ -138,31 +139,6 @@ async fn clients_never_wait_behind_a_prefetch() {
     assert_eq!(mirror.stats().await["index"]["coalesced_waits"], 1);
 }
 
-/// The real index slice (see its README): 626 files cargo asked for while
-/// resolving three real manifests, and those manifests.
-fn real_index_fixture() -> PathBuf {
-    let dir = std::env::var_os("REAL_INDEX_FIXTURE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/work/shared/fixtures/real-index"));
-    assert!(
-        dir.join("index.tar.gz").is_file(),
-        "no real index fixture at {} (set REAL_INDEX_FIXTURE)",
-        dir.display()
-    );
-    dir
-}
-
-/// Unpacks the fixture's index into a temp dir (it is read-only).
-fn unpack_real_index(fixture: &Path) -> (tempfile::TempDir, PathBuf) {
-    let temp = tempfile::tempdir().unwrap();
-    let archive = std::fs::File::open(fixture.join("index.tar.gz")).unwrap();
-    tar::Archive::new(flate2::read::GzDecoder::new(archive))
-        .unpack(temp.path())
-        .unwrap();
-    let index = temp.path().join("index");
-    (temp, index)
-}
-
 /// Waits until the upstream has seen no new request for a while: prefetches
 /// still running after cargo finished count against prefetch too.
 async fn settle(upstream: &TestUpstream) {
@@ -209,13 +185,12 @@ async fn resolve_through_mirror(index: &Path, manifest: &str, args: &[&str]) -> 
 
 #[tokio::test]
 async fn prefetch_on_real_index_is_mostly_useful() {
-    let fixture = real_index_fixture();
-    let (_temp, index) = unpack_real_index(&fixture);
+    // The real index slice (see tests/fixtures/real-index/README.md): 626
+    // files cargo asked for while resolving three real manifests.
+    let (_temp, index) = unpack_index();
     let mut report = Vec::new();
     for workload in ["web", "cli", "gamedev"] {
-        let manifest =
-            std::fs::read_to_string(fixture.join("workloads").join(workload).join("Cargo.toml"))
-                .unwrap();
+        let manifest = workload_manifest(workload);
         let off = resolve_through_mirror(&index, &manifest, &["--prefetch", "off"]).await;
         // Default prefetch settings: what is measured here is what ships.
         let on = resolve_through_mirror(&index, &manifest, &[]).await;

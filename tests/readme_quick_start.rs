@@ -4,8 +4,11 @@
 //! then real cargo resolves through the mirror with the README's own
 //! `config.toml`. If the README's commands stop working, this fails.
 //!
-//! The quick start listens on the default `127.0.0.1:8080`, as a newcomer's
-//! mirror would: this test needs that port free.
+//! The quick start's address, the default `127.0.0.1:8080`, is the one a
+//! reader's own mirror holds while the tests run (step 3 leaves it running):
+//! the commands run as written with that address changed to a free port, the
+//! start command through `CRATE_MIRROR_LISTEN`, and the test holds 8080 busy
+//! meanwhile to show it never needs it.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -54,7 +57,23 @@ impl Drop for Started {
     }
 }
 
-fn bash(line: &str, cwd: &Path, path: &str, upstream: &str) -> Command {
+/// The address the quick start's commands name.
+const QUICK_START_ADDRESS: &str = "127.0.0.1:8080";
+
+/// `lines` with the quick start's address changed to `address`; each block
+/// must name it, so that nothing reaches the reader's own mirror.
+fn readdressed(lines: &[String], address: &str) -> Vec<String> {
+    assert!(
+        lines.iter().any(|line| line.contains(QUICK_START_ADDRESS)),
+        "the block names {QUICK_START_ADDRESS}: {lines:?}"
+    );
+    lines
+        .iter()
+        .map(|line| line.replace(QUICK_START_ADDRESS, address))
+        .collect()
+}
+
+fn bash(line: &str, cwd: &Path, path: &str, upstream: &str, address: &str) -> Command {
     let mut command = Command::new("bash");
     command
         .arg("-c")
@@ -62,6 +81,7 @@ fn bash(line: &str, cwd: &Path, path: &str, upstream: &str) -> Command {
         .current_dir(cwd)
         .env("PATH", path)
         .env("UPSTREAM", upstream)
+        .env("CRATE_MIRROR_LISTEN", address)
         .env("RUST_LOG", "info");
     command
 }
@@ -85,6 +105,12 @@ fn the_readme_quick_start_works_as_written() {
         "the quick start starts the mirror as `The two commands` does"
     );
 
+    // 127.0.0.1:8080 held busy for the whole run, as a mirror the reader
+    // started by hand would hold it (if it cannot be bound, something else
+    // holds it already).
+    let _busy = std::net::TcpListener::bind(QUICK_START_ADDRESS).ok();
+    let address = format!("127.0.0.1:{}", support::free_port());
+
     let upstream = TestUpstream::start(&[CrateSpec::new("serde", "1.0.0")], DlStyle::Plain);
     let work = tempfile::tempdir().expect("a working directory");
     let bin = work.path().join("bin");
@@ -105,6 +131,7 @@ fn the_readme_quick_start_works_as_written() {
         work.path(),
         &path,
         &upstream.url,
+        &address,
     )
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
@@ -124,21 +151,21 @@ fn the_readme_quick_start_works_as_written() {
     let Some(Ok(first)) = first else {
         drop(mirror);
         panic!(
-            "the mirror did not start (is 127.0.0.1:8080 free?): {}",
+            "the mirror did not start on {address}: {}",
             log.join().unwrap_or_default().join("\n")
         );
     };
-    assert_eq!(first, "crate-mirror listening on http://127.0.0.1:8080");
+    assert_eq!(first, format!("crate-mirror listening on http://{address}"));
     assert!(
         work.path().join("data").is_dir(),
         "data kept in ./data, as the README says"
     );
 
     // Step 4, each command as written.
-    let outputs: Vec<String> = check
+    let outputs: Vec<String> = readdressed(check, &address)
         .iter()
         .map(|line| {
-            let output = bash(line, work.path(), &path, &upstream.url)
+            let output = bash(line, work.path(), &path, &upstream.url, &address)
                 .output()
                 .expect("run a check command");
             String::from_utf8_lossy(&output.stdout).into_owned()
@@ -149,13 +176,13 @@ fn the_readme_quick_start_works_as_written() {
     };
     let config: serde_json::Value =
         serde_json::from_str(config).unwrap_or_else(|e| panic!("config.json: {e}: {config}"));
-    assert_eq!(config["dl"], "http://127.0.0.1:8080/api/v1/crates");
+    assert_eq!(config["dl"], format!("http://{address}/api/v1/crates"));
     assert_eq!(first_fetch.trim().to_ascii_lowercase(), "x-cache: miss");
     assert_eq!(second_fetch.trim().to_ascii_lowercase(), "x-cache: hit");
 
     // The dashboard the step points at.
     let dashboard = Command::new("curl")
-        .args(["-s", "-f", "http://127.0.0.1:8080/"])
+        .args(["-s", "-f", &format!("http://{address}/")])
         .output()
         .expect("curl the dashboard");
     assert!(dashboard.status.success(), "the dashboard answers");
@@ -167,7 +194,7 @@ fn the_readme_quick_start_works_as_written() {
     let [config_toml] = &toml[..] else {
         panic!("one toml block: {toml:?}");
     };
-    let home = CargoHome::with_config(&config_toml.join("\n"));
+    let home = CargoHome::with_config(&readdressed(config_toml, &address).join("\n"));
     let app = project(
         "[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\nserde = \"1\"\n",
     );

@@ -1,6 +1,6 @@
-//! The settings from the outside: the README's table against the definitions,
-//! `--help`, precedence of the layers, and the one-line errors (exit code 2)
-//! of the real binary.
+//! The settings from the outside: the settings table (docs/operating.md)
+//! against the definitions, `--help`, precedence of the layers, and the
+//! one-line errors (exit code 2) of the real binary.
 
 use std::process::Command;
 
@@ -157,10 +157,10 @@ async fn flags_beat_environment_beat_config_file() {
     );
 }
 
-/// The rows of the README's settings table: (key, default) as written.
+/// The rows of the settings table (docs/operating.md): (key, default) as written.
 fn readme_rows() -> Vec<(String, String)> {
     let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operating.md")).unwrap();
     let section = readme
         .split("\n## ")
         .find(|section| section.starts_with("Settings\n"))

@@ -17,6 +17,21 @@ pub fn run(args: &[&str], env: &[(String, String)]) -> std::process::Output {
         .expect("run crate-mirror")
 }
 
+/// A bundle at `out` of the crates in `specs` (`export --crate NAME` each),
+/// exported over HTTP from a mirror of a test upstream that serves them;
+/// both are stopped again before this returns, so what follows is the far
+/// side of an air gap.
+pub fn export_bundle(specs: &[crate::registry::CrateSpec], out: &Path) {
+    let upstream = crate::upstream::TestUpstream::start(specs, crate::upstream::DlStyle::Plain);
+    let near = Mirror::builder(&upstream.url).start();
+    let mut args = vec!["export", "--from", &near.url];
+    for spec in specs {
+        args.extend(["--crate", &spec.name]);
+    }
+    args.extend(["--out", crate::utf8(out)]);
+    crate::assert_success(&run(&args, &[]));
+}
+
 /// The `crate-mirror` binary cargo built for the test or bench running now.
 ///
 /// `CARGO_BIN_EXE_crate-mirror` exists only when compiling the root package's

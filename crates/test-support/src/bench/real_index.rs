@@ -1,7 +1,8 @@
-//! The real-index fixture (`../shared/fixtures/real-index`) served the way a
-//! distant registry serves it: HTTPS with HTTP/2 by ALPN, gzip'd index files
-//! with ETags, an added delay on every request, its own `config.json`, and
-//! made-up `.crate` files whose checksums the served index carries.
+//! The real-index fixture (`tests/fixtures/real-index`, see its README)
+//! served the way a distant registry serves it: HTTPS with HTTP/2 by ALPN,
+//! gzip'd index files with ETags, an added delay on every request, its own
+//! `config.json`, and made-up `.crate` files whose checksums the served index
+//! carries.
 //! It counts what it is asked, so a benchmark can report upstream requests.
 
 use std::collections::{BTreeSet, HashMap};
@@ -19,9 +20,48 @@ use sha2::{Digest, Sha256};
 use super::fail;
 use crate::server::ServerThread;
 
-/// The fixture directory, next to the worktree.
+/// The fixture's place in the repository, below the workspace root.
+const FIXTURE: &str = "tests/fixtures/real-index";
+
+/// The fixture directory, in the repository (found from the support crate's
+/// `CARGO_MANIFEST_DIR`, so a clone anywhere finds it). A missing fixture
+/// fails the test that wanted it, in one line naming the path, and no other:
+/// a panic, not an exit of the whole test binary.
 pub fn fixture_dir() -> PathBuf {
-    crate::workspace_root().join("../shared/fixtures/real-index")
+    let dir = crate::workspace_root().join(FIXTURE);
+    let tarball = dir.join("index.tar.gz");
+    if !tarball.is_file() {
+        panic!(
+            "the real-index fixture is missing: no file {}",
+            tarball.display()
+        );
+    }
+    dir
+}
+
+/// The manifest (`Cargo.toml`) of one of the fixture's workloads (`web`,
+/// `cli`, `gamedev`).
+pub fn workload_manifest(workload: &str) -> String {
+    let path = fixture_dir()
+        .join("workloads")
+        .join(workload)
+        .join("Cargo.toml");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("the real-index fixture: {}: {e}", path.display()))
+}
+
+/// The fixture's index unpacked into a new temp dir (the fixture itself is
+/// never written): the temp dir, to keep, and the `index/` dir in it.
+pub fn unpack_index() -> (tempfile::TempDir, PathBuf) {
+    let tarball = fixture_dir().join("index.tar.gz");
+    let file = std::fs::File::open(&tarball)
+        .unwrap_or_else(|e| panic!("the real-index fixture: {}: {e}", tarball.display()));
+    let dir = tempfile::tempdir().expect("temp dir for the index");
+    tar::Archive::new(flate2::read::GzDecoder::new(file))
+        .unpack(dir.path())
+        .unwrap_or_else(|e| panic!("the real-index fixture: unpack {}: {e}", tarball.display()));
+    let root = dir.path().join("index");
+    (dir, root)
 }
 
 /// A test CA and a certificate for 127.0.0.1 signed by it, in a temp dir.
@@ -112,14 +152,7 @@ pub struct RealIndex {
 
 impl RealIndex {
     pub fn unpack() -> Self {
-        let tarball = fixture_dir().join("index.tar.gz");
-        let file = std::fs::File::open(&tarball)
-            .unwrap_or_else(|e| fail(&format!("{}: {e}", tarball.display())));
-        let dir = tempfile::tempdir().expect("temp dir for the index");
-        tar::Archive::new(flate2::read::GzDecoder::new(file))
-            .unpack(dir.path())
-            .unwrap_or_else(|e| fail(&format!("unpack {}: {e}", tarball.display())));
-        let root = dir.path().join("index");
+        let (dir, root) = unpack_index();
         let mut raw = HashMap::new();
         for path in crate::files_below(&root) {
             let key = path
@@ -130,7 +163,7 @@ impl RealIndex {
             raw.insert(key, std::fs::read(&path).expect("read an index file"));
         }
         if raw.is_empty() {
-            fail("the real-index fixture unpacked to no files");
+            panic!("the real-index fixture unpacked to no files");
         }
         RealIndex { _dir: dir, raw }
     }

@@ -440,8 +440,9 @@ async fn drain(
         }
         () = tokio::time::sleep(shutdown_timeout) => {
             dropping();
-            // Dropping a running server stops its workers at once.
-            drop(server);
+            // Dropping a running server stops its workers at once; it joins
+            // its (already stopping) accept thread, so off the async thread.
+            off_async(move || drop(server)).await;
             Ok(())
         }
     }

@@ -1,5 +1,5 @@
 //! Names the commit the binary is built from, for `crate-mirror --version`:
-//! sets `CRATE_MIRROR_COMMIT` to `abc1234 2026-12-07` (the short hash of
+//! sets `BUILD_COMMIT` to `abc1234 2026-12-07` (the short hash of
 //! HEAD and its commit date, `abc1234-dirty` when tracked files differ from
 //! it), or to `unknown` when there is no git checkout to ask: a source
 //! tarball, the container build (whose context copies no `.git`), a machine
@@ -19,7 +19,7 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
     let commit = describe(&manifest_dir).unwrap_or_else(|| "unknown".to_string());
-    println!("cargo:rustc-env=CRATE_MIRROR_COMMIT={commit}");
+    println!("cargo:rustc-env=BUILD_COMMIT={commit}");
 }
 
 /// `git` run in `dir`: its trimmed stdout when it succeeded.

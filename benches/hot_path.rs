@@ -52,6 +52,7 @@ fn warm_cache(
                 fetched_at_ms: now_ms(),
                 gzip: false,
                 plain_len: None,
+                upstream_gzip: false,
             },
             body,
             gzip: None,

@@ -57,6 +57,7 @@ fn fill(data: &Path, files: u64) {
                 fetched_at_ms: now_ms,
                 gzip: true,
                 plain_len: None,
+                upstream_gzip: false,
             },
             gzip: Some(gzip(&body)),
             body,

@@ -259,15 +259,15 @@ pub async fn serve(
     let state = web::Data::new(AppState::open(&config).await?);
     let mut background = background::Background::new();
     {
-        // Learn (or refresh the restored) upstream `dl` early; /ready reports it.
+        // Learn (or refresh the restored) upstream `dl` early; /ready reports
+        // it. A failure is logged (at ERROR, with its cause) by the client,
+        // and, as a probe's, opens no circuit before any client asked.
         let state = state.clone();
         let stop = background.token();
         background.spawn("upstream config", async move {
             tokio::select! {
                 () = stop.cancelled() => {}
-                learned = state.upstream.config() => if let Err(err) = learned {
-                    tracing::warn!(error = %err, "upstream config.json not available yet");
-                },
+                _ = state.upstream.probe_config() => {}
             }
         });
     }

@@ -13,7 +13,7 @@ use crate_mirror::config::{ConfigError, LogFormat, SettingsArgs};
 #[derive(Parser)]
 #[command(
     name = "crate-mirror",
-    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("CRATE_MIRROR_COMMIT"), ")"),
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("BUILD_COMMIT"), ")"),
     about = "A caching mirror for Rust's package registry"
 )]
 struct Cli {
@@ -244,6 +244,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // use the mirror and its upstream bandwidth. Often meant (an internal
             // network), sometimes not (a cloud VM with a public address).
             let open_to_all = config.listen.ip().is_unspecified() && config.auth_tokens.is_empty();
+            // Private, yet cargo is told to send its tokens over plain http to
+            // another machine: anyone on the path can read and reuse them.
+            let tokens_in_clear = crate_mirror::operator::tokens_in_clear(&config)
+                .then(|| config.public_url.clone().unwrap_or_default());
             actix_web::rt::System::new().block_on(crate_mirror::serve(config, |addr| {
                 // The first line on stdout: scripts and tests read the bound port here.
                 println!("crate-mirror listening on {scheme}://{addr}");
@@ -272,6 +276,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         "listening on every interface in public mode: anyone who can reach \
                          this port can use the mirror; firewall it, listen on an internal \
                          address, or set auth-tokens (see docs/security.md, Private mirrors)"
+                    );
+                }
+                if let Some(public_url) = &tokens_in_clear {
+                    tracing::warn!(
+                        public_url = %crate_mirror::config::mask_userinfo(public_url),
+                        "private mirror on a plain http public URL: clients' tokens travel \
+                         in clear to it; serve https (tls-cert and tls-key, or a TLS proxy) \
+                         and set public-url to its https:// address"
                     );
                 }
             }))?;

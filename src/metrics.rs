@@ -98,7 +98,19 @@ pub struct HttpMetrics {
     pub connections: IntCounterVec,
     pub duration: HistogramVec,
     pub served_bytes: IntCounterVec,
+    /// The same bodies counted as the upstream sends them (see
+    /// [`UpstreamBytes`]): what serving them from here spared the upstream's
+    /// link, to set against `upstream.fetched_bytes`, which counts what it
+    /// sent on the wire.
+    pub served_upstream_bytes: IntCounterVec,
 }
+
+/// A response extension: what the upstream sends on the wire for this
+/// response's body, when that is not the body's own length. An index file
+/// the upstream sent plain is served gzip'd, yet it would have cost its plain
+/// length from the upstream; without the extension a body counts as itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamBytes(pub u64);
 
 /// The index cache and its sled store.
 pub struct IndexMetrics {
@@ -251,6 +263,12 @@ impl HttpMetrics {
                 r,
                 "crate_mirror_served_bytes_total",
                 "Body bytes sent to clients, by route.",
+                &["route"],
+            ),
+            served_upstream_bytes: counter_vec(
+                r,
+                "crate_mirror_served_upstream_bytes_total",
+                "Body bytes sent to clients, counted as the upstream sends them (an index file it sent plain counts its plain length, though served gzip'd), by route.",
                 &["route"],
             ),
         }
@@ -533,8 +551,9 @@ impl Metrics {
     /// Statuses are open-ended: only the usual success is created.
     fn initialise_labels(&self) {
         let routes: Vec<&str> = Route::ALL.iter().map(|r| r.as_str()).collect();
-        let single_label: [(&IntCounterVec, &[&str]); 6] = [
+        let single_label: [(&IntCounterVec, &[&str]); 7] = [
             (&self.http.served_bytes, &routes),
+            (&self.http.served_upstream_bytes, &routes),
             (&self.http.connections, HTTP_CONNECTIONS),
             (&self.index.lookups, INDEX_RESULTS),
             (&self.crates.downloads, DOWNLOAD_RESULTS),
@@ -683,6 +702,11 @@ mod tests {
         ("crate_mirror_prefetch_useful_total", "counter", &[]),
         ("crate_mirror_prefetch_wasted_total", "counter", &[]),
         ("crate_mirror_served_bytes_total", "counter", &["route"]),
+        (
+            "crate_mirror_served_upstream_bytes_total",
+            "counter",
+            &["route"],
+        ),
         ("crate_mirror_storage_bytes", "gauge", &[]),
         ("crate_mirror_storage_evicted_bytes_total", "counter", &[]),
         ("crate_mirror_storage_evicted_total", "counter", &[]),
@@ -823,6 +847,7 @@ mod tests {
         http.connections.with_label_values(&["a"]).inc();
         http.duration.with_label_values(&["a", "b"]).observe(1.0);
         http.served_bytes.with_label_values(&["a"]).inc();
+        http.served_upstream_bytes.with_label_values(&["a"]).inc();
         metrics.index.lookups.with_label_values(&["a"]).inc();
         let upstream = &metrics.upstream;
         upstream.requests.with_label_values(&["a", "b", "c"]).inc();

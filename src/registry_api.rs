@@ -19,7 +19,7 @@ use percent_encoding::{percent_decode_str, utf8_percent_encode, NON_ALPHANUMERIC
 use crate::blocking::off_async;
 use crate::metrics::Metrics;
 use crate::names::CrateName;
-use crate::upstream::{ApiFetch, UpstreamClient, UpstreamError};
+use crate::upstream::{ApiFetch, Cause, UpstreamClient, UpstreamError};
 
 /// How long an answer is served from memory: about as long as an index file
 /// is fresh by default, so what search says and what resolves agree.
@@ -287,7 +287,7 @@ impl RegistryApi {
             ApiFetch::Missing => match request {
                 ApiRequest::Crate(name) => Err(RegistryApiError::CrateNotFound(name.to_string())),
                 // A search that is not found is no search the upstream serves.
-                ApiRequest::Search(_) => Err(UpstreamError::Status(404).into()),
+                ApiRequest::Search(_) => Err(UpstreamError::from(Cause::Status(404)).into()),
             },
             ApiFetch::NoApi => Err(RegistryApiError::NoApi),
         }

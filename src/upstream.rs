@@ -40,32 +40,143 @@ const MAX_API_BYTES: usize = 8 << 20;
 /// Redirects followed per request; more is refused like a redirect elsewhere.
 pub const MAX_REDIRECTS: usize = 5;
 
-/// An upstream failure. `Clone` so that one fetch's result can be shared by
-/// every request that waited for it.
+/// Why the upstream could not be used, as a class a cargo user can act on:
+/// what the mirror's 5xx bodies and its ERROR line name. Never a library's
+/// error text, which carries the request's URL (and so any credentials in it)
+/// and means little to whoever reads cargo's output.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("upstream timed out")]
+pub enum Cause {
+    #[error("dns: its host name does not resolve")]
+    Dns,
+    #[error("connection refused")]
+    ConnectionRefused,
+    #[error("cannot connect")]
+    Connect,
+    #[error("tls: the TLS handshake failed (is its certificate trusted? does it speak TLS?)")]
+    Tls,
+    #[error("timeout")]
     Timeout,
-    #[error("upstream unreachable: {0}")]
-    Unreachable(String),
-    #[error("upstream answered {0}")]
+    /// An answer that is not HTTP, or a connection dropped mid-exchange.
+    #[error("broken HTTP exchange")]
+    Protocol,
+    #[error("http {0}")]
     Status(u16),
-    #[error("upstream body failed: {0}")]
-    Body(String),
-    #[error("upstream sent an invalid config.json: {0}")]
+    #[error("the body broke off")]
+    Body,
+    #[error("invalid config.json: {0}")]
     InvalidConfig(String),
-    #[error("upstream body larger than {0} bytes")]
+    #[error("body larger than {0} bytes")]
     TooLarge(usize),
-    #[error("upstream circuit open after repeated failures; not asking it for a while")]
-    CircuitOpen,
-    #[error("upstream sent an invalid index file: {0}")]
+    #[error("invalid index file: {0}")]
     InvalidIndex(String),
-    #[error("upstream redirect refused: {0}")]
+    #[error("redirect refused: {0}")]
     RedirectRefused(RedirectRefusal),
+    /// The breaker is open; the cause of the failures that opened it, when known.
+    #[error("circuit open after repeated failures{}; not asking it for a while", .0.as_ref().map(|c| format!(" ({c})")).unwrap_or_default())]
+    CircuitOpen(Option<Box<Cause>>),
     /// The mirror runs `--offline`: nothing is asked of any upstream.
     #[error("this mirror is offline: it serves only what it has cached or imported")]
     Offline,
+    /// The HTTP client could not be built (at start only; no client sees it).
+    #[error("HTTP client: {0}")]
+    Setup(String),
 }
+
+impl Cause {
+    /// The class of a failed request, from reqwest's error and its source
+    /// chain (hyper's, hyper-util's, the socket's and rustls's errors).
+    fn of_reqwest(err: &reqwest::Error) -> Self {
+        if err.is_redirect() {
+            // The policy's own refusal is the source; reqwest's text names the URL.
+            let refusal = std::error::Error::source(err)
+                .and_then(|source| source.downcast_ref::<RedirectRefusal>())
+                .copied()
+                .unwrap_or(RedirectRefusal::Host);
+            return Cause::RedirectRefused(refusal);
+        }
+        if err.is_timeout() {
+            return Cause::Timeout;
+        }
+        let mut link: Option<&(dyn std::error::Error + 'static)> = Some(err);
+        while let Some(error) = link {
+            // hyper-util's connector reports a failed lookup as its own
+            // (private) error type, whose text is this and nothing else.
+            if error.to_string() == "dns error" {
+                return Cause::Dns;
+            }
+            if error.is::<rustls::Error>() {
+                return Cause::Tls;
+            }
+            link = match error.downcast_ref::<std::io::Error>() {
+                Some(io) => match io.kind() {
+                    std::io::ErrorKind::ConnectionRefused => return Cause::ConnectionRefused,
+                    std::io::ErrorKind::TimedOut => return Cause::Timeout,
+                    // An io::Error's `source` is that of the error it wraps,
+                    // skipping the error itself (rustls's, wrapped twice
+                    // by the TLS connector): look in instead.
+                    _ => io
+                        .get_ref()
+                        .map(|inner| inner as &(dyn std::error::Error + 'static)),
+                },
+                None => error.source(),
+            };
+        }
+        if err.is_connect() {
+            Cause::Connect
+        } else if err.is_body() || err.is_decode() {
+            Cause::Body
+        } else {
+            Cause::Protocol
+        }
+    }
+
+    /// Whether two failures are of one class (one ERROR line covers both).
+    fn same_class(&self, other: &Cause) -> bool {
+        match (self, other) {
+            (Cause::Status(a), Cause::Status(b)) => a == b,
+            _ => std::mem::discriminant(self) == std::mem::discriminant(other),
+        }
+    }
+}
+
+/// An upstream failure: its cause and which upstream (its URL without user
+/// information), as a client is told. `Clone` so that one fetch's result can
+/// be shared by every request that waited for it.
+#[derive(Debug, Clone)]
+pub struct UpstreamError {
+    cause: Cause,
+    /// `None` for failures found outside the client (an index file that
+    /// does not validate).
+    upstream: Option<Arc<str>>,
+}
+
+impl UpstreamError {
+    pub fn cause(&self) -> &Cause {
+        &self.cause
+    }
+}
+
+impl From<Cause> for UpstreamError {
+    fn from(cause: Cause) -> Self {
+        Self {
+            cause,
+            upstream: None,
+        }
+    }
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.cause, &self.upstream) {
+            // Not a failure of the upstream: there is none to ask.
+            (Cause::Offline, _) => write!(f, "{}", self.cause),
+            (cause, Some(upstream)) => write!(f, "upstream {upstream} failed: {cause}"),
+            (cause, None) => write!(f, "upstream failed: {cause}"),
+        }
+    }
+}
+
+impl std::error::Error for UpstreamError {}
 
 /// Why a redirect was refused, as far as a client is told: the target is
 /// logged where the redirect is decided (`RedirectRules::decide`), and named
@@ -77,27 +188,6 @@ pub enum RedirectRefusal {
     TooMany,
     #[error("the upstream redirected to a host not allowed by upstream-redirect-hosts")]
     Host,
-}
-
-impl UpstreamError {
-    fn from_reqwest(err: reqwest::Error) -> Self {
-        if err.is_redirect() {
-            // The policy's own refusal is the source; reqwest's text names the URL.
-            let refusal = std::error::Error::source(&err)
-                .and_then(|source| source.downcast_ref::<RedirectRefusal>())
-                .copied()
-                .unwrap_or(RedirectRefusal::Host);
-            UpstreamError::RedirectRefused(refusal)
-        } else if err.is_timeout() {
-            UpstreamError::Timeout
-        } else if err.is_connect() {
-            UpstreamError::Unreachable(err.to_string())
-        } else if err.is_body() || err.is_decode() {
-            UpstreamError::Body(err.to_string())
-        } else {
-            UpstreamError::Unreachable(err.to_string())
-        }
-    }
 }
 
 /// The upstream's validators for one index file, sent back on revalidation.
@@ -158,9 +248,9 @@ impl IndexBody {
         let read = (&mut decoder)
             .take(MAX_INDEX_BYTES as u64 + 1)
             .read_to_end(&mut plain)
-            .map_err(|e| UpstreamError::InvalidIndex(format!("gzip: {e}")))?;
+            .map_err(|e| Cause::InvalidIndex(format!("gzip: {e}")))?;
         if read > MAX_INDEX_BYTES {
-            return Err(UpstreamError::TooLarge(MAX_INDEX_BYTES));
+            return Err(Cause::TooLarge(MAX_INDEX_BYTES).into());
         }
         // Bytes after the first gzip member (a second member, or junk) are
         // not passed on: a client's decoder might read them differently.
@@ -367,6 +457,8 @@ impl RedirectRules {
 
 pub struct UpstreamClient {
     base: String,
+    /// `base` without its user information: what logs and clients are told.
+    shown: Arc<str>,
     redirects: Arc<RedirectRules>,
     /// One client (one connection pool) for config.json, index files and
     /// downloads, so a download from the index's host reuses the HTTP/2
@@ -393,10 +485,10 @@ pub struct UpstreamClient {
     /// Bounds concurrent upstream requests (held until a body is fully read).
     permits: Arc<Semaphore>,
     /// For the registry: config.json, index files, downloads.
-    breaker: CircuitBreaker,
+    registry: Service,
     /// For the web API alone: it is another service (often another host),
     /// and a failing search must not make index requests fail fast.
-    api_breaker: CircuitBreaker,
+    api: Service,
     /// `--offline`: every request fails with `Offline` before it is made.
     offline: bool,
 }
@@ -452,8 +544,9 @@ impl UpstreamClient {
             }))
             .default_headers(headers)
             .build()
-            .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
+            .map_err(|e| Cause::Setup(e.to_string()))?;
         Ok(Self {
+            shown: crate::config::mask_userinfo(&base).into(),
             base,
             redirects,
             http,
@@ -465,8 +558,8 @@ impl UpstreamClient {
             config_store: None,
             metrics,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
-            breaker: CircuitBreaker::default(),
-            api_breaker: CircuitBreaker::default(),
+            registry: Service::default(),
+            api: Service::default(),
             offline: false,
         })
     }
@@ -512,7 +605,7 @@ impl UpstreamClient {
         let stored = off_async(move || tree.get(key)).await;
         let config = match stored {
             Ok(Some(bytes)) => serde_json::from_slice::<UpstreamConfig>(&bytes)
-                .map_err(|e| UpstreamError::InvalidConfig(e.to_string()))
+                .map_err(|e| Cause::InvalidConfig(e.to_string()))
                 .and_then(|config| self.accept_config(config)),
             Ok(None) => return,
             Err(err) => {
@@ -531,14 +624,26 @@ impl UpstreamClient {
     }
 
     /// The upstream's config.json, fetched on first use and refreshed after the
-    /// TTL; a failed refresh keeps the previous copy for another TTL.
+    /// TTL; a failed refresh keeps the previous copy for another TTL. For a
+    /// client's request: its failures count towards opening the circuit.
     pub async fn config(&self) -> Result<Arc<UpstreamConfig>, UpstreamError> {
+        self.config_for(Asker::Client).await
+    }
+
+    /// `config` for the start-up fetch: its failures are logged and shown
+    /// by `/ready` but do not open the circuit, so that the first client
+    /// after an upstream that was down at start is still sent to it.
+    pub async fn probe_config(&self) -> Result<Arc<UpstreamConfig>, UpstreamError> {
+        self.config_for(Asker::Probe).await
+    }
+
+    async fn config_for(&self, asker: Asker) -> Result<Arc<UpstreamConfig>, UpstreamError> {
         let mut slot = self.config.lock().await;
         if self.offline {
             // A copy kept by an earlier, online run is all there is.
             return match slot.as_ref() {
                 Some((config, _)) => Ok(config.clone()),
-                None => Err(UpstreamError::Offline),
+                None => Err(Cause::Offline.into()),
             };
         }
         if let Some((config, Some(at))) = slot.as_ref() {
@@ -546,7 +651,16 @@ impl UpstreamClient {
                 return Ok(config.clone());
             }
         }
-        let fetched = self.fetch_config().await;
+        let fetched = self.fetch_config(asker).await;
+        match &fetched {
+            Ok(_) => self.registry.answered(&self.shown),
+            // The circuit's own refusal is no news of the upstream.
+            Err(Cause::CircuitOpen(_)) => {}
+            // Whatever else keeps config.json from the mirror says the
+            // upstream is not the registry configured (a 404, a page that
+            // is no config.json), even when it answered.
+            Err(cause) => self.registry.failed(cause, &self.shown),
+        }
         self.config_fetch.store(
             if fetched.is_ok() {
                 CONFIG_FETCH_OK
@@ -563,16 +677,16 @@ impl UpstreamClient {
                 self.keep_config(&config).await;
                 Ok(config)
             }
-            Err(err) => match slot.as_mut() {
+            Err(cause) => match slot.as_mut() {
                 Some((config, at)) => {
-                    tracing::warn!(error = %err, "upstream config.json refresh failed; keeping the previous copy");
+                    tracing::warn!(upstream = %self.shown, cause = %cause, "upstream config.json refresh failed; keeping the previous copy");
                     // The copy serves for another TTL before the next try, so
                     // downloads during an outage neither wait for a failing
                     // fetch each nor open the circuit with its failures.
                     *at = Some(Instant::now());
                     Ok(config.clone())
                 }
-                None => Err(err),
+                None => Err(self.error(cause)),
             },
         }
     }
@@ -606,7 +720,8 @@ impl UpstreamClient {
         if let Some(config) = self.known_config() {
             return Some(config);
         }
-        tokio::time::timeout(wait, self.config())
+        // A probe: a client waits for it only so long, and the answer is optional.
+        tokio::time::timeout(wait, self.config_for(Asker::Probe))
             .await
             .ok()
             .and_then(Result::ok)
@@ -642,29 +757,39 @@ impl UpstreamClient {
         }
     }
 
-    async fn fetch_config(&self) -> Result<UpstreamConfig, UpstreamError> {
+    async fn fetch_config(&self, asker: Asker) -> Result<UpstreamConfig, Cause> {
         let url = format!("{}config.json", self.base);
-        let (response, _permit) = self
-            .send("config", Limit::WholeRequest, || self.http.get(&url))
-            .await?;
+        let ask = Ask {
+            asker,
+            ..Ask::client("config", Limit::WholeRequest)
+        };
+        let (response, _permit) = self.send_as(ask, || self.http.get(&url)).await?;
         if !response.status().is_success() {
-            return Err(UpstreamError::Status(response.status().as_u16()));
+            return Err(Cause::Status(response.status().as_u16()));
         }
         let body = read_limited(response, MAX_INDEX_BYTES).await?;
-        let config: UpstreamConfig = serde_json::from_slice(&body)
-            .map_err(|e| UpstreamError::InvalidConfig(e.to_string()))?;
+        let config: UpstreamConfig =
+            serde_json::from_slice(&body).map_err(|e| Cause::InvalidConfig(e.to_string()))?;
         self.accept_config(config)
+    }
+
+    /// `cause` as a client is told it: with this upstream's URL.
+    fn error(&self, cause: Cause) -> UpstreamError {
+        UpstreamError {
+            cause,
+            upstream: Some(self.shown.clone()),
+        }
     }
 
     /// Checks the `dl` template and the `api` base of a fetched or restored
     /// config and lets redirects reach their hosts. An `api` that is no
     /// http(s) URL is dropped (search then is not offered), not the config:
     /// downloads need only `dl`.
-    fn accept_config(&self, mut config: UpstreamConfig) -> Result<UpstreamConfig, UpstreamError> {
+    fn accept_config(&self, mut config: UpstreamConfig) -> Result<UpstreamConfig, Cause> {
         let dl = reqwest::Url::parse(&config.dl.replace(['{', '}'], ""))
-            .map_err(|e| UpstreamError::InvalidConfig(format!("dl: {e}")))?;
+            .map_err(|e| Cause::InvalidConfig(format!("dl: {e}")))?;
         if !matches!(dl.scheme(), "http" | "https") {
-            return Err(UpstreamError::InvalidConfig("dl is not http(s)".into()));
+            return Err(Cause::InvalidConfig("dl is not http(s)".into()));
         }
         let api = match config.api.as_deref().map(reqwest::Url::parse) {
             None => None,
@@ -696,9 +821,24 @@ impl UpstreamClient {
         validators: &Validators,
         origin: &str,
     ) -> Result<IndexFetch, UpstreamError> {
+        self.index_exchange(path, validators, origin)
+            .await
+            .map_err(|cause| self.error(cause))
+    }
+
+    async fn index_exchange(
+        &self,
+        path: &str,
+        validators: &Validators,
+        origin: &str,
+    ) -> Result<IndexFetch, Cause> {
         let url = format!("{}{}", self.base, path);
+        let ask = Ask {
+            origin,
+            ..Ask::client("index", Limit::WholeRequest)
+        };
         let (response, _permit) = self
-            .send_as("index", origin, Limit::WholeRequest, || {
+            .send_as(ask, || {
                 let mut request = self.http.get(&url).header(ACCEPT_ENCODING, "gzip");
                 if let Some(etag) = &validators.etag {
                     request = request.header(IF_NONE_MATCH, etag);
@@ -724,7 +864,7 @@ impl UpstreamClient {
                     None | Some("identity") => IndexBody::Plain(raw),
                     Some("gzip" | "x-gzip") => IndexBody::Gzip(raw),
                     Some(other) => {
-                        return Err(UpstreamError::InvalidIndex(format!(
+                        return Err(Cause::InvalidIndex(format!(
                             "content-encoding {other:?} was not asked for"
                         )))
                     }
@@ -742,59 +882,55 @@ impl UpstreamClient {
             | StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS => Ok(IndexFetch::Missing {
                 status: status.as_u16(),
             }),
-            other => Err(UpstreamError::Status(other.as_u16())),
+            other => Err(Cause::Status(other.as_u16())),
         }
     }
 
     /// Sends an idempotent GET built by `make`, within the upstream timeout
-    /// (applied as `limit` says): fails fast while the circuit is open (for
-    /// `api` requests the web API's own circuit), waits
+    /// (applied as `ask.limit` says): fails fast while the circuit is open
+    /// (for `api` requests the web API's own circuit), waits
     /// for a permit of the concurrency bound, retries connection failures, 5xx
     /// and 429 with backoff and jitter (or the upstream's `Retry-After`) while
     /// time remains, and counts every exchange. The permit comes back with the
-    /// response so that it is held until the body has been read. Counted as a
-    /// client's request.
-    async fn send(
-        &self,
-        kind: &str,
-        limit: Limit,
-        make: impl Fn() -> reqwest::RequestBuilder,
-    ) -> Result<(reqwest::Response, OwnedSemaphorePermit), UpstreamError> {
-        self.send_as(kind, "client", limit, make).await
-    }
-
-    /// `send`, counted under `origin`.
+    /// response so that it is held until the body has been read. The cause of
+    /// a failure is logged once per change (`Service::failed`). A probe's
+    /// request is neither refused by an open circuit nor counted towards
+    /// opening it; its success closes it like any other.
     async fn send_as(
         &self,
-        kind: &str,
-        origin: &str,
-        limit: Limit,
+        ask: Ask<'_>,
         make: impl Fn() -> reqwest::RequestBuilder,
-    ) -> Result<(reqwest::Response, OwnedSemaphorePermit), UpstreamError> {
+    ) -> Result<(reqwest::Response, OwnedSemaphorePermit), Cause> {
+        let Ask {
+            kind,
+            origin,
+            limit,
+            asker,
+        } = ask;
         if self.offline {
-            return Err(UpstreamError::Offline);
+            return Err(Cause::Offline);
         }
         let deadline = Instant::now() + self.timeout;
         let mut attempt = 0;
-        let breaker = if kind == "api" {
-            &self.api_breaker
+        let (service, shown) = if kind == "api" {
+            (&self.api, self.api_shown())
         } else {
-            &self.breaker
+            (&self.registry, self.shown.clone())
         };
         loop {
-            if breaker.is_open() {
+            if asker == Asker::Client && service.breaker.is_open() {
                 self.metrics
                     .upstream_exchange(kind, origin, "circuit_open", 0.0, false);
-                return Err(UpstreamError::CircuitOpen);
+                return Err(service.open());
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
             let permit = tokio::time::timeout(remaining, self.permits.clone().acquire_owned())
                 .await
-                .map_err(|_| UpstreamError::Timeout)?
-                .map_err(|_| UpstreamError::Unreachable("client shut down".into()))?;
+                .map_err(|_| Cause::Timeout)?
+                .map_err(|_| Cause::Setup("client shut down".into()))?;
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(UpstreamError::Timeout);
+                return Err(Cause::Timeout);
             }
             let started = Instant::now();
             let mut request = make();
@@ -803,11 +939,11 @@ impl UpstreamClient {
                 request = request.timeout(remaining);
             }
             let result = match tokio::time::timeout(remaining, request.send()).await {
-                Ok(sent) => sent.map_err(UpstreamError::from_reqwest),
-                Err(_) => Err(UpstreamError::Timeout),
+                Ok(sent) => sent.map_err(|err| Cause::of_reqwest(&err)),
+                Err(_) => Err(Cause::Timeout),
             };
             let seconds = started.elapsed().as_secs_f64();
-            let (failed, retry_after) = match &result {
+            let (failure, retry_after) = match &result {
                 Ok(response) => {
                     let status = response.status();
                     let failed =
@@ -819,36 +955,42 @@ impl UpstreamClient {
                         .get(RETRY_AFTER)
                         .and_then(|v| v.to_str().ok())
                         .and_then(parse_retry_after);
-                    (failed, retry_after)
+                    (failed.then(|| Cause::Status(status.as_u16())), retry_after)
                 }
-                Err(err) => {
-                    let label = match err {
-                        UpstreamError::Timeout => "timeout",
-                        UpstreamError::RedirectRefused(_) => "redirect_refused",
+                Err(cause) => {
+                    let label = match cause {
+                        Cause::Timeout => "timeout",
+                        Cause::RedirectRefused(_) => "redirect_refused",
                         _ => "error",
                     };
                     self.metrics
                         .upstream_exchange(kind, origin, label, seconds, false);
-                    (true, None)
+                    (Some(cause.clone()), None)
                 }
             };
-            if matches!(result, Err(UpstreamError::RedirectRefused(_))) {
+            if matches!(result, Err(Cause::RedirectRefused(_))) {
                 // A policy decision, not an outage: asking again gets the same
                 // redirect, and the circuit should not open over it.
                 return result.map(|response| (response, permit));
             }
-            if !failed {
-                breaker.record_success();
+            let Some(failure) = failure else {
+                service.breaker.record_success();
+                // config.json's answer may still be no config.json: its
+                // caller tells (`config_for`).
+                if kind != "config" {
+                    service.answered(&shown);
+                }
                 return result.map(|response| (response, permit));
-            }
-            if breaker.record_failure() {
-                tracing::warn!(kind, "upstream circuit opened after repeated failures");
+            };
+            service.failed(&failure, &shown);
+            if asker == Asker::Client && service.breaker.record_failure() {
+                tracing::warn!(kind, upstream = %shown, "upstream circuit opened after repeated failures");
             }
             attempt += 1;
             let delay = retry_after.unwrap_or_else(|| backoff_delay(attempt));
             let out_of_time = Instant::now() + delay >= deadline;
             // A timeout already used the whole budget.
-            let timed_out = matches!(result, Err(UpstreamError::Timeout));
+            let timed_out = matches!(result, Err(Cause::Timeout));
             if attempt >= MAX_ATTEMPTS || out_of_time || timed_out {
                 return result.map(|response| (response, permit));
             }
@@ -862,6 +1004,15 @@ impl UpstreamClient {
         }
     }
 
+    /// The web API's base as logs and clients are told it (the index's URL
+    /// until config.json names one).
+    fn api_shown(&self) -> Arc<str> {
+        match self.known_config().and_then(|config| config.api.clone()) {
+            Some(api) => crate::config::mask_userinfo(&api).into(),
+            None => self.shown.clone(),
+        }
+    }
+
     /// GETs `path` (`/api/v1/...`, with its query, made by the caller from
     /// checked input) below the `api` base of the upstream's config.json: the
     /// host is always the upstream's own, never one a client named.
@@ -871,21 +1022,28 @@ impl UpstreamClient {
             return Ok(ApiFetch::NoApi);
         };
         let url = format!("{}{path}", api.trim_end_matches('/'));
-        let (response, _permit) = self
-            .send("api", Limit::WholeRequest, || {
-                self.http
-                    .get(&url)
-                    .header(reqwest::header::ACCEPT, "application/json")
-            })
-            .await?;
-        match response.status() {
-            StatusCode::OK => {
-                let body = self.read_counted(response, MAX_API_BYTES, "api").await?;
-                Ok(ApiFetch::Found(body))
+        let fetched: Result<ApiFetch, Cause> = async {
+            let (response, _permit) = self
+                .send_as(Ask::client("api", Limit::WholeRequest), || {
+                    self.http
+                        .get(&url)
+                        .header(reqwest::header::ACCEPT, "application/json")
+                })
+                .await?;
+            match response.status() {
+                StatusCode::OK => {
+                    let body = self.read_counted(response, MAX_API_BYTES, "api").await?;
+                    Ok(ApiFetch::Found(body))
+                }
+                StatusCode::NOT_FOUND => Ok(ApiFetch::Missing),
+                other => Err(Cause::Status(other.as_u16())),
             }
-            StatusCode::NOT_FOUND => Ok(ApiFetch::Missing),
-            other => Err(UpstreamError::Status(other.as_u16())),
         }
+        .await;
+        fetched.map_err(|cause| UpstreamError {
+            cause,
+            upstream: Some(crate::config::mask_userinfo(api).into()),
+        })
     }
 
     /// `read_limited`, counting the bytes received as `kind`.
@@ -894,7 +1052,7 @@ impl UpstreamClient {
         response: reqwest::Response,
         max: usize,
         kind: &str,
-    ) -> Result<Bytes, UpstreamError> {
+    ) -> Result<Bytes, Cause> {
         let body = read_limited(response, max).await?;
         self.metrics
             .upstream
@@ -906,7 +1064,7 @@ impl UpstreamClient {
 
     /// Whether the circuit is open (the upstream is treated as down).
     pub fn circuit_open(&self) -> bool {
-        self.breaker.is_open()
+        self.registry.breaker.is_open()
     }
 
     /// Starts a download. The head must come within the timeout, and then the
@@ -914,16 +1072,95 @@ impl UpstreamClient {
     /// come for the timeout, so a large crate on a slow link gets through.
     pub async fn download(&self, url: &str) -> Result<DownloadStart, UpstreamError> {
         let (response, permit) = self
-            .send("download", Limit::Head, || self.http.get(url))
-            .await?;
+            .send_as(Ask::client("download", Limit::Head), || self.http.get(url))
+            .await
+            .map_err(|cause| self.error(cause))?;
         match response.status() {
             StatusCode::OK => Ok(DownloadStart::Found(DownloadStream {
                 content_length: response.content_length(),
-                body: idle_limited(response, permit, self.timeout),
+                body: idle_limited(response, permit, self.timeout, self.shown.clone()),
             })),
             StatusCode::NOT_FOUND | StatusCode::GONE => Ok(DownloadStart::Missing),
-            other => Err(UpstreamError::Status(other.as_u16())),
+            other => Err(self.error(Cause::Status(other.as_u16()))),
         }
+    }
+}
+
+/// Who an upstream request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asker {
+    /// A client's request (or work done for clients: prefetch, revalidation):
+    /// its failures count towards opening the circuit.
+    Client,
+    /// The start-up fetch of config.json and `/ready`'s: an upstream down
+    /// then is logged and reported, but opens no circuit before any client
+    /// asked (the next client's request still goes to the upstream).
+    Probe,
+}
+
+/// What `UpstreamClient::send_as` is asked to send, besides the request.
+#[derive(Debug, Clone, Copy)]
+struct Ask<'a> {
+    /// The metrics' `kind` (`config`, `index`, `download`, `api`).
+    kind: &'static str,
+    /// The metrics' `origin` (see `UPSTREAM_ORIGINS`).
+    origin: &'a str,
+    limit: Limit,
+    asker: Asker,
+}
+
+impl Ask<'static> {
+    /// A client's own request of `kind`.
+    fn client(kind: &'static str, limit: Limit) -> Self {
+        Ask {
+            kind,
+            origin: "client",
+            limit,
+            asker: Asker::Client,
+        }
+    }
+}
+
+/// One service the client asks (the registry, or its web API): its circuit
+/// breaker, and the failure being reported, so that its cause is logged once
+/// when it begins or changes, not once per request or retry.
+#[derive(Debug, Default)]
+struct Service {
+    breaker: CircuitBreaker,
+    /// The cause of the failure under way; `None` while the service answers.
+    failing: std::sync::Mutex<Option<Cause>>,
+}
+
+impl Service {
+    /// Logs `cause` at ERROR unless a failure of its class is already reported.
+    fn failed(&self, cause: &Cause, upstream: &str) {
+        let mut failing = self.failing.lock().unwrap_or_else(PoisonError::into_inner);
+        if failing
+            .as_ref()
+            .is_some_and(|known| known.same_class(cause))
+        {
+            return;
+        }
+        tracing::error!(upstream, cause = %cause, "upstream failing");
+        *failing = Some(cause.clone());
+    }
+
+    /// Ends the failure being reported, if any (so the next one is logged).
+    fn answered(&self, upstream: &str) {
+        let ended = self
+            .failing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(cause) = ended {
+            tracing::info!(upstream, was = %cause, "upstream answers again");
+        }
+    }
+
+    /// The refusal of an open circuit, with the cause of the failures that opened it.
+    fn open(&self) -> Cause {
+        let failing = self.failing.lock().unwrap_or_else(PoisonError::into_inner);
+        Cause::CircuitOpen(failing.clone().map(Box::new))
     }
 }
 
@@ -944,29 +1181,32 @@ fn idle_limited(
     response: reqwest::Response,
     permit: OwnedSemaphorePermit,
     idle: Duration,
+    upstream: Arc<str>,
 ) -> DownloadBody {
     let reading = Some((response.bytes_stream(), permit));
-    Box::pin(futures_util::stream::unfold(
-        reading,
-        move |reading| async move {
+    Box::pin(futures_util::stream::unfold(reading, move |reading| {
+        let upstream = upstream.clone();
+        async move {
             let (mut body, permit) = reading?;
-            match tokio::time::timeout(idle, body.next()).await {
-                Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some((body, permit)))),
-                Ok(Some(Err(err))) => Some((Err(UpstreamError::from_reqwest(err)), None)),
-                Ok(None) => None,
-                Err(_) => Some((Err(UpstreamError::Timeout), None)),
-            }
-        },
-    ))
+            let cause = match tokio::time::timeout(idle, body.next()).await {
+                Ok(Some(Ok(chunk))) => return Some((Ok(chunk), Some((body, permit)))),
+                Ok(Some(Err(err))) => Cause::of_reqwest(&err),
+                Ok(None) => return None,
+                Err(_) => Cause::Timeout,
+            };
+            let upstream = Some(upstream);
+            Some((Err(UpstreamError { cause, upstream }), None))
+        }
+    }))
 }
 
 /// Reads a whole (small) body, refusing anything larger than `max` bytes.
-async fn read_limited(response: reqwest::Response, max: usize) -> Result<Bytes, UpstreamError> {
+async fn read_limited(response: reqwest::Response, max: usize) -> Result<Bytes, Cause> {
     if response
         .content_length()
         .is_some_and(|len| len > max as u64)
     {
-        return Err(UpstreamError::TooLarge(max));
+        return Err(Cause::TooLarge(max));
     }
     // Sized by the upstream's word, up to 1 MiB: a false length must not
     // make every fetch allocate `max` up front.
@@ -976,9 +1216,9 @@ async fn read_limited(response: reqwest::Response, max: usize) -> Result<Bytes, 
     let mut body = BytesMut::with_capacity(expected);
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(UpstreamError::from_reqwest)?;
+        let chunk = chunk.map_err(|err| Cause::of_reqwest(&err))?;
         if body.len() + chunk.len() > max {
-            return Err(UpstreamError::TooLarge(max));
+            return Err(Cause::TooLarge(max));
         }
         body.extend_from_slice(&chunk);
     }
@@ -1110,6 +1350,61 @@ mod tests {
         )
         .unwrap()
         .with_config_store(tree.clone())
+    }
+
+    /// A loopback port nothing listens on (bound, then let go).
+    fn closed_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    }
+
+    #[tokio::test]
+    async fn probes_open_no_circuit_and_failures_name_the_upstream_and_cause() {
+        let port = closed_port();
+        let client = UpstreamClient::new(
+            format!("http://ops:s3cret@127.0.0.1:{port}/index/"),
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            Duration::from_secs(1),
+            1,
+            Arc::new(Metrics::new()),
+        )
+        .unwrap();
+        let shown = format!("upstream http://***@127.0.0.1:{port}/index/ failed: ");
+
+        // Probes (three tries each) never open the circuit...
+        for _ in 0..3 {
+            let err = client.probe_config().await.unwrap_err();
+            assert!(matches!(err.cause(), Cause::ConnectionRefused), "{err:?}");
+            assert_eq!(err.to_string(), format!("{shown}connection refused"));
+            assert!(!client.circuit_open());
+        }
+        // ... so a client's request still goes to the upstream, and its
+        // failures count: the second request's tries open the circuit.
+        let validators = Validators::default();
+        let err = client.fetch_index("3/a/abc", &validators, "client").await;
+        assert!(matches!(err.unwrap_err().cause(), Cause::ConnectionRefused));
+        assert!(!client.circuit_open());
+        let err = client.fetch_index("3/a/abc", &validators, "client").await;
+        let err = err.unwrap_err();
+        assert!(client.circuit_open());
+        // The refusal says why the circuit opened.
+        assert!(
+            matches!(err.cause(), Cause::CircuitOpen(Some(last)) if matches!(**last, Cause::ConnectionRefused)),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().starts_with(&shown) && err.to_string().contains("(connection refused)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_failure_class_is_its_kind_and_status() {
+        assert!(Cause::Status(503).same_class(&Cause::Status(503)));
+        assert!(!Cause::Status(503).same_class(&Cause::Status(404)));
+        assert!(Cause::InvalidConfig("a".into()).same_class(&Cause::InvalidConfig("b".into())));
+        assert!(!Cause::Tls.same_class(&Cause::ConnectionRefused));
     }
 
     #[tokio::test]

@@ -134,6 +134,7 @@ function render(s) {
   $("about-upstream").textContent = mirror.upstream || "–";
   $("about-version").textContent = mirror.version || "–";
   $("about-mode").textContent = mirror.mode === "private" ? "private (every registry request needs a token)" : "public";
+  $("tokens-in-clear").hidden = !mirror.tokens_in_clear;
   $("about-public-url").textContent = mirror.public_url || "from each request's Host";
   $("about-storage").textContent = mirror.storage || "–";
   $("about-started").textContent = new Date(Date.now() - s.uptime_seconds * 1000).toLocaleString() + " (" + duration(s.uptime_seconds) + ")";
@@ -216,8 +217,10 @@ function lock(status, sentToken) {
     : "Its figures need a token: paste a client or metrics token of this mirror.";
   $("locked").hidden = false;
   for (const id of GUARDED) $(id).hidden = true;
+  // The upstream's health is one of the figures: unknown here, and the
+  // upstream itself needs nothing from this page.
   const pill = $("upstream-pill");
-  pill.className = "pill pill-unknown"; pill.textContent = "upstream: needs a token";
+  pill.className = "pill pill-unknown"; pill.textContent = "figures need a token";
   $("updated").textContent = "";
   state.dataset.locked = "1";
 }

@@ -10,7 +10,7 @@ use crate::index::cache::IndexError;
 use crate::index::path::PathError;
 use crate::registry_api::RegistryApiError;
 use crate::storage::StorageError;
-use crate::upstream::UpstreamError;
+use crate::upstream::{Cause, UpstreamError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -60,14 +60,27 @@ impl From<crate::names::NameError> for ApiError {
 /// by the detail.
 const READ_ONLY_STATUS: StatusCode = StatusCode::FORBIDDEN;
 
+/// An upstream failure's status, by its cause; its body (`UpstreamError`'s
+/// text) names the upstream and the cause's class.
 fn upstream_status(err: &UpstreamError) -> StatusCode {
-    match err {
-        UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
-        UpstreamError::CircuitOpen => StatusCode::SERVICE_UNAVAILABLE,
+    match err.cause() {
+        Cause::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        Cause::CircuitOpen(_) => StatusCode::SERVICE_UNAVAILABLE,
         // Nothing to fetch from: what is not cached does not exist here, and
         // cargo says "no matching package" instead of retrying a 5xx.
-        UpstreamError::Offline => StatusCode::NOT_FOUND,
-        _ => StatusCode::BAD_GATEWAY,
+        Cause::Offline => StatusCode::NOT_FOUND,
+        Cause::Dns
+        | Cause::ConnectionRefused
+        | Cause::Connect
+        | Cause::Tls
+        | Cause::Protocol
+        | Cause::Status(_)
+        | Cause::Body
+        | Cause::InvalidConfig(_)
+        | Cause::TooLarge(_)
+        | Cause::InvalidIndex(_)
+        | Cause::RedirectRefused(_)
+        | Cause::Setup(_) => StatusCode::BAD_GATEWAY,
     }
 }
 
@@ -147,6 +160,27 @@ mod tests {
     use super::*;
     use crate::index::store::StoreError;
     use crate::storage::StorageError;
+
+    #[test]
+    fn upstream_failures_map_to_gateway_statuses_by_cause() {
+        let status =
+            |cause| ApiError::Index(IndexError::Upstream(UpstreamError::from(cause))).status_code();
+        assert_eq!(status(Cause::Timeout), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(
+            status(Cause::CircuitOpen(Some(Box::new(Cause::Dns)))),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(status(Cause::Offline), StatusCode::NOT_FOUND);
+        for cause in [
+            Cause::Dns,
+            Cause::ConnectionRefused,
+            Cause::Tls,
+            Cause::Status(500),
+            Cause::InvalidConfig("expected value".into()),
+        ] {
+            assert_eq!(status(cause), StatusCode::BAD_GATEWAY);
+        }
+    }
 
     #[tokio::test]
     async fn storage_and_background_failures_are_500() {

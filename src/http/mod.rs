@@ -28,7 +28,7 @@ pub use facing::ClientFacing;
 use crate::crates::CrateDownload;
 use crate::index::cache::{IndexEntry, IndexFile, IndexLookup};
 use crate::index::path::{decode_segment, parse_index_path, IndexRequest};
-use crate::metrics::{method_label, ErrorKind, Route};
+use crate::metrics::{method_label, ErrorKind, Route, UpstreamBytes};
 use crate::names::{CrateName, CrateVersion};
 use crate::{access_log, AppState};
 
@@ -241,9 +241,15 @@ pub fn index_response(
     }
     response.insert_header((header::CONTENT_TYPE, INDEX_CONTENT_TYPE));
     if accepts_gzip(req.headers()) {
-        response
+        let mut response = response
             .insert_header((header::CONTENT_ENCODING, HeaderValue::from_static("gzip")))
-            .body(body::SlicedBody::new(entry.gzip_body().clone()))
+            .body(body::SlicedBody::new(entry.gzip_body().clone()));
+        // Counted as the upstream sends the file (its plain length when it
+        // does not gzip), for the bytes avoided.
+        response
+            .extensions_mut()
+            .insert(UpstreamBytes(entry.upstream_gzip_len()));
+        response
     } else {
         match plain {
             Some(plain) => response.body(body::SlicedBody::new(plain)),
@@ -442,11 +448,16 @@ pub async fn record_request<B: MessageBody + Unpin>(
             .observe(elapsed.as_secs_f64());
         if let BodySize::Sized(bytes) = response.response().body().size() {
             if method != Method::HEAD {
-                metrics
-                    .http
-                    .served_bytes
+                let http = &metrics.http;
+                http.served_bytes.with_label_values(&[route]).inc_by(bytes);
+                let from_upstream = response
+                    .response()
+                    .extensions()
+                    .get::<UpstreamBytes>()
+                    .map_or(bytes, |sent| sent.0);
+                http.served_upstream_bytes
                     .with_label_values(&[route])
-                    .inc_by(bytes);
+                    .inc_by(from_upstream);
             }
         }
         if let Some(kind) = ErrorKind::of(matched, status.as_u16()) {

@@ -24,7 +24,7 @@ use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::names::CrateName;
 use crate::single_flight::{FlightAborted, Role, SingleFlight};
-use crate::upstream::{IndexBody, IndexFetch, UpstreamClient, UpstreamError, Validators};
+use crate::upstream::{Cause, IndexBody, IndexFetch, UpstreamClient, UpstreamError, Validators};
 
 /// After a failed revalidation, the stale copy is served this long (at most the
 /// TTL) before the upstream is tried again, so an outage does not turn every
@@ -104,6 +104,9 @@ pub struct IndexFile {
     gzip: Bytes,
     /// The plain body's length.
     plain_len: u64,
+    /// `gzip` is the upstream's own bytes (it sent the file gzip'd): what it
+    /// sends for the file, for the bytes avoided (see `upstream_gzip_len`).
+    upstream_gzip: bool,
     /// Our ETag, quoted: a hash of the body, stable across restarts and nodes.
     pub etag: String,
     pub changed_at: SystemTime,
@@ -155,6 +158,7 @@ impl IndexFile {
         Self {
             gzip,
             plain_len,
+            upstream_gzip: false,
             etag,
             changed_at,
             last_modified: httpdate::fmt_http_date(changed_at),
@@ -189,13 +193,10 @@ impl IndexFile {
             (gzip(&stored.stored), stored.stored.len() as u64)
         };
         let freshness = Freshness::since(h.upstream, from_ms(h.fetched_at_ms), ttl, clock);
-        Ok(Self::new(
-            gzip,
-            plain_len,
-            h.etag,
-            from_ms(h.changed_at_ms),
-            freshness,
-        ))
+        let mut file = Self::new(gzip, plain_len, h.etag, from_ms(h.changed_at_ms), freshness);
+        // Only a gzip record can hold the upstream's gzip bytes.
+        file.upstream_gzip = h.gzip && h.upstream_gzip;
+        Ok(file)
     }
 
     fn to_stored(&self) -> StoredIndex {
@@ -207,6 +208,7 @@ impl IndexFile {
                 fetched_at_ms: to_ms(self.fetched_at),
                 gzip: false,
                 plain_len: Some(self.plain_len),
+                upstream_gzip: self.upstream_gzip,
             },
             // Only the gzip body is written (see `StoredIndex::encode`).
             body: Bytes::new(),
@@ -217,13 +219,14 @@ impl IndexFile {
     /// The same file with a new expiry (and, after a 304, the upstream's
     /// newer validators); a prefetch mark carries over.
     fn renewed(&self, freshness: Freshness) -> Self {
-        let file = Self::new(
+        let mut file = Self::new(
             self.gzip.clone(),
             self.plain_len,
             self.etag.clone(),
             self.changed_at,
             freshness,
         );
+        file.upstream_gzip = self.upstream_gzip;
         file.prefetched
             .store(self.prefetched.load(Ordering::Relaxed), Ordering::Relaxed);
         file
@@ -247,6 +250,17 @@ impl IndexFile {
     /// The plain body's length.
     pub fn plain_len(&self) -> u64 {
         self.plain_len
+    }
+
+    /// What the upstream sends for this file to a client that accepts gzip:
+    /// the gzip body when it is the upstream's (kept as sent), else the
+    /// plain body (it sent it plain; or a record from before this was kept).
+    pub fn upstream_gzip_len(&self) -> u64 {
+        if self.upstream_gzip {
+            self.gzip.len() as u64
+        } else {
+            self.plain_len
+        }
     }
 
     /// The plain body, decompressed (CPU work: not on an async thread; see
@@ -319,6 +333,13 @@ impl IndexEntry {
     /// The plain body's length (0 for a refusal).
     fn plain_len(&self) -> u64 {
         self.file().map_or(0, |file| file.plain_len)
+    }
+
+    /// Approximate memory held under `key`: the hot cache's weigher, and
+    /// what `held` counts.
+    fn weight_under(&self, key: &str) -> u32 {
+        self.weight()
+            .saturating_add(u32::try_from(key.len()).unwrap_or(u32::MAX))
     }
 
     /// Approximate memory held, for the hot cache's byte budget.
@@ -417,6 +438,8 @@ async fn blocking<T: Send + 'static>(
 struct Prepared {
     plain: Bytes,
     gzip: Bytes,
+    /// `gzip` is the upstream's own.
+    upstream_gzip: bool,
     etag: String,
 }
 
@@ -429,12 +452,14 @@ enum Answer {
 
 fn prepare(body: IndexBody, key: &str) -> Result<Prepared, UpstreamError> {
     let decoded = body.decode()?;
-    validate_index(&decoded.plain, key).map_err(UpstreamError::InvalidIndex)?;
+    validate_index(&decoded.plain, key).map_err(Cause::InvalidIndex)?;
+    let upstream_gzip = decoded.gzip.is_some();
     let gzip = decoded.gzip.unwrap_or_else(|| gzip(&decoded.plain));
     Ok(Prepared {
         etag: etag_of(&decoded.plain),
         plain: decoded.plain,
         gzip,
+        upstream_gzip,
     })
 }
 
@@ -461,6 +486,7 @@ pub fn record_of(plain: Bytes) -> crate::index::store::StoredIndex {
             fetched_at_ms: now,
             gzip: false,
             plain_len: Some(plain.len() as u64),
+            upstream_gzip: false,
         },
         gzip: Some(gzip(&plain)),
         body: plain,
@@ -570,6 +596,10 @@ struct Inner {
     /// taken off by the eviction listener when it leaves (replaced, evicted
     /// or invalidated), so the figure needs no walk of the cache.
     plain_held: Arc<AtomicU64>,
+    /// The weight of every entry in `hot`, counted alike. Not moka's
+    /// `weighted_size`, which moves only when its pending work next runs (at
+    /// a later lookup), so the figure stood still after a burst of misses.
+    held: Arc<AtomicU64>,
     /// Forced revalidations within the last `revalidate_interval`, by crate key.
     forced: Cache<String, Forced>,
     revalidate_interval: Duration,
@@ -652,14 +682,14 @@ impl IndexCacheBuilder {
             .time_to_live(self.revalidate_interval.max(Duration::from_millis(1)))
             .build();
         let plain_held = Arc::new(AtomicU64::new(0));
-        let released = plain_held.clone();
+        let held = Arc::new(AtomicU64::new(0));
+        let (released, released_weight) = (plain_held.clone(), held.clone());
         let hot = Cache::builder()
             .max_capacity(self.policy.hot_cache_bytes)
-            .weigher(|key: &String, entry: &Arc<IndexEntry>| {
-                entry.weight().saturating_add(key.len() as u32)
-            })
-            .eviction_listener(move |_key, entry: Arc<IndexEntry>, _cause| {
+            .weigher(|key: &String, entry: &Arc<IndexEntry>| entry.weight_under(key))
+            .eviction_listener(move |key: Arc<String>, entry: Arc<IndexEntry>, _cause| {
                 released.fetch_sub(entry.plain_len(), Ordering::Relaxed);
+                released_weight.fetch_sub(u64::from(entry.weight_under(&key)), Ordering::Relaxed);
             })
             .build();
         let plain_bodies = plain_cache(PLAIN_CACHE_BYTES);
@@ -670,6 +700,7 @@ impl IndexCacheBuilder {
                 plain_bodies,
                 identity_bodies,
                 plain_held,
+                held,
                 forced,
                 revalidate_interval: self.revalidate_interval,
                 store: self.store,
@@ -723,7 +754,7 @@ impl IndexCache {
     /// overhead per file, and what those files are plain). Counters, no walk.
     pub fn memory(&self) -> (u64, u64) {
         (
-            self.inner.hot.weighted_size(),
+            self.inner.held.load(Ordering::Relaxed),
             self.inner.plain_held.load(Ordering::Relaxed),
         )
     }
@@ -814,7 +845,7 @@ impl IndexCache {
                 {
                     // A fetch may have put a newer copy in memory while sled
                     // was read: that one wins (it carries the prefetch mark).
-                    let plain_len = loaded.plain_len();
+                    let counted = Arc::clone(&loaded);
                     let held = self
                         .inner
                         .hot
@@ -822,9 +853,7 @@ impl IndexCache {
                         .or_insert(loaded)
                         .await;
                     if held.is_fresh() {
-                        self.inner
-                            .plain_held
-                            .fetch_add(plain_len, Ordering::Relaxed);
+                        self.inner.count_held(name.key(), &counted);
                     }
                     let entry = held.into_value();
                     if entry.is_fresh(clock) {
@@ -937,11 +966,18 @@ impl IndexCache {
 }
 
 impl Inner {
-    /// Puts `entry` in memory, counting its plain length (see `plain_held`).
+    /// Puts `entry` in memory, counting it (see `plain_held` and `held`).
     async fn hold(&self, key: &str, entry: Arc<IndexEntry>) {
+        self.count_held(key, &entry);
+        self.hot.insert(key.to_string(), entry).await;
+    }
+
+    /// Counts an entry going into `hot` (the eviction listener takes it off).
+    fn count_held(&self, key: &str, entry: &IndexEntry) {
         self.plain_held
             .fetch_add(entry.plain_len(), Ordering::Relaxed);
-        self.hot.insert(key.to_string(), entry).await;
+        self.held
+            .fetch_add(u64::from(entry.weight_under(key)), Ordering::Relaxed);
     }
 
     async fn plain_of(&self, entry: &Arc<IndexEntry>) -> Result<Bytes, IndexError> {
@@ -1162,6 +1198,7 @@ impl Inner {
                 let Prepared {
                     plain: body,
                     gzip,
+                    upstream_gzip,
                     etag,
                 } = prepared;
                 let (changed_at, outcome) = match previous {
@@ -1178,7 +1215,8 @@ impl Inner {
                     // to 67% in tests/prefetch.rs). Only with a prefetcher.
                     self.plain_bodies.insert(etag.clone(), body.clone()).await;
                 }
-                let file = IndexFile::new(gzip, body.len() as u64, etag, changed_at, freshness);
+                let mut file = IndexFile::new(gzip, body.len() as u64, etag, changed_at, freshness);
+                file.upstream_gzip = upstream_gzip;
                 file.prefetched
                     .store(matches!(origin, Origin::Prefetch(_)), Ordering::Relaxed);
                 let lookup = self.keep(key, file, outcome).await?;
@@ -1191,7 +1229,7 @@ impl Inner {
             Ok(Answer::NotModified(validators)) => {
                 let Some(old) = previous else {
                     // A 304 to an unconditional request: the upstream is broken.
-                    return Err(UpstreamError::Status(304).into());
+                    return Err(UpstreamError::from(Cause::Status(304)).into());
                 };
                 self.metrics.index.not_modified.inc();
                 let validators = if validators.is_empty() {

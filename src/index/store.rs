@@ -86,6 +86,11 @@ pub struct StoredHeader {
     /// without decompressing it (absent in records of earlier versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plain_len: Option<u64>,
+    /// Whether the gzip body is the upstream's own bytes (it sent the file
+    /// gzip'd), so that what the upstream sends for it is known after a
+    /// restart (absent: it sent it plain, or an earlier version wrote it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub upstream_gzip: bool,
 }
 
 impl StoredIndex {
@@ -287,6 +292,7 @@ mod tests {
                 fetched_at_ms: 2,
                 gzip: false,
                 plain_len: None,
+                upstream_gzip: false,
             },
             body: Bytes::from_static(b"{\"name\":\"a\"}\n"),
             gzip: None,
@@ -320,6 +326,7 @@ mod tests {
                 fetched_at_ms: 1,
                 gzip: false,
                 plain_len: None,
+                upstream_gzip: false,
             },
             body: Bytes::from_static(body),
             gzip: None,

@@ -80,11 +80,18 @@ impl Metrics {
             .map(|route| sum(&http.served_bytes, "route", Some(route)))
             .sum();
         let fetched_bytes = sum(&upstream.fetched_bytes, "kind", None);
-        // Upstream bytes avoided: what clients were sent beyond what the
-        // mirror itself fetched upstream for any reason (clients' misses,
-        // prefetch, refreshes). Never below zero: while prefetch fetches more
-        // than clients ask for, nothing has been avoided yet.
-        let avoided = client_bytes.saturating_sub(fetched_bytes);
+        // Upstream bytes avoided: what clients' answers would have cost from
+        // the upstream beyond what the mirror itself fetched from it for any
+        // reason (clients' misses, prefetch, refreshes). Both in the bytes
+        // the upstream sends on the wire, since that is what is avoided: an
+        // index file it sends plain and the mirror serves gzip'd counts its
+        // plain length on both sides, else every such file served would
+        // count less than it cost to fetch. Never below zero: while prefetch
+        // fetches more than clients ask for, nothing has been avoided yet.
+        let client_upstream_bytes: u64 = Route::registry_labels()
+            .map(|route| sum(&http.served_upstream_bytes, "route", Some(route)))
+            .sum();
+        let avoided = client_upstream_bytes.saturating_sub(fetched_bytes);
         let health = self.activity.upstream_health();
         let top: Vec<serde_json::Value> = self
             .activity
@@ -125,8 +132,9 @@ impl Metrics {
             "bytes": {
                 "served": client_bytes,
                 "fetched": fetched_bytes,
+                "as_upstream_sends": client_upstream_bytes,
                 "avoided": avoided,
-                "avoided_ratio": ratio(avoided, client_bytes),
+                "avoided_ratio": ratio(avoided, client_upstream_bytes),
             },
             "upstream": {
                 "requests": upstream_total,
@@ -177,12 +185,15 @@ mod tests {
             .inc();
         add(&metrics.http.served_bytes, &["index"], 10);
         add(&metrics.http.served_bytes, &["stats"], 99);
+        // Served gzip'd, sent plain by the upstream: 30 bytes from there.
+        add(&metrics.http.served_upstream_bytes, &["index"], 30);
+        add(&metrics.http.served_upstream_bytes, &["stats"], 99);
         metrics.activity.crate_requested("popular");
         metrics
             .activity
             .record_error(ErrorKind::Failure, "GET", "/x", 503);
         add(&metrics.http.requests, &["stats", "GET", "200"], 7);
-        add(&metrics.upstream.fetched_bytes, &["index"], 4);
+        add(&metrics.upstream.fetched_bytes, &["index"], 12);
         let snapshot = metrics.snapshot();
         assert_eq!(snapshot["index"]["hits"], 4);
         assert_eq!(snapshot["index"]["memory_hits"], 3);
@@ -212,8 +223,11 @@ mod tests {
         // Client requests leave the dashboard's polling out.
         assert_eq!(snapshot["requests"]["total"], 8);
         assert_eq!(snapshot["requests"]["client"], 1);
-        assert_eq!(snapshot["bytes"]["fetched"], 4);
-        assert_eq!(snapshot["bytes"]["avoided"], 6);
+        // Avoided in the upstream's bytes: 30 it would have sent, 12 it did
+        // (not 10 served less 12 fetched, which would be nothing).
+        assert_eq!(snapshot["bytes"]["fetched"], 12);
+        assert_eq!(snapshot["bytes"]["as_upstream_sends"], 30);
+        assert_eq!(snapshot["bytes"]["avoided"], 18);
         assert_eq!(snapshot["bytes"]["avoided_ratio"], 0.6);
     }
 
@@ -223,6 +237,7 @@ mod tests {
         // Prefetch fetched more than clients were sent.
         add(&metrics.upstream.fetched_bytes, &["index"], 500);
         add(&metrics.http.served_bytes, &["index"], 100);
+        add(&metrics.http.served_upstream_bytes, &["index"], 100);
         let snapshot = metrics.snapshot();
         assert_eq!(snapshot["bytes"]["avoided"], 0);
         assert_eq!(snapshot["bytes"]["avoided_ratio"], 0.0);

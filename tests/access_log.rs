@@ -375,9 +375,6 @@ fn the_start_line_comes_first_with_the_data_dir_absolute() {
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", "./data"])
         .args(["--upstream", &upstream.url])
         .env("RUST_LOG", "info")
-        // cargo hands the build script's variables to test processes too;
-        // this one would be warned about on stderr before any log line.
-        .env_remove("CRATE_MIRROR_COMMIT")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(log_file)

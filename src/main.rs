@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use crate_mirror::commands::export::ExportError;
 use crate_mirror::commands::warm::WarmError;
-use crate_mirror::config::{ConfigError, LogFormat, SettingsArgs};
+use crate_mirror::config::{for_command, ConfigError, LogFormat, SettingsArgs};
 
 #[derive(Parser)]
 #[command(
@@ -24,17 +24,17 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the sparse index and crate downloads.
-    Serve(SettingsArgs),
+    Serve(SettingsArgs<for_command::Serve>),
     /// Re-hash every stored crate against its index cksum; remove bad ones.
     /// Index files come from the upstream, or from the data dir's own copy
     /// when offline or the upstream cannot be reached. Exits with 1 when it
     /// found any bad, or could check none. Safe beside a running mirror
     /// while the upstream answers.
-    Verify(SettingsArgs),
+    Verify(SettingsArgs<for_command::Verify>),
     /// Evict least recently used crates until local storage is under
     /// --max-storage. Needs the data dir to itself (a running mirror evicts
     /// in the background on its own).
-    Gc(SettingsArgs),
+    Gc(SettingsArgs<for_command::Gc>),
     /// Make a new client token: prints the token (give it to users) and its
     /// hash (put it in `auth-tokens`).
     Token,
@@ -84,7 +84,7 @@ struct ExportArgs {
     #[arg(long, value_name = "FILE")]
     cacert: Option<PathBuf>,
     #[command(flatten)]
-    settings: SettingsArgs,
+    settings: SettingsArgs<for_command::Export>,
 }
 
 #[derive(Args)]
@@ -93,7 +93,7 @@ struct ImportArgs {
     #[arg(value_name = "FILE")]
     bundle: PathBuf,
     #[command(flatten)]
-    settings: SettingsArgs,
+    settings: SettingsArgs<for_command::Import>,
 }
 
 #[derive(Args)]
@@ -169,8 +169,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            // `{:#}`: the error and its causes on one line.
-            eprintln!("crate-mirror: {err:#}");
+            eprintln!("crate-mirror: {}", one_line(&err));
             let usage = err.is::<ConfigError>()
                 || err
                     .downcast_ref::<WarmError>()
@@ -187,10 +186,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// The error and its causes on one line, each once: a message that already
+/// quotes its cause (`{path}: {source}`) is not followed by it again, as
+/// `{:#}` would.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line
+}
+
 /// Warns on stderr about environment variables that look like settings but
 /// are none, before anything else is printed.
 fn warn_about_environment() {
-    for warning in SettingsArgs::env_warnings() {
+    for warning in crate_mirror::config::env_warnings() {
         eprintln!("crate-mirror: warning: {warning}");
     }
 }
@@ -349,7 +363,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 None => {
                     warn_about_environment();
-                    let config = args.settings.config()?;
+                    let config =
+                        crate_mirror::commands::export::data_dir_config(&args.settings.raw()?)?;
                     let _logging = init_logging(config.log_format);
                     runtime.block_on(async {
                         let state = crate_mirror::AppState::open(&config).await?;
@@ -369,6 +384,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Import(args) => {
             warn_about_environment();
             let config = args.settings.raw()?.build_offline()?;
+            // Before the data dir is opened (and made).
+            crate_mirror::commands::import::check_readable(&args.bundle)?;
             let _logging = init_logging(config.log_format);
             let runtime = tokio::runtime::Runtime::new()?;
             let report = runtime.block_on(async {
@@ -388,7 +405,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let raw = args.raw()?;
             let data_dir = raw.data_dir()?;
             let storage = raw.storage()?;
-            let _logging = init_logging(LogFormat::Text);
+            let _logging = init_logging(raw.log_format()?);
             let report = crate_mirror::commands::gc::gc(&data_dir, &storage)?;
             println!(
                 "evicted {} crates ({} bytes); {} bytes remain",

@@ -2,24 +2,12 @@
 //! against the definitions, `--help`, precedence of the layers, and the
 //! one-line errors (exit code 2) of the real binary.
 
-use std::process::Command;
+use crate_mirror::config::{CommandName, Fallback, SETTINGS};
 
-use crate_mirror::config::{Fallback, Kind, SETTINGS};
-
-use support::mirror::Mirror;
+use support::mirror::{Mirror, NO_UPSTREAM};
 use support::registry::CrateSpec;
 use support::upstream::{DlStyle, TestUpstream};
 use support::{client, json_of};
-
-fn mirror_command() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_crate-mirror"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("CRATE_MIRROR_") {
-            command.env_remove(key);
-        }
-    }
-    command
-}
 
 #[test]
 fn wrong_values_are_one_line_errors_naming_the_key() {
@@ -61,7 +49,7 @@ fn wrong_values_are_one_line_errors_naming_the_key() {
         ),
     ];
     for (args, env, expected) in cases {
-        let mut command = mirror_command();
+        let mut command = support::mirror::command();
         command.arg("serve").arg("--data-dir").arg(temp.path());
         if !args.contains(&"--upstream") {
             command.args(["--upstream", "http://127.0.0.1:9/index/"]);
@@ -78,7 +66,7 @@ fn wrong_values_are_one_line_errors_naming_the_key() {
 #[test]
 fn a_missing_upstream_names_its_flag_and_variable_once() {
     let temp = tempfile::tempdir().unwrap();
-    let output = mirror_command()
+    let output = support::mirror::command()
         .arg("serve")
         .arg("--data-dir")
         .arg(temp.path())
@@ -108,7 +96,7 @@ async fn flags_beat_environment_beat_config_file() {
         let file = file.clone();
         async move {
             let data = tempfile::tempdir().unwrap();
-            let mut command = mirror_command();
+            let mut command = support::mirror::command();
             command
                 .arg("serve")
                 .args(["--listen", "127.0.0.1:0", "--config"])
@@ -206,7 +194,10 @@ fn the_readme_table_lists_every_setting_once_with_its_default() {
 
 #[test]
 fn help_shows_every_flag_with_its_default() {
-    let output = mirror_command().args(["serve", "--help"]).output().unwrap();
+    let output = support::mirror::command()
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(0));
     let help = String::from_utf8_lossy(&output.stdout);
     // Each option's entry: its flag line and the help lines up to the next flag.
@@ -222,26 +213,21 @@ fn help_shows_every_flag_with_its_default() {
         let flag = format!("--{}", about.key);
         let entry = entries
             .iter()
-            .find(|entry| entry.split(' ').next() == Some(flag.as_str()));
-        match about.kind {
-            Kind::Aws => assert!(entry.is_none(), "{flag} is shown: {help}"),
-            Kind::Switch => assert!(entry.is_some(), "{flag} is missing: {help}"),
-            Kind::Value => {
-                let entry = entry.unwrap_or_else(|| panic!("{flag} is missing: {help}"));
-                let shown = match about.fallback {
-                    Fallback::Required => "(required)".to_string(),
-                    Fallback::Value(_) | Fallback::Absent(_) => {
-                        format!("[default: {}]", about.fallback_text())
-                    }
-                };
-                assert!(entry.ends_with(&shown), "{entry}");
-            }
+            .find(|entry| entry.split([' ', '[']).next() == Some(flag.as_str()));
+        if !about.commands.contains(CommandName::Serve) {
+            assert!(entry.is_none(), "{flag} is shown: {help}");
+            continue;
         }
+        let entry = entry.unwrap_or_else(|| panic!("{flag} is missing: {help}"));
+        let shown = match about.fallback {
+            Fallback::Required => "(required)".to_string(),
+            Fallback::Value(_) | Fallback::Absent(_) => {
+                format!("[default: {}]", about.fallback_text())
+            }
+        };
+        assert!(entry.ends_with(&shown), "{entry}");
     }
 }
-
-/// Nothing listens on the discard port: for mirrors that never reach their upstream.
-const NO_UPSTREAM: &str = "http://127.0.0.1:9/index/";
 
 #[test]
 fn unknown_mirror_variables_are_warned_about_naming_the_closest_setting() {

@@ -20,6 +20,8 @@ use crate::bundle::index_lines::prune;
 use crate::bundle::manifest::{index_path, CrateEntry, Manifest};
 use crate::bundle::write::BundleWriter;
 use crate::bundle::{human_bytes, BundleError};
+use crate::config::defs::UPSTREAM;
+use crate::config::{Config, ConfigError, RawSettings};
 use crate::crates::CrateDownload;
 use crate::index::lines::{find_version, VersionRecord};
 use crate::names::{CrateName, CrateVersion};
@@ -49,11 +51,14 @@ pub enum ExportError {
         path: String,
         source: std::io::Error,
     },
+    /// Wrong settings for an export from a data dir: exit code 2.
+    #[error(transparent)]
+    Settings(ConfigError),
 }
 
 impl ExportError {
     pub fn is_usage(&self) -> bool {
-        matches!(self, ExportError::Usage(_))
+        matches!(self, ExportError::Usage(_) | ExportError::Settings(_))
             || matches!(self, ExportError::Plan(e) if e.is_usage())
     }
 
@@ -63,6 +68,24 @@ impl ExportError {
             reason: reason.to_string(),
         }
     }
+}
+
+/// The configuration of an export from a data dir. Without an upstream the
+/// error names export's own ways to a source, `--from` first: the settings'
+/// "`upstream` is required" does not say that a running mirror will do.
+pub fn data_dir_config(raw: &RawSettings) -> Result<Config, ExportError> {
+    raw.build().map_err(|err| match err {
+        ConfigError::Missing(about) if std::ptr::eq(about, &UPSTREAM.about) => {
+            ExportError::Usage(format!(
+                "export needs a source: --from URL to read from a running mirror, or \
+                 --{key} URL (or {env}) to read from this data dir and fetch what it \
+                 lacks; --offline exports only what the data dir holds",
+                key = about.key,
+                env = about.env_var(),
+            ))
+        }
+        other => ExportError::Settings(other),
+    })
 }
 
 /// What to put in the bundle.

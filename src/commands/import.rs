@@ -34,12 +34,13 @@ const STORE_CHECKS: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    /// The bundle failed a check: nothing was imported.
+    /// The bundle failed a check: nothing was imported. Its message is the
+    /// whole story, so it is no `source` (that would print its cause twice).
     #[error("{0}; nothing was imported")]
-    Bundle(#[from] BundleError),
+    Bundle(BundleError),
     /// The bundle would change a version the site has: nothing was imported.
     #[error("{0}; nothing was imported")]
-    Conflict(#[from] MergeError),
+    Conflict(MergeError),
     /// A crate is stored for a version the bundle brings a line for, and the
     /// line does not vouch for it: nothing was imported.
     #[error(
@@ -55,6 +56,18 @@ pub enum ImportError {
     },
     #[error("while storing {what}: {reason}")]
     Store { what: String, reason: String },
+}
+
+impl From<BundleError> for ImportError {
+    fn from(err: BundleError) -> Self {
+        ImportError::Bundle(err)
+    }
+}
+
+impl From<MergeError> for ImportError {
+    fn from(err: MergeError) -> Self {
+        ImportError::Conflict(err)
+    }
 }
 
 impl ImportError {
@@ -89,6 +102,20 @@ impl std::fmt::Display for ImportReport {
             self.crates_present
         )
     }
+}
+
+/// Whether `bundle` can be read at all, checked before the data dir is
+/// opened: a mistyped path must not leave a new, empty data dir behind.
+pub fn check_readable(bundle: &Path) -> Result<(), ImportError> {
+    let io = |source| BundleError::Io {
+        path: bundle.display().to_string(),
+        source,
+    };
+    let file = std::fs::File::open(bundle).map_err(io)?;
+    if file.metadata().map_err(io)?.is_dir() {
+        return Err(io(std::io::Error::from(std::io::ErrorKind::IsADirectory)).into());
+    }
+    Ok(())
 }
 
 /// Imports `bundle` into `state`'s data dir and storage, within `limits`.

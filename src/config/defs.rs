@@ -1,9 +1,11 @@
-//! Every setting, defined once: its key, value name, default, help and parser.
+//! Every setting, defined once: its key, value name, default, help, parser,
+//! whether it is on/off, and the subcommands that take it as a flag.
 //!
 //! The key is the flag (`--index-ttl`) and the TOML key (`index-ttl`), and gives
-//! the environment variable (`CRATE_MIRROR_INDEX_TTL`); the command line, the
-//! environment and config file layers, the defaults in `build()` and the
-//! README's settings table (checked by a test) are all derived from this list.
+//! the environment variable (`CRATE_MIRROR_INDEX_TTL`); the command line of
+//! each subcommand and its `--help`, the environment and config file layers,
+//! the defaults in `build()` and the settings table in docs/operating.md
+//! (checked by a test) are all derived from this list.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,17 +32,102 @@ pub enum Fallback {
     Required,
 }
 
-/// How a setting is given on the command line and in the environment.
+/// How a setting's value is written on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// `--key VALUE`; environment `CRATE_MIRROR_<KEY>`.
+    /// `--key VALUE` (or `--key=VALUE`).
     Value,
-    /// `--key` alone means `true`; the environment and the file take `true`/`false`.
-    Switch,
-    /// A standard AWS setting: environment `AWS_<...>` (what every S3 tool
-    /// reads) or the config file, and no flag, so keys never show in `ps`.
+    /// On or off: `--key` alone means `true`; `--key=off` and, where the
+    /// command takes no operand the word could be mistaken for,
+    /// `--key off`. Every layer parses the same words ([`parse_bool`]).
+    Bool,
+}
+
+/// The environment variable a setting is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Env {
+    /// `CRATE_MIRROR_<KEY>`.
+    Mirror,
+    /// A standard AWS variable, `AWS_<...>`: what every S3 tool reads, so the
+    /// same credentials serve them all.
     Aws,
 }
+
+/// A subcommand that takes settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandName {
+    Serve,
+    Verify,
+    Gc,
+    Export,
+    Import,
+}
+
+impl CommandName {
+    pub const ALL: [CommandName; 5] = [
+        CommandName::Serve,
+        CommandName::Verify,
+        CommandName::Gc,
+        CommandName::Export,
+        CommandName::Import,
+    ];
+
+    /// As typed: `serve`, `gc`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandName::Serve => "serve",
+            CommandName::Verify => "verify",
+            CommandName::Gc => "gc",
+            CommandName::Export => "export",
+            CommandName::Import => "import",
+        }
+    }
+}
+
+/// The subcommands whose command line takes a setting as a flag (and whose
+/// `--help` lists it). The environment and the config file are read whole
+/// by every command, so one file serves them all: a command reads there
+/// only what it uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Commands(u8);
+
+impl Commands {
+    pub const fn of(commands: &[CommandName]) -> Self {
+        let mut bits = 0;
+        let mut i = 0;
+        while i < commands.len() {
+            bits |= 1 << commands[i] as u8;
+            i += 1;
+        }
+        Commands(bits)
+    }
+
+    pub const fn contains(self, command: CommandName) -> bool {
+        self.0 & (1 << command as u8) != 0
+    }
+}
+
+use CommandName::{Export, Gc, Import, Serve, Verify};
+
+/// Where the data dir is, how to log, which file: every command.
+const EVERY: Commands = Commands::of(&CommandName::ALL);
+/// What only the server uses.
+const SERVE: Commands = Commands::of(&[Serve]);
+/// How the upstream is reached: the commands that fetch from it (`verify`
+/// for index files to check against, `export` for what a data dir lacks).
+const READS_UPSTREAM: Commands = Commands::of(&[Serve, Verify, Export]);
+/// How cached index files are kept: the commands that read through the cache.
+const READS_INDEX: Commands = Commands::of(&[Serve, Export]);
+/// Where crate files are: every command that opens the store (`gc` works on
+/// local storage only, under the data dir).
+const OPENS_STORAGE: Commands = Commands::of(&[Serve, Verify, Export, Import]);
+/// The local quota: the commands that add to local storage, and `gc`.
+const WRITES_LOCAL_STORAGE: Commands = Commands::of(&[Serve, Gc, Export, Import]);
+/// The database's writes: the commands that write the index.
+const OPENS_DATABASE: Commands = Commands::of(&[Serve, Export, Import]);
+const IMPORT: Commands = Commands::of(&[Import]);
+/// No flag at all: S3 keys, so that they never show in `ps`.
+const NO_FLAG: Commands = Commands::of(&[]);
 
 /// The description of one setting, the same whatever its value's type.
 #[derive(Debug)]
@@ -53,6 +140,9 @@ pub struct About {
     /// One line for `--help`; the README's table says more.
     pub help: &'static str,
     pub kind: Kind,
+    pub env: Env,
+    /// The subcommands that take it as a flag.
+    pub commands: Commands,
     /// Never shown (the dashboard's settings list says only that it is
     /// set): tokens' hashes and S3 keys.
     pub secret: bool,
@@ -62,9 +152,9 @@ impl About {
     /// `index-ttl` → `CRATE_MIRROR_INDEX_TTL`; `aws-region` → `AWS_REGION`.
     pub fn env_var(&self) -> String {
         let upper = self.key.replace('-', "_").to_ascii_uppercase();
-        match self.kind {
-            Kind::Aws => upper,
-            Kind::Value | Kind::Switch => format!("{ENV_PREFIX}{upper}"),
+        match self.env {
+            Env::Aws => upper,
+            Env::Mirror => format!("{ENV_PREFIX}{upper}"),
         }
     }
 
@@ -113,6 +203,8 @@ pub static CONFIG_FILE: Setting<PathBuf> = Setting {
         fallback: Fallback::Absent("none"),
         help: "TOML file with the same keys as the flags",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: EVERY,
         secret: false,
     },
     parse: parse_path,
@@ -125,6 +217,8 @@ pub static LISTEN: Setting<SocketAddr> = Setting {
         fallback: Fallback::Value("127.0.0.1:8080"),
         help: "Address and port to listen on; a host name is resolved at start, a bare port means 127.0.0.1",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: SERVE,
         secret: false,
     },
     parse: parse_listen,
@@ -137,6 +231,8 @@ pub static UPSTREAM: Setting<String> = Setting {
         fallback: Fallback::Required,
         help: "Sparse index base URL of the registry to cache",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: READS_UPSTREAM,
         secret: false,
     },
     parse: parse_base_url,
@@ -148,7 +244,9 @@ pub static OFFLINE: Setting<bool> = Setting {
         value_name: "BOOL",
         fallback: Fallback::Value("false"),
         help: "Serve only what is cached or imported and never ask an upstream (--upstream not needed)",
-        kind: Kind::Value,
+        kind: Kind::Bool,
+        env: Env::Mirror,
+        commands: READS_UPSTREAM,
         secret: false,
     },
     parse: parse_bool,
@@ -161,6 +259,8 @@ pub static DATA_DIR: Setting<PathBuf> = Setting {
         fallback: Fallback::Value("./data"),
         help: "Directory for the database, crate files and temp files",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: EVERY,
         secret: false,
     },
     parse: parse_data_dir,
@@ -173,6 +273,8 @@ pub static PUBLIC_URL: Setting<String> = Setting {
         fallback: Fallback::Absent("from the request's Host header"),
         help: "URL clients use to reach the mirror",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: SERVE,
         secret: false,
     },
     parse: parse_base_url,
@@ -185,6 +287,8 @@ pub static INDEX_TTL: Setting<Duration> = Setting {
         fallback: Fallback::Value("60"),
         help: "Seconds an index file is served before asking the upstream",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: READS_UPSTREAM,
         secret: false,
     },
     parse: parse_seconds,
@@ -197,6 +301,8 @@ pub static INDEX_MAX_STALE: Setting<Duration> = Setting {
         fallback: Fallback::Value("600"),
         help: "Seconds past --index-ttl an index file is served at once while it is refreshed in the background; 0: clients wait for the upstream",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: READS_INDEX,
         secret: false,
     },
     parse: parse_seconds,
@@ -209,6 +315,8 @@ pub static NEGATIVE_TTL: Setting<Duration> = Setting {
         fallback: Fallback::Value("30"),
         help: "Seconds a missing crate is remembered",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: READS_INDEX,
         secret: false,
     },
     parse: parse_seconds,
@@ -221,6 +329,8 @@ pub static HOT_CACHE_SIZE: Setting<u64> = Setting {
         fallback: Fallback::Value("256MiB"),
         help: "Bytes of index files kept in memory, e.g. 256MiB",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: SERVE,
         secret: false,
     },
     parse: parse_size,
@@ -233,6 +343,8 @@ pub static CRATE_CACHE_SIZE: Setting<u64> = Setting {
         fallback: Fallback::Value("64MiB"),
         help: "Bytes of the most requested crate files kept in memory; 0 for none",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: SERVE,
         secret: false,
     },
     parse: parse_size,
@@ -245,6 +357,8 @@ pub static UPSTREAM_TIMEOUT: Setting<Duration> = Setting {
         fallback: Fallback::Value("30"),
         help: "Seconds for an index fetch and for each read of a download",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: READS_UPSTREAM,
         secret: false,
     },
     parse: parse_positive_seconds,
@@ -257,6 +371,8 @@ pub static CONNECT_TIMEOUT: Setting<Duration> = Setting {
         fallback: Fallback::Value("5"),
         help: "Seconds to connect to the upstream",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: READS_UPSTREAM,
         secret: false,
     },
     parse: parse_positive_seconds,
@@ -269,6 +385,8 @@ pub static LOG_FORMAT: Setting<LogFormat> = Setting {
         fallback: Fallback::Value("text"),
         help: "`text` or `json`",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: EVERY,
         secret: false,
     },
     parse: parse_log_format,
@@ -280,7 +398,9 @@ pub static GIT_INDEX: Setting<bool> = Setting {
         value_name: "on|off",
         fallback: Fallback::Value("off"),
         help: "`on` serves a git index at /git/index (needs git and --public-url)",
-        kind: Kind::Value,
+        kind: Kind::Bool,
+        env: Env::Mirror,
+        commands: SERVE,
         secret: false,
     },
     parse: parse_bool,
@@ -293,6 +413,8 @@ pub static GIT_REBUILD_DELAY: Setting<Duration> = Setting {
         fallback: Fallback::Value("2"),
         help: "Seconds after index files change before the git index is rebuilt",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: SERVE,
         secret: false,
     },
     parse: parse_seconds,
@@ -305,6 +427,8 @@ pub static AUTH_TOKENS: Setting<TokenSet> = Setting {
         fallback: Fallback::Absent("none (public)"),
         help: "Comma-separated token hashes (`sha256:HEX`); any makes the mirror private",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: SERVE,
         secret: true,
     },
     parse: parse_token_hashes,
@@ -317,6 +441,8 @@ pub static METRICS_TOKENS: Setting<TokenSet> = Setting {
         fallback: Fallback::Absent("none (open)"),
         help: "Token hashes required by /metrics and /api/stats",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: SERVE,
         secret: true,
     },
     parse: parse_token_hashes,
@@ -329,6 +455,8 @@ pub static TRUSTED_PROXIES: Setting<TrustedProxies> = Setting {
         fallback: Fallback::Absent("none"),
         help: "Addresses or CIDR blocks whose Forwarded / X-Forwarded-* headers are believed",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: SERVE,
         secret: false,
     },
     parse: TrustedProxies::parse,
@@ -344,7 +472,9 @@ pub static H2C_UPGRADE: Setting<bool> = Setting {
         fallback: Fallback::Value("on"),
         help:
             "`off` declines `Upgrade: h2c` on the plain listener (HTTP/2 by prior knowledge stays)",
-        kind: Kind::Value,
+        kind: Kind::Bool,
+        env: Env::Mirror,
+        commands: SERVE,
         secret: false,
     },
     parse: parse_bool,
@@ -357,6 +487,8 @@ pub static REVALIDATE_INTERVAL: Setting<Duration> = Setting {
         fallback: Fallback::Value("10"),
         help: "Seconds between forced index revalidations of one crate",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: SERVE,
         secret: false,
     },
     parse: parse_seconds,
@@ -369,6 +501,8 @@ pub static UPSTREAM_REDIRECT_HOSTS: Setting<Vec<String>> = Setting {
         fallback: Fallback::Absent("none"),
         help: "Extra hosts upstream redirects may lead to, comma-separated",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: READS_UPSTREAM,
         secret: false,
     },
     parse: parse_hosts,
@@ -381,6 +515,8 @@ pub static WORKERS: Setting<usize> = Setting {
         fallback: Fallback::Absent("one per CPU"),
         help: "Threads that serve HTTP",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: SERVE,
         secret: false,
     },
     parse: parse_count,
@@ -393,6 +529,8 @@ pub static MAX_CONNECTIONS: Setting<usize> = Setting {
         fallback: Fallback::Value("1024"),
         help: "Concurrent client connections per worker (each holds up to ~64 KiB of buffers)",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: SERVE,
         secret: false,
     },
     parse: parse_count,
@@ -405,6 +543,8 @@ pub static KEEP_ALIVE: Setting<Duration> = Setting {
         fallback: Fallback::Value("75"),
         help: "Seconds an idle client connection is kept open; also how long an HTTP/2 client has to answer a PING",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: SERVE,
         secret: false,
     },
     parse: parse_positive_seconds,
@@ -417,6 +557,8 @@ pub static UPSTREAM_CONCURRENCY: Setting<usize> = Setting {
         fallback: Fallback::Value("64"),
         help: "Concurrent requests to the upstream",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: READS_UPSTREAM,
         secret: false,
     },
     parse: parse_count,
@@ -429,6 +571,8 @@ pub static SHUTDOWN_TIMEOUT: Setting<Duration> = Setting {
         fallback: Fallback::Value("30"),
         help: "Seconds in-flight requests get to finish after SIGTERM",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: SERVE,
         secret: false,
     },
     parse: parse_seconds,
@@ -441,6 +585,8 @@ pub static DB_FLUSH_INTERVAL: Setting<Duration> = Setting {
         fallback: Fallback::Value("500"),
         help: "Milliseconds between writes of the database to disk; 0: only at shutdown (what a crash can lose of the cached index)",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: OPENS_DATABASE,
         secret: false,
     },
     parse: parse_millis,
@@ -452,7 +598,9 @@ pub static PREFETCH: Setting<bool> = Setting {
         value_name: "on|off",
         fallback: Fallback::Value("on"),
         help: "Prefetch the index files of dependencies",
-        kind: Kind::Value,
+        kind: Kind::Bool,
+        env: Env::Mirror,
+        commands: SERVE,
         secret: false,
     },
     parse: parse_bool,
@@ -465,6 +613,8 @@ pub static PREFETCH_DEPTH: Setting<u32> = Setting {
         fallback: Fallback::Value("16"),
         help: "Dependency steps from a client's request that are prefetched",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: SERVE,
         secret: false,
     },
     parse: parse_count_u32,
@@ -477,6 +627,8 @@ pub static PREFETCH_CONCURRENCY: Setting<usize> = Setting {
         fallback: Fallback::Value("32"),
         help: "Prefetch requests at a time (kept below --upstream-concurrency)",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: SERVE,
         secret: false,
     },
     parse: parse_count,
@@ -489,6 +641,8 @@ pub static PREFETCH_BUDGET: Setting<u32> = Setting {
         fallback: Fallback::Value("1200"),
         help: "Prefetch requests per minute at most",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: SERVE,
         secret: false,
     },
     parse: parse_count_u32,
@@ -500,7 +654,9 @@ pub static PREFETCH_DEV_DEPENDENCIES: Setting<()> = Setting {
         value_name: "BOOL",
         fallback: Fallback::Value("false"),
         help: "Only `false` is accepted: cargo never resolves dependencies' dev-dependencies",
-        kind: Kind::Value,
+        kind: Kind::Bool,
+        env: Env::Mirror,
+        commands: SERVE,
         secret: false,
     },
     parse: parse_no_dev_dependencies,
@@ -513,6 +669,8 @@ pub static TLS_CERT: Setting<PathBuf> = Setting {
         fallback: Fallback::Absent("none (plain HTTP)"),
         help: "PEM certificate chain: serve HTTPS (HTTP/2 by ALPN) with --tls-key",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: SERVE,
         secret: false,
     },
     parse: parse_path,
@@ -525,6 +683,8 @@ pub static TLS_KEY: Setting<PathBuf> = Setting {
         fallback: Fallback::Absent("none (plain HTTP)"),
         help: "PEM private key for --tls-cert",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: SERVE,
         secret: false,
     },
     parse: parse_path,
@@ -537,6 +697,8 @@ pub static STORAGE: Setting<StorageLocation> = Setting {
         fallback: Fallback::Value("local"),
         help: "`local` or `s3://BUCKET[/PREFIX]` (S3 credentials from AWS_* variables)",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: OPENS_STORAGE,
         secret: false,
     },
     parse: parse_storage,
@@ -549,6 +711,8 @@ pub static MAX_STORAGE: Setting<u64> = Setting {
         fallback: Fallback::Absent("unbounded"),
         help: "Local storage quota, e.g. 50GiB; least recently used crates are evicted",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: WRITES_LOCAL_STORAGE,
         secret: false,
     },
     parse: parse_size,
@@ -561,6 +725,8 @@ pub static IMPORT_MAX_CRATE_SIZE: Setting<u64> = Setting {
         fallback: Fallback::Value("64MiB"),
         help: "Largest .crate file `import` takes from a bundle",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: IMPORT,
         secret: false,
     },
     parse: parse_size,
@@ -573,6 +739,8 @@ pub static IMPORT_MAX_BUNDLE_SIZE: Setting<u64> = Setting {
         fallback: Fallback::Value("64GiB"),
         help: "Most bytes `import` decompresses and stages from one bundle",
         kind: Kind::Value,
+        env: Env::Mirror,
+        commands: IMPORT,
         secret: false,
     },
     parse: parse_size,
@@ -584,7 +752,9 @@ pub static S3_REDIRECT: Setting<bool> = Setting {
         value_name: "BOOL",
         fallback: Fallback::Value("false"),
         help: "Answer S3 hits with a redirect to a presigned URL",
-        kind: Kind::Switch,
+        kind: Kind::Bool,
+        env: Env::Mirror,
+        commands: SERVE,
         secret: false,
     },
     parse: parse_bool,
@@ -596,7 +766,9 @@ pub static AWS_ACCESS_KEY_ID: Setting<String> = Setting {
         value_name: "KEY",
         fallback: Fallback::Absent("none"),
         help: "S3 access key",
-        kind: Kind::Aws,
+        kind: Kind::Value,
+        env: Env::Aws,
+        commands: NO_FLAG,
         secret: true,
     },
     parse: parse_text,
@@ -608,7 +780,9 @@ pub static AWS_SECRET_ACCESS_KEY: Setting<String> = Setting {
         value_name: "KEY",
         fallback: Fallback::Absent("none"),
         help: "S3 secret key",
-        kind: Kind::Aws,
+        kind: Kind::Value,
+        env: Env::Aws,
+        commands: NO_FLAG,
         secret: true,
     },
     parse: parse_text,
@@ -620,7 +794,9 @@ pub static AWS_REGION: Setting<String> = Setting {
         value_name: "REGION",
         fallback: Fallback::Value("us-east-1"),
         help: "S3 region",
-        kind: Kind::Aws,
+        kind: Kind::Value,
+        env: Env::Aws,
+        commands: OPENS_STORAGE,
         secret: false,
     },
     parse: parse_text,
@@ -632,7 +808,9 @@ pub static AWS_ENDPOINT_URL: Setting<String> = Setting {
         value_name: "URL",
         fallback: Fallback::Absent("AWS"),
         help: "S3-compatible endpoint",
-        kind: Kind::Aws,
+        kind: Kind::Value,
+        env: Env::Aws,
+        commands: OPENS_STORAGE,
         secret: false,
     },
     parse: parse_base_url,
@@ -644,7 +822,9 @@ pub static AWS_ALLOW_HTTP: Setting<bool> = Setting {
         value_name: "BOOL",
         fallback: Fallback::Value("false"),
         help: "Allow a plain-http S3 endpoint",
-        kind: Kind::Aws,
+        kind: Kind::Bool,
+        env: Env::Aws,
+        commands: OPENS_STORAGE,
         secret: false,
     },
     parse: parse_bool,
@@ -656,7 +836,9 @@ pub static S3_INSTANCE_CREDENTIALS: Setting<bool> = Setting {
         value_name: "BOOL",
         fallback: Fallback::Value("false"),
         help: "Take S3 credentials from the instance metadata service when no keys are set",
-        kind: Kind::Value,
+        kind: Kind::Bool,
+        env: Env::Mirror,
+        commands: OPENS_STORAGE,
         secret: false,
     },
     parse: parse_bool,
@@ -752,8 +934,14 @@ mod tests {
             assert!(!about.help.is_empty() && !about.value_name.is_empty());
             assert_eq!(
                 about.key.starts_with("aws-"),
-                about.kind == Kind::Aws,
+                about.env == Env::Aws,
                 "{}: only AWS settings use the AWS_* variables",
+                about.key
+            );
+            assert_eq!(
+                about.commands == NO_FLAG,
+                about.secret && about.env == Env::Aws,
+                "{}: every setting is a flag but the S3 keys",
                 about.key
             );
             // What names a token or a key is never shown.
@@ -761,6 +949,30 @@ mod tests {
                 .iter()
                 .any(|word| about.key.contains(word));
             assert_eq!(sounds_secret, about.secret, "{}: secret", about.key);
+        }
+    }
+
+    /// A setting that takes `on` and refuses `maybe` is a switch: its flag
+    /// stands alone, and the other way round.
+    #[test]
+    fn every_on_off_setting_is_a_bool_flag() {
+        for setting in SETTINGS {
+            let about = setting.about();
+            let on_off = setting.check("off").is_ok() && setting.check("maybe").is_err();
+            assert_eq!(on_off, about.kind == Kind::Bool, "{}", about.key);
+        }
+    }
+
+    #[test]
+    fn command_sets() {
+        assert!(EVERY.contains(Gc) && EVERY.contains(Import));
+        assert!(SERVE.contains(Serve) && !SERVE.contains(Gc));
+        assert!(!READS_UPSTREAM.contains(Gc) && !READS_UPSTREAM.contains(Import));
+        assert!(CommandName::ALL.iter().all(|c| !NO_FLAG.contains(*c)));
+        // Every command takes the data dir and the config file.
+        for command in CommandName::ALL {
+            assert!(DATA_DIR.about.commands.contains(command));
+            assert!(CONFIG_FILE.about.commands.contains(command));
         }
     }
 

@@ -13,8 +13,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use cli::SettingsArgs;
-pub use defs::{About, AnySetting, Fallback, Kind, SETTINGS};
+pub use cli::{env_warnings, for_command, SettingsArgs, SettingsCommand};
+pub use defs::{About, AnySetting, CommandName, Commands, Env, Fallback, Kind, SETTINGS};
 pub use layers::{RawSettings, Source, WARM_TOKEN_ENV};
 pub use parse::parse_size;
 pub use shown::{mask_userinfo, ShownSetting, HIDDEN};
@@ -258,6 +258,11 @@ impl RawSettings {
             (Some(_), None) => Err(self.invalid(&TLS_CERT.about, "needs tls-key too")),
             (None, Some(_)) => Err(self.invalid(&TLS_KEY.about, "needs tls-cert too")),
         }
+    }
+
+    /// The log format alone, for commands that build no whole [`Config`].
+    pub fn log_format(&self) -> Result<LogFormat, ConfigError> {
+        self.value(&LOG_FORMAT)
     }
 
     /// The data dir alone, for commands that need no upstream.

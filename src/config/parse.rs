@@ -146,11 +146,15 @@ pub fn parse_count_u32(value: &str) -> Result<u32, String> {
     u32::try_from(parse_count(value)?).map_err(|e| e.to_string())
 }
 
+/// An on/off setting, the same words from every layer: a flag's value (a
+/// bare flag gives `true`), the environment and the config file (where a
+/// TOML `true` arrives as the text `true`). Empty is off, as an environment
+/// variable set to nothing usually means.
 pub fn parse_bool(value: &str) -> Result<bool, String> {
     match value.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" | "" => Ok(false),
-        _ => Err("expected true or false".to_string()),
+        "true" | "on" | "yes" | "1" => Ok(true),
+        "false" | "off" | "no" | "0" | "" => Ok(false),
+        _ => Err("expected true/false, on/off, yes/no or 1/0".to_string()),
     }
 }
 
@@ -227,6 +231,20 @@ mod tests {
         assert_eq!(parse_size("3MB").unwrap(), 3_000_000);
         assert!(parse_size("lots").is_err());
         assert!(parse_size("1XB").is_err());
+    }
+
+    #[test]
+    fn booleans_take_the_same_words_everywhere() {
+        for on in ["true", "on", "yes", "1", "TRUE", "On", " yes "] {
+            assert_eq!(parse_bool(on), Ok(true), "{on}");
+        }
+        for off in ["false", "off", "no", "0", "", "OFF"] {
+            assert_eq!(parse_bool(off), Ok(false), "{off}");
+        }
+        assert_eq!(
+            parse_bool("maybe").unwrap_err(),
+            "expected true/false, on/off, yes/no or 1/0"
+        );
     }
 
     #[test]

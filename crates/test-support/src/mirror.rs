@@ -32,6 +32,22 @@ pub fn export_bundle(specs: &[crate::registry::CrateSpec], out: &Path) {
     crate::assert_success(&run(&args, &[]));
 }
 
+/// Nothing listens on the discard port: the upstream of a mirror that must
+/// never reach one.
+pub const NO_UPSTREAM: &str = "http://127.0.0.1:9/index/";
+
+/// `crate-mirror` with none of this process's `CRATE_MIRROR_*` variables:
+/// a test's settings are only those it gives.
+pub fn command() -> Command {
+    let mut command = Command::new(bin());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("CRATE_MIRROR_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
 /// The `crate-mirror` binary cargo built for the test or bench running now.
 ///
 /// `CARGO_BIN_EXE_crate-mirror` exists only when compiling the root package's
@@ -323,7 +339,8 @@ impl Mirror {
         crate::procfs::proc_status_kib(self.pid(), field).unwrap_or(0)
     }
 
-    /// Runs `crate-mirror SUBCOMMAND --upstream U --data-dir D ARGS` (e.g. `verify`) to completion.
+    /// Runs `crate-mirror SUBCOMMAND --upstream U --data-dir D ARGS` (e.g. `verify`;
+    /// `gc`, which takes no upstream, without `--upstream U`) to completion.
     pub fn run_command(
         &self,
         subcommand: &str,
@@ -340,10 +357,15 @@ impl Mirror {
         args: &[&str],
         env: &[(String, String)],
     ) -> std::process::Output {
+        // `gc` never asks an upstream, and refuses the flag.
+        let upstream: &[&str] = match subcommand {
+            "gc" => &[],
+            _ => &["--upstream", upstream],
+        };
         Command::new(&self.binary)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .arg(subcommand)
-            .args(["--upstream", upstream])
+            .args(upstream)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(args)

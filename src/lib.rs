@@ -243,12 +243,15 @@ impl AppState {
 }
 
 /// Runs the mirror until it is stopped (SIGINT/SIGTERM). `on_listening` is told
-/// the bound address before the first request is accepted.
+/// the bound address before the first request is accepted, and before the
+/// HTTP server writes any log line (its start line is the log's first).
 ///
 /// The background tasks belong to this function: on the stop signal they are
 /// cancelled while the HTTP server drains, and waited for (within the
 /// shutdown timeout, counted from the signal) before the database is flushed
-/// and this returns.
+/// and this returns. Connections still open when the timeout runs out are
+/// dropped (`drain`); the last log line, `crate-mirror stopped`, comes after
+/// their access lines and the flush.
 pub async fn serve(
     config: Config,
     on_listening: impl FnOnce(std::net::SocketAddr),
@@ -319,7 +322,9 @@ pub async fn serve(
         .workers(workers)
         .worker_max_blocking_threads(WORKER_BLOCKING_THREADS)
         .max_concurrent_connections(config.max_connections)
-        .shutdown_timeout(config.shutdown_timeout.as_secs());
+        // A second past ours: the stop's cut is `drain`'s, which counts and
+        // logs what it drops; actix's own would come unannounced.
+        .shutdown_timeout(config.shutdown_timeout.as_secs() + 1);
     // Told to every connection when the stop begins: an idle HTTP/1.1
     // keep-alive connection then closes at once instead of holding the
     // stop for up to `keep-alive` (capped by `shutdown-timeout`).
@@ -378,21 +383,22 @@ pub async fn serve(
             })
         }
     }
-    .map_err(listen_err)?
-    .run();
+    .map_err(listen_err)?;
+    // Before `run`, which writes actix's own lines: the start line that
+    // `on_listening` writes is the log's first. The socket listens already.
     on_listening(local_addr);
-    let result = {
-        let mut server = std::pin::pin!(server);
-        tokio::select! {
-            result = &mut server => result,
-            // The server stops on the same signal; the background tasks need
-            // not wait for its in-flight requests to drain.
-            () = background::stop_signal() => {
-                background.cancel();
-                server.await
-            }
+    let server = server.run();
+    let mut server = server;
+    let result = tokio::select! {
+        result = &mut server => result,
+        // The server stops on the same signal; the background tasks need
+        // not wait for its in-flight requests to drain.
+        () = background::stop_signal() => {
+            background.cancel();
+            drain(server, config.shutdown_timeout).await
         }
     };
+    cut_lines_written().await;
     background.stop(config.shutdown_timeout).await;
     let flushed = {
         let state = state.clone();
@@ -401,8 +407,57 @@ pub async fn serve(
     if let Err(err) = flushed {
         tracing::error!(error = %err, "flushing the database failed");
     }
+    tracing::info!("crate-mirror stopped");
     result.map_err(|source| StartError::Listen {
         addr: config.listen,
         source,
     })
+}
+
+/// Waits for the server's graceful stop to end, at most `shutdown_timeout`;
+/// then drops the server, which closes the connections still open at once.
+/// Either way (a forced stop, SIGINT, ends them too) says how many
+/// connections are dropped, and has their responses logged as cut by the
+/// stop rather than by their clients.
+async fn drain(
+    mut server: actix_server::Server,
+    shutdown_timeout: std::time::Duration,
+) -> std::io::Result<()> {
+    let dropping = || {
+        let open = http::connection::open_connections();
+        if open > 0 {
+            access_log::stop_cuts_from_now();
+            tracing::warn!(
+                connections = open,
+                "shutdown-timeout passed: dropping the connections still open"
+            );
+        }
+    };
+    tokio::select! {
+        result = &mut server => {
+            dropping();
+            result
+        }
+        () = tokio::time::sleep(shutdown_timeout) => {
+            dropping();
+            // Dropping a running server stops its workers at once; it joins
+            // its (already stopping) accept thread, so off the async thread.
+            off_async(move || drop(server)).await;
+            Ok(())
+        }
+    }
+}
+
+/// How long the stop waits for the connections it dropped to be gone and
+/// their access lines written (the workers' threads end them once the
+/// server has stopped), so that `crate-mirror stopped` is the last line.
+const CUT_LINES_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn cut_lines_written() {
+    let deadline = tokio::time::Instant::now() + CUT_LINES_WAIT;
+    while (access_log::lines_owed() > 0 || http::connection::open_connections() > 0)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }

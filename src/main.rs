@@ -245,7 +245,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .public_url
                     .clone()
                     .unwrap_or_else(|| "(from each request's Host)".into()),
-                config.data_dir.display().to_string(),
+                config.data_dir.clone(),
                 config.storage.to_string(),
                 match (config.auth_tokens.is_empty(), config.offline) {
                     (true, false) => "public",
@@ -267,6 +267,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("crate-mirror listening on {scheme}://{addr}");
                 let _ = std::io::stdout().flush();
                 let (upstream, proxy, public_url, data_dir, storage, mode) = started;
+                // Absolute, whatever the command line said: the dir exists
+                // by now (one lookup, once, at start).
+                let data_dir = std::fs::canonicalize(&data_dir)
+                    .unwrap_or(data_dir)
+                    .display()
+                    .to_string();
                 tracing::info!(
                     version = env!("CARGO_PKG_VERSION"),
                     listen = %format!("{scheme}://{addr}"),

@@ -56,7 +56,7 @@ fn signal(pid: u32, sig: &str) {
     assert!(status.success(), "kill {sig} {pid}");
 }
 
-/// Downloads in the mirror's access log (logged once the response starts).
+/// Downloads in the mirror's access log (each logged once its response ends).
 fn downloads_logged(log: &str) -> usize {
     log.lines()
         .filter(|l| l.contains("crate_mirror::access") && l.contains("/download"))
@@ -128,7 +128,7 @@ fn frozen_fetch_succeeds(tls: bool) {
     let answered_downloads = || downloads_logged(&mirror.log());
     let warm_downloads = answered_downloads();
     let mut child = cargo(home.path(), app.path(), target.path(), ca, &["fetch"]);
-    // Frozen once the mirror has started answering its downloads: their
+    // Frozen once the mirror has sent a first download whole: the others'
     // bodies are on the way.
     let guard = Instant::now() + Duration::from_secs(60);
     while answered_downloads() == warm_downloads {

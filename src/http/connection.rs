@@ -17,6 +17,8 @@
 //!   worker. A second after connections close, the worker gives those pages
 //!   back to the OS (`MemoryRelease`, once however many closed meanwhile): a
 //!   burst of thousands of connections no longer leaves its peak resident.
+//! - Count: how many are open over all workers (`open_connections`), which
+//!   the stop logs when `shutdown-timeout` runs out with some still open.
 //!
 //! The TLS listener's handshake and ALPN are here too (`tls_connections`), so
 //! that both listeners share one connection path (and one keep-alive).
@@ -26,6 +28,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -68,8 +71,18 @@ pub struct Conn<T> {
     closed: Option<Rc<Notify>>,
 }
 
+/// Client connections open now, over every worker: what a stop past
+/// `shutdown-timeout` drops (it says how many).
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+
+/// How many client connections are open.
+pub fn open_connections() -> usize {
+    OPEN.load(Ordering::Relaxed)
+}
+
 impl<T> Conn<T> {
     fn new(io: T, protocol: Protocol, closed: Option<Rc<Notify>>) -> Self {
+        OPEN.fetch_add(1, Ordering::Relaxed);
         Self {
             io,
             amend_settings: protocol == Protocol::Http2,
@@ -82,6 +95,7 @@ impl<T> Conn<T> {
 
 impl<T> Drop for Conn<T> {
     fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::Relaxed);
         if let Some(closed) = &self.closed {
             closed.notify_one();
         }

@@ -30,7 +30,7 @@ use crate::index::cache::{IndexEntry, IndexFile, IndexLookup};
 use crate::index::path::{decode_segment, parse_index_path, IndexRequest};
 use crate::metrics::{method_label, ErrorKind, Route, UpstreamBytes};
 use crate::names::{CrateName, CrateVersion};
-use crate::AppState;
+use crate::{access_log, AppState};
 
 /// Response header telling how the mirror answered (HIT, MISS, STALE, ...).
 pub const X_CACHE: header::HeaderName = header::HeaderName::from_static("x-cache");
@@ -412,59 +412,26 @@ fn route_of(req: &HttpRequest) -> Route {
     req.app_data::<Route>().copied().unwrap_or(Route::Other)
 }
 
-fn version_str(version: actix_web::http::Version) -> &'static str {
-    use actix_web::http::Version;
-    match version {
-        Version::HTTP_09 => "HTTP/0.9",
-        Version::HTTP_10 => "HTTP/1.0",
-        Version::HTTP_11 => "HTTP/1.1",
-        Version::HTTP_2 => "HTTP/2.0",
-        Version::HTTP_3 => "HTTP/3.0",
-        _ => "HTTP/?",
-    }
-}
-
-/// Longest method and path written to the access log. Its lines wait in a
-/// queue of thousands (see `main`) while the log is slow, so their length is
-/// not the client's to choose: a real method is a few letters and a real
-/// path under 200 bytes; the start of anything longer says what it was.
-const LOGGED_METHOD_BYTES: usize = 32;
-const LOGGED_PATH_BYTES: usize = 512;
-
-/// `text` cut to at most `max` bytes (on a character boundary) with a
-/// trailing `…` when it was longer; borrowed when it was not.
-fn start_of(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
-    if text.len() <= max {
-        return text.into();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end]).into()
-}
-
-/// Counts every request into the metrics and writes its access-log line
-/// (formatted by `crate::access_log`).
-pub async fn record_request<B: MessageBody>(
+/// Counts every request into the metrics and wraps its response body so
+/// that its access-log line is written when the response ends (see
+/// `crate::access_log`).
+pub async fn record_request<B: MessageBody + Unpin>(
     req: ServiceRequest,
     next: actix_web::middleware::Next<B>,
-) -> Result<ServiceResponse<B>, actix_web::Error> {
+) -> Result<ServiceResponse<access_log::Logged<B>>, actix_web::Error> {
     let started = Instant::now();
     let method = req.method().clone();
-    let version = req.version();
     // The Uri shares the request's buffer: cloning it copies no path bytes.
     let uri = req.uri().clone();
     let path = uri.path();
     let state = req.app_data::<web::Data<AppState>>().cloned();
+    let facts = access_log::RequestFacts::of(&req, started, || {
+        let proxies = &state.as_ref()?.facing.trusted_proxies;
+        origin::forwarded_client(req.request(), proxies)
+    });
     let response = next.call(req).await?;
     let status = response.status();
     let elapsed = started.elapsed();
-    let cache = response
-        .headers()
-        .get(X_CACHE)
-        .and_then(|v: &HeaderValue| v.to_str().ok())
-        .unwrap_or("-");
     if let Some(state) = state {
         let matched = route_of(response.request());
         let route = matched.as_str();
@@ -499,15 +466,10 @@ pub async fn record_request<B: MessageBody>(
                 .record_error(kind, method.as_str(), path, status.as_u16());
         }
     }
-    crate::access_log::log(&crate::access_log::AccessRecord {
-        method: &start_of(method.as_str(), LOGGED_METHOD_BYTES),
-        path: &start_of(path, LOGGED_PATH_BYTES),
-        version: version_str(version),
-        status: status.as_u16(),
-        latency: elapsed,
-        cache,
-    });
-    Ok(response)
+    Ok(response.map_body(|head, body| {
+        let cache = head.headers.get(X_CACHE);
+        access_log::Logged::new(body, facts, status.as_u16(), cache, elapsed)
+    }))
 }
 
 #[cfg(test)]
@@ -518,15 +480,6 @@ mod tests {
         let mut map = HeaderMap::new();
         map.insert(name, HeaderValue::from_static(value));
         map
-    }
-
-    #[test]
-    fn logged_strings_keep_their_start() {
-        assert_eq!(start_of("GET", 32), "GET");
-        let long = "M".repeat(100);
-        assert_eq!(start_of(&long, 32), format!("{}…", &long[..32]));
-        // Never inside a character.
-        assert_eq!(start_of("/ééé", 4), "/é…");
     }
 
     #[test]

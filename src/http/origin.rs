@@ -111,6 +111,47 @@ fn host_name(authority: &str) -> &str {
         .map_or(authority, |(host, _)| host)
 }
 
+/// The client's address as the trusted proxies report it (for the access
+/// log): only when the connection comes from a trusted proxy, and, like the
+/// host, the address the walk of [`Forwarded`] ends on (`Forwarded`'s
+/// `for=`, else `X-Forwarded-For`); `None` when neither names an IP.
+pub fn forwarded_client(req: &HttpRequest, proxies: &TrustedProxies) -> Option<IpAddr> {
+    let peer = req.peer_addr()?;
+    if proxies.is_empty() || !proxies.trusts(peer.ip()) {
+        return None;
+    }
+    let headers = req.headers();
+    if let Some(ip) = nearest(&forwarded_elements(headers), sender, proxies).and_then(sender) {
+        return Some(ip);
+    }
+    let addresses = header_list(headers, "x-forwarded-for");
+    nearest(&addresses, ip_of, proxies).and_then(ip_of)
+}
+
+/// The address a `Forwarded` element says its sender received the request
+/// from (its `for=`).
+fn sender(element: &str) -> Option<IpAddr> {
+    parameter(element, "for").and_then(|v| ip_of(&v))
+}
+
+/// The elements of `Forwarded` over all its header lines in order. A line
+/// that is not text says nothing, and stops a walk like an element without a
+/// trusted `for`.
+fn forwarded_elements(headers: &HeaderMap) -> Vec<&str> {
+    header_list(headers, "forwarded")
+}
+
+/// The comma-separated entries of header `name` over all its lines, trimmed;
+/// a line that is not text is one empty entry.
+fn header_list<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+    headers
+        .get_all(name)
+        .map(|line| line.to_str().unwrap_or(""))
+        .flat_map(|text| text.split(','))
+        .map(str::trim)
+        .collect()
+}
+
 /// How the client addressed the request: the host (checked) and the scheme
 /// a trusted proxy reported, if any.
 struct View {
@@ -205,20 +246,8 @@ impl Forwarded {
 
     /// `Forwarded` (RFC 7239), over all its header lines in order.
     fn standard(headers: &HeaderMap, proxies: &TrustedProxies) -> Self {
-        let mut elements: Vec<&str> = Vec::new();
-        for line in headers.get_all("forwarded") {
-            // A line that is not text says nothing, and stops the walk like
-            // an element without a trusted `for`.
-            match line.to_str() {
-                Ok(text) => elements.extend(text.split(',')),
-                Err(_) => elements.push(""),
-            }
-        }
-        let Some(chosen) = nearest(
-            &elements,
-            |element| parameter(element, "for").and_then(|v| ip_of(&v)),
-            proxies,
-        ) else {
+        let elements = forwarded_elements(headers);
+        let Some(chosen) = nearest(&elements, sender, proxies) else {
             return Self::default();
         };
         Self {
@@ -229,14 +258,7 @@ impl Forwarded {
 
     /// `X-Forwarded-For` / `-Host` / `-Proto`.
     fn legacy(headers: &HeaderMap, proxies: &TrustedProxies) -> Self {
-        let list = |name: &str| -> Vec<&str> {
-            headers
-                .get_all(name)
-                .map(|line| line.to_str().unwrap_or(""))
-                .flat_map(|text| text.split(','))
-                .map(str::trim)
-                .collect()
-        };
+        let list = |name| header_list(headers, name);
         let addresses = list("x-forwarded-for");
         // How far from the right the walk over the addresses ends.
         let from_right =
@@ -494,6 +516,33 @@ mod tests {
         let without_for = [("x-forwarded-host", "evil.example, m.example.com")];
         assert_eq!(host(&without_for).as_deref(), Some("m.example.com"));
         assert_eq!(forwarded(&[]).unwrap(), Forwarded::default());
+    }
+
+    #[test]
+    fn the_forwarded_client_comes_only_from_a_trusted_peer() {
+        let proxies = TrustedProxies::parse("127.0.0.0/8").unwrap();
+        let request = |peer: &str, headers: &[(&str, &str)]| {
+            let mut req = actix_web::test::TestRequest::default().peer_addr(peer.parse().unwrap());
+            for (name, value) in headers {
+                req = req.insert_header((*name, *value));
+            }
+            req.to_http_request()
+        };
+        let client = |peer, headers| forwarded_client(&request(peer, headers), &proxies);
+        let ip = |s: &str| s.parse::<IpAddr>().ok();
+        let chain = [("x-forwarded-for", "192.0.2.9, 203.0.113.5, 127.0.0.2")];
+        assert_eq!(client("127.0.0.1:9", &chain), ip("203.0.113.5"));
+        assert_eq!(client("192.0.2.1:9", &chain), None);
+        let standard = [
+            ("forwarded", "for=198.51.100.4;host=m.example.com"),
+            ("x-forwarded-for", "203.0.113.5"),
+        ];
+        assert_eq!(client("127.0.0.1:9", &standard), ip("198.51.100.4"));
+        assert_eq!(
+            client("127.0.0.1:9", &[("x-forwarded-for", "unknown")]),
+            None
+        );
+        assert_eq!(client("127.0.0.1:9", &[]), None);
     }
 
     #[test]

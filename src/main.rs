@@ -275,6 +275,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .to_string();
                 tracing::info!(
                     version = env!("CARGO_PKG_VERSION"),
+                    commit = env!("BUILD_COMMIT"),
                     listen = %format!("{scheme}://{addr}"),
                     upstream,
                     proxy,

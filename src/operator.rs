@@ -35,6 +35,7 @@ impl OperatorInfo {
     pub fn mirror(&self) -> serde_json::Value {
         serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
+            "commit": env!("BUILD_COMMIT"),
             "upstream": self.upstream,
             "public_url": self.public_url,
             "mode": if self.private { "private" } else { "public" },

@@ -1,11 +1,14 @@
-//! The files in deploy/: the systemd unit passes `systemd-analyze verify`, the
-//! Kubernetes manifests and the compose file parse and say what they must, and
-//! every setting they pass to the mirror is one the mirror knows.
+//! The files in deploy/: the systemd unit passes `systemd-analyze verify` and
+//! `systemd-analyze security` rates it low, the Kubernetes manifests and the
+//! compose file parse and say what they must, the Prometheus config loads in
+//! `promtool` with and without a token, and every setting they pass to the
+//! mirror is one the mirror knows.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate_mirror::config::SETTINGS;
+use crate_mirror::config::defs::SHUTDOWN_TIMEOUT;
+use crate_mirror::config::{AnySetting, SETTINGS};
 
 fn deploy(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -144,7 +147,11 @@ fn kubernetes_manifests_run_two_probed_replicas_on_s3() {
         objects.extend(yaml_documents(&deploy(&format!("kubernetes/{file}"))));
     }
     let kustomization = &yaml_documents(&deploy("kubernetes/kustomization.yaml"))[0];
-    assert_eq!(kustomization["resources"].as_array().unwrap().len(), 6);
+    assert_eq!(
+        kustomization["resources"].as_array().unwrap().len(),
+        5,
+        "every file above but the example Secret"
+    );
     let find = |kind: &str| {
         objects
             .iter()
@@ -295,4 +302,234 @@ fn the_compose_garage_setup_runs_and_makes_the_mirrors_bucket() {
     garage
         .bucket_ready()
         .unwrap_or_else(|err| panic!("the bucket is not usable with the key: {err}"));
+}
+
+/// `systemd-analyze security` rates the shipped unit's exposure under 2.5
+/// (it was 5.6 with no capability bounding set and no system call filter).
+#[test]
+fn systemd_analyze_security_rates_the_unit_under_2_5() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crate-mirror.service");
+    std::fs::write(&path, mirror_unit()).unwrap();
+    let report = support::run_ok(
+        Command::new("systemd-analyze")
+            .args(["security", "--offline=yes", "--no-pager"])
+            .arg(&path),
+        String::new,
+    );
+    let score: f64 = report
+        .lines()
+        .find_map(|line| line.split_once("Overall exposure level for crate-mirror.service: "))
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|score| score.parse().ok())
+        .unwrap_or_else(|| panic!("no overall exposure level in:\n{report}"));
+    assert!(score < 2.5, "exposure {score}:\n{report}");
+}
+
+/// Every resource `kubectl apply -k` applies, parsed.
+fn kustomized_objects() -> Vec<(String, serde_json::Value)> {
+    let kustomization = &yaml_documents(&deploy("kubernetes/kustomization.yaml"))[0];
+    kustomization["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|file| {
+            let file = file.as_str().unwrap().to_string();
+            yaml_documents(&deploy(&format!("kubernetes/{file}")))
+                .into_iter()
+                .map(move |object| (file.clone(), object))
+        })
+        .collect()
+}
+
+fn kustomized(kind: &str) -> serde_json::Value {
+    kustomized_objects()
+        .into_iter()
+        .map(|(_, object)| object)
+        .find(|object| object["kind"] == kind)
+        .unwrap_or_else(|| panic!("kubectl apply -k applies no {kind}"))
+}
+
+/// `kubectl apply -k` must not apply the example Secret: it would overwrite
+/// the real S3 keys with its placeholders. The Deployment still names the
+/// Secret, and the kustomization says how to create it.
+#[test]
+fn kubectl_apply_k_leaves_the_s3_secret_alone() {
+    for (file, object) in kustomized_objects() {
+        assert_ne!(
+            object["kind"], "Secret",
+            "{file} is applied by kubectl apply -k"
+        );
+    }
+    let example = &yaml_documents(&deploy("kubernetes/secret.yaml"))[0];
+    let name = example["metadata"]["name"].as_str().unwrap();
+    let container = &kustomized("Deployment")["spec"]["template"]["spec"]["containers"][0];
+    assert!(container["envFrom"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["secretRef"]["name"] == name));
+    let how = format!("kubectl create secret generic {name}");
+    for file in ["kustomization.yaml", "secret.yaml"] {
+        let text = std::fs::read_to_string(deploy(&format!("kubernetes/{file}"))).unwrap();
+        assert!(text.contains(&how), "{file} does not say `{how}`");
+    }
+}
+
+/// A deleted pod leaves the Service's endpoints while it sleeps in preStop,
+/// then gets SIGTERM and the mirror's shutdown timeout to finish downloads;
+/// the grace period must cover both, or the kubelet kills downloads in flight.
+#[test]
+fn pods_drain_before_sigterm_within_their_grace_period() {
+    let deployment = kustomized("Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let command = &pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"];
+    assert_eq!(command[0], "sleep", "no preStop sleep: {command}");
+    let delay: u64 = command[1].as_str().unwrap().parse().unwrap();
+    assert!(delay >= 5, "a preStop delay of {delay} s");
+    let shutdown_env = SHUTDOWN_TIMEOUT.about().env_var();
+    let shutdown: u64 = kustomized("ConfigMap")["data"][&shutdown_env]
+        .as_str()
+        .unwrap_or(SHUTDOWN_TIMEOUT.about().fallback_text())
+        .parse()
+        .unwrap();
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        grace > delay + shutdown,
+        "terminationGracePeriodSeconds {grace} <= preStop {delay} + {shutdown_env} {shutdown}"
+    );
+}
+
+/// The mirror's largest request body, git upload-pack's (`MAX_REQUEST` in
+/// src/http/git.rs), as bytes.
+fn git_request_limit() -> u64 {
+    let source = include_str!("../src/http/git.rs");
+    let value = source
+        .lines()
+        .find_map(|line| line.strip_prefix("const MAX_REQUEST: usize = "))
+        .and_then(|rest| rest.strip_suffix(';'))
+        .expect("src/http/git.rs defines MAX_REQUEST");
+    match value.split_once(" << ") {
+        Some((n, shift)) => n.parse::<u64>().unwrap() << shift.parse::<u32>().unwrap(),
+        None => value.replace('_', "").parse().unwrap(),
+    }
+}
+
+/// The Ingress lets through the bodies the mirror takes: git's upload-pack
+/// POSTs, up to 8 MiB (a 64k cap broke fetches with many haves).
+#[test]
+fn the_ingress_passes_git_upload_pack_bodies() {
+    let ingress = kustomized("Ingress");
+    let size = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
+        .as_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    // nginx's size syntax: bytes, or k and m for KiB and MiB.
+    let bytes: u64 = match size.split_at(size.len() - 1) {
+        (n, "k") => n.parse::<u64>().unwrap() << 10,
+        (n, "m") => n.parse::<u64>().unwrap() << 20,
+        (n, "g") => n.parse::<u64>().unwrap() << 30,
+        _ => size.parse().unwrap(),
+    };
+    let limit = git_request_limit();
+    assert!(
+        bytes >= limit,
+        "the Ingress caps bodies at {size}, git upload-pack takes {limit} bytes"
+    );
+}
+
+/// The comment lines directly above the first line of `text` that starts
+/// with `line` (indentation ignored), lower-cased.
+fn comment_above(text: &str, line: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with(line))
+        .unwrap_or_else(|| panic!("no line {line}"));
+    let mut comment: Vec<&str> = lines[..at]
+        .iter()
+        .rev()
+        .map(|l| l.trim_start())
+        .take_while(|l| l.starts_with('#'))
+        .collect();
+    comment.reverse();
+    comment.join("\n").to_lowercase()
+}
+
+/// On AWS S3 itself the ConfigMap's endpoint must go; its comment says so.
+#[test]
+fn the_configmap_says_to_delete_the_s3_endpoint_on_aws() {
+    let text = std::fs::read_to_string(deploy("kubernetes/configmap.yaml")).unwrap();
+    let comment = comment_above(&text, "AWS_ENDPOINT_URL:");
+    assert!(
+        comment.contains("aws s3") && comment.contains("delete"),
+        "AWS_ENDPOINT_URL's comment: {comment:?}"
+    );
+}
+
+/// The compose file's public URL (what cargo downloads from) is a variable
+/// with this machine as its default, and its S3 keys are marked as demo keys.
+#[test]
+fn the_compose_public_url_is_a_variable_and_its_keys_are_marked_demo() {
+    let text = std::fs::read_to_string(deploy("container/compose.yaml")).unwrap();
+    let compose = &yaml_documents(&deploy("container/compose.yaml"))[0];
+    let url = compose["services"]["mirror"]["environment"]["CRATE_MIRROR_PUBLIC_URL"]
+        .as_str()
+        .unwrap();
+    let (variable, default) = url
+        .strip_prefix("${")
+        .and_then(|rest| rest.strip_suffix('}'))
+        .and_then(|inner| inner.split_once(":-"))
+        .unwrap_or_else(|| panic!("CRATE_MIRROR_PUBLIC_URL is fixed: {url}"));
+    assert_eq!(default, "http://localhost:8080");
+    assert!(
+        text.starts_with('#')
+            && comment_above(&text, "services:").contains(&variable.to_lowercase()),
+        "the header does not tell about {variable}"
+    );
+    let comment = comment_above(&text, "AWS_ACCESS_KEY_ID:");
+    assert!(comment.contains("demo"), "the keys' comment: {comment:?}");
+}
+
+/// The shipped Prometheus config loads as it is, without any token file (the
+/// mirror's metrics are open by default), and with its token lines
+/// uncommented as its comment says, naming a token file that exists.
+#[test]
+fn the_prometheus_config_loads_with_and_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["prometheus.yml", "alerts.yml"] {
+        std::fs::copy(deploy(&format!("prometheus/{file}")), dir.path().join(file)).unwrap();
+    }
+    let check = |config: &str| {
+        support::run_ok(
+            Command::new("promtool")
+                .args(["check", "config", config])
+                .current_dir(dir.path()),
+            String::new,
+        )
+    };
+    check("prometheus.yml");
+
+    let token = dir.path().join("token");
+    std::fs::write(&token, "cmt_example\n").unwrap();
+    let shipped = std::fs::read_to_string(dir.path().join("prometheus.yml")).unwrap();
+    let commented = "    # authorization:\n    #   type: Bearer\n    #   credentials_file: /etc/prometheus/crate-mirror-metrics-token\n";
+    assert!(
+        shipped.contains(commented),
+        "the token lines are not there, commented"
+    );
+    let private = shipped.replace(
+        commented,
+        &format!(
+            "    authorization:\n      type: Bearer\n      credentials_file: {}\n",
+            token.display()
+        ),
+    );
+    std::fs::write(dir.path().join("private.yml"), &private).unwrap();
+    check("private.yml");
+    let parsed = &yaml_documents(&dir.path().join("private.yml"))[0];
+    assert_eq!(
+        parsed["scrape_configs"][0]["authorization"]["credentials_file"],
+        token.to_str().unwrap()
+    );
 }

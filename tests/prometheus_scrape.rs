@@ -1,6 +1,7 @@
 //! The shipped Prometheus configuration scrapes a mirror whose `/metrics`
 //! needs a token: real Prometheus, the shipped scrape job with only its
-//! target and token file changed, and the target must come up (a scrape
+//! target changed and its token lines uncommented (naming the test's token
+//! file), as its comment tells an operator to; the target must come up (a scrape
 //! without the token would be a 401 and `CrateMirrorDown` would fire).
 
 use std::path::Path;
@@ -38,15 +39,23 @@ async fn prometheus(dir: &Path, targets: &[&str], token_file: &Path) -> (Prometh
                 .map(|target| format!("          - {target}\n"))
                 .collect::<String>(),
         )
+        // The token lines, commented out for open metrics, as an operator
+        // of a mirror with metrics tokens uncomments them.
+        .replace("    # authorization:", "    authorization:")
+        .replace("    #   type: Bearer", "      type: Bearer")
         .replace(
-            "/etc/prometheus/crate-mirror-metrics-token",
-            &token_file.to_string_lossy(),
+            "    #   credentials_file: /etc/prometheus/crate-mirror-metrics-token",
+            &format!("      credentials_file: {}", token_file.display()),
         )
         // The alert rules are checked by promtool elsewhere.
         .replace("rule_files:\n  - alerts.yml\n", "");
     assert!(
         targets.iter().all(|t| config.contains(t)),
         "the targets were not replaced"
+    );
+    assert!(
+        config.contains("\n    authorization:\n      type: Bearer\n      credentials_file: "),
+        "the token lines were not uncommented"
     );
     let path = dir.join("prometheus.yml");
     std::fs::write(&path, config).unwrap();

@@ -51,7 +51,7 @@ impl OperatorInfo {
 }
 
 /// Whether clients' tokens cross a network unencrypted: a private mirror
-/// whose public URL (where cargo sends them) is plain `http://` to a host
+/// whose public URL (where cargo sends them) is plain http to a host
 /// other than this machine's loopback. Loopback is not warned about: a token
 /// sent there never leaves the machine (a mirror tried out locally, or one
 /// only this machine's clients use).

@@ -1352,6 +1352,10 @@ mod tests {
         .with_config_store(tree.clone())
     }
 
+    /// The userinfo of the failing upstream's URL, and what it must show as.
+    const CREDENTIALS: &str = "ops:s3cret";
+    const MASKED: &str = "***";
+
     /// A loopback port nothing listens on (bound, then let go).
     fn closed_port() -> u16 {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1362,7 +1366,7 @@ mod tests {
     async fn probes_open_no_circuit_and_failures_name_the_upstream_and_cause() {
         let port = closed_port();
         let client = UpstreamClient::new(
-            format!("http://ops:s3cret@127.0.0.1:{port}/index/"),
+            format!("http://{CREDENTIALS}@127.0.0.1:{port}/index/"),
             Duration::from_secs(5),
             Duration::from_secs(5),
             Duration::from_secs(1),
@@ -1370,7 +1374,7 @@ mod tests {
             Arc::new(Metrics::new()),
         )
         .unwrap();
-        let shown = format!("upstream http://***@127.0.0.1:{port}/index/ failed: ");
+        let shown = format!("upstream http://{MASKED}@127.0.0.1:{port}/index/ failed: ");
 
         // Probes (three tries each) never open the circuit...
         for _ in 0..3 {

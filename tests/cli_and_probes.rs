@@ -229,10 +229,7 @@ async fn start_failures_are_one_line_naming_the_cause() {
 
     // `gc` and a second `serve` beside a running mirror: said in words.
     let mirror = Mirror::builder(upstream).data_dir(&data).start();
-    let gc = format!(
-        "gc --upstream {upstream} --data-dir {} --max-storage 1MiB",
-        data.display()
-    );
+    let gc = format!("gc --data-dir {} --max-storage 1MiB", data.display());
     for command in [gc, serve("127.0.0.1:0", &data)] {
         let (stderr, code) = run_mirror(&command);
         let line = one_error_line(&stderr);

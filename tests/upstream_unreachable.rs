@@ -43,6 +43,11 @@ async fn start_up_fetch_failed(mirror: &Mirror) {
     .await;
 }
 
+/// The userinfo of the failing upstream's URL (the password must show
+/// nowhere), and what the URL shows instead.
+const CREDENTIALS: &str = "user:secret";
+const MASKED: &str = "***";
+
 /// GETs an index file from the mirror: its status and body.
 async fn index_file(mirror: &Mirror) -> (StatusCode, String) {
     let response = support::get_within(&format!("{}/index/3/a/abc", mirror.url), STARTED).await;
@@ -53,8 +58,8 @@ async fn index_file(mirror: &Mirror) -> (StatusCode, String) {
 #[tokio::test]
 async fn a_closed_port_is_logged_once_keeps_the_circuit_closed_and_is_named_to_cargo() {
     let port = support::free_port();
-    let upstream = format!("http://user:secret@127.0.0.1:{port}/index/");
-    let shown = format!("http://***@127.0.0.1:{port}/index/");
+    let upstream = format!("http://{CREDENTIALS}@127.0.0.1:{port}/index/");
+    let shown = format!("http://{MASKED}@127.0.0.1:{port}/index/");
     let mirror = Mirror::builder(&upstream).start();
 
     // The start-up fetch and the probes after it (each /ready asks for

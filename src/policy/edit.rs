@@ -46,9 +46,34 @@ pub(super) fn edit_lines(body: &[u8], mut judge: impl FnMut(&[u8]) -> Verdict) -
     }
 }
 
-/// Whether a line's `yanked` says true (absent, `null` or anything else: no).
-pub(super) fn is_true(value: Option<&serde_json::Value>) -> bool {
-    value == Some(&serde_json::Value::Bool(true))
+/// The fields of a line the policy reads. Lenient beyond `name` and `vers`
+/// (and escapes decoded, as cargo decodes them): a field of an unexpected
+/// type must not make a line escape the rules.
+#[derive(serde::Deserialize)]
+pub(super) struct Head<'a> {
+    #[serde(borrow)]
+    pub name: Cow<'a, str>,
+    #[serde(borrow)]
+    pub vers: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub cksum: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub yanked: Option<serde_json::Value>,
+    #[serde(default)]
+    pub pubtime: Option<serde_json::Value>,
+}
+
+impl<'a> Head<'a> {
+    /// `None` for a line that names no crate and version: cargo cannot read
+    /// it either.
+    pub fn read(line: &'a [u8]) -> Option<Self> {
+        serde_json::from_slice(line).ok()
+    }
+
+    /// Whether `yanked` says true (absent, `null` or anything else: no).
+    pub fn is_yanked(&self) -> bool {
+        self.yanked == Some(serde_json::Value::Bool(true))
+    }
 }
 
 /// The line with its top-level `yanked` set to `yanked`; `None` when the line

@@ -8,9 +8,7 @@
 use std::borrow::Cow;
 use std::time::SystemTime;
 
-use serde::Deserialize;
-
-use super::edit::{edit_lines, is_true, set_yanked, Verdict};
+use super::edit::{edit_lines, set_yanked, Head, Verdict};
 use super::pubtime::parse_pubtime;
 use super::rules::{CooldownMode, Policy};
 
@@ -58,20 +56,6 @@ impl HeldReason {
     }
 }
 
-/// The fields of a line the policy reads. Lenient beyond `name` and `vers`:
-/// a field of an unexpected type must not make a line escape the rules.
-#[derive(Deserialize)]
-struct Head<'a> {
-    #[serde(borrow)]
-    name: Cow<'a, str>,
-    #[serde(borrow)]
-    vers: Cow<'a, str>,
-    #[serde(default)]
-    yanked: Option<serde_json::Value>,
-    #[serde(default)]
-    pubtime: Option<serde_json::Value>,
-}
-
 /// Applies `policy` at `now` to an index file body (lines of JSON, each
 /// ending in `\n` but perhaps the last). A line that does not name a crate
 /// and a version is served as it is: cargo cannot read it either, and the
@@ -80,9 +64,9 @@ struct Head<'a> {
 pub fn filter<'a>(body: &'a [u8], policy: &Policy, now: SystemTime) -> Filtered<'a> {
     let mut held = Vec::new();
     let mut next_change: Option<SystemTime> = None;
-    let body = edit_lines(body, |line| match serde_json::from_slice::<Head>(line) {
-        Ok(head) => judge(line, &head, policy, now, &mut held, &mut next_change),
-        Err(_) => Verdict::Keep,
+    let body = edit_lines(body, |line| match Head::read(line) {
+        Some(head) => judge(line, &head, policy, now, &mut held, &mut next_change),
+        None => Verdict::Keep,
     });
     Filtered {
         body,
@@ -130,7 +114,7 @@ fn judge(
     if now >= until || policy.is_exempt(&head.name, &head.vers) {
         return Verdict::Keep;
     }
-    let already_yanked = is_true(head.yanked.as_ref());
+    let already_yanked = head.is_yanked();
     let verdict = match policy.mode {
         // Coming of age changes nothing for a line already yanked.
         CooldownMode::Yank if already_yanked => return Verdict::Keep,
@@ -397,6 +381,20 @@ mod tests {
             ]
         );
         assert_eq!(out.next_change, None, "a deny never comes of age");
+    }
+
+    #[test]
+    fn escapes_do_not_hide_a_line_from_the_rules() {
+        // Cargo decodes the escapes: this is evil 1.0.0, checksum and all.
+        let input = br#"{"name":"evi\u006c","vers":"1.0\u002e0","cksum":"\u0061","yanked":false}"#;
+        let policy = Policy {
+            deny: vec![CrateRule::parse("evil@1").unwrap()],
+            ..Policy::default()
+        };
+        let out = filter(input, &policy, UNIX_EPOCH);
+        assert!(out.body.is_empty());
+        assert_eq!(out.held[0].name, "evil");
+        assert_eq!(out.held[0].version, "1.0.0");
     }
 
     #[test]

@@ -20,9 +20,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use serde::Deserialize;
-
-use super::edit::{edit_lines, is_true, set_yanked, Verdict};
+use super::edit::{edit_lines, set_yanked, Head, Verdict};
 
 /// The first line seen for one version, and the checksum it pins.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,11 +35,11 @@ impl PinnedLine {
     /// Reads a line (one index line, without its `\n`), as stored or as the
     /// upstream sent it; `None` when it names no version or checksum.
     pub fn from_line(line: &[u8]) -> Option<Self> {
-        let head = serde_json::from_slice::<Head>(line).ok()?;
+        let head = Head::read(line)?;
         Some(Self {
+            yanked: head.is_yanked(),
             version: head.vers.into_owned(),
-            cksum: head.cksum.into_owned(),
-            yanked: is_true(head.yanked.as_ref()),
+            cksum: head.cksum?.into_owned(),
             line: line.to_vec(),
         })
     }
@@ -84,18 +82,6 @@ pub struct Pinning<'a> {
     pub removed: Vec<String>,
 }
 
-#[derive(Deserialize)]
-struct Head<'a> {
-    #[serde(borrow)]
-    name: Cow<'a, str>,
-    #[serde(borrow)]
-    vers: Cow<'a, str>,
-    #[serde(borrow)]
-    cksum: Cow<'a, str>,
-    #[serde(default)]
-    yanked: Option<serde_json::Value>,
-}
-
 /// Pins a new upstream body of one index file against the `pins` known so
 /// far (by version, as the lines spell it). A line without a name, version
 /// or checksum is served as it is and pins nothing: cargo cannot use it, and
@@ -108,7 +94,10 @@ pub fn pin<'a>(pins: &BTreeMap<String, PinnedLine>, body: &'a [u8]) -> Pinning<'
     let mut refused = Vec::new();
     let mut present: HashSet<String> = HashSet::new();
     let body = edit_lines(body, |line| {
-        let Ok(head) = serde_json::from_slice::<Head>(line) else {
+        let Some(head) = Head::read(line) else {
+            return Verdict::Keep;
+        };
+        let Some(cksum) = head.cksum.as_deref() else {
             return Verdict::Keep;
         };
         present.insert(head.vers.to_string());
@@ -122,16 +111,16 @@ pub fn pin<'a>(pins: &BTreeMap<String, PinnedLine>, body: &'a [u8]) -> Pinning<'
             }
             return Verdict::Keep;
         };
-        if pinned.cksum == head.cksum {
+        if pinned.cksum == cksum {
             return Verdict::Keep;
         }
         refused.push(RefusedRewrite {
             name: head.name.to_string(),
             version: head.vers.to_string(),
             pinned: pinned.cksum.clone(),
-            offered: head.cksum.to_string(),
+            offered: cksum.to_string(),
         });
-        let yanked = is_true(head.yanked.as_ref());
+        let yanked = head.is_yanked();
         if yanked == pinned.yanked {
             return Verdict::Replace(pinned.line.clone());
         }

@@ -24,6 +24,7 @@ mod listen;
 pub mod metrics;
 pub mod names;
 pub mod operator;
+pub mod policy;
 pub mod prefetch;
 pub mod proxies;
 pub mod readiness;

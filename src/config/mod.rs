@@ -93,6 +93,8 @@ pub struct Config {
     pub revalidate_interval: Duration,
     /// Hosts besides the upstream's own that its redirects may lead to.
     pub upstream_redirect_hosts: Vec<String>,
+    /// The supply-chain policy the index cache applies (`serve` only so far).
+    pub policy: crate::policy::Policy,
     /// HTTP worker threads; `None`: one per CPU.
     pub workers: Option<usize>,
     pub max_connections: usize,
@@ -220,6 +222,12 @@ impl RawSettings {
             h2c_upgrade: self.value(&H2C_UPGRADE)?,
             revalidate_interval: self.value(&REVALIDATE_INTERVAL)?,
             upstream_redirect_hosts: self.get(&UPSTREAM_REDIRECT_HOSTS)?.unwrap_or_default(),
+            policy: crate::policy::Policy {
+                min_release_age: self.value(&MIN_RELEASE_AGE)?,
+                mode: self.value(&MIN_RELEASE_AGE_MODE)?,
+                exempt: self.get(&RELEASE_AGE_EXEMPT)?.unwrap_or_default(),
+                deny: self.get(&DENY)?.unwrap_or_default(),
+            },
             workers: self.get(&WORKERS)?,
             max_connections: self.value(&MAX_CONNECTIONS)?,
             keep_alive: self.value(&KEEP_ALIVE)?,

@@ -122,9 +122,11 @@ fn a_lockfile_pinning_a_young_version_builds_in_yank_mode_only() {
         "{stderr}"
     );
     assert_eq!(lock_of(app.path()), before, "--locked kept the lockfile");
-    // Without --locked, cargo quietly re-resolves to a version it can have.
+    // Without --locked, the same: the lockfile is not silently rewritten.
     let (ok, stderr) = cargo(&hide, app.path(), &["build"]);
-    eprintln!("without --locked:\n{stderr}");
+    assert!(!ok && stderr.contains("(locked to 1.2.0)"), "{stderr}");
+    // `cargo update` moves it to the newest version served.
+    let (ok, stderr) = cargo(&hide, app.path(), &["update", "cool"]);
     assert!(ok, "{stderr}");
     assert_eq!(locked(&lock_of(app.path()), "cool"), "1.1.0");
 }

@@ -442,7 +442,10 @@ async fn exempt_and_denied_versions() {
     };
     let fixture = Fixture::with(&specs, TTL, Duration::ZERO, policy);
     let lookup = fixture.get("abc").await;
-    assert!(body(&lookup).contains("\"1.1.0\""), "exempt from the cooldown");
+    assert!(
+        body(&lookup).contains("\"1.1.0\""),
+        "exempt from the cooldown"
+    );
     assert!(!body(&lookup).contains("\"1.0.0\""), "denied");
     assert_eq!(
         fixture.cache.denied_by("abc", "1.0.0").as_deref(),

@@ -53,7 +53,10 @@ cool = "1"
 /// The version of `name` that `lock` pins.
 fn locked(lock: &str, name: &str) -> String {
     let head = format!("name = \"{name}\"\nversion = \"");
-    let start = lock.find(&head).unwrap_or_else(|| panic!("{name} not in\n{lock}")) + head.len();
+    let start = lock
+        .find(&head)
+        .unwrap_or_else(|| panic!("{name} not in\n{lock}"))
+        + head.len();
     lock[start..].split('"').next().unwrap().to_string()
 }
 
@@ -118,7 +121,9 @@ fn a_lockfile_pinning_a_young_version_builds_in_yank_mode_only() {
     assert!(!ok, "a hidden version is gone, locked or not:\n{stderr}");
     eprintln!("cargo with a lockfile pinning a hidden version:\n{stderr}");
     assert!(
-        stderr.contains("failed to select a version for the requirement `cool = \"^1\"` (locked to 1.2.0)"),
+        stderr.contains(
+            "failed to select a version for the requirement `cool = \"^1\"` (locked to 1.2.0)"
+        ),
         "{stderr}"
     );
     assert_eq!(lock_of(app.path()), before, "--locked kept the lockfile");

@@ -17,9 +17,7 @@ use super::parse::{
     parse_positive_seconds, parse_seconds, parse_size, parse_storage, parse_text,
     parse_token_hashes, StorageLocation,
 };
-use super::parse::{
-    parse_cooldown_mode, parse_crate_rules, parse_release_age,
-};
+use super::parse::{parse_cooldown_mode, parse_crate_rules, parse_release_age};
 use super::LogFormat;
 use crate::auth::TokenSet;
 use crate::policy::{CooldownMode, CrateRule};

@@ -328,6 +328,39 @@ mod tests {
     }
 
     #[test]
+    fn policy_lists_come_from_file_arrays_env_and_flags_commas_and_all() {
+        let (_dir, file) = config_file(
+            "upstream = \"http://file.example.com/index/\"\nmin-release-age = \"3d\"\nmin-release-age-mode = \"hide\"\ndeny = [\"evil-crate\", \"foo@>=1, <2\"]\n",
+        );
+        let env = env_from(&[("CRATE_MIRROR_RELEASE_AGE_EXEMPT", "tokio; bar@^1.2, <1.5")]);
+        let config = RawSettings::from_layers(&[], Some(&file), env)
+            .unwrap()
+            .build()
+            .unwrap();
+        let texts = |rules: &[crate::policy::CrateRule]| -> Vec<String> {
+            rules.iter().map(|r| r.as_str().to_string()).collect()
+        };
+        let policy = &config.policy;
+        assert_eq!(policy.min_release_age, Duration::from_secs(3 * 24 * 3600));
+        assert_eq!(policy.mode, crate::policy::CooldownMode::Hide);
+        assert_eq!(texts(&policy.deny), ["evil-crate", "foo@>=1, <2"]);
+        assert_eq!(texts(&policy.exempt), ["tokio", "bar@^1.2, <1.5"]);
+        let flags = [("deny", "baz@<0.3; qux".to_string())];
+        let config = RawSettings::from_layers(&flags, Some(&file), env_from(&[]))
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(texts(&config.policy.deny), ["baz@<0.3", "qux"]);
+        // Off by default.
+        let (_dir, bare) = config_file("upstream = \"http://file.example.com/index/\"\n");
+        let config = RawSettings::from_layers(&[], Some(&bare), env_from(&[]))
+            .unwrap()
+            .build()
+            .unwrap();
+        assert!(!config.policy.is_active());
+    }
+
+    #[test]
     fn flag_beats_env_beats_file_beats_default() {
         let (_dir, file) = config_file(
             "upstream = \"http://file.example.com/index/\"\nindex-ttl = 5\nnegative_ttl = 7\ndata-dir = \"/from/file\"\n",

@@ -546,7 +546,9 @@ struct Prepared {
 
 /// The ETag served: of the policy's body when there is one.
 fn served_etag<'a>(served: &'a Option<Served>, upstream: &'a str) -> &'a str {
-    served.as_ref().map_or(upstream, |served| served.etag.as_str())
+    served
+        .as_ref()
+        .map_or(upstream, |served| served.etag.as_str())
 }
 
 /// What an upstream fetch came to, with a changed body ready to cache.
@@ -1409,9 +1411,14 @@ impl Inner {
                 let body = served
                     .as_ref()
                     .map_or_else(|| upstream_body.clone(), |served| served.plain.clone());
-                let mut file =
-                    IndexFile::new(gzip, upstream_body.len() as u64, etag, changed_at, freshness)
-                        .serving(served);
+                let mut file = IndexFile::new(
+                    gzip,
+                    upstream_body.len() as u64,
+                    etag,
+                    changed_at,
+                    freshness,
+                )
+                .serving(served);
                 if self.fetched.get().is_some() {
                     // The prefetcher walks this file's dependencies again when
                     // other files name it: a hop to decompress each time let

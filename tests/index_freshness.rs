@@ -45,28 +45,8 @@ impl Fixture {
         let upstream = TestUpstream::start(specs, DlStyle::Plain);
         let dir = tempfile::tempdir().expect("temp dir");
         let db = sled::open(dir.path().join("sled")).expect("open sled");
-        let store = IndexStore::open(&db).expect("index tree");
-        let metrics = Arc::new(Metrics::new());
-        let client = UpstreamClient::new(
-            upstream.url.clone(),
-            Duration::from_secs(5),
-            Duration::from_secs(5),
-            Duration::from_secs(300),
-            8,
-            metrics.clone(),
-        )
-        .expect("upstream client");
-        let policy = IndexPolicy {
-            ttl,
-            max_stale,
-            negative_ttl: Duration::from_secs(30),
-            hot_cache_bytes: 16 << 20,
-        };
         let clock = Clock::movable();
-        let cache = IndexCache::builder(store, Arc::new(client), policy, metrics.clone())
-            .clock(clock.clone())
-            .supply_chain(supply)
-            .build();
+        let (cache, metrics) = cache_on(&db, &upstream, ttl, max_stale, supply, &clock);
         Fixture {
             upstream,
             cache,
@@ -110,6 +90,39 @@ impl Fixture {
     fn asked(&self) -> usize {
         self.upstream.count("/index/3/a/abc")
     }
+}
+
+/// A cache on `db` of `upstream`, with a 30 s negative TTL, under `supply`.
+fn cache_on(
+    db: &sled::Db,
+    upstream: &TestUpstream,
+    ttl: Duration,
+    max_stale: Duration,
+    supply: Policy,
+    clock: &Clock,
+) -> (IndexCache, Arc<Metrics>) {
+    let store = IndexStore::open(db).expect("index tree");
+    let metrics = Arc::new(Metrics::new());
+    let client = UpstreamClient::new(
+        upstream.url.clone(),
+        Duration::from_secs(5),
+        Duration::from_secs(5),
+        Duration::from_secs(300),
+        8,
+        metrics.clone(),
+    )
+    .expect("upstream client");
+    let policy = IndexPolicy {
+        ttl,
+        max_stale,
+        negative_ttl: Duration::from_secs(30),
+        hot_cache_bytes: 16 << 20,
+    };
+    let cache = IndexCache::builder(store, Arc::new(client), policy, metrics.clone())
+        .clock(clock.clone())
+        .supply_chain(supply)
+        .build();
+    (cache, metrics)
 }
 
 fn body(lookup: &IndexLookup) -> String {
@@ -398,24 +411,14 @@ async fn yank_mode_marks_a_young_version_and_the_record_keeps_the_upstream_body(
 
     // The record in sled is the upstream's: a cache without the policy on
     // the same database (a restart with the policy removed) serves it as is.
-    let store = IndexStore::open(&fixture.db).expect("index tree");
-    let metrics = Arc::new(Metrics::new());
-    let client = UpstreamClient::new(
-        fixture.upstream.url.clone(),
-        Duration::from_secs(5),
-        Duration::from_secs(5),
-        Duration::from_secs(300),
-        8,
-        metrics.clone(),
-    )
-    .expect("upstream client");
-    let policy = IndexPolicy {
-        ttl: day,
-        max_stale: Duration::ZERO,
-        negative_ttl: Duration::from_secs(30),
-        hot_cache_bytes: 16 << 20,
-    };
-    let plain = IndexCache::builder(store, Arc::new(client), policy, metrics).build();
+    let (plain, _) = cache_on(
+        &fixture.db,
+        &fixture.upstream,
+        day,
+        Duration::ZERO,
+        Policy::default(),
+        &Clock::system(),
+    );
     let name = CrateName::parse("abc").unwrap();
     let unfiltered = plain.get(&name).await.expect("an answer");
     assert_eq!(unfiltered.outcome, CacheOutcome::Hit, "from sled");

@@ -29,26 +29,17 @@ fn registry() -> Vec<CrateSpec> {
     ]
 }
 
-const MANIFEST: &str = r#"[package]
-name = "app"
-version = "0.1.0"
-edition = "2021"
+/// A project `app` with these `[dependencies]` lines.
+fn manifest(dependencies: &str) -> String {
+    format!(
+        "[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\n{dependencies}"
+    )
+}
 
-[dependencies]
-cool = "1"
-fresh = "1"
-urgent = "1"
-"#;
-
-/// A project that needs `cool` only.
-const COOL_ONLY: &str = r#"[package]
-name = "app"
-version = "0.1.0"
-edition = "2021"
-
-[dependencies]
-cool = "1"
-"#;
+/// Needs every crate of `registry()`.
+fn all_three() -> String {
+    manifest("cool = \"1\"\nfresh = \"1\"\nurgent = \"1\"\n")
+}
 
 /// The version of `name` that `lock` pins.
 fn locked(lock: &str, name: &str) -> String {
@@ -86,7 +77,7 @@ fn a_cooldown_resolves_to_versions_old_enough_or_exempt() {
             "fresh; urgent@>=1.0.1, <2",
         ])
         .start();
-    let app = project(MANIFEST);
+    let app = project(&all_three());
     let (ok, stderr) = cargo(&mirror, app.path(), &["generate-lockfile"]);
     assert!(ok, "{stderr}");
     let lock = lock_of(app.path());
@@ -99,7 +90,7 @@ fn a_cooldown_resolves_to_versions_old_enough_or_exempt() {
 fn a_lockfile_pinning_a_young_version_builds_in_yank_mode_only() {
     let upstream = TestUpstream::start(&registry(), DlStyle::Plain);
     // Made before the policy: straight from the upstream, it pins cool 1.2.0.
-    let app = project(COOL_ONLY);
+    let app = project(&manifest("cool = \"1\"\n"));
     let direct = CargoHome::new(&upstream.url);
     let target = tempfile::tempdir().unwrap();
     direct.run_ok(app.path(), target.path(), &["generate-lockfile"]);
@@ -142,7 +133,7 @@ async fn cargo_resolves_around_a_denied_version_and_its_download_is_refused() {
     let mirror = Mirror::builder(&upstream.url)
         .args(&["--deny", "cool@>=1.2; evil-crate"])
         .start();
-    let app = project(MANIFEST);
+    let app = project(&all_three());
     let (ok, stderr) = cargo(&mirror, app.path(), &["generate-lockfile"]);
     assert!(ok, "{stderr}");
     let lock = lock_of(app.path());

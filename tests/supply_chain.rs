@@ -148,3 +148,33 @@ async fn cargo_resolves_around_a_denied_version_and_its_download_is_refused() {
     let allowed = mirror.get("/api/v1/crates/cool/1.1.0/download").await;
     assert_eq!(allowed.status(), 200);
 }
+
+#[tokio::test]
+async fn a_version_denied_after_it_was_stored_is_refused_and_the_index_follows_the_new_policy() {
+    let upstream = TestUpstream::start(&registry(), DlStyle::Plain);
+    let data = tempfile::tempdir().unwrap();
+    let before = Mirror::builder(&upstream.url).data_dir(data.path()).start();
+    let stored = before.get("/api/v1/crates/cool/1.2.0/download").await;
+    assert_eq!(stored.status(), 200);
+    let index = before.get("/index/co/ol/cool").await.text().await.unwrap();
+    assert!(index.contains("\"1.2.0\""));
+    before.stop();
+
+    // Restarted with the rule: the stored crate and the cached index file
+    // are both there, and neither is served.
+    let after = Mirror::builder(&upstream.url)
+        .data_dir(data.path())
+        .args(&["--deny", "cool@=1.2.0"])
+        .start();
+    let index = after.get("/index/co/ol/cool").await;
+    assert_eq!(index.headers()["x-cache"], "HIT", "from the stored record");
+    let index = index.text().await.unwrap();
+    assert!(!index.contains("\"1.2.0\"") && index.contains("\"1.1.0\""));
+    let denied = after.get("/api/v1/crates/cool/1.2.0/download").await;
+    assert_eq!(denied.status(), 403);
+    assert_eq!(
+        denied.text().await.unwrap(),
+        "refused by the mirror's deny rule \"cool@=1.2.0\"\n"
+    );
+    assert_eq!(upstream.count_matching("1.2.0"), 1, "fetched once, before");
+}

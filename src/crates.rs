@@ -53,6 +53,9 @@ pub enum CrateError {
     Storage(#[source] Arc<StorageError>),
     #[error("download aborted")]
     Aborted,
+    /// The version is on the deny list: the text is the rule as written.
+    #[error("refused by the mirror's deny rule {0:?}")]
+    Denied(String),
 }
 
 impl From<StorageError> for CrateError {
@@ -202,6 +205,10 @@ impl CrateService {
         version: &CrateVersion,
     ) -> Result<CrateDownload, CrateError> {
         let inner = &self.inner;
+        // Before the store: a version stored before it was denied stays refused.
+        if let Some(rule) = inner.index.denied_by(name.as_str(), version.as_str()) {
+            return Err(CrateError::Denied(rule));
+        }
         // Stored objects were verified when they were committed, so a hit needs no
         // index line: hits are cheaper, and they work when neither the index file
         // nor the upstream is at hand (a fresh node on a shared bucket).

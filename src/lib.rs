@@ -159,6 +159,7 @@ impl AppState {
             metrics.clone(),
         )
         .revalidate_interval(config.revalidate_interval)
+        .supply_chain(config.policy.clone())
         .build();
         let stores = Stores::open(&config.storage, config.crate_cache_bytes, &data).await?;
         let crates = CrateService::new(

@@ -2,8 +2,9 @@
 //! through TTLs: fresh, expired and served while one refresh runs, past
 //! `index-max-stale`, negative entries, stale copies when the upstream fails,
 //! and the revalidate interval (with the origin each upstream request is
-//! counted under). The cache runs in-process against the test
-//! upstream on loopback.
+//! counted under), and the supply-chain policy's release cooldown, whose
+//! held-back versions come of age as the clock passes their release time.
+//! The cache runs in-process against the test upstream on loopback.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use crate_mirror::index::cache::{CacheOutcome, IndexCache, IndexLookup, IndexPol
 use crate_mirror::index::store::IndexStore;
 use crate_mirror::metrics::Metrics;
 use crate_mirror::names::CrateName;
+use crate_mirror::policy::{CooldownMode, CrateRule, Policy};
 use crate_mirror::upstream::UpstreamClient;
 use support::registry::CrateSpec;
 use support::upstream::{DlStyle, TestUpstream};
@@ -25,6 +27,7 @@ struct Fixture {
     cache: IndexCache,
     clock: Clock,
     metrics: Arc<Metrics>,
+    db: sled::Db,
     _dir: tempfile::TempDir,
 }
 
@@ -32,35 +35,24 @@ impl Fixture {
     /// A cache of a test upstream serving `abc` 1.0.0, with `max_stale`
     /// past the one-minute TTL and a 30 s negative TTL.
     fn new(max_stale: Duration) -> Self {
-        let upstream = TestUpstream::start(&[CrateSpec::new("abc", "1.0.0")], DlStyle::Plain);
+        let specs = [CrateSpec::new("abc", "1.0.0")];
+        Self::with(&specs, TTL, max_stale, Policy::default())
+    }
+
+    /// A cache of a test upstream serving `specs`, under `supply` (the
+    /// supply-chain policy).
+    fn with(specs: &[CrateSpec], ttl: Duration, max_stale: Duration, supply: Policy) -> Self {
+        let upstream = TestUpstream::start(specs, DlStyle::Plain);
         let dir = tempfile::tempdir().expect("temp dir");
         let db = sled::open(dir.path().join("sled")).expect("open sled");
-        let store = IndexStore::open(&db).expect("index tree");
-        let metrics = Arc::new(Metrics::new());
-        let client = UpstreamClient::new(
-            upstream.url.clone(),
-            Duration::from_secs(5),
-            Duration::from_secs(5),
-            Duration::from_secs(300),
-            8,
-            metrics.clone(),
-        )
-        .expect("upstream client");
-        let policy = IndexPolicy {
-            ttl: TTL,
-            max_stale,
-            negative_ttl: Duration::from_secs(30),
-            hot_cache_bytes: 16 << 20,
-        };
         let clock = Clock::movable();
-        let cache = IndexCache::builder(store, Arc::new(client), policy, metrics.clone())
-            .clock(clock.clone())
-            .build();
+        let (cache, metrics) = cache_on(&db, &upstream, ttl, max_stale, supply, &clock);
         Fixture {
             upstream,
             cache,
             clock,
             metrics,
+            db,
             _dir: dir,
         }
     }
@@ -98,6 +90,39 @@ impl Fixture {
     fn asked(&self) -> usize {
         self.upstream.count("/index/3/a/abc")
     }
+}
+
+/// A cache on `db` of `upstream`, with a 30 s negative TTL, under `supply`.
+fn cache_on(
+    db: &sled::Db,
+    upstream: &TestUpstream,
+    ttl: Duration,
+    max_stale: Duration,
+    supply: Policy,
+    clock: &Clock,
+) -> (IndexCache, Arc<Metrics>) {
+    let store = IndexStore::open(db).expect("index tree");
+    let metrics = Arc::new(Metrics::new());
+    let client = UpstreamClient::new(
+        upstream.url.clone(),
+        Duration::from_secs(5),
+        Duration::from_secs(5),
+        Duration::from_secs(300),
+        8,
+        metrics.clone(),
+    )
+    .expect("upstream client");
+    let policy = IndexPolicy {
+        ttl,
+        max_stale,
+        negative_ttl: Duration::from_secs(30),
+        hot_cache_bytes: 16 << 20,
+    };
+    let cache = IndexCache::builder(store, Arc::new(client), policy, metrics.clone())
+        .clock(clock.clone())
+        .supply_chain(supply)
+        .build();
+    (cache, metrics)
 }
 
 fn body(lookup: &IndexLookup) -> String {
@@ -308,4 +333,126 @@ async fn without_upstream_validators_files_are_fetched_and_compared() {
     let third = fixture.get("abc").await;
     assert_ne!(third.entry.file().expect("found").etag, first_file.etag);
     assert_eq!(body(&third), fixture.upstream.index_body("abc").unwrap());
+}
+
+/// `abc` 1.0.0 published long ago, 1.1.0 an hour ago (whole seconds, as the
+/// index writes `pubtime`), and when 1.1.0 comes of age under a 2 h cooldown.
+fn young_and_old() -> ([CrateSpec; 2], std::time::SystemTime) {
+    let published = support::registry::rfc3339_utc(std::time::SystemTime::now() - HOUR);
+    let young = CrateSpec::new("abc", "1.1.0").pubtime(&published);
+    let at = crate_mirror::policy::pubtime::parse_pubtime(&published).expect("an RFC 3339 time");
+    ([CrateSpec::new("abc", "1.0.0"), young], at + 2 * HOUR)
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn cooldown(mode: CooldownMode) -> Policy {
+    Policy {
+        min_release_age: 2 * HOUR,
+        mode,
+        ..Policy::default()
+    }
+}
+
+/// Moves `fixture`'s clock to just before `at` (the real time passing
+/// while the test runs is milliseconds, far from the margin).
+fn move_to_before(fixture: &Fixture, at: std::time::SystemTime, margin: Duration) {
+    let gap = at
+        .duration_since(fixture.clock.system_now())
+        .expect("the instant is ahead");
+    fixture.clock.advance(gap - margin);
+}
+
+#[tokio::test]
+async fn a_held_back_version_appears_at_the_instant_it_comes_of_age_with_a_new_etag() {
+    let (specs, of_age) = young_and_old();
+    // A day's TTL: nothing but coming of age can change the served body.
+    let day = 24 * HOUR;
+    let fixture = Fixture::with(&specs, day, Duration::ZERO, cooldown(CooldownMode::Hide));
+    let first = fixture.get("abc").await;
+    assert_eq!(first.outcome, CacheOutcome::Miss);
+    assert!(body(&first).contains("\"1.0.0\""));
+    assert!(!body(&first).contains("\"1.1.0\""), "hidden while young");
+    let held_etag = first.entry.file().unwrap().etag.clone();
+
+    // Two seconds before: still held back, the very same copy (no work per request).
+    move_to_before(&fixture, of_age, Duration::from_secs(2));
+    let before = fixture.get("abc").await;
+    assert!(!body(&before).contains("\"1.1.0\""));
+    assert!(Arc::ptr_eq(&before.entry, &first.entry));
+
+    // At the instant: served, under a new ETag, without asking the upstream.
+    fixture.clock.advance(Duration::from_secs(2));
+    let after = fixture.get("abc").await;
+    assert_eq!(after.outcome, CacheOutcome::Hit);
+    assert!(body(&after).contains("\"1.1.0\""));
+    let file = after.entry.file().unwrap();
+    assert_ne!(file.etag, held_etag, "cargo's cached copy must be replaced");
+    assert_eq!(fixture.asked(), 1);
+    // Filtered once: the next request gets the same copy.
+    let again = fixture.get("abc").await;
+    assert!(Arc::ptr_eq(&again.entry, &after.entry));
+}
+
+#[tokio::test]
+async fn yank_mode_marks_a_young_version_and_the_record_keeps_the_upstream_body() {
+    let (specs, of_age) = young_and_old();
+    let day = 24 * HOUR;
+    let fixture = Fixture::with(&specs, day, Duration::ZERO, cooldown(CooldownMode::Yank));
+    let young_line = |lookup: &IndexLookup| {
+        body(lookup)
+            .lines()
+            .find(|line| line.contains("\"1.1.0\""))
+            .map(str::to_string)
+            .expect("the young version is served")
+    };
+    let first = fixture.get("abc").await;
+    assert!(young_line(&first).contains("\"yanked\":true"));
+
+    // The record in sled is the upstream's: a cache without the policy on
+    // the same database (a restart with the policy removed) serves it as is.
+    let (plain, _) = cache_on(
+        &fixture.db,
+        &fixture.upstream,
+        day,
+        Duration::ZERO,
+        Policy::default(),
+        &Clock::system(),
+    );
+    let name = CrateName::parse("abc").unwrap();
+    let unfiltered = plain.get(&name).await.expect("an answer");
+    assert_eq!(unfiltered.outcome, CacheOutcome::Hit, "from sled");
+    assert!(young_line(&unfiltered).contains("\"yanked\":false"));
+    assert_eq!(fixture.asked(), 1);
+
+    // Come of age: no longer marked.
+    move_to_before(&fixture, of_age, Duration::ZERO);
+    let after = fixture.get("abc").await;
+    assert!(young_line(&after).contains("\"yanked\":false"));
+    assert_ne!(
+        after.entry.file().unwrap().etag,
+        first.entry.file().unwrap().etag
+    );
+}
+
+#[tokio::test]
+async fn exempt_and_denied_versions() {
+    let (specs, _) = young_and_old();
+    let policy = Policy {
+        exempt: vec![CrateRule::parse("abc@>=1.1").unwrap()],
+        deny: vec![CrateRule::parse("abc@=1.0.0").unwrap()],
+        ..cooldown(CooldownMode::Hide)
+    };
+    let fixture = Fixture::with(&specs, TTL, Duration::ZERO, policy);
+    let lookup = fixture.get("abc").await;
+    assert!(
+        body(&lookup).contains("\"1.1.0\""),
+        "exempt from the cooldown"
+    );
+    assert!(!body(&lookup).contains("\"1.0.0\""), "denied");
+    assert_eq!(
+        fixture.cache.denied_by("abc", "1.0.0").as_deref(),
+        Some("abc@=1.0.0")
+    );
+    assert_eq!(fixture.cache.denied_by("abc", "1.1.0"), None);
 }

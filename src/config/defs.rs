@@ -17,8 +17,10 @@ use super::parse::{
     parse_positive_seconds, parse_seconds, parse_size, parse_storage, parse_text,
     parse_token_hashes, StorageLocation,
 };
+use super::parse::{parse_cooldown_mode, parse_crate_rules, parse_release_age};
 use super::LogFormat;
 use crate::auth::TokenSet;
+use crate::policy::{CooldownMode, CrateRule};
 use crate::proxies::TrustedProxies;
 
 /// What a setting is when no layer gives it.
@@ -508,6 +510,65 @@ pub static UPSTREAM_REDIRECT_HOSTS: Setting<Vec<String>> = Setting {
     parse: parse_hosts,
 };
 
+// The supply-chain policy (docs/operating.md, "Supply-chain policy"). Only
+// `serve` applies it so far; `export` and `warm` are to follow it later.
+
+pub static MIN_RELEASE_AGE: Setting<Duration> = Setting {
+    about: About {
+        key: "min-release-age",
+        value_name: "AGE",
+        fallback: Fallback::Value("0"),
+        help: "Hold back versions published less than this ago (72h, 3d, 2w; 0: off)",
+        kind: Kind::Value,
+        env: Env::Mirror,
+        commands: SERVE,
+        secret: false,
+    },
+    parse: parse_release_age,
+};
+
+pub static MIN_RELEASE_AGE_MODE: Setting<CooldownMode> = Setting {
+    about: About {
+        key: "min-release-age-mode",
+        value_name: "MODE",
+        fallback: Fallback::Value("yank"),
+        help: "How a held-back version is served: yank (marked yanked) or hide (left out)",
+        kind: Kind::Value,
+        env: Env::Mirror,
+        commands: SERVE,
+        secret: false,
+    },
+    parse: parse_cooldown_mode,
+};
+
+pub static RELEASE_AGE_EXEMPT: Setting<Vec<CrateRule>> = Setting {
+    about: About {
+        key: "release-age-exempt",
+        value_name: "RULES",
+        fallback: Fallback::Absent("none"),
+        help: "Crates (name or name@requirement, ;-separated) the release cooldown skips",
+        kind: Kind::Value,
+        env: Env::Mirror,
+        commands: SERVE,
+        secret: false,
+    },
+    parse: parse_crate_rules,
+};
+
+pub static DENY: Setting<Vec<CrateRule>> = Setting {
+    about: About {
+        key: "deny",
+        value_name: "RULES",
+        fallback: Fallback::Absent("none"),
+        help: "Versions never served (name or name@requirement, ;-separated); downloads get 403",
+        kind: Kind::Value,
+        env: Env::Mirror,
+        commands: SERVE,
+        secret: false,
+    },
+    parse: parse_crate_rules,
+};
+
 pub static WORKERS: Setting<usize> = Setting {
     about: About {
         key: "workers",
@@ -869,6 +930,10 @@ pub static SETTINGS: &[&dyn AnySetting] = &[
     &H2C_UPGRADE,
     &REVALIDATE_INTERVAL,
     &UPSTREAM_REDIRECT_HOSTS,
+    &MIN_RELEASE_AGE,
+    &MIN_RELEASE_AGE_MODE,
+    &RELEASE_AGE_EXEMPT,
+    &DENY,
     &WORKERS,
     &MAX_CONNECTIONS,
     &KEEP_ALIVE,

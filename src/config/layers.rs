@@ -97,6 +97,13 @@ impl RawSettings {
                 toml::Value::Integer(n) => n.to_string(),
                 toml::Value::Float(n) => n.to_string(),
                 toml::Value::Boolean(b) => b.to_string(),
+                // A list of strings, as the `;`-separated text the list
+                // settings (`deny`, `release-age-exempt`) read everywhere.
+                toml::Value::Array(items) if items.iter().all(toml::Value::is_str) => items
+                    .iter()
+                    .filter_map(toml::Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(";"),
                 other => {
                     return Err(file_err(format!(
                         "`{key}` must be a string or a number, not {}",

@@ -93,6 +93,8 @@ pub struct Config {
     pub revalidate_interval: Duration,
     /// Hosts besides the upstream's own that its redirects may lead to.
     pub upstream_redirect_hosts: Vec<String>,
+    /// The supply-chain policy the index cache applies (`serve` only so far).
+    pub policy: crate::policy::Policy,
     /// HTTP worker threads; `None`: one per CPU.
     pub workers: Option<usize>,
     pub max_connections: usize,
@@ -220,6 +222,12 @@ impl RawSettings {
             h2c_upgrade: self.value(&H2C_UPGRADE)?,
             revalidate_interval: self.value(&REVALIDATE_INTERVAL)?,
             upstream_redirect_hosts: self.get(&UPSTREAM_REDIRECT_HOSTS)?.unwrap_or_default(),
+            policy: crate::policy::Policy {
+                min_release_age: self.value(&MIN_RELEASE_AGE)?,
+                mode: self.value(&MIN_RELEASE_AGE_MODE)?,
+                exempt: self.get(&RELEASE_AGE_EXEMPT)?.unwrap_or_default(),
+                deny: self.get(&DENY)?.unwrap_or_default(),
+            },
             workers: self.get(&WORKERS)?,
             max_connections: self.value(&MAX_CONNECTIONS)?,
             keep_alive: self.value(&KEEP_ALIVE)?,
@@ -317,6 +325,39 @@ mod tests {
         let file = dir.path().join("mirror.toml");
         std::fs::write(&file, text).unwrap();
         (dir, file)
+    }
+
+    #[test]
+    fn policy_lists_come_from_file_arrays_env_and_flags_commas_and_all() {
+        let (_dir, file) = config_file(
+            "upstream = \"http://file.example.com/index/\"\nmin-release-age = \"3d\"\nmin-release-age-mode = \"hide\"\ndeny = [\"evil-crate\", \"foo@>=1, <2\"]\n",
+        );
+        let env = env_from(&[("CRATE_MIRROR_RELEASE_AGE_EXEMPT", "tokio; bar@^1.2, <1.5")]);
+        let config = RawSettings::from_layers(&[], Some(&file), env)
+            .unwrap()
+            .build()
+            .unwrap();
+        let texts = |rules: &[crate::policy::CrateRule]| -> Vec<String> {
+            rules.iter().map(|r| r.as_str().to_string()).collect()
+        };
+        let policy = &config.policy;
+        assert_eq!(policy.min_release_age, Duration::from_secs(3 * 24 * 3600));
+        assert_eq!(policy.mode, crate::policy::CooldownMode::Hide);
+        assert_eq!(texts(&policy.deny), ["evil-crate", "foo@>=1, <2"]);
+        assert_eq!(texts(&policy.exempt), ["tokio", "bar@^1.2, <1.5"]);
+        let flags = [("deny", "baz@<0.3; qux".to_string())];
+        let config = RawSettings::from_layers(&flags, Some(&file), env_from(&[]))
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(texts(&config.policy.deny), ["baz@<0.3", "qux"]);
+        // Off by default.
+        let (_dir, bare) = config_file("upstream = \"http://file.example.com/index/\"\n");
+        let config = RawSettings::from_layers(&[], Some(&bare), env_from(&[]))
+            .unwrap()
+            .build()
+            .unwrap();
+        assert!(!config.policy.is_active());
     }
 
     #[test]

@@ -115,6 +115,27 @@ pub fn parse_token_hashes(value: &str) -> Result<TokenSet, String> {
         .map(TokenSet::new)
 }
 
+/// `min-release-age`: `72h`, `3d`, `0` (off); see `policy::parse_min_release_age`.
+pub fn parse_release_age(value: &str) -> Result<Duration, String> {
+    crate::policy::parse_min_release_age(value)
+}
+
+/// `min-release-age-mode`: `yank` or `hide`.
+pub fn parse_cooldown_mode(value: &str) -> Result<crate::policy::CooldownMode, String> {
+    crate::policy::CooldownMode::parse(value)
+}
+
+/// `release-age-exempt` and `deny`: entries `name` or `name@requirement`
+/// separated by `;`, since a requirement itself may hold commas
+/// (`foo@>=1, <2; evil-crate`). One syntax for flag, environment and file.
+pub fn parse_crate_rules(value: &str) -> Result<Vec<crate::policy::CrateRule>, String> {
+    value
+        .split(';')
+        .filter(|entry| !entry.trim().is_empty())
+        .map(crate::policy::CrateRule::parse)
+        .collect()
+}
+
 /// `a.example.com, b.example.com:8443` → lowercase host names (with a port when given).
 pub fn parse_hosts(value: &str) -> Result<Vec<String>, String> {
     value
@@ -222,6 +243,25 @@ pub fn parse_size(value: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crate_rules_are_separated_by_semicolons_and_keep_their_commas() {
+        let rules = parse_crate_rules(" foo@>=1, <2 ;evil-crate; ").unwrap();
+        let texts: Vec<&str> = rules.iter().map(|r| r.as_str()).collect();
+        assert_eq!(texts, ["foo@>=1, <2", "evil-crate"]);
+        assert!(parse_crate_rules("").unwrap().is_empty());
+        assert_eq!(
+            parse_crate_rules("foo;1bad").unwrap_err(),
+            "\"1bad\" is not a crate name"
+        );
+        assert_eq!(parse_release_age("72h"), Ok(Duration::from_secs(72 * 3600)));
+        assert!(parse_release_age("72").is_err());
+        assert_eq!(
+            parse_cooldown_mode("hide"),
+            Ok(crate::policy::CooldownMode::Hide)
+        );
+        assert!(parse_cooldown_mode("drop").is_err());
+    }
 
     #[test]
     fn sizes_parse() {

@@ -128,6 +128,7 @@ impl ResponseError for ApiError {
                 | CrateError::ChecksumMismatch
                 | CrateError::LengthMismatch => StatusCode::BAD_GATEWAY,
                 CrateError::Storage(_) | CrateError::Aborted => StatusCode::INTERNAL_SERVER_ERROR,
+                CrateError::Denied(_) => StatusCode::FORBIDDEN,
             },
         }
     }

@@ -23,6 +23,7 @@ use super::store::{CompressedIndex, IndexStore, StoreError, StoredHeader, Stored
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::names::CrateName;
+use crate::policy::Policy;
 use crate::single_flight::{FlightAborted, Role, SingleFlight};
 use crate::upstream::{Cause, IndexBody, IndexFetch, UpstreamClient, UpstreamError, Validators};
 
@@ -121,6 +122,44 @@ pub struct IndexFile {
     upstream: Validators,
     fetched_at: SystemTime,
     expires_at: Instant,
+    /// The upstream's body, when the supply-chain policy changed what is
+    /// served (`gzip`, `plain_len` and `etag` are then of the served body):
+    /// what is stored, so that a later policy filters it afresh.
+    source: Option<Arc<Source>>,
+    /// When the served body changes next without an upstream change: the
+    /// earliest instant a held-back version comes of age.
+    next_change: Option<SystemTime>,
+}
+
+/// The upstream's body of a file whose served body the policy changed.
+#[derive(Debug)]
+struct Source {
+    gzip: Bytes,
+    plain_len: u64,
+    etag: String,
+}
+
+/// A body as the policy has it served, when it differs from the upstream's.
+struct Served {
+    plain: Bytes,
+    gzip: Bytes,
+    etag: String,
+    next_change: Option<SystemTime>,
+}
+
+/// `plain` (the upstream's body) under `policy` at `now`: `None` when the
+/// policy changes nothing in it. CPU work: off the async threads.
+fn served_under(plain: &[u8], policy: &Policy, now: SystemTime) -> Option<Served> {
+    let filtered = crate::policy::filter(plain, policy, now);
+    let std::borrow::Cow::Owned(body) = filtered.body else {
+        return None;
+    };
+    Some(Served {
+        gzip: gzip(&body),
+        etag: etag_of(&body),
+        plain: Bytes::from(body),
+        next_change: filtered.next_change,
+    })
 }
 
 /// What the upstream said about a file, and when: what decides its expiry.
@@ -168,7 +207,62 @@ impl IndexFile {
             upstream: freshness.upstream,
             fetched_at: freshness.fetched_at,
             expires_at: freshness.expires_at,
+            source: None,
+            next_change: None,
         }
+    }
+
+    /// This file (holding the upstream's body) serving `served` instead,
+    /// when there is one; the upstream's body is kept as its source.
+    fn serving(mut self, served: Option<Served>) -> Self {
+        let Some(served) = served else {
+            return self;
+        };
+        let source = Source {
+            gzip: std::mem::replace(&mut self.gzip, served.gzip),
+            plain_len: std::mem::replace(&mut self.plain_len, served.plain.len() as u64),
+            etag: std::mem::replace(&mut self.etag, served.etag),
+        };
+        self.source = Some(Arc::new(source));
+        self.next_change = served.next_change;
+        self
+    }
+
+    /// The upstream's body: gzip, plain length, ETag.
+    fn upstream_body(&self) -> (&Bytes, u64, &str) {
+        match &self.source {
+            Some(source) => (&source.gzip, source.plain_len, &source.etag),
+            None => (&self.gzip, self.plain_len, &self.etag),
+        }
+    }
+
+    /// Whether a held-back version has come of age, so the served body is
+    /// out of date. Reads the clock only when something is held back.
+    fn is_due(&self, clock: &Clock) -> bool {
+        self.next_change
+            .is_some_and(|next| clock.system_now() >= next)
+    }
+
+    /// The same file filtered again from the upstream's body at `now`,
+    /// changed at `now` (its Last-Modified); freshness and marks carry over.
+    /// CPU work: off the async threads.
+    fn refiltered(&self, policy: &Policy, now: SystemTime) -> Result<Self, IndexError> {
+        let (gzip, plain_len, etag) = self.upstream_body();
+        let plain = gunzip(gzip, plain_len).ok_or_else(|| self.corrupt())?;
+        let mut file = self.renewed(Freshness {
+            upstream: self.upstream.clone(),
+            fetched_at: self.fetched_at,
+            expires_at: self.expires_at,
+            stale: self.stale,
+        });
+        file.gzip = gzip.clone();
+        file.plain_len = plain_len;
+        file.etag = etag.to_string();
+        file.source = None;
+        file.next_change = None;
+        file.changed_at = now;
+        file.last_modified = httpdate::fmt_http_date(now);
+        Ok(file.serving(served_under(&plain, policy, now)))
     }
 
     /// A file from its stored copy, kept compressed as stored. A record an
@@ -199,20 +293,22 @@ impl IndexFile {
         Ok(file)
     }
 
+    /// The stored record: the upstream's body, whatever the policy serves.
     fn to_stored(&self) -> StoredIndex {
+        let (gzip, plain_len, etag) = self.upstream_body();
         StoredIndex {
             header: StoredHeader {
                 upstream: self.upstream.clone(),
-                etag: self.etag.clone(),
+                etag: etag.to_string(),
                 changed_at_ms: to_ms(self.changed_at),
                 fetched_at_ms: to_ms(self.fetched_at),
                 gzip: false,
-                plain_len: Some(self.plain_len),
+                plain_len: Some(plain_len),
                 upstream_gzip: self.upstream_gzip,
             },
             // Only the gzip body is written (see `StoredIndex::encode`).
             body: Bytes::new(),
-            gzip: Some(self.gzip.clone()),
+            gzip: Some(gzip.clone()),
         }
     }
 
@@ -227,6 +323,8 @@ impl IndexFile {
             freshness,
         );
         file.upstream_gzip = self.upstream_gzip;
+        file.source = self.source.clone();
+        file.next_change = self.next_change;
         file.prefetched
             .store(self.prefetched.load(Ordering::Relaxed), Ordering::Relaxed);
         file
@@ -256,10 +354,11 @@ impl IndexFile {
     /// the gzip body when it is the upstream's (kept as sent), else the
     /// plain body (it sent it plain; or a record from before this was kept).
     pub fn upstream_gzip_len(&self) -> u64 {
+        let (gzip, plain_len, _) = self.upstream_body();
         if self.upstream_gzip {
-            self.gzip.len() as u64
+            gzip.len() as u64
         } else {
-            self.plain_len
+            plain_len
         }
     }
 
@@ -441,6 +540,15 @@ struct Prepared {
     /// `gzip` is the upstream's own.
     upstream_gzip: bool,
     etag: String,
+    /// The body the policy has served, when it differs.
+    served: Option<Served>,
+}
+
+/// The ETag served: of the policy's body when there is one.
+fn served_etag<'a>(served: &'a Option<Served>, upstream: &'a str) -> &'a str {
+    served
+        .as_ref()
+        .map_or(upstream, |served| served.etag.as_str())
 }
 
 /// What an upstream fetch came to, with a changed body ready to cache.
@@ -450,16 +558,23 @@ enum Answer {
     Missing(u16),
 }
 
-fn prepare(body: IndexBody, key: &str) -> Result<Prepared, UpstreamError> {
+fn prepare(
+    body: IndexBody,
+    key: &str,
+    supply: Option<&Policy>,
+    now: SystemTime,
+) -> Result<Prepared, UpstreamError> {
     let decoded = body.decode()?;
     validate_index(&decoded.plain, key).map_err(Cause::InvalidIndex)?;
     let upstream_gzip = decoded.gzip.is_some();
     let gzip = decoded.gzip.unwrap_or_else(|| gzip(&decoded.plain));
+    let served = supply.and_then(|policy| served_under(&decoded.plain, policy, now));
     Ok(Prepared {
         etag: etag_of(&decoded.plain),
         plain: decoded.plain,
         gzip,
         upstream_gzip,
+        served,
     })
 }
 
@@ -612,6 +727,9 @@ struct Inner {
     /// Where index files fetched or confirmed by the upstream are announced (the prefetcher).
     fetched: OnceLock<mpsc::UnboundedSender<FetchedIndex>>,
     clock: Clock,
+    /// The supply-chain policy, when one can change a body: `None` costs
+    /// the hot path nothing.
+    supply: Option<Arc<Policy>>,
 }
 
 /// Who asked for an index file.
@@ -660,9 +778,16 @@ pub struct IndexCacheBuilder {
     metrics: Arc<Metrics>,
     revalidate_interval: Duration,
     clock: Clock,
+    supply: Option<Arc<Policy>>,
 }
 
 impl IndexCacheBuilder {
+    /// The supply-chain policy served bodies follow. Default: none.
+    pub fn supply_chain(mut self, policy: Policy) -> Self {
+        self.supply = policy.is_active().then(|| Arc::new(policy));
+        self
+    }
+
     /// At most one forced revalidation of a crate per `interval` (zero: no
     /// limit). Default: `DEFAULT_REVALIDATE_INTERVAL`.
     pub fn revalidate_interval(mut self, interval: Duration) -> Self {
@@ -710,6 +835,7 @@ impl IndexCacheBuilder {
                 metrics: self.metrics,
                 fetched: OnceLock::new(),
                 clock: self.clock,
+                supply: self.supply,
             }),
             flights: Arc::default(),
         }
@@ -730,6 +856,7 @@ impl IndexCache {
             metrics,
             revalidate_interval: DEFAULT_REVALIDATE_INTERVAL,
             clock: Clock::system(),
+            supply: None,
         }
     }
 
@@ -868,6 +995,11 @@ impl IndexCache {
                 _ => self.refresh(name, false, Origin::Client).await?,
             },
         };
+        let lookup = if lookup.entry.file().is_some_and(|file| file.is_due(clock)) {
+            self.come_of_age(name, lookup).await?
+        } else {
+            lookup
+        };
         let metrics = &self.inner.metrics;
         if lookup.entry.take_prefetched() {
             metrics.prefetch.useful.inc();
@@ -881,6 +1013,60 @@ impl IndexCache {
             metrics.index.negative_hits.inc();
         }
         Ok(lookup)
+    }
+
+    /// The deny rule (as written) that refuses this version, if any.
+    pub fn denied_by(&self, name: &str, version: &str) -> Option<String> {
+        let policy = self.inner.supply.as_ref()?;
+        policy
+            .denied_by(name, version)
+            .map(|rule| rule.as_str().to_string())
+    }
+
+    /// Filters `lookup`'s file again now that a held-back version has come
+    /// of age: a new served body and ETag, in memory (the stored record, the
+    /// upstream's body, is unchanged). Once per coming-of-age: requests at
+    /// that instant join one single flight with the crate's refreshes.
+    async fn come_of_age(
+        &self,
+        name: &CrateName,
+        lookup: IndexLookup,
+    ) -> Result<IndexLookup, IndexError> {
+        let inner = self.inner.clone();
+        let key = name.key().to_string();
+        let (result, _) = self
+            .flights
+            .run(key.clone(), move || async move {
+                // Another flight may have replaced the file meanwhile.
+                let entry = inner.hot.get(&key).await.unwrap_or(lookup.entry);
+                let due = entry.file().is_some_and(|file| file.is_due(&inner.clock));
+                let Some(policy) = inner.supply.clone().filter(|_| due) else {
+                    return Ok(IndexLookup {
+                        entry,
+                        outcome: lookup.outcome,
+                    });
+                };
+                let now = inner.clock.system_now();
+                let owned = entry.clone();
+                let file = blocking(move || {
+                    owned
+                        .file()
+                        .map(|file| file.refiltered(&policy, now))
+                        .transpose()
+                })
+                .await?;
+                let Some(file) = file else {
+                    return Ok(IndexLookup {
+                        entry,
+                        outcome: lookup.outcome,
+                    });
+                };
+                Ok(inner
+                    .remember(&key, IndexEntry::Found(file), lookup.outcome)
+                    .await)
+            })
+            .await;
+        result?
     }
 
     /// Answers with an expired copy and starts its refresh in the background,
@@ -1015,6 +1201,7 @@ impl Inner {
         let owned = key.to_string();
         let ttl = self.policy.ttl;
         let clock = self.clock.clone();
+        let supply = self.supply.clone();
         let loaded = blocking(move || {
             let load = || -> Result<Option<IndexFile>, StoreError> {
                 let Some(stored) = store.load_compressed(&owned)? else {
@@ -1026,7 +1213,13 @@ impl Inner {
                     // From an earlier version: stored gzip'd from now on.
                     store.save(&owned, &file.to_stored())?;
                 }
-                Ok(Some(file))
+                let Some(policy) = supply else {
+                    return Ok(Some(file));
+                };
+                let plain = gunzip(&file.gzip, file.plain_len)
+                    .ok_or_else(|| StoreError::Corrupt(owned.clone()))?;
+                let served = served_under(&plain, &policy, clock.system_now());
+                Ok(Some(file.serving(served)))
             };
             match load() {
                 Ok(file) => Ok(Ok(file)),
@@ -1185,7 +1378,8 @@ impl Inner {
         {
             Ok(IndexFetch::Modified { body, validators }) => {
                 let owned = key.to_string();
-                blocking(move || Ok(prepare(body, &owned)))
+                let supply = self.supply.clone();
+                blocking(move || Ok(prepare(body, &owned, supply.as_deref(), now)))
                     .await?
                     .map(|prepared| Answer::Changed(prepared, validators))
             }
@@ -1196,26 +1390,44 @@ impl Inner {
         match fetched {
             Ok(Answer::Changed(prepared, validators)) => {
                 let Prepared {
-                    plain: body,
+                    plain: upstream_body,
                     gzip,
                     upstream_gzip,
                     etag,
+                    served,
                 } = prepared;
+                // Changed or not as the upstream's body is; the served body
+                // may differ for a version come of age meanwhile.
+                let same = |old: &IndexFile| old.upstream_body().2 == etag;
                 let (changed_at, outcome) = match previous {
-                    Some(old) if old.etag == etag => (old.changed_at, CacheOutcome::Revalidated),
+                    Some(old) if same(old) && old.etag == served_etag(&served, &etag) => {
+                        (old.changed_at, CacheOutcome::Revalidated)
+                    }
                     Some(_) => (now, CacheOutcome::Revalidated),
                     None => (now, CacheOutcome::Miss),
                 };
-                let changed = !matches!(previous, Some(old) if old.etag == etag);
+                let changed = !matches!(previous, Some(old) if same(old));
                 let freshness = Freshness::since(validators, now, ttl, clock);
+                let body = served
+                    .as_ref()
+                    .map_or_else(|| upstream_body.clone(), |served| served.plain.clone());
+                let mut file = IndexFile::new(
+                    gzip,
+                    upstream_body.len() as u64,
+                    etag,
+                    changed_at,
+                    freshness,
+                )
+                .serving(served);
                 if self.fetched.get().is_some() {
                     // The prefetcher walks this file's dependencies again when
                     // other files name it: a hop to decompress each time let
                     // cargo overtake it (gamedev's useful share fell from 87%
                     // to 67% in tests/prefetch.rs). Only with a prefetcher.
-                    self.plain_bodies.insert(etag.clone(), body.clone()).await;
+                    self.plain_bodies
+                        .insert(file.etag.clone(), body.clone())
+                        .await;
                 }
-                let mut file = IndexFile::new(gzip, body.len() as u64, etag, changed_at, freshness);
                 file.upstream_gzip = upstream_gzip;
                 file.prefetched
                     .store(matches!(origin, Origin::Prefetch(_)), Ordering::Relaxed);

@@ -62,6 +62,8 @@ pub struct CrateSpec {
     pub yanked: bool,
     /// Extra bytes in the tarball, to make large crates.
     pub padding: usize,
+    /// The index line's `pubtime` (RFC 3339); `None`: a fixed date long past.
+    pub pubtime: Option<String>,
 }
 
 impl CrateSpec {
@@ -73,6 +75,7 @@ impl CrateSpec {
             features: BTreeMap::new(),
             yanked: false,
             padding: 0,
+            pubtime: None,
         }
     }
     pub fn dep(mut self, dep: Dep) -> Self {
@@ -93,6 +96,16 @@ impl CrateSpec {
     pub fn padding(mut self, bytes: usize) -> Self {
         self.padding = bytes;
         self
+    }
+    /// Published at `time` (RFC 3339, UTC), for the release cooldown.
+    pub fn pubtime(mut self, time: &str) -> Self {
+        self.pubtime = Some(time.to_string());
+        self
+    }
+    /// Published `ago` before now (whole seconds, UTC).
+    pub fn published_ago(self, ago: std::time::Duration) -> Self {
+        let at = std::time::SystemTime::now() - ago;
+        self.pubtime(&rfc3339_utc(at))
     }
 }
 
@@ -238,7 +251,7 @@ pub fn index_line(spec: &CrateSpec, cksum: &str) -> String {
         "yanked": spec.yanked,
         "links": null,
         "rust_version": "1.60",
-        "pubtime": "2024-01-02T03:04:05Z",
+        "pubtime": spec.pubtime.as_deref().unwrap_or("2024-01-02T03:04:05Z"),
         "x_unknown_field": {"kept": [1, 2, 3]},
     });
     if !new_style.is_empty() {
@@ -246,6 +259,31 @@ pub fn index_line(spec: &CrateSpec, cksum: &str) -> String {
         line["v"] = json!(2);
     }
     serde_json::to_string(&line).expect("serialise index line")
+}
+
+/// `time` as RFC 3339 in UTC, whole seconds: `2026-11-22T23:00:39Z`.
+pub fn rfc3339_utc(time: std::time::SystemTime) -> String {
+    let secs = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
 }
 
 pub fn publish(spec: &CrateSpec) -> Published {

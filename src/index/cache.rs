@@ -557,7 +557,8 @@ fn served_etag<'a>(served: &'a Option<Served>, upstream: &'a str) -> &'a str {
 
 /// What an upstream fetch came to, with a changed body ready to cache.
 enum Answer {
-    Changed(Prepared, Validators),
+    /// Boxed: a prepared body is large beside the other answers.
+    Changed(Box<Prepared>, Validators),
     NotModified(Validators),
     Missing(u16),
 }
@@ -1477,7 +1478,7 @@ impl Inner {
                 let store = self.store.clone();
                 blocking(move || Ok(prepare(body, &owned, supply.as_deref(), now, &store)?))
                     .await?
-                    .map(|prepared| Answer::Changed(prepared, validators))
+                    .map(|prepared| Answer::Changed(Box::new(prepared), validators))
             }
             Ok(IndexFetch::NotModified { validators }) => Ok(Answer::NotModified(validators)),
             Ok(IndexFetch::Missing { status }) => Ok(Answer::Missing(status)),
@@ -1493,7 +1494,7 @@ impl Inner {
                     served,
                     refused,
                     removed,
-                } = prepared;
+                } = *prepared;
                 // Changed or not as the upstream's body is; the served body
                 // may differ for a version come of age meanwhile.
                 let same = |old: &IndexFile| old.upstream_body().2 == etag;

@@ -563,7 +563,7 @@ enum Answer {
     Missing(u16),
 }
 
-/// The upstream's `body` checked, held to the first-seen lines of `key`
+/// The upstream's `body` checked, held to the first-seen checksums of `key`
 /// (new pins stored) and then under the supply-chain policy. The outer error
 /// is the store's; the inner one the upstream's body. Blocking: sled and CPU.
 fn prepare(
@@ -603,8 +603,8 @@ struct PinnedBody {
     removed: Vec<String>,
 }
 
-/// `decoded` held to the pins of `key`, its versions seen for the first time
-/// pinned. Always on: nothing turns it off. A writer that pinned a version
+/// `decoded` held to the pins of `key` (refused lines served from the body
+/// stored last), its versions seen for the first time pinned. Always on: nothing turns it off. A writer that pinned a version
 /// between the load and the store wins (its pin is never replaced), and the
 /// body is pinned again against it; each round has more pins than the last,
 /// of the body's finitely many versions, so this ends.
@@ -613,9 +613,17 @@ fn pinned(
     key: &str,
     decoded: crate::upstream::DecodedIndex,
 ) -> Result<PinnedBody, StoreError> {
+    // The body stored last serves refused lines (it was pinned in its
+    // turn). A damaged record is no body: its refused versions are left out
+    // rather than the whole file failing.
+    let previous = match store.load(key) {
+        Ok(record) => record.map(|record| record.body),
+        Err(StoreError::Corrupt(_)) => None,
+        Err(err) => return Err(err),
+    };
     loop {
         let pins = store.pins(key)?;
-        let pinning = crate::policy::pin(&pins, &decoded.plain);
+        let pinning = crate::policy::pin(&pins, previous.as_deref(), &decoded.plain);
         let mut lost_race = false;
         for new in &pinning.new_pins {
             lost_race |= !store.add_pin(key, new)?;
@@ -1393,7 +1401,7 @@ impl Inner {
                 version = %rewrite.version,
                 pinned = %rewrite.pinned,
                 offered = %rewrite.offered,
-                "upstream rewrote the checksum of a published version: refused, the first-seen line is served"
+                "upstream rewrote the checksum of a published version: refused, the line served before is kept (or the version left out)"
             );
         }
         if changed && !removed.is_empty() {

@@ -123,7 +123,7 @@ pub struct IndexMetrics {
     pub records_lost: IntCounterVec,
     pub not_modified: IntCounter,
     /// Upstream rewrites of a pinned version's checksum, refused (the
-    /// line served before is kept, or the version left out). No crate label: the log line names it.
+    /// first-seen line is served). No crate label: the log line names it.
     pub rewrites_refused: IntCounter,
     /// Pinned versions an upstream body no longer lists (not served).
     pub versions_removed: IntCounter,
@@ -320,7 +320,7 @@ impl IndexMetrics {
             rewrites_refused: counter(
                 r,
                 "crate_mirror_index_rewrites_refused_total",
-                "Upstream rewrites of a published version's checksum refused by pinning (the line served before is kept, or the version left out).",
+                "Upstream rewrites of a published version's checksum refused by pinning (the first-seen line is served).",
             ),
             versions_removed: counter(
                 r,

@@ -122,11 +122,6 @@ pub struct IndexMetrics {
     /// (read, but not a record of ours), `unreadable` (sled failed to read it).
     pub records_lost: IntCounterVec,
     pub not_modified: IntCounter,
-    /// Upstream rewrites of a pinned version's checksum, refused (the
-    /// first-seen line is served). No crate label: the log line names it.
-    pub rewrites_refused: IntCounter,
-    /// Pinned versions an upstream body no longer lists (not served).
-    pub versions_removed: IntCounter,
     /// Index files stored in sled (a gauge set from the store's counter).
     pub files: IntGauge,
     /// The hot cache: bytes held (the gzip bodies, what `hot-cache-size`
@@ -316,16 +311,6 @@ impl IndexMetrics {
                 r,
                 "crate_mirror_index_upstream_not_modified_total",
                 "Revalidations the upstream answered with 304.",
-            ),
-            rewrites_refused: counter(
-                r,
-                "crate_mirror_index_rewrites_refused_total",
-                "Upstream rewrites of a published version's checksum refused by pinning (the first-seen line is served).",
-            ),
-            versions_removed: counter(
-                r,
-                "crate_mirror_index_versions_removed_total",
-                "Pinned versions an upstream index body no longer lists (no longer served).",
             ),
             files: gauge(r, "crate_mirror_index_files", "Index files stored in sled."),
             memory_bytes: gauge(
@@ -702,14 +687,12 @@ mod tests {
             "counter",
             &["reason"],
         ),
-        ("crate_mirror_index_rewrites_refused_total", "counter", &[]),
         ("crate_mirror_index_store_loads_total", "counter", &[]),
         (
             "crate_mirror_index_upstream_not_modified_total",
             "counter",
             &[],
         ),
-        ("crate_mirror_index_versions_removed_total", "counter", &[]),
         (
             "crate_mirror_prefetch_skipped_total",
             "counter",

@@ -23,7 +23,7 @@ use super::store::{CompressedIndex, IndexStore, StoreError, StoredHeader, Stored
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::names::CrateName;
-use crate::policy::{Policy, RefusedRewrite};
+use crate::policy::Policy;
 use crate::single_flight::{FlightAborted, Role, SingleFlight};
 use crate::upstream::{Cause, IndexBody, IndexFetch, UpstreamClient, UpstreamError, Validators};
 
@@ -542,10 +542,6 @@ struct Prepared {
     etag: String,
     /// The body the policy has served, when it differs.
     served: Option<Served>,
-    /// Checksum rewrites pinning refused in this body.
-    refused: Vec<RefusedRewrite>,
-    /// Pinned versions this body no longer lists.
-    removed: Vec<String>,
 }
 
 /// The ETag served: of the policy's body when there is one.
@@ -557,106 +553,29 @@ fn served_etag<'a>(served: &'a Option<Served>, upstream: &'a str) -> &'a str {
 
 /// What an upstream fetch came to, with a changed body ready to cache.
 enum Answer {
-    /// Boxed: a prepared body is large beside the other answers.
-    Changed(Box<Prepared>, Validators),
+    Changed(Prepared, Validators),
     NotModified(Validators),
     Missing(u16),
 }
 
-/// The upstream's `body` checked, held to the first-seen checksums of `key`
-/// (new pins stored) and then under the supply-chain policy. The outer error
-/// is the store's; the inner one the upstream's body. Blocking: sled and CPU.
 fn prepare(
     body: IndexBody,
     key: &str,
     supply: Option<&Policy>,
     now: SystemTime,
-    store: &IndexStore,
-) -> Result<Result<Prepared, UpstreamError>, StoreError> {
-    let decoded = match body.decode().and_then(|decoded| {
-        validate_index(&decoded.plain, key).map_err(Cause::InvalidIndex)?;
-        Ok(decoded)
-    }) {
-        Ok(decoded) => decoded,
-        Err(err) => return Ok(Err(err)),
-    };
-    let pinned = pinned(store, key, decoded)?;
-    let served = supply.and_then(|policy| served_under(&pinned.plain, policy, now));
-    Ok(Ok(Prepared {
-        etag: etag_of(&pinned.plain),
-        plain: pinned.plain,
-        gzip: pinned.gzip,
-        upstream_gzip: pinned.upstream_gzip,
+) -> Result<Prepared, UpstreamError> {
+    let decoded = body.decode()?;
+    validate_index(&decoded.plain, key).map_err(Cause::InvalidIndex)?;
+    let upstream_gzip = decoded.gzip.is_some();
+    let gzip = decoded.gzip.unwrap_or_else(|| gzip(&decoded.plain));
+    let served = supply.and_then(|policy| served_under(&decoded.plain, policy, now));
+    Ok(Prepared {
+        etag: etag_of(&decoded.plain),
+        plain: decoded.plain,
+        gzip,
+        upstream_gzip,
         served,
-        refused: pinned.refused,
-        removed: pinned.removed,
-    }))
-}
-
-/// An upstream body after checksum pinning: what is stored and filtered.
-struct PinnedBody {
-    plain: Bytes,
-    gzip: Bytes,
-    /// `gzip` is the upstream's own bytes (pinning changed nothing).
-    upstream_gzip: bool,
-    refused: Vec<RefusedRewrite>,
-    removed: Vec<String>,
-}
-
-/// `decoded` held to the pins of `key` (refused lines served from the body
-/// stored last), its versions seen for the first time pinned. Always on: nothing turns it off. A writer that pinned a version
-/// between the load and the store wins (its pin is never replaced), and the
-/// body is pinned again against it; each round has more pins than the last,
-/// of the body's finitely many versions, so this ends.
-fn pinned(
-    store: &IndexStore,
-    key: &str,
-    decoded: crate::upstream::DecodedIndex,
-) -> Result<PinnedBody, StoreError> {
-    // The body stored last serves refused lines (it was pinned in its
-    // turn). A damaged record is no body: its refused versions are left out
-    // rather than the whole file failing.
-    let previous = match store.load(key) {
-        Ok(record) => record.map(|record| record.body),
-        Err(StoreError::Corrupt(_)) => None,
-        Err(err) => return Err(err),
-    };
-    loop {
-        let pins = store.pins(key)?;
-        let pinning = crate::policy::pin(&pins, previous.as_deref(), &decoded.plain);
-        let mut lost_race = false;
-        for new in &pinning.new_pins {
-            lost_race |= !store.add_pin(key, new)?;
-        }
-        if lost_race {
-            continue;
-        }
-        let crate::policy::Pinning {
-            body,
-            refused,
-            removed,
-            ..
-        } = pinning;
-        let rewritten = match body {
-            std::borrow::Cow::Borrowed(_) => None,
-            std::borrow::Cow::Owned(body) => Some(Bytes::from(body)),
-        };
-        let (plain, gzip, upstream_gzip) = match rewritten {
-            Some(body) => (body.clone(), gzip(&body), false),
-            None => {
-                let upstream_gzip = decoded.gzip.is_some();
-                let gzip = decoded.gzip.unwrap_or_else(|| gzip(&decoded.plain));
-                (decoded.plain, gzip, upstream_gzip)
-            }
-        };
-        return Ok(PinnedBody {
-            plain,
-            gzip,
-            upstream_gzip,
-            refused,
-            removed,
-        });
-    }
+    })
 }
 
 fn to_ms(time: SystemTime) -> u64 {
@@ -1389,29 +1308,6 @@ impl Inner {
         })
     }
 
-    /// Counts and logs what pinning did to a new upstream body. A refused
-    /// rewrite is reported for every body that offers it (an upstream that
-    /// keeps it answers 304 to later revalidations, so once per change); a
-    /// removal only when the stored body `changed`, so once.
-    fn report_pinning(&self, refused: &[RefusedRewrite], removed: &[String], changed: bool) {
-        for rewrite in refused {
-            self.metrics.index.rewrites_refused.inc();
-            tracing::error!(
-                krate = %rewrite.name,
-                version = %rewrite.version,
-                pinned = %rewrite.pinned,
-                offered = %rewrite.offered,
-                "upstream rewrote the checksum of a published version: refused, the line served before is kept (or the version left out)"
-            );
-        }
-        if changed && !removed.is_empty() {
-            self.metrics
-                .index
-                .versions_removed
-                .inc_by(removed.len() as u64);
-        }
-    }
-
     /// Remembers a forced revalidation of `key` and the file it left, whatever
     /// its outcome: an upstream that fails must not be asked again by every
     /// request either.
@@ -1483,10 +1379,9 @@ impl Inner {
             Ok(IndexFetch::Modified { body, validators }) => {
                 let owned = key.to_string();
                 let supply = self.supply.clone();
-                let store = self.store.clone();
-                blocking(move || Ok(prepare(body, &owned, supply.as_deref(), now, &store)?))
+                blocking(move || Ok(prepare(body, &owned, supply.as_deref(), now)))
                     .await?
-                    .map(|prepared| Answer::Changed(Box::new(prepared), validators))
+                    .map(|prepared| Answer::Changed(prepared, validators))
             }
             Ok(IndexFetch::NotModified { validators }) => Ok(Answer::NotModified(validators)),
             Ok(IndexFetch::Missing { status }) => Ok(Answer::Missing(status)),
@@ -1500,9 +1395,7 @@ impl Inner {
                     upstream_gzip,
                     etag,
                     served,
-                    refused,
-                    removed,
-                } = *prepared;
+                } = prepared;
                 // Changed or not as the upstream's body is; the served body
                 // may differ for a version come of age meanwhile.
                 let same = |old: &IndexFile| old.upstream_body().2 == etag;
@@ -1514,7 +1407,6 @@ impl Inner {
                     None => (now, CacheOutcome::Miss),
                 };
                 let changed = !matches!(previous, Some(old) if same(old));
-                self.report_pinning(&refused, &removed, changed);
                 let freshness = Freshness::since(validators, now, ttl, clock);
                 let body = served
                     .as_ref()

@@ -11,17 +11,7 @@
 //! The number of records is kept in a counter (counted once at open, then
 //! moved by `save` and `remove`): sled's own `len` walks the whole tree, and
 //! the dashboard asks for the count every two seconds.
-//!
-//! Beside it, tree `index_pins`: the checksum first seen for each published
-//! version (key = crate key, `\0`, version; value = the 64 hex digits of
-//! the `cksum`, nothing else), the checksum pinning of `crate::policy::pins`
-//! holds later bodies to. Only the checksum: the lines themselves would cost
-//! the plain index again, and a refused line is served from the stored body.
-//! A pin is written once, only where there is none (`compare_and_swap` from
-//! nothing), and never replaced nor removed: not even when the index file
-//! itself is removed.
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,7 +19,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::policy::Pin;
 use crate::upstream::Validators;
 
 #[derive(Debug, thiserror::Error)]
@@ -184,8 +173,6 @@ impl CompressedIndex {
 #[derive(Clone)]
 pub struct IndexStore {
     tree: sled::Tree,
-    /// First-seen checksums, by crate key and version (see the module doc).
-    pins: sled::Tree,
     /// Records in the tree: exact as long as every write goes through `save`
     /// and `remove`, which count what sled says they did.
     count: Arc<AtomicU64>,
@@ -196,7 +183,6 @@ impl IndexStore {
     /// Blocking: call it off the async threads.
     pub fn open(db: &sled::Db) -> Result<Self, StoreError> {
         let tree = db.open_tree("index")?;
-        let pins = db.open_tree("index_pins")?;
         let mut count = 0;
         for key in tree.iter().keys() {
             key?;
@@ -204,7 +190,6 @@ impl IndexStore {
         }
         Ok(Self {
             tree,
-            pins,
             count: Arc::new(AtomicU64::new(count)),
         })
     }
@@ -277,39 +262,6 @@ impl IndexStore {
         })
     }
 
-    /// The pinned checksums of crate `key`, by version: a prefix scan. A
-    /// stored value that is not a checksum (never written by the mirror) is
-    /// damage.
-    pub fn pins(&self, key: &str) -> Result<BTreeMap<String, String>, StoreError> {
-        let prefix = pin_prefix(key);
-        let mut pins = BTreeMap::new();
-        for entry in self.pins.scan_prefix(&prefix) {
-            let (pin_key, value) = entry?;
-            let corrupt = || StoreError::Corrupt(format!("a pin of {key}"));
-            let version = std::str::from_utf8(&pin_key[prefix.len()..]).map_err(|_| corrupt())?;
-            let cksum = std::str::from_utf8(&value).map_err(|_| corrupt())?;
-            if !crate::index::lines::is_sha256_hex(cksum) {
-                return Err(corrupt());
-            }
-            pins.insert(version.to_string(), cksum.to_string());
-        }
-        Ok(pins)
-    }
-
-    /// Stores `pin` for crate `key` unless a pin of that version is there
-    /// already, which is kept (a racing writer never replaces a pin).
-    /// Tells whether this one was stored.
-    pub fn add_pin(&self, key: &str, pin: &Pin) -> Result<bool, StoreError> {
-        let mut pin_key = pin_prefix(key);
-        pin_key.extend_from_slice(pin.version().as_bytes());
-        let swapped = self.pins.compare_and_swap(
-            pin_key,
-            None as Option<&[u8]>,
-            Some(pin.cksum().as_bytes()),
-        )?;
-        Ok(swapped.is_ok())
-    }
-
     /// Records stored: a counter, no walk of the tree.
     pub fn len(&self) -> usize {
         usize::try_from(self.count.load(Ordering::Relaxed)).unwrap_or(usize::MAX)
@@ -318,15 +270,6 @@ impl IndexStore {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// `key \0`: the prefix of a crate's pins. Crate keys hold no NUL, so the
-/// pins of `foo` never include those of `foo-bar`.
-fn pin_prefix(key: &str) -> Vec<u8> {
-    let mut prefix = Vec::with_capacity(key.len() + 1);
-    prefix.extend_from_slice(key.as_bytes());
-    prefix.push(0);
-    prefix
 }
 
 #[cfg(test)]
@@ -450,66 +393,5 @@ mod tests {
         value.extend_from_slice(header);
         value.extend_from_slice(b"not gzip");
         assert!(StoredIndex::decode("k", &value).is_err());
-    }
-
-    #[test]
-    fn pins_are_kept_per_crate_and_never_replaced() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let store = IndexStore::open(&db).unwrap();
-        let line = |vers: &str, c: char| Pin::new(vers, c.to_string().repeat(64));
-        assert!(store.pins("foo").unwrap().is_empty());
-        assert!(store.add_pin("foo", &line("1.0.0", 'a')).unwrap());
-        assert!(store.add_pin("foo", &line("1.1.0", 'b')).unwrap());
-        assert!(store.add_pin("foo-bar", &line("1.0.0", 'c')).unwrap());
-        // A second writer of a pinned version changes nothing.
-        assert!(!store.add_pin("foo", &line("1.0.0", 'e')).unwrap());
-        let pins = store.pins("foo").unwrap();
-        let seen: Vec<_> = pins.iter().map(|(v, c)| (v.as_str(), c.as_str())).collect();
-        let (a, b) = ("a".repeat(64), "b".repeat(64));
-        assert_eq!(seen, [("1.0.0", a.as_str()), ("1.1.0", b.as_str())]);
-        // Pins outlive the index file.
-        store.save("foo", &record(b"1\n")).unwrap();
-        store.remove("foo").unwrap();
-        assert_eq!(store.pins("foo").unwrap().len(), 2);
-    }
-
-    #[test]
-    fn a_stored_pin_is_the_checksum_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let store = IndexStore::open(&db).unwrap();
-        // A long first-seen line (many dependencies): its pin costs the
-        // same 64 bytes as any other.
-        let deps: Vec<String> = (0..200)
-            .map(|i| format!(r#"{{"name":"dep{i}","req":"^1","features":[],"optional":false,"default_features":true,"target":null,"kind":"normal"}}"#))
-            .collect();
-        let cksum = "c".repeat(64);
-        let text = format!(
-            r#"{{"name":"foo","vers":"1.0.0","deps":[{}],"cksum":"{cksum}","features":{{}},"yanked":false}}"#,
-            deps.join(",")
-        );
-        let pinning = crate::policy::pin(&BTreeMap::new(), None, text.as_bytes());
-        assert_eq!(pinning.new_pins.len(), 1);
-        for pin in &pinning.new_pins {
-            assert!(store.add_pin("foo", pin).unwrap());
-        }
-        let stored: Vec<_> = db
-            .open_tree("index_pins")
-            .unwrap()
-            .iter()
-            .map(|entry| entry.unwrap())
-            .collect();
-        assert_eq!(stored.len(), 1);
-        let (pin_key, value) = &stored[0];
-        assert_eq!(&pin_key[..], b"foo\x001.0.0");
-        assert_eq!(&value[..], cksum.as_bytes());
-        assert_eq!(store.pins("foo").unwrap()["1.0.0"], cksum);
-        // Anything else under a pin key is damage, not a pin.
-        db.open_tree("index_pins")
-            .unwrap()
-            .insert(b"foo\x001.1.0", &b"not a checksum"[..])
-            .unwrap();
-        assert!(store.pins("foo").is_err());
     }
 }

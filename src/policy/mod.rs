@@ -18,5 +18,5 @@ pub mod pubtime;
 pub mod rules;
 
 pub use filter::{filter, Filtered, Held, HeldReason};
-pub use pins::{pin, Pin, Pinning, RefusedRewrite};
+pub use pins::{pin, PinnedLine, Pinning, RefusedRewrite};
 pub use rules::{parse_min_release_age, CooldownMode, CrateRule, Policy};

@@ -163,18 +163,26 @@ fn cargo_frozen_for_15_s_mid_fetch_over_https_succeeds() {
     frozen_fetch_succeeds(true);
 }
 
+/// A raw HTTP/1.1 connection to `mirror` that has sent one keep-alive
+/// `GET /health`; its answer is left for the caller to read.
+async fn health_over_keep_alive(mirror: &Mirror) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = mirror.url.trim_start_matches("http://");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    tcp
+}
+
 #[tokio::test]
 async fn the_keep_alive_setting_closes_idle_connections() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let upstream = TestUpstream::start(&[], DlStyle::Plain);
     let mirror = Mirror::builder(&upstream.url)
         .args(&["--keep-alive", "1"])
         .start();
-    let addr = mirror.url.trim_start_matches("http://").to_string();
-    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    tcp.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        .await
-        .unwrap();
+    let mut tcp = health_over_keep_alive(&mirror).await;
     // The answer, then the close of the idle connection (a 30 s guard).
     let mut answer = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(30), tcp.read_to_end(&mut answer)).await;
@@ -193,16 +201,12 @@ async fn the_keep_alive_setting_closes_idle_connections() {
 /// keep-alive or the shutdown timeout (both 120 s here) would have ended it.
 #[tokio::test]
 async fn a_stop_does_not_wait_for_idle_keep_alive_connections() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let upstream = TestUpstream::start(&[], DlStyle::Plain);
     let mut mirror = Mirror::builder(&upstream.url)
         .args(&["--keep-alive", "120", "--shutdown-timeout", "120"])
         .start();
-    let addr = mirror.url.trim_start_matches("http://").to_string();
-    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    tcp.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        .await
-        .unwrap();
+    let mut tcp = health_over_keep_alive(&mirror).await;
     let mut answer = [0u8; 12];
     tcp.read_exact(&mut answer).await.unwrap();
     assert_eq!(&answer, b"HTTP/1.1 200");
